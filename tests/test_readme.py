@@ -1,0 +1,28 @@
+"""The README opens with the two set-up commands, and .ci/run runs the README's test command."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands() -> list[str]:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    fence = [i for i, line in enumerate(lines) if line.startswith("```")]
+    assert len(fence) >= 2, "README must open with a fenced block of the two commands"
+    block = [line.strip() for line in lines[fence[0] + 1 : fence[1]]]
+    return [line for line in block if line and not line.startswith("#")]
+
+
+def test_readme_opens_with_two_commands() -> None:
+    cmds = _commands()
+    assert len(cmds) == 2, cmds
+    bench, test = cmds
+    assert "modaflow bench all --profile quick" in bench
+    assert "pytest" in test
+    for cmd in cmds:
+        assert cmd.startswith("pip install torch==2.13.0 && "), "torch must be installed first (REFERENCE §0)"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert _commands()[1] in [line.strip() for line in ci]
