@@ -1,0 +1,226 @@
+"""Benchmark runs: metadata (commit, hardware, versions), the :class:`BenchResult` written
+to ``results.json``, confidence intervals, timing and a progress bar.
+
+``results.json`` (one object; see :meth:`BenchResult.to_dict`)::
+
+    modality  str             profile  str            seed  int
+    commit    str             git commit of the code, or "unknown"
+    hardware  {cpu, cores, gpu, ...}                   versions  {python, torch, ...}
+    metrics   {name: number | {"mean", "ci95", "n"}}  measured for the method
+    baselines {baseline name: {metric name: number | {...}}}   measured in the same run
+    timings   {name: seconds (keys ending in "_s") or ratio (keys ending in "_ratio")}
+    curves    {name: {"x": [...], "y": [...], "xlabel", "ylabel"}}  metric-vs-NFE etc.
+    plots     [PNG file names beside results.json]
+    notes     [str]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+from modaflow.core.io import atomic_write_text
+
+__all__ = [
+    "BenchResult",
+    "Metric",
+    "REQUIRED_KEYS",
+    "mean_ci95",
+    "run_metadata",
+    "git_commit",
+    "hardware_info",
+    "package_versions",
+    "median_times",
+    "progress",
+    "default_run_dir",
+]
+
+Metric = float | dict[str, float]
+"""A number, or ``{"mean": m, "ci95": half_width, "n": repeats}``."""
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    "modality", "profile", "seed", "commit", "hardware", "versions", "metrics", "baselines", "timings",
+)
+
+# Student t quantiles t_{0.975, df} for df = 1..30; larger df use a Cornish-Fisher expansion.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+    2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+    2.052, 2.048, 2.045, 2.042,
+)
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _t975_large(df: int) -> float:
+    """t_{0.975, df} for df > 30 from the normal quantile z = 1.959964 (Abramowitz & Stegun
+    26.7.5, three terms; error < 1e-4 there)."""
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2) + (
+        3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z
+    ) / (384 * df**3)
+
+
+def mean_ci95(values: Iterable[float]) -> dict[str, float]:
+    """``{"mean", "ci95", "n"}``: the mean and the half width of its 95% Student-t interval
+    (``t_{0.975, n-1} s / sqrt(n)``; 0 for one value)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("mean_ci95 needs at least one value")
+    n = len(vals)
+    half = 0.0
+    if n > 1:
+        t = _T975[n - 2] if n - 1 <= len(_T975) else _t975_large(n - 1)
+        half = t * statistics.stdev(vals) / math.sqrt(n)
+    return {"mean": statistics.fmean(vals), "ci95": half, "n": n}
+
+
+def git_commit(root: Path = _ROOT) -> str:
+    """The commit of the checkout holding the code (``+dirty`` with local changes), or
+    ``"unknown"`` when it is not a git checkout or git is missing."""
+    try:
+        run = lambda *a: subprocess.run(  # noqa: E731
+            ["git", "-C", str(root), *a], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        commit = run("rev-parse", "HEAD")
+        dirty = run("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def hardware_info() -> dict[str, Any]:
+    """CPU model, logical cores, torch threads, GPU name (or None), platform."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "platform": platform.platform(),
+    }
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of python, torch, lightning, numpy and modaflow (None if not installed)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("torch", "lightning", "numpy", "modaflow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_metadata() -> dict[str, Any]:
+    """``{"commit", "hardware", "versions"}`` for the current process."""
+    return {"commit": git_commit(), "hardware": hardware_info(), "versions": package_versions()}
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One benchmark run of one modality and profile (see the module docstring for the
+    JSON layout). Build it with :meth:`create`, which fills in the run metadata."""
+
+    modality: str
+    profile: str
+    seed: int
+    commit: str
+    hardware: dict[str, Any]
+    versions: dict[str, Any]
+    metrics: dict[str, Metric]
+    baselines: dict[str, dict[str, Metric]]
+    timings: dict[str, float]
+    curves: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, modality: str, profile: str, seed: int, **parts: Any) -> "BenchResult":
+        """A result with ``commit``, ``hardware`` and ``versions`` of this process;
+        ``parts`` are the other fields (metrics, baselines, timings, curves, plots, notes)."""
+        return cls(modality=modality, profile=profile, seed=seed, **run_metadata(), **parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "modality": self.modality, "profile": self.profile, "seed": self.seed,
+            "commit": self.commit, "hardware": self.hardware, "versions": self.versions,
+            "metrics": self.metrics, "baselines": self.baselines, "timings": self.timings,
+            "curves": self.curves, "plots": self.plots, "notes": self.notes,
+        }  # fmt: skip
+
+    def write(self, out_dir: str | Path) -> Path:
+        """Write ``out_dir/results.json`` atomically; returns its path."""
+        path = Path(out_dir) / "results.json"
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "BenchResult":
+        """Read a ``results.json``; a missing required key is an error naming the file."""
+        path = Path(path)
+        data = json.loads(path.read_text())
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise ValueError(f"{path}: missing key(s) {missing}")
+        return cls(**data)
+
+
+def median_times(fns: dict[str, Callable[[], Any]], repeats: int, sync: Callable[[], None] | None = None) -> dict[str, float]:
+    """Median wall time in seconds of each function over ``repeats`` rounds, after one
+    warm-up call each. Rounds interleave the functions, so slow drifts of the machine hit
+    all of them alike and their ratios stay fair. ``sync`` (e.g.
+    ``torch.cuda.synchronize``) runs before each clock read."""
+    sync = sync or (lambda: None)
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, enable: bool = True) -> Iterator[T]:
+    """Iterate with a tqdm progress bar on stderr (shown only on a terminal)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as e:  # pragma: no cover - tqdm is in the bench extra
+        raise ImportError("progress bars need tqdm: pip install modaflow[bench]") from e
+    disable = None if enable else True  # None: tqdm decides (off when stderr is not a tty)
+    yield from tqdm(items, desc=desc, total=total, disable=disable, file=sys.stderr, leave=False)
+
+
+def default_run_dir(modality: str, profile: str, root: str | Path = "runs") -> Path:
+    """``runs/<YYYYmmdd-HHMMSS>-<modality>-<profile>``."""
+    return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{modality}-{profile}"
