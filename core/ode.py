@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .time_samplers import shift_time
 
-__all__ = ["Field", "SolveResult", "ODE_METHODS", "time_grid", "solve_ode", "solve_ode_adaptive"]
+__all__ = ["Field", "SolveResult", "ODE_METHODS", "ODE_STAGES", "grid_times", "time_grid", "solve_ode", "solve_ode_adaptive"]
 
 Field = Callable[[Tensor, Tensor], Tensor]
 """A velocity field ``field(x, t) -> v`` with ``x, v`` ``(B, *D)`` and ``t`` ``(B,)``."""
@@ -112,8 +112,9 @@ def _rk4(field: Field, x: Tensor, t: Tensor, t_mid: Tensor, t_next: Tensor, h: T
 
 
 _STEPS: dict[str, Callable[..., Tensor]] = {"euler": _euler, "midpoint": _midpoint, "heun": _heun, "rk4": _rk4}
-_STAGES: dict[str, int] = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 ODE_METHODS: tuple[str, ...] = tuple(_STEPS)
+ODE_STAGES: dict[str, int] = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
+"""Field evaluations per step of each fixed-step method."""
 
 
 def grid_times(grid: Tensor, x: Tensor) -> Tensor:
@@ -170,7 +171,7 @@ def solve_ode(
         if states is not None:
             states.append(x)
     trajectory = torch.stack(states) if states is not None else None
-    return SolveResult(x=x, trajectory=trajectory, nfe=K * _STAGES[method])
+    return SolveResult(x=x, trajectory=trajectory, nfe=K * ODE_STAGES[method])
 
 
 def solve_ode_adaptive(
