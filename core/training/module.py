@@ -1,0 +1,199 @@
+"""One Lightning module that trains any (network, path, parametrization, loss weight, time
+sampler) by conditional flow matching.
+
+Per step (Lipman et al. 2023, arXiv 2210.02747, eq. 9 / Algorithm 1 of Tong et al. 2024,
+arXiv 2302.00482): draw ``t`` from the time sampler, ``x0 ~ N(0, I)`` (or take the batch's
+source samples for bridges), form ``x_t`` and its conditional target through the path, and
+regress the network's prediction on it with :func:`~modaflow.core.losses.weighted_mse`.
+
+Randomness: step ``k`` on rank ``r`` draws ``t``, ``x0``, ``z`` and the conditioning dropout
+from a generator seeded by ``(seed, r, k)``, so a resumed run draws what an uninterrupted run
+would, and ranks draw independently.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from ..losses import weighted_mse
+from ..parametrizations import as_velocity_field, regression_target
+from ..paths import AffinePath, StochasticInterpolant
+from ..tensors import expand_t
+from .config import FlowMatchingConfig, make_loss_weight, make_path, make_time_sampler
+from .ema import EMA
+
+__all__ = ["FlowMatchingModule", "NonFiniteLossError", "Batch"]
+
+Batch = Tensor | dict[str, Tensor] | tuple[Tensor, ...] | list[Tensor]
+"""A tensor ``x1`` ``(B, *D)``; a dict with ``"x1"`` and optional ``"x0"`` (source samples,
+``(B, *D)``) and ``"cond"``; or a ``(x1,)`` / ``(x1, cond)`` sequence (``TensorDataset``)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf. ``step`` and ``loss`` say where and what."""
+
+    def __init__(self, step: int, loss: float, detail: str = "") -> None:
+        self.step, self.loss = step, loss
+        super().__init__(
+            f"training loss is {loss} (not finite) at step {step}; lower the learning rate, "
+            f"check the data for NaN/Inf, or clip gradients{detail}"
+        )
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class FlowMatchingModule(L.LightningModule):
+    """Conditional flow matching for ``model(x, t, cond=None)`` on ``path``.
+
+    Args:
+        model: network predicting ``cfg.parametrization`` with ``forward(x, t, cond=None)``.
+        path: the probability path; None builds ``cfg.path`` with :func:`make_path`. Pass
+            one explicitly for stochastic interpolants and bridges.
+        cfg: the training config.
+    """
+
+    def __init__(self, model: nn.Module, path: AffinePath | None, cfg: FlowMatchingConfig) -> None:
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.path = make_path(cfg) if path is None else path
+        as_velocity_field(model, cfg.parametrization, self.path)  # raises if the path cannot express it
+        self.time_sampler = make_time_sampler(cfg)
+        self.loss_weight = make_loss_weight(cfg, self.path)
+        self.ema = EMA(model, cfg.ema_decay)
+        self.step_offset = 0
+        """Steps completed before this Lightning run (set by ``fit`` when resuming)."""
+        self.last_loss: Tensor | None = None
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._nonfinite: tuple[Tensor, Tensor, Tensor] | None = None  # (seen, first step, its loss)
+
+    @property
+    def steps_done(self) -> int:
+        """Optimiser steps completed, counting those before a resume."""
+        return self.step_offset + self.global_step
+
+    def learning_rate(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then constant."""
+        if self.cfg.warmup_steps == 0:
+            return self.cfg.lr
+        return self.cfg.lr * min(1.0, (step + 1) / self.cfg.warmup_steps)
+
+    def _generator(self, device: torch.device, step: int) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = self._generators[device] = torch.Generator(device=device)
+        return gen.manual_seed(_seed(self.cfg.seed, self.global_rank, step))
+
+    @staticmethod
+    def unpack(batch: Batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(x1, x0 or None, cond or None)`` from any accepted batch form (see :data:`Batch`)."""
+        if isinstance(batch, Tensor):
+            return batch, None, None
+        if isinstance(batch, dict):
+            unknown = sorted(set(batch) - {"x1", "x0", "cond"})
+            if "x1" not in batch or unknown:
+                raise ValueError(f"a batch dict needs 'x1' and may have 'x0', 'cond'; got keys {sorted(batch)}")
+            return batch["x1"], batch.get("x0"), batch.get("cond")
+        if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+            return batch[0], None, batch[1] if len(batch) == 2 else None
+        raise TypeError(f"batch must be a tensor, a dict or an (x1,) / (x1, cond) sequence; got {type(batch).__name__}")
+
+    def drop_cond(self, cond: Tensor | None, generator: torch.Generator) -> Tensor | None:
+        """Replace each sample's ``cond`` with the null class (integer ids) or zeros (float
+        conditioning) with probability ``cfg.cond_dropout`` (Ho & Salimans 2022,
+        arXiv 2207.12598, Algorithm 1)."""
+        p = self.cfg.cond_dropout
+        if cond is None or p == 0:
+            return cond
+        drop = expand_t(torch.rand(cond.shape[0], generator=generator, device=cond.device) < p, cond)
+        if cond.is_floating_point():
+            return torch.where(drop, torch.zeros_like(cond), cond)
+        if self.cfg.null_class < 0:
+            raise ValueError("FlowMatchingConfig.null_class: expected the null class id (>= 0) when cond_dropout > 0")
+        return torch.where(drop, torch.full_like(cond, self.cfg.null_class), cond)
+
+    def compute_loss(self, batch: Batch, step: int) -> Tensor:
+        """The flow-matching loss of one batch, with the noise of step ``step``."""
+        x1, x0, cond = self.unpack(batch)
+        gen = self._generator(x1.device, step)
+        t = self.time_sampler(x1.shape[0], device=x1.device, dtype=x1.dtype, generator=gen)
+        t = self.cfg.t_min + (self.cfg.t_max - self.cfg.t_min) * t
+        if x0 is None:
+            if not self.path.gaussian_source:
+                raise ValueError(f"{self.path!r} has a data source: the batch must be a dict with 'x0'")
+            x0 = torch.randn(x1.shape, generator=gen, device=x1.device, dtype=x1.dtype)
+        if isinstance(self.path, StochasticInterpolant):
+            z = torch.randn(x1.shape, generator=gen, device=x1.device, dtype=x1.dtype)
+            sample = self.path.sample(x0, x1, t, z=z)
+        else:
+            sample = self.path.sample(x0, x1, t)
+        cond = self.drop_cond(cond, gen)
+        sigma = expand_t(self.path.sigma(t), x1)
+        target = regression_target(self.cfg.parametrization, x1, sample.eps, sample.dx_t, sigma)
+        pred = self.model(sample.x_t, t) if cond is None else self.model(sample.x_t, t, cond)
+        return weighted_mse(pred, target, t, self.loss_weight)
+
+    def _track_nonfinite(self, loss: Tensor, step: int) -> None:
+        """Remember the first non-finite loss on the device (no host sync)."""
+        loss = loss.detach().float()
+        if self._nonfinite is None or self._nonfinite[0].device != loss.device:
+            self._nonfinite = (torch.zeros((), dtype=torch.bool, device=loss.device),
+                               torch.zeros((), dtype=torch.long, device=loss.device), torch.zeros_like(loss))
+        seen, first_step, first_loss = self._nonfinite
+        new = ~torch.isfinite(loss) & ~seen
+        self._nonfinite = (seen | new, torch.where(new, step, first_step), torch.where(new, loss, first_loss))
+
+    def check_finite_loss(self) -> None:
+        """Raise :class:`NonFiniteLossError` if any loss so far was NaN/Inf (a host sync)."""
+        if self._nonfinite is not None and bool(self._nonfinite[0]):
+            raise NonFiniteLossError(int(self._nonfinite[1]), float(self._nonfinite[2]))
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        step = self.steps_done
+        loss = self.compute_loss(batch, step)
+        self._track_nonfinite(loss, step)
+        if step % self.cfg.nan_check_every == 0:
+            self.check_finite_loss()
+        self.last_loss = loss.detach()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=self.unpack(batch)[0].shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Callable | None = None) -> None:
+        """Set the warm-up learning rate, step, then update the EMA."""
+        lr = self.learning_rate(self.steps_done)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.ema.update(self.model)
+
+    def network(self, use_ema: bool = True) -> nn.Module:
+        """A frozen copy of the network in eval mode, with the EMA weights if ``use_ema``."""
+        net = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if use_ema:
+            self.ema.copy_to(net)
+        return net
+
+    def velocity_field(self, use_ema: bool = True, cond: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+        """A velocity field ``(x, t) -> v`` for the solvers (``x`` ``(B, *D)``, ``t`` ``(B,)``),
+        from a frozen copy of the network (EMA weights if ``use_ema``) converted from
+        ``cfg.parametrization`` through the path. ``cond`` (``(B, ...)``) is passed to every
+        call; its batch must match ``x``."""
+        net = self.network(use_ema)
+
+        def predict(x: Tensor, t: Tensor) -> Tensor:
+            return net(x, t) if cond is None else net(x, t, cond)
+
+        return as_velocity_field(predict, self.cfg.parametrization, self.path)
