@@ -136,7 +136,11 @@ def fit(
         trainer_args: devices / nodes / strategy / precision / accelerator for Lightning.
         max_steps: total steps, counting those already done before a resume.
         resume: continue from ``out_dir/checkpoints/last.safetensors`` if it exists (a fresh
-            run otherwise; ``resume=False`` starts over and overwrites it).
+            run otherwise; ``resume=False`` starts over and overwrites it). The data order
+            is not restored: the loader starts a new pass (under DDP Lightning's
+            DistributedSampler reshuffles from epoch 0), so a resumed run equals an
+            uninterrupted one bit for bit only when the resume falls on an epoch boundary of
+            an unshuffled single-device loader.
         progress: show Lightning's progress bar.
 
     Raises:

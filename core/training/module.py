@@ -37,14 +37,19 @@ Batch = Tensor | dict[str, Tensor] | tuple[Tensor, ...] | list[Tensor]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or Inf. ``step`` and ``loss`` say where and what."""
+    """The training loss became NaN or Inf. ``step`` and ``loss`` say where and what
+    (``loss`` is None when it happened on another rank)."""
 
-    def __init__(self, step: int, loss: float, detail: str = "") -> None:
+    def __init__(self, step: int, loss: float | None, detail: str = "") -> None:
         self.step, self.loss = step, loss
+        what = f"is {loss} (not finite)" if loss is not None else "became non-finite on another rank"
         super().__init__(
-            f"training loss is {loss} (not finite) at step {step}; lower the learning rate, "
+            f"training loss {what} at step {step}; lower the learning rate, "
             f"check the data for NaN/Inf, or clip gradients{detail}"
         )
+
+
+_NO_STEP = 2**62  # "no non-finite loss seen yet"
 
 
 def _seed(*parts: int) -> int:
@@ -75,7 +80,7 @@ class FlowMatchingModule(L.LightningModule):
         """Steps completed before this Lightning run (set by ``fit`` when resuming)."""
         self.last_loss: Tensor | None = None
         self._generators: dict[torch.device, torch.Generator] = {}
-        self._nonfinite: tuple[Tensor, Tensor, Tensor] | None = None  # (seen, first step, its loss)
+        self._nonfinite: tuple[Tensor, Tensor] | None = None  # (first non-finite step, its loss)
 
     @property
     def steps_done(self) -> int:
@@ -143,20 +148,35 @@ class FlowMatchingModule(L.LightningModule):
         pred = self.model(sample.x_t, t) if cond is None else self.model(sample.x_t, t, cond)
         return weighted_mse(pred, target, t, self.loss_weight)
 
+    def _tracker(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if self._nonfinite is None or self._nonfinite[0].device != device:
+            self._nonfinite = (torch.full((), _NO_STEP, dtype=torch.long, device=device),
+                               torch.zeros((), dtype=torch.float32, device=device))
+        return self._nonfinite
+
     def _track_nonfinite(self, loss: Tensor, step: int) -> None:
-        """Remember the first non-finite loss on the device (no host sync)."""
+        """Remember the first step with a non-finite loss, on the device (no host sync)."""
         loss = loss.detach().float()
-        if self._nonfinite is None or self._nonfinite[0].device != loss.device:
-            self._nonfinite = (torch.zeros((), dtype=torch.bool, device=loss.device),
-                               torch.zeros((), dtype=torch.long, device=loss.device), torch.zeros_like(loss))
-        seen, first_step, first_loss = self._nonfinite
-        new = ~torch.isfinite(loss) & ~seen
-        self._nonfinite = (seen | new, torch.where(new, step, first_step), torch.where(new, loss, first_loss))
+        first_step, first_loss = self._tracker(loss.device)
+        new = ~torch.isfinite(loss) & (first_step == _NO_STEP)
+        self._nonfinite = (torch.where(new, step, first_step), torch.where(new, loss, first_loss))
 
     def check_finite_loss(self) -> None:
-        """Raise :class:`NonFiniteLossError` if any loss so far was NaN/Inf (a host sync)."""
-        if self._nonfinite is not None and bool(self._nonfinite[0]):
-            raise NonFiniteLossError(int(self._nonfinite[1]), float(self._nonfinite[2]))
+        """Raise :class:`NonFiniteLossError` if any loss so far was NaN/Inf, on any rank (a
+        host sync; under DDP a scalar all-reduce, so every rank raises together instead of
+        the others waiting forever in the next gradient all-reduce). All ranks call it at
+        the same steps."""
+        first_step, first_loss = self._tracker(self.device)
+        step = first_step
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            step = first_step.clone()
+            torch.distributed.all_reduce(step, op=torch.distributed.ReduceOp.MIN)
+        step = int(step)
+        if step != _NO_STEP:
+            raise NonFiniteLossError(step, float(first_loss) if int(first_step) == step else None)
+
+    def on_fit_start(self) -> None:
+        self._nonfinite = None  # a new fit (e.g. a resume after a NaN) starts clean
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         step = self.steps_done
