@@ -8,6 +8,10 @@ import pytest
 import torch
 
 
+# The suite's models are tiny: one thread avoids oversubscribing CI's 2 cores.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

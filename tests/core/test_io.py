@@ -25,3 +25,15 @@ def test_failed_write_keeps_old_content(tmp_path) -> None:
         atomic_write(p, broken)
     assert p.read_text() == "good"
     assert [x.name for x in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_mode_follows_umask(tmp_path) -> None:
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        p = tmp_path / "f.txt"
+        atomic_write_text(p, "x")
+        assert p.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
