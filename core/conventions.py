@@ -198,13 +198,13 @@ def time_to_diffusers_sigma(t: Number) -> Tensor:
 def diffusers_timestep_to_time(timestep: Number, num_train_timesteps: int = 1000) -> Tensor:
     """diffusers flow-match ``timestep = sigma * num_train_timesteps`` -> ``t = 1 - timestep/N``."""
     _check_T(num_train_timesteps)
-    return _noise_fraction_to_time(timestep, num_train_timesteps)
+    return diffusers_sigma_to_time(_f(timestep) / num_train_timesteps)
 
 
 def time_to_diffusers_timestep(t: Number, num_train_timesteps: int = 1000) -> Tensor:
     """``t -> timestep = (1 - t) N`` (a float, as diffusers keeps it)."""
     _check_T(num_train_timesteps)
-    return _time_to_noise_fraction(t, num_train_timesteps)
+    return time_to_diffusers_sigma(t) * num_train_timesteps
 
 
 def diffusers_flow_output_to_velocity(output: Tensor) -> Tensor:
