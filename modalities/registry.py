@@ -145,8 +145,8 @@ def get_modality(name: str) -> Modality:
         module = importlib.import_module(entry.module)
     except ImportError as e:
         missing = getattr(e, "name", None) or str(e)
-        if entry.extra is None or (missing or "").startswith("modaflow"):
-            raise
+        if entry.extra is None or missing == "modaflow" or missing.startswith("modaflow."):
+            raise  # a broken modaflow module is a bug, not a missing extra
         raise ModalityUnavailable(
             f"modality {name!r} needs {missing!r}, which is not installed: "
             f"pip install modaflow[{entry.extra}]"

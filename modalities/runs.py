@@ -1,0 +1,68 @@
+"""Run folders shared by every modality.
+
+``modaflow train <modality> --out OUT`` leaves::
+
+    OUT/recipe.json                 {"modality": name, "config": <recipe config>}, written first
+    OUT/config.json                 the flow-matching / trainer / model configs (core fit)
+    OUT/checkpoints/last.safetensors (+ last.json)   weights, EMA, optimiser, step
+    OUT/metrics.csv                 step, loss
+
+so ``sample``, ``evaluate`` and ``finetune`` rebuild the model from ``recipe.json`` alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TypeVar
+
+from torch import nn
+
+from modaflow.core.config import Config, ConfigError
+from modaflow.core.io import atomic_write_text
+from modaflow.core.training import EMA, CheckpointError, checkpoint_path, load_checkpoint
+
+__all__ = ["RECIPE_FILE", "save_recipe", "load_recipe", "load_weights"]
+
+RECIPE_FILE = "recipe.json"
+C = TypeVar("C", bound=Config)
+
+
+def save_recipe(out_dir: str | Path, modality: str, cfg: Config) -> Path:
+    """Write ``out_dir/recipe.json`` atomically; returns its path."""
+    path = Path(out_dir) / RECIPE_FILE
+    text = json.dumps({"modality": modality, "config": cfg.to_dict()}, indent=2, sort_keys=True)
+    atomic_write_text(path, text + "\n")
+    return path
+
+
+def load_recipe(ckpt_dir: str | Path, modality: str, cfg_cls: type[C]) -> C:
+    """The recipe config of the run folder ``ckpt_dir``; errors name the file and say what
+    was expected (a missing file, another modality's run, bad fields)."""
+    path = Path(ckpt_dir) / RECIPE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; --ckpt must be a run folder written by 'modaflow train {modality}'")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("modality") != modality:
+        found = data.get("modality") if isinstance(data, dict) else None
+        raise ConfigError(f"{path}: a run of modality {found!r}, expected {modality!r}")
+    try:
+        return cfg_cls.from_dict(data.get("config"))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def load_weights(ckpt_dir: str | Path, model: nn.Module, use_ema: bool = True) -> int:
+    """Load ``ckpt_dir/checkpoints/last.safetensors`` into ``model`` (its EMA weights when
+    ``use_ema`` and the checkpoint has them); returns the checkpoint's step."""
+    path = checkpoint_path(ckpt_dir)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; has training written one yet?")
+    ema = EMA(model) if use_ema else None
+    ckpt = load_checkpoint(path, model, ema=ema if use_ema else None)
+    if ema is not None:
+        ema.copy_to(model)
+    return ckpt.step
