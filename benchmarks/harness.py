@@ -9,7 +9,7 @@ to ``results.json``, confidence intervals, timing and a progress bar.
     metrics   {name: number | {"mean", "ci95", "n"}}  measured for the method
     baselines {baseline name: {metric name: number | {...}}}   measured in the same run
     timings   {name: seconds (keys ending in "_s") or ratio (keys ending in "_ratio")}
-    curves    {name: {"x": [...], "y": [...], "xlabel", "ylabel"}}  metric-vs-NFE etc.
+    curves    {name: {"xlabel", "ylabel", "series": {label: {"x": [...], "y": [...]}}}}
     plots     [PNG file names beside results.json]
     notes     [str]
 """

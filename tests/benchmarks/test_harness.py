@@ -17,7 +17,7 @@ def _result(**over) -> H.BenchResult:
         metrics={"sw": 0.12, "energy": {"mean": 0.05, "ci95": 0.01, "n": 3}},
         baselines={"ddim": {"sw": 0.2}},
         timings={"total_s": 1.5, "solver_overhead_ratio": 1.02},
-        curves={"err": {"x": [1, 2, 4], "y": [1.0, 0.5, 0.25], "xlabel": "NFE", "ylabel": "error"}},
+        curves={"err": {"xlabel": "NFE", "ylabel": "error", "series": {"euler": {"x": [1, 2, 4], "y": [1.0, 0.5, 0.25]}}}},
     )
     parts.update(over)
     return H.BenchResult.create("toy", "smoke", 7, **parts)
