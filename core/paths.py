@@ -126,7 +126,7 @@ class VPCosinePath(AffinePath):
         return torch.sin(0.5 * math.pi * t)
 
     def sigma(self, t: Tensor) -> Tensor:
-        return torch.cos(0.5 * math.pi * t)
+        return torch.sin(0.5 * math.pi * (1.0 - t))  # = cos(pi t / 2), exactly 0 at t = 1
 
     def d_alpha(self, t: Tensor) -> Tensor:
         return 0.5 * math.pi * torch.cos(0.5 * math.pi * t)
