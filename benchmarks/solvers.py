@@ -22,19 +22,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from modaflow.core.discrete import solve_ddim
 from modaflow.core.gaussian import GaussianOracle
-from modaflow.core.ode import ODE_METHODS, ODE_STAGES, solve_ode, time_grid
+from modaflow.core.ode import ODE_STAGES, solve_ode, time_grid
 from modaflow.core.paths import LinearPath
-from modaflow.core.sde import solve_sde
 from modaflow.modalities.toy.data import gaussian_params
 from modaflow.modalities.toy.models import PlainMLP
+from modaflow.modalities.toy.recipe import SOLVERS, run_sampler
 
 from .harness import median_times, progress
 
 __all__ = ["OracleSettings", "OverheadSettings", "SAMPLERS", "oracle_errors", "solver_overhead", "empirical_order"]
 
-SAMPLERS: tuple[str, ...] = ODE_METHODS + ("em", "ddim")
+SAMPLERS: tuple[str, ...] = SOLVERS  # the ODE methods, then "em" and "ddim"
 STAGES: dict[str, int] = {**ODE_STAGES, "em": 1, "ddim": 1}
 
 
@@ -75,17 +74,6 @@ def empirical_order(nfes: list[int], errors: list[float]) -> float:
     return -math.log(e2 / e1) / math.log(n2 / n1)
 
 
-def _sample(oracle: GaussianOracle, sampler: str, x0: Tensor, steps: int, diffusion: float, seed: int) -> Tensor:
-    path = oracle.path
-    grid = time_grid(steps, dtype=x0.dtype)
-    if sampler in ODE_METHODS:
-        return solve_ode(oracle.velocity, x0, grid, method=sampler).x
-    if sampler == "ddim":
-        return solve_ddim(oracle.velocity, "velocity", path, x0, grid).x
-    g = torch.Generator().manual_seed(seed)
-    return solve_sde(oracle.velocity, x0, grid, path, lambda t: diffusion * path.sigma(t), generator=g).x
-
-
 def oracle_errors(s: OracleSettings, seed: int) -> dict:
     """Errors of every sampler in :data:`SAMPLERS` against the exact flow.
 
@@ -106,7 +94,9 @@ def oracle_errors(s: OracleSettings, seed: int) -> dict:
                 errs.append(None)
                 w2s.append(None)
                 continue
-            x = _sample(oracle, sampler, x0, steps, s.em_diffusion, seed + 1)
+            grid = time_grid(steps, dtype=x0.dtype)
+            gen = torch.Generator().manual_seed(seed + 1)
+            x = run_sampler(oracle.velocity, "velocity", oracle.path, x0, grid, sampler, s.em_diffusion, gen)
             err = (x - exact).pow(2).sum(1).mean().sqrt().item()
             errs.append(None if sampler == "em" else err)
             w2s.append(oracle.w2_to(x))

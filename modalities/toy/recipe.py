@@ -10,6 +10,7 @@ of :data:`SOLVERS` over ``steps`` steps (NFE = steps x stages for midpoint/heun/
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -19,8 +20,8 @@ from torch import Tensor, nn
 
 from modaflow.core.config import Config, ConfigError
 from modaflow.core.discrete import solve_ddim
-from modaflow.core.ode import ODE_METHODS, solve_ode, time_grid
-from modaflow.core.parametrizations import as_velocity_field
+from modaflow.core.ode import solve_ode, time_grid
+from modaflow.core.parametrizations import Parametrization, as_velocity_field
 from modaflow.core.paths import AffinePath
 from modaflow.core.sde import solve_sde
 from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit, load_checkpoint, make_path
@@ -31,7 +32,7 @@ from . import data as D
 from .metrics import energy_distance, mmd_rbf, sliced_wasserstein
 from .models import build_model
 
-__all__ = ["ToyConfig", "SOLVERS", "Solver", "build", "restore", "load_data", "generate", "train", "sample", "evaluate", "finetune"]
+__all__ = ["ToyConfig", "SOLVERS", "Solver", "build", "restore", "load_data", "generate", "run_sampler", "train", "sample", "evaluate", "finetune"]
 
 Solver = Literal["euler", "midpoint", "heun", "rk4", "em", "ddim"]
 SOLVERS: tuple[str, ...] = get_args(Solver)
@@ -129,15 +130,45 @@ def generate(
     device = next(model.parameters()).device
     x0 = torch.randn(n, cfg.dim, generator=torch.Generator().manual_seed(seed)).to(device)
     grid = time_grid(steps, shift=cfg.sample_shift, device=device)
-    kind = cfg.fm.parametrization
+    g = torch.Generator(device).manual_seed(seed + 1)
+    return run_sampler(model, cfg.fm.parametrization, path, x0, grid, solver, cfg.em_diffusion, g)
+
+
+def run_sampler(
+    model: Callable[[Tensor, Tensor], Tensor],
+    kind: Parametrization,
+    path: AffinePath,
+    x0: Tensor,
+    grid: Tensor,
+    solver: str,
+    em_diffusion: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Integrate ``x0`` ``(B, D)`` over ``grid`` with ``solver``, for a model predicting
+    ``kind``: an ODE method, ``"em"`` (diffusion ``g(t) = em_diffusion * sigma(t)``, noise
+    from ``generator``) or ``"ddim"`` (eta = 0).
+
+    A model of kind data / noise / score gives no velocity where the conversion divides by
+    zero: ``sigma(t) = 0`` (t = 1, which heun and rk4 evaluate) for data and score, and
+    ``alpha(t) = 0`` (t = 0 on the linear and cosine paths) for noise and score. Those
+    combinations raise a ``ValueError`` instead of returning NaN samples."""
+    _check_defined(kind, path, grid, solver)
     if solver == "ddim":
         return solve_ddim(model, kind, path, x0, grid).x
     field_ = as_velocity_field(model, kind, path)
     if solver == "em":
-        c = cfg.em_diffusion
-        g = torch.Generator(device).manual_seed(seed + 1)
-        return solve_sde(field_, x0, grid, path, lambda t: c * path.sigma(t), generator=g).x
+        return solve_sde(field_, x0, grid, path, lambda t: em_diffusion * path.sigma(t), generator=generator).x
     return solve_ode(field_, x0, grid, method=solver).x
+
+
+def _check_defined(kind: str, path: AffinePath, grid: Tensor, solver: str) -> None:
+    evaluated = grid if solver in ("heun", "rk4") else grid[..., :-1]  # euler-type steps skip the end
+    if kind in ("data", "score") and solver != "ddim" and bool((path.sigma(evaluated) == 0).any()):
+        raise ValueError(f"solver {solver!r} evaluates a {kind!r} model at sigma(t) = 0 (t = 1), where its velocity "
+                         f"is undefined; use euler, midpoint, em or ddim")
+    if kind in ("noise", "score") and bool((path.alpha(evaluated) == 0).any()):
+        raise ValueError(f"a {kind!r} model cannot start at alpha(t) = 0 on {path!r} (no data estimate there); "
+                         f"train it on a ddpm_* path, or use the velocity or data parametrization")
 
 
 def train(cfg: ToyConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True) -> dict:
