@@ -43,16 +43,23 @@ class ToyProfile:
     """Sizes of one benchmark profile."""
 
     oracle: OracleSettings
+    """Sizes of the Gaussian-oracle solver benchmark."""
     overhead: OverheadSettings
+    """Sizes of the solver-overhead timing."""
     datasets: tuple[tuple[str, int], ...]
     """(toy dataset, dimension) pairs to train on."""
     train_steps: int
+    """Optimiser steps per trained model."""
     n_train: int
+    """Training samples per dataset."""
     hidden: int
+    """Width of the residual MLP."""
     depth: int
+    """Residual blocks of the MLP."""
     eval_n: int
     """Samples generated and held-out samples compared, per evaluation."""
     eval_nfes: tuple[int, ...]
+    """NFEs of the metric-vs-NFE curves; the last one gets repeats and all metrics."""
     repeats: int
     """Sampling repeats (different noise seeds) for the mean and 95% interval at the top NFE."""
     data_param_baseline: bool
@@ -60,6 +67,7 @@ class ToyProfile:
     threads: int
     """torch threads (0: leave torch's default)."""
     device: str = "cpu"
+    """Where training and sampling run (the oracle and CPU timings always use the CPU)."""
 
 
 _NFES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -251,6 +259,8 @@ def _run(profile: str, p: ToyProfile, out: Path, seed: int) -> BenchResult:
         f"torch threads: {torch.get_num_threads()}; device: {p.device}",
         "oracle: exact velocity of N(mu, Sigma) on the linear path, float64; DDIM (eta = 0) equals Euler on this path",
         "trained: method = Euler on the velocity model (EMA weights); baselines share data, seeds and initial noise",
+        f"'<data>.<metric>@nfe{p.eval_nfes[-1]}' is the mean and 95% t-interval over {p.repeats} noise seeds; "
+        "other NFEs are one draw; real_data_floor compares a training subsample of the same size",
     ]
     result = BenchResult.create("toy", profile, seed, metrics=metrics, baselines=baselines, timings=timings,
                                 curves=curves, plots=plots, notes=notes)
