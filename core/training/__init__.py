@@ -15,6 +15,7 @@ from .config import (
 )
 from .ema import EMA
 from .fit import FitResult, checkpoint_path, fit
+from .flow_map_module import FlowMapConfig, FlowMapModule
 from .module import Batch, FlowMatchingModule, NonFiniteLossError
 
 __all__ = [
@@ -39,4 +40,6 @@ __all__ = [
     "fit",
     "FitResult",
     "checkpoint_path",
+    "FlowMapConfig",
+    "FlowMapModule",
 ]

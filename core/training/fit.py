@@ -114,7 +114,7 @@ def _warn_config_changes(saved: Config | dict | None, current: FlowMatchingConfi
     changed = sorted(k for k in new if old.get(k) != new[k])
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
-        warnings.warn(f"resuming from {path} with a changed FlowMatchingConfig ({diffs})", stacklevel=3)
+        warnings.warn(f"resuming from {path} with a changed {type(current).__name__} ({diffs})", stacklevel=3)
 
 
 def fit(
@@ -154,7 +154,7 @@ def fit(
     ckpt_file = checkpoint_path(out)
     ckpt, history = None, []
     if resume and ckpt_file.exists():
-        ckpt = read_checkpoint(ckpt_file, FlowMatchingConfig)
+        ckpt = read_checkpoint(ckpt_file, type(cfg))  # FlowMatchingConfig or a subclass (FlowMapConfig)
         _warn_config_changes(ckpt.config, cfg, ckpt_file)
         apply_checkpoint(ckpt, model=module.model, ema=module.ema)
         history = [(int(s), float(v)) for s, v in ckpt.extra.get("history", []) if s <= ckpt.step]
