@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..config import Config
+from ..coupling import CouplingMethod
 from ..losses import TimeWeight
 from ..parametrizations import Parametrization
 from ..paths import AffinePath, DiscreteVPPath, LinearPath, VPCosinePath
@@ -83,6 +84,17 @@ class FlowMatchingConfig(Config):
     null_class: int = -1
     """The null class id (the network's num_classes); required when cond_dropout > 0 and
     cond holds class ids. Float conditioning is dropped to zeros instead."""
+    coupling: CouplingMethod = "independent"
+    """How drawn noise x0 is paired with the batch's data x1: independent (as drawn),
+    exact_ot (minibatch OT permutation, Tong et al. 2024, arXiv 2302.00482; solved on the
+    host with scipy, pip install modaflow[ot]) or sinkhorn (entropic OT plan on the device,
+    pairs sampled from it). Re-pairs only drawn noise; (x1, cond) stay together, and source
+    samples given in the batch ("x0") keep their pairing."""
+    sinkhorn_epsilon: float = 0.05
+    """Entropic regularisation of the sinkhorn coupling, relative to the batch's mean
+    squared distance (smaller = closer to exact OT, more iterations needed)."""
+    sinkhorn_iterations: int = 100
+    """Sinkhorn iterations of the sinkhorn coupling (a fixed count: no host sync)."""
     seed: int = 0
     """Seed of the training noise: step k on rank r draws t, x0 and dropout from a generator
     seeded by (seed, r, k), so runs and resumed runs are reproducible."""
@@ -96,10 +108,11 @@ class FlowMatchingConfig(Config):
     or before a checkpoint is written, so a NaN model is never saved."""
 
     def validate(self) -> None:
-        positive = ("ddpm_steps", "batch_size", "max_steps", "log_every", "ckpt_every", "nan_check_every")
+        positive = ("ddpm_steps", "batch_size", "max_steps", "log_every", "ckpt_every", "nan_check_every",
+                    "sinkhorn_iterations")
         for name in positive:
             self._require(getattr(self, name) >= 1, name, "an integer >= 1")
-        for name in ("lr", "min_snr_gamma", "logit_normal_s", "time_shift"):
+        for name in ("lr", "min_snr_gamma", "logit_normal_s", "time_shift", "sinkhorn_epsilon"):
             self._require(getattr(self, name) > 0, name, "a number > 0")
         for name in ("weight_decay", "warmup_steps", "grad_clip"):
             self._require(getattr(self, name) >= 0, name, "a value >= 0")

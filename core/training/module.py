@@ -5,6 +5,9 @@ Per step (Lipman et al. 2023, arXiv 2210.02747, eq. 9 / Algorithm 1 of Tong et a
 arXiv 2302.00482): draw ``t`` from the time sampler, ``x0 ~ N(0, I)`` (or take the batch's
 source samples for bridges), form ``x_t`` and its conditional target through the path, and
 regress the network's prediction on it with :func:`~modaflow.core.losses.weighted_mse`.
+With ``cfg.coupling`` other than ``"independent"``, the drawn noise is re-paired with the
+batch's data by minibatch optimal transport (:mod:`modaflow.core.coupling`; Tong et al. 2024,
+arXiv 2302.00482, OT-CFM) before ``x_t`` is formed.
 
 Randomness: step ``k`` on rank ``r`` draws ``t``, ``x0``, ``z`` and the conditioning dropout
 from a generator seeded by ``(seed, r, k)``, so a resumed run draws what an uninterrupted run
@@ -22,6 +25,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from ..coupling import couple
 from ..losses import weighted_mse
 from ..parametrizations import as_velocity_field, regression_target
 from ..paths import AffinePath, StochasticInterpolant
@@ -127,6 +131,14 @@ class FlowMatchingModule(L.LightningModule):
             raise ValueError("FlowMatchingConfig.null_class: expected the null class id (>= 0) when cond_dropout > 0")
         return torch.where(drop, torch.full_like(cond, self.cfg.null_class), cond)
 
+    def draw_source(self, x1: Tensor, generator: torch.Generator) -> Tensor:
+        """Noise ``x0 ~ N(0, I)`` shaped like ``x1`` ``(B, *D)``, re-ordered to pair with
+        ``x1`` by ``cfg.coupling`` (``x1``, and any ``cond`` with it, keeps its order)."""
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+        if self.cfg.coupling == "independent":
+            return x0
+        return couple(x0, x1, self.cfg.coupling, self.cfg.sinkhorn_epsilon, self.cfg.sinkhorn_iterations, generator).x0
+
     def compute_loss(self, batch: Batch, step: int) -> Tensor:
         """The flow-matching loss of one batch, with the noise of step ``step``."""
         x1, x0, cond = self.unpack(batch)
@@ -136,7 +148,7 @@ class FlowMatchingModule(L.LightningModule):
         if x0 is None:
             if not self.path.gaussian_source:
                 raise ValueError(f"{self.path!r} has a data source: the batch must be a dict with 'x0'")
-            x0 = torch.randn(x1.shape, generator=gen, device=x1.device, dtype=x1.dtype)
+            x0 = self.draw_source(x1, gen)
         if isinstance(self.path, StochasticInterpolant):
             z = torch.randn(x1.shape, generator=gen, device=x1.device, dtype=x1.dtype)
             sample = self.path.sample(x0, x1, t, z=z)
