@@ -44,7 +44,7 @@ from .parametrizations import convert
 from .paths import AffinePath
 from .tensors import expand_t
 
-__all__ = ["solve_sde", "Diffusion"]
+__all__ = ["solve_sde", "euler_maruyama_step", "Diffusion"]
 
 Diffusion = float | Callable[[Tensor], Tensor]
 """A diffusion coefficient: a constant ``g >= 0`` or a callable ``t (B,) -> g(t) (B,)``."""
@@ -90,10 +90,8 @@ def solve_sde(
         t = ts[k]
         v = field(x, t)
         g = expand_t(diffusion(t), x) if callable(diffusion) else g_const
-        score = convert(v, "velocity", "score", x, t, path)
-        drift = v + (0.5 * g * g) * score
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = x + hs[k] * drift + (g * sqrt_hs[k]) * noise
+        x = euler_maruyama_step(x, v, t, hs[k], sqrt_hs[k], g, noise, path)
         if states is not None:
             states.append(x)
     x = torch.addcmul(x, hs[K - 1], field(x, ts[K - 1]))  # last step: deterministic ODE Euler
@@ -101,3 +99,16 @@ def solve_sde(
         states.append(x)
     trajectory = torch.stack(states) if states is not None else None
     return SolveResult(x=x, trajectory=trajectory, nfe=K)
+
+
+def euler_maruyama_step(
+    x: Tensor, v: Tensor, t: Tensor, h: Tensor, sqrt_h: Tensor, g: Tensor | float, noise: Tensor, path: AffinePath
+) -> Tensor:
+    """One Euler–Maruyama step (Kloeden & Platen 1992, ch. 10) of ``dX = [v + g^2/2 s] dt +
+    g dW`` from ``(x, t)``, given the velocity ``v = field(x, t)`` already evaluated (so a
+    caller that also needs ``v``, e.g. for ``E[x1 | x_t]``, pays one field call). ``x, v,
+    noise`` ``(B, *D)``; ``t`` ``(B,)``; ``h, sqrt_h`` (the step and its square root) and ``g``
+    broadcast against ``x``."""
+    score = convert(v, "velocity", "score", x, t, path)
+    drift = v + (0.5 * g * g) * score
+    return x + h * drift + (g * sqrt_h) * noise
