@@ -1,6 +1,6 @@
 """Training losses of flow maps ``X(s, t, x) = x + (t - s) u(x, s, t)`` (:mod:`modaflow.core.flow_maps`).
 
-Two terms (Boffi, Albergo & Vanden-Eijnden 2025, arXiv 2505.18825, sec. 3, "self-distillation":
+Two terms (Boffi, Albergo & Vanden-Eijnden 2025, arXiv 2505.18825, "self-distillation":
 loss = diagonal term + off-diagonal distillation term):
 
 * :func:`diagonal_loss`: flow matching on the diagonal ``s = t``, ``|u(x_t, t, t) - target|^2``
@@ -11,14 +11,14 @@ loss = diagonal term + off-diagonal distillation term):
   diagonal (self-distillation, default) or a trained teacher's (distillation):
 
   ==============  ==========================================================================
-  ``lagrangian``  ``d/dt X(s,t,x) - v(X(s,t,x), t)`` (LSD, ibid. sec. 3, from the Lagrangian
+  ``lagrangian``  ``d/dt X(s,t,x) - v(X(s,t,x), t)`` (LSD, ibid., from the Lagrangian
                   equation; with a teacher ``v`` it is Lagrangian map distillation, Sabour et
                   al. 2025, arXiv 2506.14603). ``d/dt X`` by a forward-mode JVP in ``t``.
-  ``eulerian``    ``d/ds X(s,t,x) + grad_x X(s,t,x) v(x, s)`` (ESD, ibid. sec. 3, from the
+  ``eulerian``    ``d/ds X(s,t,x) + grad_x X(s,t,x) v(x, s)`` (ESD, ibid., from the
                   Eulerian equation): one JVP in ``(s, x)`` along ``(1, v(x, s))``.
   ``progressive`` ``u(x,s,t) - [h u(x,s,r) + (1-h) u(X(s,r,x), r, t)]``, ``h = (r-s)/(t-s)``:
                   the map over ``[s, t]`` against the two-hop map ``X(r, t, X(s, r, x))``
-                  (PSD, ibid. sec. 3, from the semigroup property), written for ``u``.
+                  (PSD, ibid., from the semigroup property), written for ``u``.
   ``teacher``     ``u(x,s,t)`` against the teacher's ``K``-step ODE solution from ``s`` to ``t``
                   (its average velocity), solved by :func:`modaflow.core.ode.solve_ode`.
   ==============  ==========================================================================
@@ -86,14 +86,14 @@ def _lagrangian(p: _Problem) -> tuple[Tensor, Tensor]:
     X = p.x + gap * u
     with p.target_context():
         v = p.velocity(X.detach() if p.stop_gradient else X, p.t)
-    return dX_dt, v  # Lagrangian equation, arXiv 2505.18825, sec. 2: d/dt X = v(X, t)
+    return dX_dt, v  # Lagrangian equation, arXiv 2505.18825: d/dt X = v(X, t)
 
 
 def _eulerian(p: _Problem) -> tuple[Tensor, Tensor]:
     with p.target_context():
         v = p.velocity(p.x, p.s)
     # D u = d/ds u + grad_x u . v (one JVP along (1, v)); then
-    # d/ds X + grad_x X . v = v - u + (t - s) D u  (Eulerian equation, arXiv 2505.18825, sec. 2)
+    # d/ds X + grad_x X . v = v - u + (t - s) D u  (Eulerian equation, arXiv 2505.18825)
     u, Du = jvp(lambda s, x: p.u(x, s, p.t), (p.s, p.x), (torch.ones_like(p.s), v))
     target = v + expand_t(p.t - p.s, p.x) * Du
     return u, target.detach() if p.stop_gradient else target
@@ -105,7 +105,7 @@ def _progressive(p: _Problem) -> tuple[Tensor, Tensor]:
     with p.target_context():
         u_sr = p.u(p.x, p.s, p.r)
         X_sr = p.x + expand_t(p.r - p.s, p.x) * u_sr
-        # X(r, t, X(s, r, x)) - x = (r - s) u_sr + (t - r) u_rt  (semigroup, arXiv 2505.18825, sec. 2)
+        # X(r, t, X(s, r, x)) - x = (r - s) u_sr + (t - r) u_rt  (semigroup property, arXiv 2505.18825)
         target = h * u_sr + (1.0 - h) * p.u(X_sr, p.r, p.t)
     return p.u(p.x, p.s, p.t), target
 
@@ -136,7 +136,7 @@ FLOW_MAP_LOSSES: dict[str, Callable[[_Problem], tuple[Tensor, Tensor]]] = {
 def diagonal_loss(flow_map: FlowMap, x_t: Tensor, t: Tensor, target: Tensor, cond: Tensor | None = None,
                   reduce: bool = True) -> Tensor:
     """Flow matching on the diagonal: ``mean |u(x_t, t, t) - target|^2`` (arXiv 2505.18825,
-    sec. 3, the diagonal term; target ``dx_t`` from :meth:`AffinePath.sample`, or a teacher's
+    the diagonal term; target ``dx_t`` from :meth:`AffinePath.sample`, or a teacher's
     ``v(x_t, t)``). ``x_t, target`` ``(B, *D)``, ``t`` ``(B,)``."""
     return weighted_mse(flow_map.velocity(x_t, t, cond), target, t, reduce=reduce)
 

@@ -3,15 +3,15 @@ one- and few-step generation; an any-step sampler; an exact Gaussian flow map fo
 
 The flow map of ``dx/dt = v(x, t)`` sends the state at time ``s`` to the state at time ``t``
 (Boffi, Albergo & Vanden-Eijnden 2025, "How to build a consistency model: learning flow maps
-via self-distillation", arXiv 2505.18825, sec. 2). It is parametrised through an average
-velocity ``u`` (ibid., sec. 2, "X_{s,t}(x) = x + (t - s) v_{s,t}(x)"; the "average velocity" of
+via self-distillation", arXiv 2505.18825). It is parametrised through an average
+velocity ``u`` (ibid., "X_{s,t}(x) = x + (t - s) v_{s,t}(x)"; the "average velocity" of
 MeanFlow, Geng et al. 2025, arXiv 2505.13447)::
 
     X(s, t, x) = x + (t - s) u(x, s, t)          so X(s, s, x) = x exactly,
 
 and then ``d/dt X(s, t, x)`` at ``t = s`` is ``u(x, s, s)``: by the tangent condition (ibid.,
-sec. 2) the diagonal ``u(x, t, t)`` *is* the velocity ``v(x, t)``, learnt by flow matching.
-The exact map also satisfies (ibid., sec. 2, the three characterisations the losses of
+ibid.) the diagonal ``u(x, t, t)`` *is* the velocity ``v(x, t)``, learnt by flow matching.
+The exact map also satisfies (ibid., the Lagrangian, Eulerian and semigroup characterisations the losses of
 :mod:`modaflow.core.flow_map_losses` are built on)::
 
     Lagrangian   d/dt X(s, t, x) = v(X(s, t, x), t)
@@ -61,13 +61,13 @@ class FlowMap(nn.Module):
         return self.net(x, s, t) if cond is None else self.net(x, s, t, cond)
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        """``X(s, t, x)``, ``(B, *D)``; ``s, t`` ``(B,)`` or scalars (arXiv 2505.18825, sec. 2)."""
+        """``X(s, t, x)``, ``(B, *D)``; ``s, t`` ``(B,)`` or scalars (arXiv 2505.18825)."""
         s, t = as_time(s, x.shape[0], x), as_time(t, x.shape[0], x)
         return x + expand_t(t - s, x) * self.average_velocity(x, s, t, cond)
 
     def velocity(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """The diagonal ``u(x, t, t) = d/dt X(t, t', x)|_{t'=t}``: the learnt velocity ``v(x, t)``
-        (tangent condition, arXiv 2505.18825, sec. 2)."""
+        (tangent condition, arXiv 2505.18825)."""
         return self.average_velocity(x, t, t, cond)
 
     def velocity_field(self, cond: Tensor | None = None) -> Field:
@@ -110,7 +110,7 @@ def sample_flow_map(
 
     ``grid = [0, 1]`` is one-step generation; ``time_grid(K)`` from :mod:`modaflow.core.ode`
     gives ``K`` steps. A perfect map gives the same result on every grid (semigroup property,
-    arXiv 2505.18825, sec. 2), so more steps only correct a learnt map's errors.
+    arXiv 2505.18825), so more steps only correct a learnt map's errors.
 
     Args:
         flow_map: ``flow_map(x, s, t, cond=None) -> X(s, t, x)`` (e.g. :class:`FlowMap`).

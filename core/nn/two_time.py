@@ -4,7 +4,7 @@ map ``X(s, t, x) = x + (t - s) u_theta(x, s, t)`` (see :mod:`modaflow.core.flow_
 Same trunk as :class:`~modaflow.core.nn.mlp.ResidualMLP` (adaLN-Zero residual blocks, Peebles &
 Xie 2023, arXiv 2212.09748, sec. 3.2); the conditioning vector is
 ``c = MLP([emb(t), emb(t - s)])`` (+ a class embedding), i.e. the end time and the signed
-gap, as in MeanFlow (Geng et al. 2025, arXiv 2505.13447, sec. 4, "(t, t - r)" conditioning).
+gap, as in MeanFlow (Geng et al. 2025, arXiv 2505.13447, its "(t, t - r)" conditioning).
 
 The flow-map losses differentiate the network in ``s`` and ``t`` (forward-mode JVPs), so the
 time embedding's frequency range matters: ``time_scale`` multiplies the times before the

@@ -4,8 +4,10 @@
 :class:`FlowMapModule` is a :class:`~modaflow.core.training.module.FlowMatchingModule` with
 another loss, so it reuses the EMA, the NaN guard, the per-step seeded noise, the optimiser and
 :func:`~modaflow.core.training.fit.fit` (checkpoints, resume) unchanged. Per step, on one batch
-(Boffi, Albergo & Vanden-Eijnden 2025, arXiv 2505.18825, sec. 3: diagonal + off-diagonal term):
+(Boffi, Albergo & Vanden-Eijnden 2025, arXiv 2505.18825, self-distillation: diagonal + off-diagonal term):
 
+0. noise ``x0 ~ N(0, I)`` paired with the batch by ``cfg.coupling`` (independent or minibatch OT,
+   :meth:`~modaflow.core.training.module.FlowMatchingModule.draw_source`);
 1. diagonal: ``t`` from the time sampler, ``x_t`` from the path; regress ``u(x_t, t, t)`` on
    ``dx_t`` (or on the teacher's ``v(x_t, t)`` when a teacher is given);
 2. off-diagonal: ``(s, t)`` uniform on ``{t_min <= s <= t <= t_max}``, ``x_s`` from the path (same
@@ -114,7 +116,7 @@ class FlowMapModule(FlowMatchingModule):
         if x0 is None:
             if not self.path.gaussian_source:
                 raise ValueError(f"{self.path!r} has a data source: the batch must be a dict with 'x0'")
-            x0 = torch.randn(x1.shape, **kw)
+            x0 = self.draw_source(x1, gen)  # N(0, I), paired with x1 by cfg.coupling
         cond = self.drop_cond(cond, gen)
         teacher = self._teacher_field(cond)
         lo, width = cfg.t_min, cfg.t_max - cfg.t_min

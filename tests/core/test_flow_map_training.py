@@ -91,6 +91,18 @@ def test_exact_map_has_zero_loss_under_exact_teacher_distillation():
     assert module.compute_loss(x1, step=0) < 1e-20
 
 
+def test_noise_is_paired_by_the_configured_coupling(monkeypatch):
+    module = FlowMapModule(_flow_map(), None, FlowMapConfig(coupling="sinkhorn", sinkhorn_iterations=20))
+    draw, seen = module.draw_source, []
+
+    def spy(x1, generator):
+        seen.append(x1.shape)
+        return draw(x1, generator)
+
+    monkeypatch.setattr(module, "draw_source", spy)
+    assert torch.isfinite(module.compute_loss(torch.randn(16, 2), step=0)) and seen == [(16, 2)]
+
+
 def test_conditional_batches_reach_the_map_and_the_teacher():
     seen = []
 
