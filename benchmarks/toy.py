@@ -253,9 +253,15 @@ def _run(profile: str, p: ToyProfile, out: Path, seed: int) -> BenchResult:
             baselines.setdefault(b, {}).update(ms)
         timings.update(res["timings"])
         curves.update(res["curves"])
-    plots = _plots(out, oracle, trained)
+    from .toy_onestep import run_onestep  # issue 3: one-step table, scaling, steering (imports this module)
+
+    extra = run_onestep(profile, list(trained), out, seed, p.device)
+    metrics.update(extra["metrics"])
+    timings.update(extra["timings"])
+    curves.update(extra["curves"])
+    plots = _plots(out, oracle, trained) + extra["plots"]
     timings["total_s"] = time.perf_counter() - t0
-    notes = over["notes"] + [
+    notes = over["notes"] + extra["notes"] + [
         f"torch threads: {torch.get_num_threads()}; device: {p.device}",
         "oracle: exact velocity of N(mu, Sigma) on the linear path, float64; DDIM (eta = 0) equals Euler on this path",
         "trained: method = Euler on the velocity model (EMA weights); baselines share data, seeds and initial noise",
