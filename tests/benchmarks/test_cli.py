@@ -118,6 +118,28 @@ def test_bench_toy_smoke_writes_results_report_and_plots(tmp_path, capsys) -> No
     assert data["timings"]["solver_overhead_ratio"] > 0
     assert {"heun", "real_data_floor", "exact_flow_map"} <= set(data["baselines"])
     assert "moons2d.sw@nfe4" in m and "solver_overhead_ratio" in capsys.readouterr().out
+    _check_onestep(data, m)
+
+
+def _check_onestep(data: dict, m: dict) -> None:
+    """Issue 3: the one-step table, its goal ratios, conservativity, scaling and steering rows."""
+    pre, rate = "onestep.moons2d.", data["timings"]
+    maps = [f"map_{loss}" for loss in ("lagrangian", "eulerian", "progressive", "teacher")]
+    for nfe in (1, 2, 4, 8, 32, 128):
+        assert {"mean", "ci95", "n"} <= set(m[f"{pre}teacher.sw@nfe{nfe}"]) and f"{pre}teacher.energy@nfe{nfe}" in m
+    for name in maps + ["reflow", "ot_cfm"]:
+        assert all(f"{pre}{name}.sw@nfe{k}" in m for k in (1, 2, 4)) and rate[f"{pre}{name}.samples_per_s"] > 0
+    assert f"{pre}wflow.sw@nfe1" in m and rate[f"{pre}teacher.samples_per_s@nfe128"] > 0
+    best = min(m[f"{pre}{n}.sw@nfe1"]["mean"] for n in maps)
+    assert m[f"{pre}best_flow_map.sw@nfe1"] == best
+    assert m[f"{pre}best_flow_map.sw_ratio_vs_teacher128"] == pytest.approx(best / m[f"{pre}teacher.sw@nfe128"]["mean"])
+    assert m[f"{pre}best_flow_map.speedup_vs_teacher128"] > 0
+    assert all(f"{pre}{n}.loglik" in m for n in ("teacher", "reflow", "ot_cfm"))
+    assert 0 <= m["conservativity.moons2d.teacher.asymmetry@t0.5"] <= 2
+    assert all(f"scaling.moons2d.{s}.reward@nfe16" in m for s in ("best_of_n", "greedy", "smc", "rollover"))
+    assert m["steering.gaussian4d.flowchef.residual"] < 1e-9 < m["steering.gaussian4d.none.residual"]
+    assert {"onestep_moons2d_samples.png", "onestep_moons2d_sw_vs_nfe.png", "conservativity_moons2d.png",
+            "scaling_moons2d.png"} <= set(data["plots"])
 
 
 def test_bench_all_writes_one_folder_per_modality(tmp_path, capsys) -> None:
