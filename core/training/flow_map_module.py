@@ -95,6 +95,13 @@ class FlowMapModule(FlowMatchingModule):
             teacher.eval().requires_grad_(False)
         self.teacher = teacher
 
+    def train(self, mode: bool = True) -> "FlowMapModule":
+        """Set training mode; an ``nn.Module`` teacher stays in eval mode (no dropout)."""
+        super().train(mode)
+        if isinstance(self.teacher, nn.Module):
+            self.teacher.eval()
+        return self
+
     def _teacher_field(self, cond: Tensor | None) -> Field | None:
         teacher = self.teacher
         if teacher is None or cond is None:

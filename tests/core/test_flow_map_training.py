@@ -80,6 +80,7 @@ def test_every_loss_gives_a_finite_loss_with_gradients(loss, teacher):
     assert all(p.grad is not None for p in module.model.parameters())
     if teacher:
         assert module.teacher.anchor.grad is None and not module.teacher.anchor.requires_grad
+        assert module.train().training and not module.teacher.training  # the teacher stays in eval mode
 
 
 def test_exact_map_has_zero_loss_under_exact_teacher_distillation():
