@@ -24,7 +24,7 @@ from torch import Tensor
 from modaflow.core.gaussian import GaussianOracle
 from modaflow.core.ode import Field, time_grid
 from modaflow.core.paths import AffinePath, LinearPath
-from modaflow.core.scaling import ScalingConfig, sample_scaled
+from modaflow.core.scaling import Reward, ScalingConfig, ScalingResult, sample_scaled
 from modaflow.core.steering import Mask, SteeringConfig, steer
 from modaflow.modalities.toy.data import gaussian_params
 from modaflow.modalities.toy.metrics import sliced_wasserstein
@@ -76,8 +76,8 @@ def scaling_table(field: Field, path: AffinePath, ref: Tensor, s: ScalingSetting
     def zero(x: Tensor) -> Tensor:
         return torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
 
-    def draw(cfg: ScalingConfig, r) -> Tensor:
-        g = torch.Generator(device).manual_seed(seed)
+    def draw(cfg: ScalingConfig, r: Reward, seed_: int = seed) -> ScalingResult:
+        g = torch.Generator(device).manual_seed(seed_)
         return sample_scaled(field, path, r, s.n, (dim,), cfg, g, device=device)
 
     metrics, series = {}, {}
@@ -90,9 +90,11 @@ def scaling_table(field: Field, path: AffinePath, ref: Tensor, s: ScalingSetting
         xs, ys = series.setdefault(name, {"x": [], "y": []}).values()
         xs.append(res.nfe)
         ys.append(mean)
-    plain = draw(SCALING_METHODS["smc"].replace(num_particles=1, steps=s.steps), zero).samples
-    control = draw(SCALING_METHODS["smc"].replace(num_particles=max(s.budgets), steps=s.steps), zero).samples
+    plain_cfg = SCALING_METHODS["smc"].replace(num_particles=1, steps=s.steps)
+    plain, plain2 = draw(plain_cfg, zero, seed).samples, draw(plain_cfg, zero, seed + 1).samples
+    control = draw(SCALING_METHODS["smc"].replace(num_particles=max(s.budgets), steps=s.steps), zero, seed).samples
     metrics[f"scaling.{key}.zero_reward.sw_plain_sde"] = sliced_wasserstein(plain, ref, directions=directions)
+    metrics[f"scaling.{key}.zero_reward.sw_plain_sde_seed2"] = sliced_wasserstein(plain2, ref, directions=directions)
     metrics[f"scaling.{key}.zero_reward.sw_smc_k{max(s.budgets)}"] = sliced_wasserstein(control, ref, directions=directions)
     curves = {f"scaling.{key}.reward_vs_nfe": {"xlabel": "NFE per sample", "ylabel": "mean reward -|x - x*|^2",
                                                "series": series}}
