@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..flow_map_losses import FlowMapLoss, diagonal_loss, flow_map_loss
+from ..flow_map_losses import FlowMapLoss, StopGradient, diagonal_loss, flow_map_loss
 from ..flow_maps import FlowMap
 from ..ode import Field
 from ..paths import AffinePath, PathSample, StochasticInterpolant
@@ -49,8 +49,10 @@ class FlowMapConfig(FlowMatchingConfig):
     loss: FlowMapLoss = "lagrangian"
     """Off-diagonal loss: lagrangian, eulerian, progressive (self-distillation, arXiv
     2505.18825) or teacher (regress on a teacher's ODE solution; needs a teacher)."""
-    stop_gradient: bool = True
-    """Detach the distillation targets (the self-teacher side of each loss)."""
+    stop_gradient: StopGradient = "teacher"
+    """What the off-diagonal loss detaches: none, teacher (the self-teacher side, arXiv
+    2505.18825) or target (all but the student's u: no second-order gradients; steadier when
+    distilling from a teacher)."""
     diagonal_weight: float = 1.0
     """Weight of the diagonal flow-matching term against the off-diagonal loss."""
     intermediate: Literal["uniform", "midpoint"] = "uniform"

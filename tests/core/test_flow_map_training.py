@@ -48,6 +48,8 @@ def test_config_requires_the_velocity_parametrization_and_round_trips():
         FlowMapConfig(parametrization="data")
     with pytest.raises(ConfigError, match="FlowMapConfig.loss"):
         FlowMapConfig(loss="consistency")
+    with pytest.raises(ConfigError, match="FlowMapConfig.stop_gradient"):
+        FlowMapConfig(stop_gradient=True)
     with pytest.raises(ConfigError, match="FlowMapConfig.teacher_steps"):
         FlowMapConfig(teacher_steps=0)
     cfg = FlowMapConfig(loss="progressive", intermediate="midpoint", diagonal_weight=0.5)

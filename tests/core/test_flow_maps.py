@@ -117,25 +117,54 @@ def test_progressive_target_is_trivial_at_the_ends_and_has_no_gradient():
     for r in (s, t):  # X(s, s, .) and X(t, t, .) are the identity, so the two-hop map is X(s, t, .)
         pred, target = flow_map_residual("progressive", fm, x, s, t, r=r)
         assert torch.allclose(pred, target, atol=1e-14)
-    pred, target = flow_map_residual("progressive", fm, x, s, t)
-    assert pred.requires_grad and not target.requires_grad
-    _, target = flow_map_residual("progressive", fm, x, s, t, stop_gradient=False)
+    for mode in ("teacher", "target"):
+        pred, target = flow_map_residual("progressive", fm, x, s, t, stop_gradient=mode)
+        assert pred.requires_grad and not target.requires_grad
+    _, target = flow_map_residual("progressive", fm, x, s, t, stop_gradient="none")
     assert target.requires_grad
 
 
 @pytest.mark.parametrize("kind", ["lagrangian", "eulerian"])
-def test_stop_gradient_detaches_the_self_teacher_only(kind):
+def test_gradient_modes_match_finite_differences(kind):
+    """Same loss value in every mode; d loss / da = 2 mean(r * d(pred - target)/da) where the
+    derivative sees: everything ("none"); the student with the self-velocity frozen ("teacher");
+    only u(x, s, t) ("target"). Derivatives by central differences in the parameter a."""
     fm = FlowMap(_Wavy())
-    x = torch.randn(4, 2, dtype=torch.float64)
-    s, t = torch.rand(2, 4, dtype=torch.float64).sort(0).values
-    pred, target = flow_map_residual(kind, fm, x, s, t)
-    assert pred.requires_grad and not target.requires_grad
-    _, target = flow_map_residual(kind, fm, x, s, t, stop_gradient=False)
-    assert target.requires_grad
-    teacher = FlowMap(_Wavy())
-    flow_map_loss(kind, fm, x, s, t, velocity=teacher.velocity, stop_gradient=False).backward()
-    assert teacher.net.a.grad is None  # a teacher is never differentiated
-    assert fm.net.a.grad is not None and torch.isfinite(fm.net.a.grad)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    s, t = torch.rand(2, 5, dtype=torch.float64).sort(0).values
+    a0, h = fm.net.a.detach().clone(), 1e-6
+    frozen = FlowMap(_Wavy())  # the self-velocity at a0, as a fixed field
+    pred0, target0 = flow_map_residual(kind, fm, x, s, t)
+    r0 = (pred0 - target0).detach()
+
+    def at(a, fn):
+        with torch.no_grad():
+            fm.net.a.copy_(a)
+            out = fn()
+            fm.net.a.copy_(a0)
+        return out
+
+    def derivative(fn):
+        return (at(a0 + h, fn) - at(a0 - h, fn)) / (2 * h)
+
+    def residual(velocity=None, pred_only=False):
+        def fn():
+            pred, target = flow_map_residual(kind, fm, x, s, t, velocity=velocity, stop_gradient="none")
+            return pred if pred_only else pred - target
+        return fn
+
+    expected = {
+        "none": derivative(residual()),
+        # lagrangian: the target v(sg X, t) is constant; eulerian: v(x, s) frozen, D u still moves
+        "teacher": derivative(residual(pred_only=True) if kind == "lagrangian" else residual(frozen.velocity)),
+        "target": derivative(lambda: fm.average_velocity(x, s, t)),
+    }
+    for mode, d_residual in expected.items():
+        fm.zero_grad()
+        loss = flow_map_loss(kind, fm, x, s, t, stop_gradient=mode)
+        assert torch.allclose(loss, r0.pow(2).mean(), rtol=1e-12)
+        loss.backward()
+        assert torch.allclose(fm.net.a.grad, 2 * (r0 * d_residual).mean(), rtol=1e-6), mode
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: type(p).__name__)
@@ -179,6 +208,8 @@ def test_bad_arguments_name_what_was_expected():
         flow_map_loss("progressive", fm, x, s, t, velocity=oracle.velocity)
     with pytest.raises(ValueError, match="teacher_method"):
         flow_map_loss("teacher", fm, x, s, t, velocity=oracle.velocity, teacher_method="dopri5")
+    with pytest.raises(ValueError, match="stop_gradient"):
+        flow_map_loss("lagrangian", fm, x, s, t, stop_gradient=True)
     with pytest.raises(ValueError, match="teacher_steps"):
         flow_map_loss("teacher", fm, x, s, t, velocity=oracle.velocity, teacher_steps=0)
     with pytest.raises(ValueError, match="grid"):
