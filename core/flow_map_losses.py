@@ -11,14 +11,14 @@ loss = diagonal term + off-diagonal distillation term):
   diagonal (self-distillation, default) or a trained teacher's (distillation):
 
   ==============  ==========================================================================
-  ``lagrangian``  ``d/dt X(s,t,x) - v(X(s,t,x), t)`` (LSD, ibid., from the Lagrangian
+  ``lagrangian``  ``d/dt X(s,t,x) - v(X(s,t,x), t)`` (LSD, arXiv 2505.18825, from the Lagrangian
                   equation; with a teacher ``v`` it is Lagrangian map distillation, Sabour et
                   al. 2025, arXiv 2506.14603). ``d/dt X`` by a forward-mode JVP in ``t``.
-  ``eulerian``    ``d/ds X(s,t,x) + grad_x X(s,t,x) v(x, s)`` (ESD, ibid., from the
+  ``eulerian``    ``d/ds X(s,t,x) + grad_x X(s,t,x) v(x, s)`` (ESD, arXiv 2505.18825, from the
                   Eulerian equation): one JVP in ``(s, x)`` along ``(1, v(x, s))``.
   ``progressive`` ``u(x,s,t) - [h u(x,s,r) + (1-h) u(X(s,r,x), r, t)]``, ``h = (r-s)/(t-s)``:
                   the map over ``[s, t]`` against the two-hop map ``X(r, t, X(s, r, x))``
-                  (PSD, ibid., from the semigroup property), written for ``u``.
+                  (PSD, arXiv 2505.18825, from the semigroup property), written for ``u``.
   ``teacher``     ``u(x,s,t)`` against the teacher's ``K``-step ODE solution from ``s`` to ``t``
                   (its average velocity), solved by :func:`modaflow.core.ode.solve_ode`.
   ==============  ==========================================================================
@@ -28,15 +28,16 @@ for the exact map (tests: Gaussian oracle). ``stop_gradient`` (:data:`StopGradie
 the gradient flows through; the loss value is the same in every mode:
 
 * ``"none"``: everything (the self-teacher too; small problems only).
-* ``"teacher"`` (default): the self-teacher is detached, i.e. ``v(sg(X), t)`` in LSD (ibid., the
-  "stopgrad" self-teacher), ``v(x, s)`` in ESD and the two-hop map in PSD; the student's own
+* ``"teacher"`` (default): the self-teacher is detached, i.e. ``v(sg(X), t)`` in LSD (the "stopgrad"
+  self-teacher of arXiv 2505.18825), ``v(x, s)`` in ESD and the two-hop map in PSD; the student's own
   derivatives (``d/dt X`` in LSD, ``D u`` in ESD) keep their gradient.
 * ``"target"``: only the student's ``u(x, s, t)`` gets a gradient; the residual is written as
   ``u - sg(target)`` with ``target = v(X, t) - (t - s) du/dt`` (LSD) or ``v + (t - s) D u``
   (ESD: the MeanFlow form, Geng et al. 2025, arXiv 2505.13447, whose identity
-  ``u = v - (t - r) du/dt`` is the Eulerian equation for ``u``). No second-order gradients:
-  on 2-D mixtures, Lagrangian distillation from a teacher trained without the loss spikes that
-  ``"teacher"`` showed; on a 2-D Gaussian, self-distillation converged about half as fast.
+  ``u = v - (t - r) du/dt`` is the Eulerian equation for ``u``). No second-order gradients.
+  Measured: on an 8-mode 2-D mixture, Lagrangian distillation from a teacher trained without
+  the loss spikes that ``"teacher"`` showed; on a 2-D Gaussian, Lagrangian self-distillation
+  had twice the one-step error after 300 steps (0.13 against 0.06).
 
 For ``"progressive"`` and ``"teacher"`` the two detaching modes coincide. A trained teacher is
 never differentiated.

@@ -9,10 +9,11 @@ MeanFlow, Geng et al. 2025, arXiv 2505.13447)::
 
     X(s, t, x) = x + (t - s) u(x, s, t)          so X(s, s, x) = x exactly,
 
-and then ``d/dt X(s, t, x)`` at ``t = s`` is ``u(x, s, s)``: by the tangent condition (ibid.,
-ibid.) the diagonal ``u(x, t, t)`` *is* the velocity ``v(x, t)``, learnt by flow matching.
-The exact map also satisfies (ibid., the Lagrangian, Eulerian and semigroup characterisations the losses of
-:mod:`modaflow.core.flow_map_losses` are built on)::
+and then ``d/dt X(s, t, x)`` at ``t = s`` is ``u(x, s, s)``: by the tangent condition of
+arXiv 2505.18825 the diagonal ``u(x, t, t)`` *is* the velocity ``v(x, t)``, learnt by flow
+matching. The exact map also satisfies the Lagrangian, Eulerian and semigroup
+characterisations of arXiv 2505.18825, on which the losses of
+:mod:`modaflow.core.flow_map_losses` are built::
 
     Lagrangian   d/dt X(s, t, x) = v(X(s, t, x), t)
     Eulerian     d/ds X(s, t, x) + grad_x X(s, t, x) v(x, s) = 0
