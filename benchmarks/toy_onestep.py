@@ -65,7 +65,7 @@ class OneStepSettings:
     datasets: tuple[str, ...]
     """Keys (``moons2d``) of the profile's trained datasets to run the table on."""
     losses: tuple[str, ...]
-    """Flow-map losses to train (lagrangian, eulerian, progressive, teacher)."""
+    """Flow-map rows to train, keys of :data:`MAP_ROWS`."""
     train_steps: int
     """Optimiser steps of every new model (flow maps, reflow, OT-CFM, W-Flow)."""
     distill_steps: int
@@ -93,7 +93,17 @@ class OneStepSettings:
 TEACHER_NFES = (1, 2, 4, 8, 32, 128)
 FEW_NFES = (1, 2, 4)
 CONSERVATIVITY_TIMES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
-_LOSSES = ("lagrangian", "eulerian", "progressive", "teacher")
+_LOSSES = ("lagrangian", "eulerian", "progressive", "teacher", "lagrangian_teacher")
+MAP_ROWS: dict[str, tuple[str, bool, str]] = {
+    "lagrangian": ("lagrangian", False, "teacher"),
+    "eulerian": ("eulerian", False, "teacher"),
+    "progressive": ("progressive", False, "teacher"),
+    "teacher": ("teacher", True, "teacher"),
+    "lagrangian_teacher": ("lagrangian", True, "target"),
+}
+"""Flow-map row -> (loss, distil from the teacher's velocity, stop_gradient mode). The
+Lagrangian residual with the teacher's velocity and the MeanFlow-form stop-gradient
+(``target``) is the variant that trained most steadily in the helpers' 3000-step runs."""
 ONESTEP_PROFILES: dict[str, OneStepSettings] = {
     "smoke": OneStepSettings(("moons2d",), _LOSSES, train_steps=10, distill_steps=2, reflow_pairs=256, ot_cfm=True,
                              wflow_batch=64, repeats=1, timing_repeats=1, likelihood_n=64, likelihood_steps=4,
@@ -138,20 +148,21 @@ def _train_models(s: OneStepSettings, cfg: ToyConfig, teacher, path, run_dir: Pa
     train_x = load_data(cfg, "train")
     fm = cfg.fm.replace(max_steps=s.train_steps, ckpt_every=s.train_steps, log_every=max(1, s.train_steps // 20))
     key = run_dir.name.removeprefix("onestep-")
-    for loss in progress(s.losses, f"flow maps {key}"):
+    for row in progress(s.losses, f"flow maps {key}"):
+        loss, distil, stop_gradient = MAP_ROWS[row]
         start = time.perf_counter()
         net = TwoTimeMLP(TwoTimeMLPConfig(dim=cfg.dim, hidden=cfg.hidden, depth=cfg.depth,
                                           time_embed_dim=cfg.time_embed_dim))
         mcfg = FlowMapConfig.from_dict({**fm.to_dict(), "loss": loss, "teacher_steps": s.distill_steps,
-                                        "teacher_method": "midpoint"})
-        module = FlowMapModule(FlowMap(net), path, mcfg, teacher=teacher_field if loss == "teacher" else None)
+                                        "teacher_method": "midpoint", "stop_gradient": stop_gradient})
+        module = FlowMapModule(FlowMap(net), path, mcfg, teacher=teacher_field if distil else None)
         with _quiet():
-            fit(module, D.ToyDataModule(train_x, fm.batch_size, fm.seed), run_dir / f"map-{loss}",
+            fit(module, D.ToyDataModule(train_x, fm.batch_size, fm.seed), run_dir / f"map-{row}",
                 targs, progress=False)
         flow_map = module.flow_map().to(device)
-        samplers[f"map_{loss}"] = (lambda x0, nfe, m=flow_map: sample_flow_map(m, x0, time_grid(nfe, device=x0.device)).x,
+        samplers[f"map_{row}"] = (lambda x0, nfe, m=flow_map: sample_flow_map(m, x0, time_grid(nfe, device=x0.device)).x,
                           FEW_NFES)
-        timings[f"onestep.{key}.map_{loss}.train_s"] = time.perf_counter() - start
+        timings[f"onestep.{key}.map_{row}.train_s"] = time.perf_counter() - start
     if s.reflow_pairs:
         start = time.perf_counter()
         pairs = reflow_pairs(teacher_field, s.reflow_pairs, (cfg.dim,), steps=32, method="rk4", seed=seed + 100,

@@ -124,7 +124,7 @@ def test_bench_toy_smoke_writes_results_report_and_plots(tmp_path, capsys) -> No
 def _check_onestep(data: dict, m: dict) -> None:
     """Issue 3: the one-step table, its goal ratios, conservativity, scaling and steering rows."""
     pre, rate = "onestep.moons2d.", data["timings"]
-    maps = [f"map_{loss}" for loss in ("lagrangian", "eulerian", "progressive", "teacher")]
+    maps = [f"map_{loss}" for loss in ("lagrangian", "eulerian", "progressive", "teacher", "lagrangian_teacher")]
     for nfe in (1, 2, 4, 8, 32, 128):
         assert {"mean", "ci95", "n"} <= set(m[f"{pre}teacher.sw@nfe{nfe}"]) and f"{pre}teacher.energy@nfe{nfe}" in m
     for name in maps + ["reflow", "ot_cfm"]:
