@@ -68,6 +68,28 @@ class _Block(nn.Module):
         return h + gate * self.mlp(modulate(self.norm(h), shift, scale))
 
 
+
+def add_class_embedding(c: Tensor, cond: Tensor | None, class_embed: nn.Embedding | None, num_classes: int,
+                        owner: str) -> Tensor:
+    """``c + class_embed(cond)`` for a conditioning vector ``c`` ``(B, H)`` and class ids
+    ``cond`` ``(B,)`` (``None`` means the null id ``num_classes``, for classifier-free
+    guidance). An unconditional network (``class_embed`` None) refuses a ``cond``; ``owner``
+    names the network in errors."""
+    if class_embed is None:
+        if cond is not None:
+            raise ValueError(f"cond was given but this {owner} is unconditional (num_classes = 0)")
+        return c
+    B = c.shape[0]
+    if cond is None:
+        cond = torch.full((B,), num_classes, dtype=torch.long, device=c.device)
+    if cond.shape != (B,) or cond.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"cond must be integer class ids of shape ({B},) in 0..{num_classes} "
+            f"({num_classes} = null); got dtype {cond.dtype}, shape {tuple(cond.shape)}"
+        )
+    return c + class_embed(cond)
+
+
 class ResidualMLP(nn.Module):
     """Residual MLP with time (and class) conditioning for vector data.
 
@@ -91,19 +113,7 @@ class ResidualMLP(nn.Module):
 
     def condition(self, t: Tensor, cond: Tensor | None, batch: int) -> Tensor:
         """The conditioning vector ``c`` ``(B, hidden)`` from times and class ids."""
-        c = self.time_embed(t)
-        if self.class_embed is None:
-            if cond is not None:
-                raise ValueError("cond was given but this ResidualMLP is unconditional (num_classes = 0)")
-            return c
-        if cond is None:
-            cond = torch.full((batch,), self.cfg.num_classes, dtype=torch.long, device=c.device)
-        if cond.shape != (batch,) or cond.dtype not in (torch.int32, torch.int64):
-            raise ValueError(
-                f"cond must be integer class ids of shape ({batch},) in 0..{self.cfg.num_classes} "
-                f"({self.cfg.num_classes} = null); got dtype {cond.dtype}, shape {tuple(cond.shape)}"
-            )
-        return c + self.class_embed(cond)
+        return add_class_embedding(self.time_embed(t), cond, self.class_embed, self.cfg.num_classes, type(self).__name__)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.cfg.dim:

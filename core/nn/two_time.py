@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..tensors import as_time
 from .embeddings import SinusoidalTimeEmbedding
-from .mlp import ResidualMLPConfig, _Block, _zero_linear
+from .mlp import ResidualMLPConfig, _Block, _zero_linear, add_class_embedding
 
 __all__ = ["TwoTimeMLPConfig", "TwoTimeMLP"]
 
@@ -61,19 +61,7 @@ class TwoTimeMLP(nn.Module):
     def condition(self, s: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         """The conditioning vector ``(B, hidden)`` from ``(t, t - s)`` and class ids."""
         c = self.time_mlp(torch.cat([self.embed(t), self.embed(t - s)], dim=-1))
-        if self.class_embed is None:
-            if cond is not None:
-                raise ValueError("cond was given but this TwoTimeMLP is unconditional (num_classes = 0)")
-            return c
-        B = c.shape[0]
-        if cond is None:
-            cond = torch.full((B,), self.cfg.num_classes, dtype=torch.long, device=c.device)
-        if cond.shape != (B,) or cond.dtype not in (torch.int32, torch.int64):
-            raise ValueError(
-                f"cond must be integer class ids of shape ({B},) in 0..{self.cfg.num_classes} "
-                f"({self.cfg.num_classes} = null); got dtype {cond.dtype}, shape {tuple(cond.shape)}"
-            )
-        return c + self.class_embed(cond)
+        return add_class_embedding(c, cond, self.class_embed, self.cfg.num_classes, type(self).__name__)
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.cfg.dim:
