@@ -7,8 +7,11 @@
     modaflow evaluate <modality> --ckpt DIR [--data D] [--n N] [--steps K] [--solver NAME] [--seed S] [--out FILE]
     modaflow finetune <modality> --ckpt DIR --data D --out NEW [trainer and recipe options]
     modaflow bench    <modality|all> [--profile smoke|quick|full|gpu] [--out DIR] [--seed S]
+    modaflow <command> <modality> [--out DIR] [<command options>]   (a modality's own commands)
 
-Recipe options are built from the modality's config dataclass (nested configs are
+A modality's ``sample_options`` config adds its fields to ``sample`` and ``evaluate``, and
+its ``commands`` add subcommands (``modaflow steer robotics ...``), each with options built
+from its own config. Recipe options are built from the modality's config dataclass (nested configs are
 flattened: ``--lr`` sets ``fm.lr``), with each field's docstring as its help:
 ``modaflow train toy --help`` lists them. User errors (bad arguments, files, configs)
 print one line naming the bad argument and exit with status 2; ``MODAFLOW_DEBUG=1`` shows
@@ -37,8 +40,10 @@ from modaflow.modalities.registry import Modality, ModalityUnavailable, UnknownN
 __all__ = ["main", "build_parser", "config_overrides"]
 
 PROFILES = ("smoke", "quick", "full", "gpu")
+BUILTIN_COMMANDS = ("datasets", "train", "finetune", "sample", "evaluate", "bench")
+_MODALITY_COMMANDS = ("train", "finetune", "sample", "evaluate")
 USER_ERRORS = (ConfigError, CheckpointError, UnknownNameError, ModalityUnavailable, FileNotFoundError, ValueError)
-_CFG, _TRAINER = "cfg.", "trainer."
+_CFG, _TRAINER, _OPT, _CMD = "cfg.", "trainer.", "opt.", "cmd."
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,6 +151,9 @@ def build_parser(modality: Modality | None = None) -> argparse.ArgumentParser:
         p.add_argument("--solver", default=None, choices=modality.solvers if modality else None,
                        help="sampler (default: the recipe's)")
         p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    if modality is not None and modality.sample_options is not None:
+        for p in (sample, evaluate):
+            add_config_options(p, modality.sample_options, _OPT)
     sample.add_argument("--out", type=Path, required=True, help="output file (toy: .npy or .csv)")
     evaluate.add_argument("--data", default=None, help="reference data: a dataset name or file (default: the test split)")
     evaluate.add_argument("--out", type=Path, default=None, help="also write the metrics to this JSON file")
@@ -154,7 +162,19 @@ def build_parser(modality: Modality | None = None) -> argparse.ArgumentParser:
     bench.add_argument("--profile", choices=PROFILES, default="quick", help="smoke (seconds), quick (minutes), full, gpu")
     bench.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<time>-<modality>-<profile>)")
     bench.add_argument("--seed", type=int, default=0, help="seed of data, training and sampling")
+    for name, command in (modality.commands if modality is not None else {}).items():
+        if name in BUILTIN_COMMANDS:
+            raise ValueError(f"modality {modality.name!r}: command {name!r} shadows a built-in command")
+        p = sub.add_parser(name, help=f"{command.summary} ({modality.name} only)", description=command.summary)
+        p.add_argument("modality", choices=[modality.name])
+        p.add_argument("--out", type=Path, default=None, help="output folder")
+        add_config_options(p, command.config_cls, _CMD)
     return parser
+
+
+def _options(cls: type[Config], args: argparse.Namespace, prefix: str) -> Config:
+    """An instance of ``cls`` from its defaults and the options given under ``prefix``."""
+    return cls.from_dict(_merge(_defaults(cls), config_overrides(args, prefix)))
 
 
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
@@ -219,17 +239,22 @@ def _run(args: argparse.Namespace, modality: Modality | None) -> int:
         print(f"finetuned {summary['steps']} steps, final loss {summary['final_loss']:.4g}; run folder: {args.out}")
     elif cmd == "sample":
         _check_positive(args, "n", "steps")
-        path = modality.sample(args.ckpt, args.n, args.steps, args.solver, args.out, args.seed)
+        extra = {} if modality.sample_options is None else {"options": _options(modality.sample_options, args, _OPT)}
+        path = modality.sample(args.ckpt, args.n, args.steps, args.solver, args.out, args.seed, **extra)
         print(f"wrote {args.n} samples to {path}")
     elif cmd == "evaluate":
         _check_positive(args, "n", "steps")
-        metrics = modality.evaluate(args.ckpt, args.data, args.n, args.steps, args.solver, args.seed)
+        extra = {} if modality.sample_options is None else {"options": _options(modality.sample_options, args, _OPT)}
+        metrics = modality.evaluate(args.ckpt, args.data, args.n, args.steps, args.solver, args.seed, **extra)
         text = json.dumps(metrics, indent=2)
         if args.out:
             from modaflow.core.io import atomic_write_text
 
             atomic_write_text(args.out, text + "\n")
         print(text)
+    else:  # a modality's own command
+        command = modality.commands[cmd]
+        print(json.dumps(command.run(_options(command.config_cls, args, _CMD), args.out), indent=2, default=str))
     return 0
 
 
@@ -246,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     modality = None
-    if len(argv) > 1 and argv[0] in ("train", "finetune", "sample", "evaluate") and argv[1] in modality_names():
+    modality_command = argv[:1] and (argv[0] in _MODALITY_COMMANDS or argv[0] not in BUILTIN_COMMANDS)
+    if len(argv) > 1 and modality_command and argv[1] in modality_names():
         try:
             modality = get_modality(argv[1])
         except ModalityUnavailable as e:

@@ -14,7 +14,7 @@ only when that modality is used.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +23,7 @@ from modaflow.core.config import Config
 __all__ = [
     "DatasetInfo",
     "Modality",
+    "ModalityCommand",
     "ModalityEntry",
     "MODALITIES",
     "ModalityUnavailable",
@@ -63,6 +64,23 @@ class DatasetInfo:
 
 
 @dataclass(frozen=True)
+class ModalityCommand:
+    """A subcommand only one modality has (``modaflow steer robotics ...``).
+
+    Attributes:
+        summary: one line for ``--help``.
+        config_cls: its options, a :class:`~modaflow.core.config.Config` dataclass whose
+            fields become ``--options`` (nested configs flattened, as for ``train``).
+        run: ``run(cfg, out_dir) -> dict`` — ``out_dir`` is ``--out`` (None when not
+            given); the returned dict is printed as JSON.
+    """
+
+    summary: str
+    config_cls: type[Config]
+    run: Callable[[Config, Path | None], dict]
+
+
+@dataclass(frozen=True)
 class Modality:
     """What a modality package provides so the CLI and benchmarks treat it like any other.
 
@@ -87,6 +105,11 @@ class Modality:
             benchmark profile and write ``results.json``, ``report.md`` and plots.
         solvers: sampler names ``sample``/``evaluate`` accept (first = default).
         profiles: benchmark profile names ``bench`` accepts.
+        sample_options: optional config of modality-specific options of ``sample`` and
+            ``evaluate`` (a direction, a conditioning input, a temperature). When set, the
+            CLI adds its fields as ``--options`` and calls ``sample(..., seed,
+            options=cfg)`` and ``evaluate(..., seed, options=cfg)``.
+        commands: subcommands only this modality has, name -> :class:`ModalityCommand`.
     """
 
     name: str
@@ -100,6 +123,8 @@ class Modality:
     bench: Callable[..., Any]
     solvers: tuple[str, ...]
     profiles: tuple[str, ...] = ("smoke", "quick", "full", "gpu")
+    sample_options: type[Config] | None = None
+    commands: dict[str, ModalityCommand] = field(default_factory=dict)
 
     def dataset(self, name: str) -> DatasetInfo:
         """The dataset called ``name``; an unknown name lists the known ones."""
@@ -122,6 +147,12 @@ class ModalityEntry:
 
 MODALITIES: dict[str, ModalityEntry] = {
     "toy": ModalityEntry("modaflow.modalities.toy", None),
+    # "timeseries": ModalityEntry("modaflow.modalities.timeseries", "timeseries"),
+    # "language": ModalityEntry("modaflow.modalities.language", "language"),
+    # "mri": ModalityEntry("modaflow.modalities.mri", "mri"),
+    # "fmri": ModalityEntry("modaflow.modalities.fmri", "fmri"),
+    # "ephys": ModalityEntry("modaflow.modalities.ephys", "ephys"),
+    # "robotics": ModalityEntry("modaflow.modalities.robotics", "robotics"),
 }
 """The registry: modality name -> entry. Explicit on purpose (no discovery, no globals)."""
 
