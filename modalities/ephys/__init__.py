@@ -1,0 +1,1 @@
+"""The ephys modality (in progress)."""

@@ -1,0 +1,1 @@
+"""The fmri modality (in progress)."""

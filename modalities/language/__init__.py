@@ -1,0 +1,1 @@
+"""The language modality (in progress)."""

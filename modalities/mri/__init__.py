@@ -1,0 +1,1 @@
+"""The mri modality (in progress)."""

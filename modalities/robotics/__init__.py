@@ -1,0 +1,1 @@
+"""The robotics modality (in progress)."""

@@ -1,0 +1,1 @@
+"""The timeseries modality (in progress)."""
