@@ -1,0 +1,193 @@
+"""The MRI recipe: typed config, how data, path, target and MONAI UNet fit together, and
+the train / sample / evaluate / finetune entry points of the CLI.
+
+A model is a MONAI ``DiffusionModelUNet`` (:mod:`.models`) trained by
+:class:`~.training.MedForjModule` on DDPM with 1000 linear betas (a core
+:class:`~modaflow.core.paths.DiscreteVPPath`) and one of MedForj's targets (:mod:`.targets`).
+Sampling (:mod:`.sampling`) starts from ``x0 ~ N(0, I)`` at t = 0 and runs DDIM (eta = 0)
+on the DDPM sub-sequence, Euler on the probability-flow ODE, ancestral DDPM, or a distilled
+flow map (:mod:`.distill`). Volumes are written as NIfTI with the data's RAS affine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from modaflow.core.config import Config, ConfigError
+from modaflow.core.paths import AffinePath
+from modaflow.core.training import FlowMatchingConfig, TrainerArgs, checkpoint_path, fit, load_checkpoint
+
+from ..runs import load_recipe, load_weights, save_recipe
+from .data import MRIDataModule, SourceSpec, build_dataset, load_volumes
+from .models import UNet3D, UNetConfig, apply_gpu_options
+from .nifti import ObliquePolicy, parse_source
+from .targets import DataPredictor, Target, core_kind, make_path
+from .training import MedForjModule
+
+__all__ = ["MRIConfig", "NAME", "build", "train", "restore", "finetune", "source_of"]
+
+NAME = "mri"
+
+
+def _default_fm() -> FlowMatchingConfig:
+    return FlowMatchingConfig(path="ddpm_linear", parametrization="data", lr=1e-3, batch_size=4, max_steps=400,
+                              ema_decay=0.99, log_every=10, ckpt_every=200, grad_clip=1.0)
+
+
+@dataclass
+class MRIConfig(Config):
+    """A 3-D T1 diffusion model: data, network, target, sampler defaults and training."""
+
+    data: str = "embedded"
+    """embedded (synthetic cohort from the MNI152 template), bids:/path or folder:/path."""
+    size: int = 32
+    """Cube side (voxels) of the embedded cohort (32 or 48 on CPU)."""
+    n_train: int = 48
+    """Subjects of the embedded train split."""
+    n_test: int = 16
+    """Subjects of the embedded test split."""
+    data_seed: int = 0
+    """Seed of the embedded cohort."""
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
+    """Target voxel size (mm) of NIfTI sources."""
+    fov: tuple[int, ...] = (192, 224, 192)
+    """Field of view (voxels) of NIfTI sources, centred on the brain mask."""
+    oblique: ObliquePolicy = "reject"
+    """Oblique NIfTI affines: reject, or resample onto an axis-aligned grid."""
+    augment: bool = True
+    """MedForj's augmentation while training (L-R flip, +-5 degrees, +-5 voxels)."""
+    target: Target = "velocity"
+    """What the UNet predicts: sample, velocity, flow, noise (DDPM) or rflow (rectified flow)."""
+    ddpm_steps: int = 1000
+    """DDPM steps T (linear betas 1e-4 -> 2e-2)."""
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    """The MONAI UNet (UNetConfig.medforj() for the full size)."""
+    solver: Literal["ddim", "euler", "ddpm"] = "ddim"
+    """Default sampler."""
+    steps: int = 64
+    """Default sampler steps."""
+    channels_last: bool = False
+    """Train in channels_last_3d memory format."""
+    activation_checkpointing: bool = False
+    """Recompute UNet block activations in the backward pass (less memory)."""
+    compile: bool = False
+    """torch.compile the UNet."""
+    num_workers: int = 0
+    """Data-loader worker processes."""
+    fm: FlowMatchingConfig = field(default_factory=_default_fm)
+    """Optimiser, steps, batch size, EMA and seed (path and parametrization follow target)."""
+
+    def validate(self) -> None:
+        try:
+            parse_source(self.data)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self._require(self.size >= 8 and self.size % self.unet.divisor == 0, "size",
+                      f"an integer >= 8 divisible by {self.unet.divisor} (the UNet's levels)")
+        for name in ("n_train", "n_test", "steps", "ddpm_steps"):
+            self._require(getattr(self, name) >= 1, name, "an integer >= 1")
+        self._require(all(s > 0 for s in self.spacing) and len(self.spacing) == 3, "spacing", "three sizes > 0 (mm)")
+        self._require(len(self.fov) == 3 and all(f % self.unet.divisor == 0 and f > 0 for f in self.fov), "fov",
+                      f"three sizes divisible by {self.unet.divisor}")
+        self._require(self.num_workers >= 0, "num_workers", "an integer >= 0")
+
+    @property
+    def source(self) -> SourceSpec:
+        """Where the volumes come from."""
+        return source_of(self)
+
+
+def source_of(cfg: MRIConfig) -> SourceSpec:
+    """The :class:`SourceSpec` of a recipe."""
+    return SourceSpec(data=cfg.data, size=cfg.size, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
+                      spacing=tuple(cfg.spacing), fov=tuple(cfg.fov), oblique=cfg.oblique)
+
+
+def _fm(cfg: MRIConfig) -> FlowMatchingConfig:
+    path = "linear" if cfg.target == "rflow" else "ddpm_linear"
+    return cfg.fm.replace(path=path, parametrization=core_kind(cfg.target), ddpm_steps=cfg.ddpm_steps)
+
+
+def _unet_cfg(cfg: MRIConfig) -> UNetConfig:
+    return cfg.unet.replace(timestep_scale="rflow" if cfg.target == "rflow" else "ddpm",
+                            num_train_timesteps=cfg.ddpm_steps)
+
+
+def build(cfg: MRIConfig) -> tuple[AffinePath, DataPredictor, MedForjModule]:
+    """``(path, wrapped network, training module)`` of the recipe (GPU options applied)."""
+    path = make_path(cfg.target, cfg.ddpm_steps)
+    net = UNet3D(_unet_cfg(cfg))
+    apply_gpu_options(net, cfg.channels_last, cfg.activation_checkpointing)
+    model = DataPredictor(net, cfg.target, path)
+    module = MedForjModule(model, path, _fm(cfg), channels_last=cfg.channels_last)
+    if cfg.compile:
+        net.unet.compile()
+    return path, model, module
+
+
+def _fit(module: MedForjModule, cfg: MRIConfig, trainer_args: TrainerArgs, out_dir, progress: bool) -> dict:
+    ds = build_dataset(cfg.source, "train", augment=cfg.augment, num_workers=cfg.num_workers)
+    dm = MRIDataModule(ds, batch_size=min(cfg.fm.batch_size, len(ds)), seed=cfg.fm.seed, num_workers=cfg.num_workers)
+    res = fit(module, dm, out_dir, trainer_args, progress=progress)
+    final = res.history[-1][1] if res.history else math.nan
+    return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
+
+
+def _check_shape(cfg: MRIConfig) -> None:
+    shape = cfg.source.shape
+    if any(s % cfg.unet.divisor for s in shape):
+        raise ConfigError(f"volumes of shape {shape} do not fit a UNet with {len(cfg.unet.channels)} levels "
+                          f"(each side must be divisible by {cfg.unet.divisor})")
+
+
+def train(cfg: MRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True) -> dict:
+    """Train into ``out_dir`` (resumes if it holds a checkpoint); returns
+    ``{"steps", "final_loss", "checkpoint", "history"}``."""
+    _check_shape(cfg)
+    save_recipe(out_dir, NAME, cfg)
+    _, _, module = build(cfg)
+    return _fit(module, cfg, trainer_args, out_dir, progress)
+
+
+def restore(ckpt_dir: str | Path) -> tuple[MRIConfig, AffinePath, nn.Module]:
+    """``(recipe, path, wrapped network with EMA weights, eval mode)`` of a run folder."""
+    cfg = load_recipe(ckpt_dir, NAME, MRIConfig)
+    cfg = cfg.replace(compile=False, activation_checkpointing=False)
+    path, model, _ = build(cfg)
+    load_weights(ckpt_dir, model, use_ema=True)
+    return cfg, path, model.eval()
+
+
+def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: dict, trainer_args: TrainerArgs,
+             progress: bool = True) -> dict:
+    """Continue training the run ``ckpt_dir`` on ``data`` into ``out_dir`` from its weights and
+    EMA (fresh optimiser). ``overrides`` change recipe fields; the network, the target and
+    the volume shape must stay those of the checkpoint."""
+    base = load_recipe(ckpt_dir, NAME, MRIConfig)
+    merged = base.to_dict()
+    for key, value in overrides.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
+    cfg = MRIConfig.from_dict({**merged, "data": data})
+    for name in ("unet", "target", "ddpm_steps"):
+        if getattr(cfg, name) != getattr(base, name):
+            raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)} in {ckpt_dir}); got {getattr(cfg, name)}")
+    if cfg.source.shape != base.source.shape:
+        raise ConfigError(f"{data}: volumes of shape {cfg.source.shape} do not match the checkpoint's "
+                          f"{base.source.shape} (set size / fov to match)")
+    save_recipe(out_dir, NAME, cfg)
+    _, _, module = build(cfg)
+    if not checkpoint_path(out_dir).exists():
+        load_checkpoint(checkpoint_path(ckpt_dir), module.model, ema=module.ema)
+    return _fit(module, cfg, trainer_args, out_dir, progress)
+
+
+def test_volumes(cfg: MRIConfig, data: str | None = None) -> torch.Tensor:
+    """Held-out volumes ``(N, 1, X, Y, Z)`` of the recipe's data (or of ``data``)."""
+    src = cfg.source if data is None else source_of(cfg.replace(data=data))
+    return load_volumes(src, "test")
