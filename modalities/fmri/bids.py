@@ -1,0 +1,187 @@
+"""BIDS-style BOLD runs -> single-trial responses with nilearn's first-level GLM.
+
+Layout read (and written by :func:`write_bids` for the simulator)::
+
+    ROOT/sub-XX/func/sub-XX_task-T_run-RR_bold.nii.gz   4-D BOLD (X, Y, Z, T)
+    ROOT/sub-XX/func/sub-XX_task-T_run-RR_bold.json     {"RepetitionTime": TR}
+    ROOT/sub-XX/func/sub-XX_task-T_run-RR_events.tsv    onset, duration, stim_id (+ trial_type)
+    ROOT/mask.nii.gz                                    3-D brain mask (or --mask)
+    ROOT/stimuli.npy                                    (S, H, W) images; stim_id indexes them
+    ROOT/test_stimuli.npy                               optional test stimulus ids
+
+Single-trial estimates (Mumford et al. 2012, NeuroImage 59, 2636):
+
+* ``lsa`` (least-squares-all): one nilearn ``FirstLevelModel`` per run whose design has one
+  regressor per trial; each trial's beta is the ``effect_size`` of its regressor.
+* ``lss`` (least-squares-separate): per trial, a model with that trial as one regressor
+  and all other trials of the run as a second one.
+
+Data are masked through a ``NiftiMasker`` on the mask image (C order of the mask's voxels).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .data import TrialData, check_trials
+from .simulate import Simulation
+
+__all__ = ["GLMMethod", "write_bids", "find_runs", "load_bids", "read_events"]
+
+GLMMethod = Literal["lsa", "lss"]
+_RUN = re.compile(r"_bold\.nii(\.gz)?$")
+
+
+def write_bids(sim: Simulation, root: str | Path, runs: int | None = None, subject: str = "01",
+               task: str = "sim") -> Path:
+    """Write the simulated BOLD of the first ``runs`` runs (all by default) as NIfTI with
+    events TSVs and JSON sidecars, plus ``mask.nii.gz``, ``stimuli.npy`` and
+    ``test_stimuli.npy``. Voxels outside the mask hold the baseline plus white noise."""
+    import nibabel as nib
+    import pandas as pd
+
+    root = Path(root)
+    func = root / f"sub-{subject}" / "func"
+    func.mkdir(parents=True, exist_ok=True)
+    cfg = sim.cfg
+    rng = np.random.default_rng(cfg.seed + 1)
+    n_runs = len(sim.bold) if runs is None else min(runs, len(sim.bold))
+    for r in range(n_runs):
+        y = sim.bold[r]  # (T, V)
+        vol = cfg.baseline + cfg.noise_sd * rng.standard_normal(sim.mask.shape + (y.shape[0],))
+        vol[sim.mask] = y.T
+        stem = func / f"sub-{subject}_task-{task}_run-{r + 1:02d}"
+        nib.save(nib.Nifti1Image(vol.astype(np.float32), sim.affine), f"{stem}_bold.nii.gz")
+        (Path(f"{stem}_bold.json")).write_text(json.dumps({"RepetitionTime": cfg.tr, "TaskName": task}) + "\n")
+        sel = sim.run == r
+        events = pd.DataFrame({"onset": sim.onset[sel], "duration": cfg.stim_duration, "trial_type": "stimulus",
+                               "stim_id": sim.stim_id[sel]})
+        events.to_csv(f"{stem}_events.tsv", sep="\t", index=False)
+    nib.save(nib.Nifti1Image(sim.mask.astype(np.uint8), sim.affine), root / "mask.nii.gz")
+    np.save(root / "stimuli.npy", sim.images, allow_pickle=False)
+    np.save(root / "test_stimuli.npy", sim.test_stimuli, allow_pickle=False)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "modaflow fMRI simulation", "BIDSVersion": "1.9.0"}) + "\n")
+    return root
+
+
+def find_runs(root: str | Path) -> list[tuple[Path, Path]]:
+    """``(bold, events)`` pairs under ``root``, sorted; a run without its events TSV is an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder (expected a BIDS-style dataset with *_bold.nii.gz runs)")
+    pairs = []
+    for bold in sorted(p for p in root.rglob("*_bold.nii*") if _RUN.search(p.name)):
+        events = bold.with_name(_RUN.sub("_events.tsv", bold.name))
+        if not events.is_file():
+            raise FileNotFoundError(f"{bold}: no events file {events.name} beside it")
+        pairs.append((bold, events))
+    if not pairs:
+        raise FileNotFoundError(f"{root}: no *_bold.nii or *_bold.nii.gz runs found")
+    return pairs
+
+
+def read_events(path: Path):
+    """The events table of ``path`` with ``onset``, ``duration`` (finite, >= 0) and integer
+    ``stim_id``; errors name the file and the missing or bad column."""
+    import pandas as pd
+
+    try:
+        ev = pd.read_csv(path, sep="\t")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+        raise ValueError(f"{path}: not a readable events TSV ({e})") from None
+    for col in ("onset", "duration", "stim_id"):
+        if col not in ev.columns:
+            raise ValueError(f"{path}: events need an '{col}' column; found columns {list(ev.columns)}")
+        values = pd.to_numeric(ev[col], errors="coerce")
+        if values.isna().any() or not np.isfinite(values.to_numpy(float)).all():
+            rows = np.flatnonzero(values.isna().to_numpy() | ~np.isfinite(values.to_numpy(float)))
+            raise ValueError(f"{path}: column '{col}' has missing or non-numeric values (rows {rows[:5].tolist()})")
+        ev[col] = values
+    if (ev["duration"] < 0).any():
+        raise ValueError(f"{path}: durations must be >= 0")
+    if len(ev) == 0:
+        raise ValueError(f"{path}: no events")
+    ev["stim_id"] = ev["stim_id"].astype(np.int64)
+    return ev
+
+
+def _tr(bold: Path, t_r: float | None) -> float:
+    side = bold.with_name(_RUN.sub("_bold.json", bold.name))
+    if side.is_file():
+        tr = json.loads(side.read_text()).get("RepetitionTime")
+        if isinstance(tr, (int, float)) and tr > 0:
+            return float(tr)
+    if t_r is None:
+        raise ValueError(f"{bold}: no RepetitionTime in {side.name}; pass t_r")
+    return t_r
+
+
+def _check_geometry(bold_img, mask_img, bold: Path, mask: Path) -> None:
+    if bold_img.ndim != 4:
+        raise ValueError(f"{bold}: BOLD must be 4-D (X, Y, Z, T); got shape {bold_img.shape}")
+    if tuple(bold_img.shape[:3]) != tuple(mask_img.shape[:3]):
+        raise ValueError(f"{mask}: mask shape {tuple(mask_img.shape[:3])} does not match the BOLD volume "
+                         f"{tuple(bold_img.shape[:3])} of {bold}")
+    if not np.allclose(bold_img.affine, mask_img.affine, atol=1e-4):
+        raise ValueError(f"{mask}: mask affine does not match that of {bold}:\n{mask_img.affine}\nvs\n{bold_img.affine}")
+
+
+def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | None = None,
+              t_r: float | None = None, hrf_model: str = "spm", drift_order: int = 2,
+              noise_model: str = "ar1", max_runs: int | None = None) -> TrialData:
+    """Single-trial responses ``(N, V)`` of every run under ``root`` (``max_runs``: the
+    first ones only) estimated with nilearn's ``FirstLevelModel`` (``method`` lsa or lss,
+    polynomial drift of ``drift_order``, ``noise_model`` ar1 or ols), masked by ``mask``
+    (default ``root/mask.nii.gz``)."""
+    import nibabel as nib
+    from nilearn.glm.first_level import FirstLevelModel
+    from nilearn.maskers import NiftiMasker
+
+    if method not in ("lsa", "lss"):
+        raise ValueError(f"method must be 'lsa' or 'lss'; got {method!r}")
+    root = Path(root)
+    runs = find_runs(root)[: max_runs or None]
+    mask_path = Path(mask) if mask is not None else root / "mask.nii.gz"
+    if not mask_path.is_file():
+        raise FileNotFoundError(f"{mask_path}: mask image not found (pass --mask or put mask.nii.gz in {root})")
+    mask_img = nib.load(mask_path)
+    mask_arr = np.asarray(mask_img.dataobj) > 0
+    stim_path = root / "stimuli.npy"
+    if not stim_path.is_file():
+        raise FileNotFoundError(f"{stim_path}: stimulus images (S, H, W) not found")
+    images = np.load(stim_path, allow_pickle=False).astype(np.float32)
+    masker = NiftiMasker(mask_img=mask_img, standardize=None).fit()
+    betas, stim_ids = [], []
+    for bold, events_path in runs:
+        img = nib.load(bold)
+        _check_geometry(img, mask_img, bold, mask_path)
+        data = masker.transform(img)  # (T, V)
+        if not np.isfinite(data).all():
+            bad = np.flatnonzero(~np.isfinite(data).all(0))
+            raise ValueError(f"{bold}: {len(bad)} in-mask voxels hold NaN/Inf (first: {bad[:5].tolist()})")
+        ev = read_events(events_path)
+        flm = FirstLevelModel(t_r=_tr(bold, t_r), hrf_model=hrf_model, drift_model="polynomial", drift_order=drift_order,
+                              noise_model=noise_model, mask_img=masker, signal_scaling=False, minimize_memory=True)
+        labels = [f"trial{i:04d}" for i in range(len(ev))]
+        base = ev[["onset", "duration"]].copy()
+        if method == "lsa":
+            flm.fit(img, events=base.assign(trial_type=labels))
+            run_betas = [np.ravel(masker.transform(flm.compute_contrast(lab, output_type="effect_size"))) for lab in labels]
+        else:
+            run_betas = []
+            for i in range(len(ev)):
+                kinds = np.where(np.arange(len(ev)) == i, "target", "other")
+                flm.fit(img, events=base.assign(trial_type=kinds))
+                run_betas.append(np.ravel(masker.transform(flm.compute_contrast("target", output_type="effect_size"))))
+        betas.append(np.stack(run_betas))
+        stim_ids.append(ev["stim_id"].to_numpy())
+    test_path = root / "test_stimuli.npy"
+    test = np.load(test_path, allow_pickle=False).astype(np.int64) if test_path.is_file() else None
+    td = TrialData(np.concatenate(betas).astype(np.float32), np.concatenate(stim_ids).astype(np.int64), images,
+                   str(root), test, mask_arr, np.asarray(mask_img.affine, np.float64))
+    return check_trials(td)

@@ -1,0 +1,213 @@
+"""Trial responses paired with stimuli: containers, checks, file loaders, the train/test split.
+
+* :class:`TrialData` — single-trial responses ``(N, V)``, the stimulus shown on each trial
+  (``stim_id`` ``(N,)`` into ``images`` ``(S, H, W)``), and the mask/affine when known.
+* :func:`load_betas` — precomputed responses (NSD-style): an HDF5 file or a folder of NPY
+  files with ``responses`` ``(N, V)``, ``stimuli`` ``(S, H, W)`` and optionally
+  ``stim_id`` ``(N,)`` (without it each trial has its own image, ``S == N``).
+* :func:`prepare` — the split: test stimuli are those shown at least twice (or given),
+  responses are z-scored per voxel with the training trials' mean and standard deviation,
+  and test responses are averaged over repeats (their single trials kept for the noise
+  ceiling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["TrialData", "Prepared", "check_trials", "load_betas", "save_betas", "prepare", "ResponseDataset"]
+
+
+@dataclass(frozen=True)
+class TrialData:
+    """Single-trial responses and their stimuli.
+
+    Attributes:
+        responses: ``(N, V)`` float32.
+        stim_id: ``(N,)`` int64, index into ``images``.
+        images: ``(S, H, W)`` float32 in [0, 1].
+        source: where it came from (named in errors).
+        test_stimuli: stimulus ids of the test set, or None (then: those shown >= 2 times).
+        mask: ``(X, Y, Z)`` bool brain mask whose C-order voxels are the columns, or None.
+        affine: ``(4, 4)`` voxel-to-world matrix of the mask, or None.
+    """
+
+    responses: np.ndarray
+    stim_id: np.ndarray
+    images: np.ndarray
+    source: str
+    test_stimuli: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    affine: np.ndarray | None = None
+
+
+def check_trials(td: TrialData) -> TrialData:
+    """Raise ``ValueError`` naming ``td.source`` for: wrong ranks, stimuli and responses of
+    different counts, out-of-range stimulus ids, NaN/Inf voxels, a mask that does not hold
+    V voxels. Returns ``td``."""
+    src = td.source
+    if td.responses.ndim != 2 or td.responses.shape[0] < 2 or td.responses.shape[1] < 1:
+        raise ValueError(f"{src}: responses must be (N trials, V voxels) with N >= 2; got shape {td.responses.shape}")
+    if td.images.ndim != 3:
+        raise ValueError(f"{src}: stimuli must be (S, H, W) greyscale images; got shape {td.images.shape}")
+    N, V = td.responses.shape
+    if td.stim_id.shape != (N,):
+        raise ValueError(f"{src}: stimuli and responses have different counts: {td.stim_id.shape[0]} stimulus "
+                         f"ids for {N} response trials")
+    if N and (td.stim_id.min() < 0 or td.stim_id.max() >= len(td.images)):
+        raise ValueError(f"{src}: stim_id must index the {len(td.images)} stimuli; got range "
+                         f"[{td.stim_id.min()}, {td.stim_id.max()}]")
+    bad = ~np.isfinite(td.responses).all(axis=0)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        raise ValueError(f"{src}: {len(idx)} of {V} voxels hold NaN/Inf responses (first: {idx[:5].tolist()}); "
+                         f"remove them from the mask or fix the GLM")
+    if not np.isfinite(td.images).all():
+        raise ValueError(f"{src}: stimulus images hold NaN/Inf")
+    if td.mask is not None and int(td.mask.sum()) != V:
+        raise ValueError(f"{src}: the mask holds {int(td.mask.sum())} voxels but the responses have V = {V}")
+    return td
+
+
+def _images01(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 4 and images.shape[-1] in (3, 4):  # RGB(A) -> luminance (ITU-R BT.601)
+        images = images[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+    lo, hi = float(images.min()), float(images.max())
+    return images / 255.0 if hi > 1.0 and lo >= 0.0 else images
+
+
+def load_betas(path: str | Path) -> TrialData:
+    """Read precomputed trial responses: an ``.h5``/``.hdf5`` file or a folder with
+    ``responses.npy``, ``stimuli.npy`` and optionally ``stim_id.npy``, ``test_stimuli.npy``,
+    ``mask.npy``, ``affine.npy`` (same names as HDF5 datasets). Images in 0..255 are
+    scaled to [0, 1], RGB converted to luminance."""
+    path = Path(path)
+    names = ("responses", "stimuli", "stim_id", "test_stimuli", "mask", "affine")
+    if path.is_dir():
+        arrays = {n: np.load(path / f"{n}.npy", allow_pickle=False) for n in names if (path / f"{n}.npy").is_file()}
+    elif path.suffix.lower() in (".h5", ".hdf5") and path.is_file():
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as fh:
+                arrays = {n: fh[n][()] for n in names if n in fh}
+        except OSError as e:
+            raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+    else:
+        raise FileNotFoundError(f"{path}: expected an .h5/.hdf5 file or a folder of .npy files (responses, stimuli)")
+    for need in ("responses", "stimuli"):
+        if need not in arrays:
+            raise ValueError(f"{path}: no '{need}' array (expected responses (N, V) and stimuli (S, H, W))")
+    responses = np.asarray(arrays["responses"], np.float32)
+    images = _images01(arrays["stimuli"])
+    if "stim_id" in arrays:
+        stim_id = np.asarray(arrays["stim_id"], np.int64)
+    elif len(images) == len(responses):
+        stim_id = np.arange(len(responses), dtype=np.int64)
+    else:
+        raise ValueError(f"{path}: stimuli and responses have different counts ({len(images)} images, "
+                         f"{len(responses)} trials) and no stim_id maps trials to images")
+    test = np.asarray(arrays["test_stimuli"], np.int64) if "test_stimuli" in arrays else None
+    mask = np.asarray(arrays["mask"], bool) if "mask" in arrays else None
+    affine = np.asarray(arrays["affine"], np.float64) if "affine" in arrays else None
+    return check_trials(TrialData(responses, stim_id, images, str(path), test, mask, affine))
+
+
+def save_betas(path: str | Path, td: TrialData) -> Path:
+    """Write ``td`` in the format :func:`load_betas` reads (``.h5`` file or folder)."""
+    path = Path(path)
+    arrays = {"responses": td.responses, "stimuli": td.images, "stim_id": td.stim_id, "test_stimuli": td.test_stimuli,
+              "mask": td.mask, "affine": td.affine}
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        import h5py
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(path, "w") as fh:
+            for k, v in arrays.items():
+                fh.create_dataset(k, data=v)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        for k, v in arrays.items():
+            np.save(path / f"{k}.npy", v, allow_pickle=False)
+    return path
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The split, z-scored with training statistics.
+
+    Attributes:
+        train_x: training trial responses ``(N_tr, V)`` (z-scored), ``train_img`` their
+            stimuli ``(N_tr, H, W)``.
+        test_x: test responses averaged over repeats ``(n_test, V)`` (z-scored),
+            ``test_img`` ``(n_test, H, W)``, ``test_ids`` the stimulus ids ``(n_test,)``.
+        test_trials: ``(n_test, R, V)`` z-scored single test trials (first ``R`` repeats,
+            ``R`` = the smallest repeat count) or None without repeats.
+        mean, std: the training statistics ``(V,)``.
+    """
+
+    train_x: np.ndarray
+    train_img: np.ndarray
+    test_x: np.ndarray
+    test_img: np.ndarray
+    test_ids: np.ndarray
+    test_trials: np.ndarray | None
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def prepare(td: TrialData, seed: int = 0, test_fraction: float = 0.1) -> Prepared:
+    """Split ``td`` by stimulus (test: ``td.test_stimuli``, else the stimuli shown >= 2
+    times, else a random ``test_fraction`` of stimuli), z-score every voxel with the
+    training trials' statistics and average test repeats."""
+    check_trials(td)
+    counts = np.bincount(td.stim_id, minlength=len(td.images))
+    if td.test_stimuli is not None:
+        test = np.unique(td.test_stimuli)
+    elif (counts >= 2).any():
+        test = np.flatnonzero(counts >= 2)
+    else:
+        shown = np.flatnonzero(counts > 0)
+        k = max(1, int(round(test_fraction * len(shown))))
+        test = np.sort(np.random.default_rng(seed).choice(shown, k, replace=False))
+    is_test = np.isin(td.stim_id, test)
+    if is_test.all() or not is_test.any():
+        raise ValueError(f"{td.source}: the split leaves no {'training' if is_test.all() else 'test'} trials")
+    train = td.responses[~is_test].astype(np.float64)
+    mean, std = train.mean(0), train.std(0)
+    if (std == 0).any():
+        raise ValueError(f"{td.source}: {int((std == 0).sum())} voxels are constant over the training trials "
+                         f"(first: {np.flatnonzero(std == 0)[:5].tolist()}); remove them from the mask")
+    z = ((td.responses - mean) / std).astype(np.float32)
+    test = np.array([s for s in test if counts[s] > 0], np.int64)
+    groups = [z[td.stim_id == s] for s in test]
+    test_x = np.stack([g.mean(0) for g in groups])
+    r = min(len(g) for g in groups)
+    trials = np.stack([g[:r] for g in groups]) if r >= 2 else None
+    return Prepared(train_x=z[~is_test], train_img=td.images[td.stim_id[~is_test]], test_x=test_x,
+                    test_img=td.images[test], test_ids=test, test_trials=trials,
+                    mean=mean.astype(np.float32), std=std.astype(np.float32))
+
+
+class ResponseDataset(Dataset):
+    """Rows of a response matrix ``(N, V)``; an item is ``(V,)`` float32. ``images``
+    ``(N, H, W)`` holds each row's stimulus."""
+
+    def __init__(self, responses: np.ndarray, images: np.ndarray) -> None:
+        if len(responses) != len(images):
+            raise ValueError(f"{len(responses)} responses but {len(images)} images")
+        self.x = torch.as_tensor(np.ascontiguousarray(responses), dtype=torch.float32)
+        self.images = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.x[i]

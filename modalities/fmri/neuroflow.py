@@ -1,0 +1,140 @@
+"""The trained NeuroFlow model: visual AE + NeuroVAE + XFM, and its two directions.
+
+XFM is a velocity field ``v(x, t)`` on a bridge between the standardised neural latent
+(``t = 0``) and the standardised visual latent (``t = 1``) (NeuroFlow, arXiv 2604.09817;
+bridge: ``x_t = alpha(t) z_vis + sigma(t) z_neu (+ gamma(t) eps)``, Albergo et al. 2023,
+arXiv 2303.08797, eq. 2.1). One model serves both directions:
+
+* decoding (brain -> image): ``z_neu = mu_NeuroVAE(x)``, integrate ``dz/dt = v`` from
+  ``t = 0`` to ``1``, decode the image with the visual AE;
+* encoding (image -> brain): ``z_vis = E_AE(img)``, integrate the same ODE backwards from
+  ``t = 1`` to ``0`` (a decreasing time grid), decode voxels with the NeuroVAE.
+
+Run-folder files: ``visual_ae.safetensors``, ``neurovae.safetensors``, ``stats.safetensors``
+(voxel mean/std; latent mean/std), ``checkpoints/last.safetensors`` (XFM, core ``fit``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from modaflow.core.io import atomic_write
+from modaflow.core.ode import solve_ode, time_grid
+from modaflow.core.training import CheckpointError, read_checkpoint, apply_checkpoint
+
+from .models import AEConfig, NeuroVAE, NeuroVAEConfig, VisualAE
+
+__all__ = ["STAT_KEYS", "NeuroFlow", "save_stats", "load_stats", "load_ae", "load_vae", "AE_FILE", "VAE_FILE", "STATS_FILE"]
+
+AE_FILE, VAE_FILE, STATS_FILE = "visual_ae.safetensors", "neurovae.safetensors", "stats.safetensors"
+STAT_KEYS = ("vox_mean", "vox_std", "zv_mean", "zv_std", "zn_mean", "zn_std")
+
+
+def save_stats(path: str | Path, stats: dict[str, Tensor]) -> Path:
+    """Write the normalisation statistics (:data:`STAT_KEYS`) atomically."""
+    from safetensors.torch import save_file
+
+    missing = [k for k in STAT_KEYS if k not in stats]
+    if missing:
+        raise ValueError(f"stats lack {missing}")
+    tensors = {k: stats[k].detach().cpu().float().contiguous() for k in STAT_KEYS}
+    atomic_write(Path(path), lambda p: save_file(tensors, str(p)))
+    return Path(path)
+
+
+def load_stats(path: str | Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: normalisation statistics not found; is this a 'modaflow train fmri' run?")
+    stats = load_file(str(path))
+    missing = [k for k in STAT_KEYS if k not in stats]
+    if missing:
+        raise CheckpointError(f"{path}: missing {missing}")
+    return stats
+
+
+def load_ae(path: str | Path) -> VisualAE:
+    ckpt = read_checkpoint(path, AEConfig)
+    model = VisualAE(ckpt.config)
+    apply_checkpoint(ckpt, model)
+    return model.eval()
+
+
+def load_vae(path: str | Path) -> NeuroVAE:
+    ckpt = read_checkpoint(path, NeuroVAEConfig)
+    model = NeuroVAE(ckpt.config)
+    apply_checkpoint(ckpt, model)
+    return model.eval()
+
+
+@dataclass
+class NeuroFlow:
+    """The three networks and the statistics; all methods run without gradients.
+
+    Attributes:
+        ae: visual autoencoder; ``vae``: NeuroVAE; ``xfm``: velocity network ``(x, t)``.
+        stats: :data:`STAT_KEYS` -> tensors (``(V,)`` for voxels, ``(d,)`` for latents).
+        solver: default ODE method.
+    """
+
+    ae: VisualAE
+    vae: NeuroVAE
+    xfm: nn.Module
+    stats: dict[str, Tensor]
+    solver: str = "euler"
+
+    def __post_init__(self) -> None:
+        V = self.vae.cfg.voxels
+        if self.stats["vox_mean"].shape != (V,):
+            raise CheckpointError(f"voxel statistics have shape {tuple(self.stats['vox_mean'].shape)}, the NeuroVAE expects ({V},)")
+        if self.ae.cfg.latent != self.vae.cfg.latent:
+            raise CheckpointError(f"visual latent {self.ae.cfg.latent} != neural latent {self.vae.cfg.latent}")
+
+    def _s(self, key: str, like: Tensor) -> Tensor:
+        return self.stats[key].to(like)
+
+    @torch.no_grad()
+    def visual_latent(self, img: Tensor) -> Tensor:
+        """Standardised visual latent ``(B, d)`` of images ``(B, H, W)``."""
+        return (self.ae.encode(img) - self._s("zv_mean", img)) / self._s("zv_std", img)
+
+    @torch.no_grad()
+    def neural_latent(self, x: Tensor) -> Tensor:
+        """Standardised neural latent ``(B, d)`` (NeuroVAE mean) of z-scored voxels ``(B, V)``."""
+        mu, _ = self.vae.encode(x)
+        return (mu - self._s("zn_mean", x)) / self._s("zn_std", x)
+
+    @torch.no_grad()
+    def image(self, zv: Tensor) -> Tensor:
+        return self.ae.decode(zv * self._s("zv_std", zv) + self._s("zv_mean", zv))
+
+    @torch.no_grad()
+    def voxels(self, zn: Tensor) -> Tensor:
+        return self.vae.decode(zn * self._s("zn_std", zn) + self._s("zn_mean", zn))
+
+    @torch.no_grad()
+    def flow(self, z: Tensor, t0: float, t1: float, steps: int, solver: str | None = None) -> Tensor:
+        """Integrate the XFM field from ``t0`` to ``t1`` (either direction) in ``steps`` steps."""
+        grid = time_grid(steps, t0, t1, device=z.device)
+        return solve_ode(lambda x, t: self.xfm(x, t), z, grid, method=solver or self.solver).x
+
+    def decode(self, x: Tensor, steps: int, solver: str | None = None) -> Tensor:
+        """Images ``(B, H, W)`` decoded from z-scored voxel responses ``(B, V)`` (t: 0 -> 1)."""
+        return self.image(self.flow(self.neural_latent(x), 0.0, 1.0, steps, solver))
+
+    def encode(self, img: Tensor, steps: int, solver: str | None = None) -> Tensor:
+        """Predicted z-scored voxel responses ``(B, V)`` for images ``(B, H, W)`` (t: 1 -> 0)."""
+        return self.voxels(self.flow(self.visual_latent(img), 1.0, 0.0, steps, solver))
+
+    def zscore(self, raw: Tensor) -> Tensor:
+        """Raw responses ``(B, V)`` -> z-scores with the training statistics."""
+        return (raw - self._s("vox_mean", raw)) / self._s("vox_std", raw)
+
+    def unzscore(self, z: Tensor) -> Tensor:
+        return z * self._s("vox_std", z) + self._s("vox_mean", z)

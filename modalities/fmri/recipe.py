@@ -1,0 +1,250 @@
+"""The NeuroFlow recipe: typed config, data loading, the three training stages and the
+train / evaluate / finetune entry points (``sample`` lives in :mod:`.sampling`).
+
+Stages (each resumes: a stage whose file exists in the run folder is loaded, not retrained):
+1. visual AE on the training stimuli (pixel MSE), ``visual_ae.safetensors``;
+2. NeuroVAE on the z-scored training trials (MSE + beta KL), ``neurovae.safetensors``;
+3. XFM on paired standardised latents ``(x0 = z_neu, x1 = z_vis)`` with the core's
+   :class:`~modaflow.core.training.FlowMatchingModule` and ``fit`` on
+   ``bridge(LinearPath | VPCosinePath, noise, "quadratic")`` (noise ``s * t (1 - t)``;
+   ``s = 0.04`` peaks at 0.01, close to the paper's ``0.01 sin(pi t)``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from modaflow.core.config import Config, ConfigError
+from modaflow.core.paths import LinearPath, VPCosinePath, bridge
+from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit
+
+from ..runs import load_recipe, load_weights, save_recipe
+from .bids import GLMMethod, load_bids
+from .data import Prepared, TrialData, load_betas, prepare
+from .models import AEConfig, NeuroVAE, NeuroVAEConfig, VisualAE, build_xfm
+from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, load_ae, load_stats, load_vae, save_stats
+from .simulate import SimConfig, simulate
+from .training import AutoencoderModule, fit_autoencoder, quiet
+
+__all__ = ["FMRIConfig", "SOLVERS", "NAME", "load_trials", "load_prepared", "build_path", "train", "restore", "evaluate",
+           "latents", "XFMPairs"]
+
+NAME = "fmri"
+SOLVERS: tuple[str, ...] = ("euler", "midpoint", "heun", "rk4")
+
+
+def _default_fm() -> FlowMatchingConfig:
+    return FlowMatchingConfig(lr=1e-3, max_steps=3000, batch_size=256, ema_decay=0.995, log_every=25, ckpt_every=1000,
+                              weight_decay=1e-4)
+
+
+@dataclass
+class FMRIConfig(Config):
+    """NeuroFlow: data, the three networks, the bridge, the sampler and training."""
+
+    data: str = "simulated"
+    """simulated, bids:/path/to/dataset (BOLD + events TSV) or betas:/path (.h5 file or .npy folder)."""
+    sim: SimConfig = field(default_factory=SimConfig)
+    """Simulator parameters (data = simulated)."""
+    glm: GLMMethod = "lsa"
+    """Single-trial GLM of bids data: lsa (least-squares-all) or lss (least-squares-separate)."""
+    glm_noise_model: Literal["ar1", "ols"] = "ar1"
+    """Noise model of nilearn's first-level GLM (bids data)."""
+    mask: str = ""
+    """Mask image of bids data ('' = ROOT/mask.nii.gz)."""
+    latent: int = 32
+    """Dimension d of both latents (visual and neural)."""
+    ae_hidden: int = 256
+    """Width of the visual autoencoder."""
+    ae_steps: int = 1500
+    """Optimiser steps of the visual autoencoder."""
+    ae_lr: float = 2e-3
+    """Learning rate of the visual autoencoder."""
+    vae_hidden: int = 512
+    """Width of the NeuroVAE."""
+    vae_steps: int = 1500
+    """Optimiser steps of the NeuroVAE."""
+    vae_lr: float = 1e-3
+    """Learning rate of the NeuroVAE."""
+    vae_beta: float = 1e-3
+    """KL weight of the NeuroVAE (per voxel)."""
+    vae_dropout: float = 0.1
+    """Dropout in the NeuroVAE encoder."""
+    align_weight: float = 1.0
+    """finetune: weight of the term pulling a new subject's latents onto the XFM's."""
+    xfm_hidden: int = 256
+    """Width of the XFM residual MLP."""
+    xfm_depth: int = 3
+    """Residual blocks of the XFM."""
+    xfm_path: Literal["linear", "cosine"] = "cosine"
+    """Bridge base path: linear (x_t = t z_vis + (1-t) z_neu) or cosine (sin/cos of pi t / 2)."""
+    xfm_noise: float = 0.0
+    """Scale s of the bridge noise s * t (1 - t) * eps (0.04 peaks at 0.01)."""
+    solver: Literal["euler", "midpoint", "heun", "rk4"] = "euler"
+    """Default ODE method."""
+    steps: int = 20
+    """Default ODE steps."""
+    n_candidates: int = 300
+    """Candidates of the top-1 retrieval metric."""
+    fm: FlowMatchingConfig = field(default_factory=_default_fm)
+    """Flow-matching training of the XFM (lr, steps, batch, EMA, seed)."""
+
+    def validate(self) -> None:
+        self._require(self.data == "simulated" or self.data.startswith(("bids:", "betas:")), "data",
+                      "simulated, bids:/path or betas:/path")
+        for name in ("latent", "ae_hidden", "ae_steps", "vae_hidden", "vae_steps", "xfm_hidden", "xfm_depth", "steps",
+                     "n_candidates"):
+            self._require(getattr(self, name) >= 1, name, "an integer >= 1")
+        for name in ("ae_lr", "vae_lr"):
+            self._require(getattr(self, name) > 0, name, "a number > 0")
+        for name in ("vae_beta", "xfm_noise", "align_weight"):
+            self._require(getattr(self, name) >= 0, name, "a number >= 0")
+        self._require(0 <= self.vae_dropout < 1, "vae_dropout", "a probability in [0, 1)")
+
+
+@functools.lru_cache(maxsize=4)
+def _simulated(sim_json: str) -> TrialData:
+    sim = simulate(SimConfig.from_dict(json.loads(sim_json)))
+    return TrialData(sim.betas, sim.stim_id.astype(np.int64), sim.images, "simulated", sim.test_stimuli, sim.mask,
+                     sim.affine)
+
+
+def load_trials(cfg: FMRIConfig) -> TrialData:
+    """The single-trial responses named by ``cfg.data``."""
+    if cfg.data == "simulated":
+        return _simulated(json.dumps(cfg.sim.to_dict(), sort_keys=True))
+    kind, _, path = cfg.data.partition(":")
+    if not path:
+        raise ConfigError(f"FMRIConfig.data: {cfg.data!r} names no path (expected {kind}:/path)")
+    if kind == "bids":
+        return load_bids(path, cfg.glm, cfg.mask or None, noise_model=cfg.glm_noise_model)
+    return load_betas(path)
+
+
+def load_prepared(cfg: FMRIConfig) -> tuple[TrialData, Prepared]:
+    td = load_trials(cfg)
+    return td, prepare(td, seed=cfg.fm.seed)
+
+
+def build_path(cfg: FMRIConfig):
+    """The XFM bridge: neural latent at t = 0, visual latent at t = 1."""
+    base = LinearPath() if cfg.xfm_path == "linear" else VPCosinePath()
+    return bridge(base, cfg.xfm_noise, "quadratic")
+
+
+class XFMPairs(Dataset):
+    """Paired latents: item ``{"x0": z_neu (d,), "x1": z_vis (d,)}`` (the core's bridge batch)."""
+
+    def __init__(self, zn: torch.Tensor, zv: torch.Tensor) -> None:
+        if zn.shape != zv.shape:
+            raise ValueError(f"neural latents {tuple(zn.shape)} and visual latents {tuple(zv.shape)} differ")
+        self.zn, self.zv = zn, zv
+
+    def __len__(self) -> int:
+        return len(self.zn)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x0": self.zn[i], "x1": self.zv[i]}
+
+
+@torch.no_grad()
+def latents(ae: VisualAE, vae: NeuroVAE, prep: Prepared) -> dict[str, torch.Tensor]:
+    """Raw training latents and their statistics (:data:`~.neuroflow.STAT_KEYS`)."""
+    zv = ae.encode(torch.as_tensor(prep.train_img))
+    zn = vae.encode(torch.as_tensor(prep.train_x))[0]
+    return {"zv": zv, "zn": zn, "vox_mean": torch.as_tensor(prep.mean), "vox_std": torch.as_tensor(prep.std),
+            "zv_mean": zv.mean(0), "zv_std": zv.std(0).clamp_min(1e-6), "zn_mean": zn.mean(0), "zn_std": zn.std(0).clamp_min(1e-6)}
+
+
+def _stage(path: Path, build, train_fn) -> tuple[torch.nn.Module, dict]:
+    if path.is_file():
+        return build(path), {"resumed": True}
+    return train_fn()
+
+
+def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True,
+          data: tuple[TrialData, Prepared] | None = None) -> dict:
+    """Train the three stages into ``out_dir`` (``data``: already loaded data, else
+    ``cfg.data`` is loaded). Returns per-stage summaries."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    td, prep = data or load_prepared(cfg)
+    save_recipe(out, NAME, cfg)
+    if td.mask is not None and td.affine is not None:
+        import nibabel as nib
+
+        nib.save(nib.Nifti1Image(td.mask.astype(np.uint8), td.affine), out / "mask.nii.gz")
+    seed = cfg.fm.seed
+    torch.manual_seed(seed)
+    ae_cfg = AEConfig(image_size=prep.train_img.shape[-1], hidden=cfg.ae_hidden, latent=cfg.latent)
+    if prep.train_img.shape[-1] != prep.train_img.shape[-2]:
+        raise ValueError(f"{td.source}: stimuli must be square; got {prep.train_img.shape[1:]}")
+
+    def train_ae():
+        m = AutoencoderModule(VisualAE(ae_cfg), cfg.ae_lr, seed=seed)
+        s = fit_autoencoder(m, (torch.as_tensor(prep.train_img),), cfg.fm.batch_size, cfg.ae_steps, trainer_args,
+                            out / AE_FILE, seed, progress)
+        return m.model, s
+
+    ae, ae_sum = _stage(out / AE_FILE, load_ae, train_ae)
+    vae_cfg = NeuroVAEConfig(voxels=prep.train_x.shape[1], hidden=cfg.vae_hidden, latent=cfg.latent, beta=cfg.vae_beta,
+                             dropout=cfg.vae_dropout)
+
+    def train_vae():
+        m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, seed=seed + 1)
+        s = fit_autoencoder(m, (torch.as_tensor(prep.train_x),), cfg.fm.batch_size, cfg.vae_steps, trainer_args,
+                            out / VAE_FILE, seed + 1, progress)
+        return m.model, s
+
+    vae, vae_sum = _stage(out / VAE_FILE, load_vae, train_vae)
+    ae.eval(), vae.eval()
+    lat = latents(ae, vae, prep)
+    save_stats(out / STATS_FILE, lat)
+    zv = (lat["zv"] - lat["zv_mean"]) / lat["zv_std"]
+    zn = (lat["zn"] - lat["zn_mean"]) / lat["zn_std"]
+    module = FlowMatchingModule(build_xfm(cfg.latent, cfg.xfm_hidden, cfg.xfm_depth), build_path(cfg), cfg.fm)
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(XFMPairs(zn, zv), batch_size=min(cfg.fm.batch_size, len(zn)), shuffle=True, drop_last=True, generator=g)
+    with quiet():
+        res = fit(module, loader, out, trainer_args, progress=progress)
+    final = res.history[-1][1] if res.history else math.nan
+    return {"ae": ae_sum, "neurovae": vae_sum, "xfm": {"steps": res.step, "final_loss": final, "history": res.history},
+            "voxels": int(prep.train_x.shape[1]), "train_trials": int(len(prep.train_x)), "test_stimuli": int(len(prep.test_x))}
+
+
+def restore(ckpt_dir: str | Path) -> tuple[FMRIConfig, NeuroFlow]:
+    """``(recipe, NeuroFlow with the XFM's EMA weights)`` of a run folder."""
+    ckpt_dir = Path(ckpt_dir)
+    cfg = load_recipe(ckpt_dir, NAME, FMRIConfig)
+    xfm = build_xfm(cfg.latent, cfg.xfm_hidden, cfg.xfm_depth)
+    load_weights(ckpt_dir, xfm, use_ema=True)
+    model = NeuroFlow(load_ae(ckpt_dir / AE_FILE), load_vae(ckpt_dir / VAE_FILE), xfm.eval(),
+                      load_stats(ckpt_dir / STATS_FILE), cfg.solver)
+    return cfg, model
+
+
+def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int,
+             options: Config | None = None) -> dict:
+    """Encoding, decoding and cycle metrics on the test stimuli (of the training data, or
+    of ``data``, whose voxels must match the run's) at ``steps`` ODE steps; ``n`` caps the
+    number of test stimuli (0 = all)."""
+    from .evaluation import score_neuroflow
+
+    cfg, model = restore(ckpt_dir)
+    _, prep = load_prepared(cfg if data is None else cfg.replace(data=data))
+    if prep.test_x.shape[1] != model.vae.cfg.voxels:
+        raise ValueError(f"{data}: {prep.test_x.shape[1]} voxels, the run {ckpt_dir} has {model.vae.cfg.voxels}")
+    k = len(prep.test_x) if n <= 0 else min(n, len(prep.test_x))
+    trials = None if prep.test_trials is None else prep.test_trials[:k]
+    scores = score_neuroflow(model, prep.test_x[:k], prep.test_img[:k], trials, steps or cfg.steps,
+                             solver or cfg.solver, model.ae.encode, cfg.n_candidates, seed)
+    return {**dict(scores), "n_test": k, "steps": steps or cfg.steps}

@@ -1,0 +1,96 @@
+"""Training of the two autoencoders through Lightning (their objectives are not flow
+matching, so they have their own small module), with safetensors checkpoints from the core.
+
+:class:`AutoencoderModule` wraps any network with a ``loss(batch)`` method (the visual AE:
+pixel MSE; the NeuroVAE: MSE + beta KL, optionally plus an alignment term to fixed target
+latents for a new subject's head, see :func:`align_loss`). :func:`fit_autoencoder` runs
+``max_steps`` AdamW steps and writes ``path`` (weights + the network's config).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from modaflow.core.training import TrainerArgs, save_checkpoint
+
+from .models import NeuroVAE
+
+__all__ = ["AutoencoderModule", "fit_autoencoder", "align_loss", "quiet"]
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence Lightning's banners and warnings."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def align_loss(vae: NeuroVAE, x: Tensor, target: Tensor, weight: float, generator: torch.Generator | None = None) -> Tensor:
+    """NeuroVAE loss plus ``weight * ||mu(x) - target||^2`` (mean over latent dims): a new
+    subject's head learns to land on the latents the shared XFM produces for the same
+    stimuli, so the frozen XFM serves it unchanged."""
+    mu, _ = vae.encode(x)
+    return vae.loss(x, generator) + weight * ((mu - target) ** 2).mean()
+
+
+class AutoencoderModule(L.LightningModule):
+    """``model.loss(x)`` (or :func:`align_loss` when batches carry targets) minimised with
+    AdamW at a constant learning rate ``lr``; ``history`` holds ``(step, loss)``."""
+
+    def __init__(self, model: nn.Module, lr: float, align_weight: float = 0.0, seed: int = 0, log_every: int = 25) -> None:
+        super().__init__()
+        self.model, self.lr, self.align_weight, self.seed, self.log_every = model, lr, align_weight, seed, log_every
+        self.history: list[tuple[int, float]] = []
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        g = torch.Generator(batch[0].device).manual_seed(self.seed * 1_000_003 + self.global_step)
+        if len(batch) == 2:
+            loss = align_loss(self.model, batch[0], batch[1], self.align_weight, g)
+        elif isinstance(self.model, NeuroVAE):
+            loss = self.model.loss(batch[0], g)
+        else:
+            loss = self.model.loss(batch[0])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{type(self.model).__name__}: non-finite loss {float(loss)} at step {self.global_step}")
+        if self.global_step % self.log_every == 0:
+            self.history.append((self.global_step, float(loss.detach())))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=1e-4)
+
+
+def fit_autoencoder(module: AutoencoderModule, tensors: tuple[Tensor, ...], batch_size: int, max_steps: int,
+                    trainer_args: TrainerArgs, path: str | Path, seed: int, progress: bool = False) -> dict:
+    """Train ``module`` for ``max_steps`` on shuffled mini-batches of ``tensors`` and write
+    ``path`` (``.safetensors`` + ``.json`` with the network's config). Returns a summary."""
+    g = torch.Generator().manual_seed(seed)
+    ds = TensorDataset(*tensors)
+    loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=len(ds) >= batch_size, generator=g)
+    with quiet():
+        trainer = L.Trainer(**trainer_args.trainer_kwargs(), max_steps=max_steps, enable_checkpointing=False, logger=False,
+                            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+                            gradient_clip_val=1.0, default_root_dir=str(Path(path).parent))
+        trainer.fit(module, loader)
+    module.model.cpu().eval()
+    cfg = getattr(module.model, "cfg", None)
+    save_checkpoint(path, module.model, step=max_steps, config=cfg, extra={"history": module.history})
+    final = module.history[-1][1] if module.history else float("nan")
+    return {"steps": max_steps, "final_loss": final, "history": module.history}
