@@ -1,0 +1,353 @@
+"""The language recipe: typed config, data -> tokenizer -> blocks, which network and training
+module each method uses, and the train / sample / evaluate / finetune entry points of the CLI.
+
+Methods (``cfg.method``): ``flm`` (FLM), ``fmlm`` (FLM distilled into a flow map; needs
+``teacher``, an FLM run folder, whose tokenizer and model shape it takes), ``mdlm`` (the
+masked-diffusion baseline) and ``ar`` (the causal evaluator LM). A run folder holds
+``recipe.json``, ``tokenizer.json`` (not for ``markov`` data, whose tokens are the chain's
+states) and the core checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from modaflow.core.config import Config, ConfigError
+from modaflow.core.flow_maps import FlowMap
+from modaflow.core.training import TrainerArgs, checkpoint_path, fit, load_checkpoint
+
+from ..runs import load_recipe, load_weights, save_recipe
+from . import data as D
+from .evaluator import ARModule, CausalLM, CausalLMConfig, token_nll
+from .flm import FLMConfig, FLMModule, generate_flm
+from .fmlm import DenoiserAverageVelocity, FMLMConfig, FMLMModule, generate_fmlm, student_from_flm
+from .markov import MarkovSource
+from .mdlm import MDLMModule, generate_mdlm
+from .metrics import first_eos_mask, gen_ppl, ngram_js, sample_entropy, self_bleu
+from .models import DiT, DiTConfig
+from .tokenizer import EOS, TokenizerError, TokenizerKind, load_tokenizer, save_tokenizer, train_tokenizer
+
+__all__ = ["LanguageConfig", "SampleOptions", "SOLVERS", "prepare", "build_network", "build_module", "restore",
+           "generate", "decode", "train", "sample", "evaluate", "finetune"]
+
+NAME = "language"
+Method = Literal["flm", "fmlm", "mdlm", "ar"]
+SOLVERS: tuple[str, ...] = ("euler",)
+_SHAPE = ("block_len", "dim", "depth", "heads", "mlp_ratio")
+_VOCAB = ("tokenizer", "vocab_size", "markov_vocab", "markov_concentration", "vocab")
+
+
+def _default_fm() -> FLMConfig:
+    return FLMConfig(lr=1e-3, max_steps=2000, batch_size=32, warmup_steps=50, ema_decay=0.995, log_every=25, ckpt_every=500)
+
+
+def _default_distill() -> FMLMConfig:
+    return FMLMConfig(lr=3e-4, max_steps=1000, batch_size=32, ema_decay=0.995, log_every=25, ckpt_every=500,
+                      loss="progressive", objective="ce")
+
+
+@dataclass
+class LanguageConfig(Config):
+    """A language run: data, tokenizer, model size, method and training setup."""
+
+    data: str = "shakespeare"
+    """shakespeare (embedded, split by work), markov (the exact tier) or a path: a .txt file, a
+    folder of .txt/.jsonl files, or a .jsonl file."""
+    method: Method = "flm"
+    """flm, fmlm (distil a trained FLM: set teacher), mdlm (masked-diffusion baseline) or ar
+    (the causal evaluator LM)."""
+    teacher: str = ""
+    """fmlm: the run folder of the trained FLM to distil (its tokenizer and shape are used)."""
+    text_field: str = "text"
+    """Field holding the text in JSONL records."""
+    paragraphs: bool = True
+    """Split documents at blank lines (each paragraph gets its own <bos> ... <eos>)."""
+    max_chars: int = 0
+    """Keep whole documents up to about this many characters per split (0 = all)."""
+    tokenizer: TokenizerKind = "char"
+    """bpe (byte-level BPE trained on the train split) or char (one token per character)."""
+    vocab_size: int = 512
+    """BPE vocabulary size (259 to max_vocab)."""
+    max_vocab: int = 32768
+    """Largest vocabulary allowed; a larger trained or loaded one is an error."""
+    vocab: int = 0
+    """The resolved vocabulary K (set when training; 0 before)."""
+    markov_vocab: int = 64
+    """markov data: number of states V."""
+    markov_concentration: float = 0.1
+    """markov data: Dirichlet concentration of the transition rows (smaller = lower entropy)."""
+    markov_train: int = 4096
+    """markov data: training sequences (the test split has a quarter as many)."""
+    block_len: int = 128
+    """Tokens per block L (the model's longest sequence)."""
+    dim: int = 128
+    """Transformer width."""
+    depth: int = 4
+    """Transformer blocks."""
+    heads: int = 4
+    """Attention heads."""
+    mlp_ratio: float = 4.0
+    """MLP width as a multiple of dim."""
+    steps: int = 32
+    """Default sampler steps (NFE)."""
+    fm: FLMConfig = field(default_factory=_default_fm)
+    """Training setup of flm, mdlm and ar (optimiser, steps, seed, fast input, chunked CE)."""
+    distill: FMLMConfig = field(default_factory=_default_distill)
+    """Training setup of fmlm (flow-map loss, objective, optimiser, steps)."""
+
+    def validate(self) -> None:
+        self._require(bool(self.data), "data", "shakespeare, markov or a path")
+        if self.method == "fmlm":
+            self._require(bool(self.teacher), "teacher", "the run folder of a trained FLM (method fmlm)")
+        for name in ("block_len", "dim", "depth", "heads", "steps", "max_vocab", "markov_train"):
+            self._require(getattr(self, name) >= 1, name, "an integer >= 1")
+        self._require(self.max_chars >= 0 and self.vocab >= 0, "max_chars", "an integer >= 0")
+        self._require(2 <= self.markov_vocab <= 4096, "markov_vocab", "an integer in [2, 4096]")
+        self._require(self.markov_concentration > 0, "markov_concentration", "a number > 0")
+
+
+@dataclass
+class SampleOptions(Config):
+    """Extra options of ``sample language`` and ``evaluate language``."""
+
+    temperature: float = -1.0
+    """Temperature of the last step (FLM/FMLM) or of every reveal (MDLM); 0 = argmax; -1 = the
+    method's default (argmax for FLM/FMLM, 1 for MDLM)."""
+    top_p: float = 1.0
+    """Nucleus mass of the draw (1 = no truncation)."""
+    length: int = 0
+    """Tokens per sample (0 = the model's block_len; longer than it is an error)."""
+    evaluator: str = ""
+    """evaluate: the run folder of a trained 'ar' model for generative perplexity (same
+    tokenizer); empty: no gen PPL (markov data is scored by the true chain)."""
+
+    def validate(self) -> None:
+        self._require(self.temperature >= 0 or self.temperature == -1, "temperature", "a number >= 0, or -1")
+        self._require(0 < self.top_p <= 1, "top_p", "a number in (0, 1]")
+        self._require(self.length >= 0, "length", "an integer >= 0")
+
+
+def markov_source(cfg: LanguageConfig) -> MarkovSource:
+    return MarkovSource(cfg.markov_vocab, cfg.markov_concentration, seed=1234)
+
+
+def prepare(cfg: LanguageConfig, tok=None) -> tuple[object | None, Tensor, Tensor]:
+    """``(tokenizer or None, train blocks, test blocks)``, blocks ``(N, L)`` int64. The
+    tokenizer is trained on the train split unless given."""
+    if cfg.data == "markov":
+        src, n = markov_source(cfg), cfg.markov_train
+        return None, src.sample(n, cfg.block_len, seed=1), src.sample(max(1, n // 4), cfg.block_len, seed=2)
+    train_docs = D.load_corpus(cfg.data, "train", cfg.text_field, cfg.paragraphs, cfg.max_chars)
+    test_docs = D.load_corpus(cfg.data, "test", cfg.text_field, cfg.paragraphs, cfg.max_chars)
+    if tok is None:
+        tok = train_tokenizer(train_docs, cfg.tokenizer, cfg.vocab_size, cfg.max_vocab)
+    return tok, D.pack(train_docs, tok, cfg.block_len), D.pack(test_docs, tok, cfg.block_len)
+
+
+def vocab_of(cfg: LanguageConfig, tok) -> int:
+    return cfg.markov_vocab if tok is None else tok.get_vocab_size()
+
+
+def build_network(cfg: LanguageConfig) -> nn.Module:
+    """The network of ``cfg.method`` for vocabulary ``cfg.vocab``."""
+    if cfg.vocab < 2:
+        raise ConfigError("vocab: the resolved vocabulary size must be set (>= 2) before building a model")
+    shape = dict(vocab_size=cfg.vocab, block_len=cfg.block_len, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads)
+    if cfg.method == "ar":
+        return CausalLM(CausalLMConfig(**shape))
+    if cfg.method == "mdlm":
+        return DiT(DiTConfig(**shape, mlp_ratio=cfg.mlp_ratio, input="tokens", reparam=False))
+    dit = DiT(DiTConfig(**shape, mlp_ratio=cfg.mlp_ratio, two_time=cfg.method == "fmlm"))
+    return FlowMap(DenoiserAverageVelocity(dit)) if cfg.method == "fmlm" else dit
+
+
+def build_module(cfg: LanguageConfig, net: nn.Module, teacher: DiT | None = None):
+    """The Lightning module training ``net`` by ``cfg.method``."""
+    if cfg.method == "flm":
+        return FLMModule(net, cfg.fm)
+    if cfg.method == "mdlm":
+        return MDLMModule(net, cfg.fm)
+    if cfg.method == "ar":
+        return ARModule(net, cfg.fm)
+    return FMLMModule(net, cfg.distill, teacher=teacher)
+
+
+def _load_tok(ckpt_dir: str | Path, cfg: LanguageConfig):
+    if cfg.data == "markov":
+        return None
+    tok = load_tokenizer(ckpt_dir, expected_vocab=cfg.vocab)
+    if tok.get_vocab_size() > cfg.max_vocab:
+        raise TokenizerError(f"{ckpt_dir}/tokenizer.json: {tok.get_vocab_size()} tokens exceed max_vocab = {cfg.max_vocab}")
+    return tok
+
+
+def restore(ckpt_dir: str | Path) -> tuple[LanguageConfig, object | None, nn.Module]:
+    """``(recipe, tokenizer or None, network with EMA weights, eval mode)`` of a run folder;
+    a tokenizer whose vocabulary differs from the model's is an error."""
+    cfg = load_recipe(ckpt_dir, NAME, LanguageConfig)
+    tok = _load_tok(ckpt_dir, cfg)
+    net = build_network(cfg)
+    load_weights(ckpt_dir, net, use_ema=True)
+    return cfg, tok, net.eval()
+
+
+def _teacher(cfg: LanguageConfig) -> tuple[LanguageConfig, object | None, DiT]:
+    tcfg, tok, teacher = restore(cfg.teacher)
+    if tcfg.method != "flm":
+        raise ConfigError(f"teacher: {cfg.teacher} is a {tcfg.method!r} run; fmlm distils an 'flm' run")
+    return tcfg, tok, teacher
+
+
+def train(cfg: LanguageConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True) -> dict:
+    """Train ``cfg.method`` into ``out_dir`` (resumes if it holds a checkpoint); returns
+    ``{"steps", "final_loss", "checkpoint", "history"}``."""
+    out = Path(out_dir)
+    teacher = None
+    if cfg.method == "fmlm":  # the student takes the teacher's data, tokenizer and shape
+        tcfg, tok, teacher = _teacher(cfg)
+        cfg = cfg.replace(**{k: getattr(tcfg, k) for k in ("data", "text_field", "paragraphs", "max_chars", *_VOCAB, *_SHAPE)})
+        tok, blocks, _ = prepare(cfg, tok)
+    else:
+        tok, blocks, _ = prepare(cfg)
+    cfg = cfg.replace(vocab=vocab_of(cfg, tok))
+    out.mkdir(parents=True, exist_ok=True)
+    if tok is not None:
+        save_tokenizer(tok, out)
+    save_recipe(out, NAME, cfg)
+    net = build_network(cfg)
+    if teacher is not None and not checkpoint_path(out).exists():
+        net = student_from_flm(teacher)
+    return _fit(build_module(cfg, net, teacher), cfg, blocks, trainer_args, out, progress)
+
+
+def _fit(module, cfg: LanguageConfig, blocks: Tensor, trainer_args: TrainerArgs, out: Path, progress: bool) -> dict:
+    tcfg = cfg.distill if cfg.method == "fmlm" else cfg.fm
+    res = fit(module, D.block_loader(blocks, tcfg.batch_size, tcfg.seed), out, trainer_args, progress=progress)
+    final = res.history[-1][1] if res.history else math.nan
+    return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
+
+
+def generate(cfg: LanguageConfig, net: nn.Module, n: int, steps: int, seed: int, options: SampleOptions | None = None) -> Tensor:
+    """``n`` blocks ``(n, length)`` from the network of a run, in ``steps`` network calls."""
+    o = options or SampleOptions()
+    length = o.length or cfg.block_len
+    if length > cfg.block_len:
+        raise ConfigError(f"length: {length} tokens is longer than the model's block_len = {cfg.block_len}")
+    if cfg.method == "ar":
+        raise ConfigError("method 'ar' is the evaluator; sample the flm, fmlm or mdlm runs")
+    temp = o.temperature if o.temperature >= 0 else (1.0 if cfg.method == "mdlm" else 0.0)
+    fn = {"flm": generate_flm, "fmlm": generate_fmlm, "mdlm": generate_mdlm}[cfg.method]
+    return fn(net, n, length, steps, seed, temperature=temp, top_p=o.top_p)
+
+
+def decode(tok, tokens: Tensor) -> list[str]:
+    """Text of each block up to its first ``<eos>`` (``<bos>`` dropped); markov blocks as ids."""
+    mask = first_eos_mask(tokens, None if tok is None else EOS)
+    texts = []
+    for row, m in zip(tokens.tolist(), mask.sum(1).long().tolist()):
+        if tok is None:
+            texts.append(" ".join(map(str, row)))
+        else:
+            texts.append(tok.decode([i for i in row[:m] if i != EOS], skip_special_tokens=True))
+    return texts
+
+
+def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, out_path: str | Path, seed: int,
+           options: SampleOptions | None = None) -> Path:
+    """Write ``n`` decoded samples to ``out_path`` (``.jsonl``: ``{"text": ...}`` per line; else
+    plain text, samples separated by blank-line-delimited ``=== sample i ===`` headers) and
+    print them."""
+    if solver not in (None, *SOLVERS):
+        raise ConfigError(f"solver: language samplers are {list(SOLVERS)}; got {solver!r}")
+    cfg, tok, net = restore(ckpt_dir)
+    texts = decode(tok, generate(cfg, net, n, steps or cfg.steps, seed, options))
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".jsonl":
+        body = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+    else:
+        body = "".join(f"=== sample {i} ===\n{t}\n\n" for i, t in enumerate(texts))
+    out.write_text(body, encoding="utf-8")
+    for i, t in enumerate(texts):
+        print(f"=== sample {i} ===\n{t}\n")
+    return out
+
+
+def score(tokens: Tensor, ref: Tensor, eos: int | None) -> dict[str, float]:
+    """Entropy, 2-gram/4-gram Jensen-Shannon to ``ref`` and Self-BLEU of ``tokens``."""
+    mask = first_eos_mask(tokens, eos)
+    out = {"entropy": sample_entropy(tokens, mask), "js_2gram": ngram_js(tokens, ref, 2), "js_4gram": ngram_js(tokens, ref, 4)}
+    if tokens.shape[0] >= 2:
+        out["self_bleu"] = self_bleu(tokens, 4, mask)
+    return out
+
+
+def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int,
+             options: SampleOptions | None = None) -> dict:
+    """Metrics of ``n`` samples against the test split (of ``data`` if given, through the
+    run's tokenizer): entropy, n-gram JS, Self-BLEU, the data's entropy; gen PPL with
+    ``options.evaluator``; markov data: the true chain NLL per token and its expectation."""
+    o = options or SampleOptions()
+    cfg, tok, net = restore(ckpt_dir)
+    ref_cfg = cfg if data is None else cfg.replace(data=data)
+    _, _, ref = prepare(ref_cfg, tok)
+    x = generate(cfg, net, n, steps or cfg.steps, seed, o)
+    eos = None if tok is None else EOS
+    out = {**score(x, ref, eos), "data_entropy": sample_entropy(ref, first_eos_mask(ref, eos)), "n_samples": n}
+    if cfg.data == "markov":
+        src = markov_source(cfg)
+        out["true_nll"] = float(src.nll(x).mean())
+        out["data_true_nll"] = src.expected_nll(x.shape[1])
+    if o.evaluator:
+        ecfg, etok, ev = restore(o.evaluator)
+        if ecfg.method != "ar" or ecfg.vocab != cfg.vocab:
+            raise ConfigError(f"evaluator: {o.evaluator} must be an 'ar' run with the same vocabulary ({cfg.vocab})")
+        out["gen_ppl"] = gen_ppl(token_nll(ev, x), first_eos_mask(x, eos))
+        out["evaluator_test_ppl"] = gen_ppl(token_nll(ev, ref), first_eos_mask(ref, eos))
+    return out
+
+
+def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: dict, trainer_args: TrainerArgs,
+             progress: bool = True) -> dict:
+    """Continue training the run ``ckpt_dir`` on ``data`` into ``out_dir`` with its tokenizer
+    (copied) and weights. Changing the tokenizer, vocabulary or model shape is an error, as
+    is text with characters a char vocabulary lacks."""
+    base = load_recipe(ckpt_dir, NAME, LanguageConfig)
+    merged = base.to_dict()
+    for key, value in overrides.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
+    cfg = LanguageConfig.from_dict({**merged, "data": data})
+    for name in (*_VOCAB, *_SHAPE, "method"):
+        if getattr(cfg, name) != getattr(base, name):
+            what = "longer than the model's" if name == "block_len" else "a change of"
+            raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)} in {ckpt_dir}, got {getattr(cfg, name)}: "
+                              f"{what} the checkpoint's; the tokenizer and model are kept)")
+    if (data == "markov") != (base.data == "markov"):
+        raise TokenizerError(f"data {data!r}: the checkpoint's vocabulary is {'Markov states' if base.data == 'markov' else 'a text tokenizer'}; "
+                             f"the new data does not match it")
+    tok = _load_tok(ckpt_dir, base)
+    if tok is not None and base.tokenizer == "char":
+        known = set(tok.get_vocab())
+        text = "".join(D.load_corpus(data, "train", cfg.text_field, cfg.paragraphs, cfg.max_chars))
+        unknown = sorted(set(text) - known)
+        if unknown:
+            raise TokenizerError(f"{data}: characters {unknown[:20]} are not in the checkpoint's character vocabulary "
+                                 f"({base.vocab} tokens): the vocabularies do not match")
+    _, blocks, _ = prepare(cfg, tok)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if tok is not None:
+        save_tokenizer(tok, out)
+    save_recipe(out, NAME, cfg)
+    teacher = _teacher(cfg)[2] if cfg.method == "fmlm" and cfg.distill.loss == "teacher" else None
+    module = build_module(cfg, build_network(cfg), teacher)
+    if not checkpoint_path(out).exists():
+        load_checkpoint(checkpoint_path(ckpt_dir), module.model, ema=module.ema)
+    return _fit(module, cfg, blocks, trainer_args, out, progress)
