@@ -1,0 +1,191 @@
+"""Metrics of the time-series generation protocol (TimeGAN, Yoon et al. 2019; Diffusion-TS,
+Yuan & Qiao 2024, arXiv 2403.01742, sec. 5.1) and of probabilistic forecasts.
+
+Inputs are windows ``(N, L, C)`` in the normalised space (min-max [0, 1] for the protocol's
+sets). Lower is better for all of them.
+
+* :func:`discriminative_score`: a 1-layer GRU (hidden ``max(1, C // 2)``) + linear logit is
+  trained to tell real from generated on an 80/20 split of each (2000 Adam iterations of
+  batch 128 in the protocol); score ``|accuracy - 0.5|`` on the 20%.
+* :func:`predictive_score`: "train on synthetic, test on real": a GRU (hidden
+  ``max(1, C // 2)``) + linear + sigmoid predicts channel ``C - 1`` at step ``j + 1`` from
+  channels ``0..C-2`` at steps ``<= j``; trained with the L1 loss on generated windows
+  (5000 iterations of batch 128), score = MAE on all real windows. With one channel it
+  predicts that channel from its own past (the protocol leaves ``C = 1`` undefined).
+* :func:`correlational_score`: channels standardised over (windows, time); lag-0
+  cross-correlations ``E[x_i x_j]`` for ``i >= j``, averaged over windows; the sum of
+  absolute differences real vs generated, divided by 10 (Diffusion-TS's CrossCorrelLoss).
+* :func:`context_fid`: the Fréchet distance between Gaussians fitted to the TS2Vec
+  embeddings (:mod:`.ts2vec`) of real and generated windows (Jeha et al. 2022, ICLR,
+  "PSA-GAN", sec. 4): ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))``.
+* :func:`crps_samples`: CRPS from ``S`` samples, ``E|X - y| - 1/2 E|X - X'|`` (Gneiting &
+  Raftery 2007, JASA 102, eq. 21), averaged over the forecast entries; :func:`point_errors`:
+  MSE and MAE of the sample mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor, nn
+
+from .ts2vec import TS2VecEncoder, embed
+
+__all__ = [
+    "GRUHead",
+    "discriminative_score",
+    "predictive_score",
+    "cross_correlation",
+    "correlational_score",
+    "frechet_distance",
+    "context_fid",
+    "crps_samples",
+    "point_errors",
+]
+
+
+def _as_tensor(x) -> Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).to(torch.float32)
+    if t.ndim != 3:
+        raise ValueError(f"expected windows of shape (N, L, C); got {tuple(t.shape)}")
+    return t
+
+
+class GRUHead(nn.Module):
+    """A 1-layer GRU and a linear read-out per step (or of the last step): ``(B, L, Cin) ->
+    (B, L, out)`` or ``(B, out)``."""
+
+    def __init__(self, cin: int, hidden: int, out: int = 1) -> None:
+        super().__init__()
+        self.gru = nn.GRU(cin, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, out)
+
+    def forward(self, x: Tensor, last: bool = False) -> Tensor:
+        h, _ = self.gru(x)
+        return self.head(h[:, -1] if last else h)
+
+
+def discriminative_score(real, fake, iterations: int = 2000, batch: int = 128, seed: int = 0) -> float:
+    """``|accuracy - 0.5|`` of a post-hoc GRU classifier on a held-out 20% (module doc)."""
+    real, fake = _as_tensor(real), _as_tensor(fake)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+
+    def split(x: Tensor) -> tuple[Tensor, Tensor]:
+        perm = torch.randperm(x.shape[0], generator=g)
+        cut = int(0.8 * x.shape[0])
+        return x[perm[:cut]], x[perm[cut:]]
+
+    (rtr, rte), (ftr, fte) = split(real), split(fake)
+    C = real.shape[-1]
+    net = GRUHead(C, max(1, C // 2))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    bce = nn.BCEWithLogitsLoss()
+    for _ in range(iterations):
+        xr = rtr[torch.randint(0, rtr.shape[0], (min(batch, rtr.shape[0]),), generator=g)]
+        xf = ftr[torch.randint(0, ftr.shape[0], (min(batch, ftr.shape[0]),), generator=g)]
+        logits = net(torch.cat([xr, xf]), last=True)[:, 0]
+        labels = torch.cat([torch.ones(xr.shape[0]), torch.zeros(xf.shape[0])])
+        loss = bce(logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pr = net(rte, last=True)[:, 0] > 0
+        pf = net(fte, last=True)[:, 0] > 0
+    acc = (pr.sum() + (~pf).sum()).item() / (pr.numel() + pf.numel())
+    return abs(acc - 0.5)
+
+
+def _predictive_io(x: Tensor) -> tuple[Tensor, Tensor]:
+    C = x.shape[-1]
+    inputs = x[:, :-1, : C - 1] if C > 1 else x[:, :-1, :]
+    return inputs, x[:, 1:, C - 1 :]
+
+
+def predictive_score(real, fake, iterations: int = 5000, batch: int = 128, seed: int = 0, bounded: bool = True) -> float:
+    """MAE on real windows of a GRU one-step predictor trained on generated ones (module
+    doc). ``bounded``: a sigmoid output (data in [0, 1], the protocol's)."""
+    real, fake = _as_tensor(real), _as_tensor(fake)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    C = real.shape[-1]
+    net = GRUHead(max(1, C - 1), max(1, C // 2))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    xin, yout = _predictive_io(fake)
+    act = torch.sigmoid if bounded else (lambda z: z)
+    for _ in range(iterations):
+        idx = torch.randint(0, xin.shape[0], (min(batch, xin.shape[0]),), generator=g)
+        loss = (act(net(xin[idx])) - yout[idx]).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    rin, rout = _predictive_io(real)
+    with torch.no_grad():
+        pred = act(net(rin))
+    return float((pred - rout).abs().mean(dim=(1, 2)).mean())  # per-window MAE, averaged
+
+
+def cross_correlation(x) -> Tensor:
+    """Lag-0 cross-correlations of standardised channels, lower triangle incl. the
+    diagonal (``torch.tril_indices`` order), averaged over windows: ``(C (C + 1) / 2,)``
+    float64. Channels are standardised over (windows, time), unbiased std."""
+    x = _as_tensor(x).double()
+    x = (x - x.mean(dim=(0, 1), keepdim=True)) / x.std(dim=(0, 1), keepdim=True)
+    i, j = torch.tril_indices(x.shape[-1], x.shape[-1])
+    return (x[..., i] * x[..., j]).mean(dim=1).mean(dim=0)
+
+
+def correlational_score(real, fake) -> float:
+    """``sum |rho_real - rho_fake| / 10`` over the lower-triangular lag-0 correlations."""
+    return float((cross_correlation(fake) - cross_correlation(real)).abs().sum() / 10.0)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to the rows of ``a`` ``(N, D)`` and ``b``
+    ``(M, D)`` (unbiased covariances): ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s_a @ s_b)
+    covmean = np.real(covmean)  # tiny imaginary parts from round-off
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2.0 * covmean))
+
+
+def context_fid(encoder: TS2VecEncoder, real, fake) -> float:
+    """Fréchet distance of TS2Vec embeddings of ``real`` and ``fake`` windows; the encoder
+    is trained on the real training data (:func:`.ts2vec.train_ts2vec`)."""
+    return frechet_distance(embed(encoder, _as_tensor(real)).numpy(), embed(encoder, _as_tensor(fake)).numpy())
+
+
+def crps_samples(samples, y, mask=None) -> float:
+    """CRPS of the empirical law of ``samples`` ``(S, *D)`` at the truth ``y`` ``(*D)``,
+    averaged over the entries where ``mask`` (``(*D)``, 1 = scored) is set (all if None):
+    ``E|X - y| - 1/2 E|X - X'|`` (Gneiting & Raftery 2007, eq. 21), computed in
+    ``O(S log S)`` per entry through the sorted samples:
+    ``E|X - X'| = 2 / S^2 sum_i (2 i - S - 1) x_(i)`` (``i = 1..S``)."""
+    s = torch.as_tensor(np.asarray(samples), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
+    if s.shape[1:] != y.shape:
+        raise ValueError(f"samples (S, *D) and y (*D) disagree: {tuple(s.shape)} vs {tuple(y.shape)}")
+    S = s.shape[0]
+    term1 = (s - y).abs().mean(0)
+    xs = torch.sort(s, dim=0).values
+    w = (2.0 * torch.arange(1, S + 1, dtype=torch.float64) - S - 1).reshape((S,) + (1,) * y.ndim)
+    term2 = 2.0 * (w * xs).sum(0) / (S * S)
+    crps = term1 - 0.5 * term2
+    if mask is None:
+        return float(crps.mean())
+    m = torch.as_tensor(np.asarray(mask), dtype=torch.float64)
+    return float((crps * m).sum() / m.sum().clamp(min=1.0))
+
+
+def point_errors(samples, y, mask=None) -> dict[str, float]:
+    """``{"mse", "mae"}`` of the sample mean ``(S, *D) -> (*D)`` against ``y`` on ``mask``."""
+    s = torch.as_tensor(np.asarray(samples), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
+    err = s.mean(0) - y
+    m = torch.ones_like(y) if mask is None else torch.as_tensor(np.asarray(mask), dtype=torch.float64)
+    n = m.sum().clamp(min=1.0)
+    return {"mse": float((err**2 * m).sum() / n), "mae": float((err.abs() * m).sum() / n)}

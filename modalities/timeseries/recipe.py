@@ -1,0 +1,264 @@
+"""The time-series recipe: the typed config, how data, scaling, network, path and training
+module fit together for the three methods, and ``train`` / ``finetune`` / ``restore``.
+
+Methods (one backbone, :class:`~.models.TimeFlowNet`, same size for all three):
+
+* ``timeflow``: conditional network, :class:`~.training.TimeFlowModule` (SDE flow matching
+  with random masks), sampled by Euler–Maruyama (TimeFlow, arXiv 2511.07968).
+* ``linear_fm``: unconditional network, plain linear-path flow matching
+  (:class:`~modaflow.core.training.FlowMatchingModule`), sampled by an ODE solver.
+* ``ddpm``: unconditional network predicting the data on a cosine DDPM schedule of
+  ``ddpm_steps`` (500) steps, sampled ancestrally (Diffusion-TS style, Yuan & Qiao 2024,
+  arXiv 2403.01742; without its Fourier loss term).
+
+A run folder holds ``recipe.json``, ``scaler.json`` (fitted on the training split only),
+``config.json``, ``checkpoints/last.safetensors`` and ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from modaflow.core.config import Config, ConfigError
+from modaflow.core.paths import AffinePath, DiscreteVPPath, LinearPath
+from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, checkpoint_path, fit, load_checkpoint
+
+from ..runs import load_recipe, load_weights, save_recipe
+from . import data as D
+from .models import TimeFlowNet, TimeFlowNetConfig
+from .sampling import run_solver
+from .training import TimeFlowModule, stochastic_path
+
+__all__ = ["NAME", "Method", "METHODS", "TimeSeriesConfig", "prepare", "build", "restore", "Restored", "draw",
+           "train", "finetune", "to_raw"]
+
+NAME = "timeseries"
+Method = Literal["timeflow", "linear_fm", "ddpm"]
+METHODS: tuple[str, ...] = get_args(Method)
+Solver = Literal["auto", "em", "euler", "midpoint", "heun", "rk4", "ddpm", "ddim"]
+SCALER_FILE = "scaler.json"
+
+
+def _default_fm() -> FlowMatchingConfig:
+    return FlowMatchingConfig(lr=1e-3, max_steps=3000, batch_size=128, ema_decay=0.995, log_every=50, ckpt_every=1000,
+                              warmup_steps=100)
+
+
+@dataclass
+class TimeSeriesConfig(Config):
+    """A time-series generator: data, windows, scaling, network, method and sampler."""
+
+    data: str = "sines"
+    """sines, mujoco, stocks, basicmotions, italypowerdemand, solar, uschange, sktime:NAME, or a .csv/.parquet file."""
+    method: Method = "timeflow"
+    """timeflow (SDE flow matching, masks), linear_fm (ODE baseline) or ddpm (Diffusion-TS-style baseline)."""
+    window: int = 24
+    """Window length L."""
+    stride: int = 1
+    """Step between the starts of consecutive windows."""
+    test_fraction: float = -1.0
+    """Fraction held out for test: the last part in time of a series, or the last samples of a generated set
+    (-1 = the dataset's default: 0.2 for solar and uschange, else 0.1)."""
+    n_samples: int = 10_000
+    """Samples of a generated set (sines, mujoco)."""
+    data_seed: int = 0
+    """Seed of a generated set."""
+    scaling: Literal["auto", "minmax", "standard", "identity"] = "auto"
+    """Per-channel scaling fitted on the training split: auto = identity for sines (already in [0, 1]), else minmax."""
+    time_column: str = ""
+    """Time column of a user file (empty: the first non-numeric column or one named date/time)."""
+    d_model: int = 64
+    """Token width of the network."""
+    layers: int = 3
+    """Decomposition layers of the network."""
+    heads: int = 4
+    """Attention heads."""
+    mlp_ratio: float = 2.0
+    """MLP width as a multiple of d_model."""
+    kernel: int = 5
+    """Moving-average width of the trend parts (odd)."""
+    noise_scale: float = 0.1
+    """TimeFlow's training stochastic term: noise of variance t (1 - t) noise_scale^2."""
+    p_forecast: float = 0.25
+    """TimeFlow: probability that a training window is a forecasting task."""
+    p_impute: float = 0.25
+    """TimeFlow: probability that a training window is an imputation task."""
+    max_horizon: int = 0
+    """TimeFlow: the longest forecast horizon drawn in training (0 = window // 2)."""
+    ddpm_steps: int = 500
+    """DDPM: number of diffusion steps T."""
+    solver: Solver = "auto"
+    """Sampler: auto (em for timeflow, euler for linear_fm, ddpm for ddpm), em, euler, midpoint, heun, rk4, ddpm, ddim."""
+    steps: int = 100
+    """Sampler steps (ignored by ddpm, which takes every step)."""
+    sample_shift: float = 0.0
+    """Time shift of the sampling grid (0 = the method's default: 3 for timeflow, 1 otherwise)."""
+    em_diffusion: float = 0.1
+    """Euler-Maruyama diffusion coefficient g (constant)."""
+    fm: FlowMatchingConfig = field(default_factory=_default_fm)
+    """Optimiser, steps, EMA, time sampler and seed (path and parametrization follow the method)."""
+
+    def validate(self) -> None:
+        self._require(bool(self.data), "data", "a dataset name or a file path")
+        for name in ("window", "stride", "n_samples", "d_model", "layers", "heads", "ddpm_steps", "steps"):
+            self._require(getattr(self, name) >= 1, name, "an integer >= 1")
+        self._require(self.window >= 2, "window", "an integer >= 2")
+        self._require(self.test_fraction == -1 or 0 <= self.test_fraction < 1, "test_fraction", "a number in [0, 1), or -1")
+        self._require(self.d_model % self.heads == 0, "heads", f"a divisor of d_model = {self.d_model}")
+        self._require(self.kernel >= 1 and self.kernel % 2 == 1, "kernel", "an odd integer >= 1")
+        self._require(self.noise_scale >= 0, "noise_scale", "a number >= 0")
+        self._require(self.p_forecast >= 0 and self.p_impute >= 0 and self.p_forecast + self.p_impute <= 1,
+                      "p_forecast", "p_forecast, p_impute >= 0 with p_forecast + p_impute <= 1")
+        self._require(0 <= self.max_horizon < self.window, "max_horizon", f"an integer in [0, window = {self.window})")
+        self._require(self.sample_shift >= 0, "sample_shift", "a number >= 0 (0 = the method's default)")
+        self._require(self.em_diffusion >= 0, "em_diffusion", "a number >= 0")
+
+    @property
+    def shift(self) -> float:
+        """The sampling grid's time shift."""
+        return self.sample_shift or (3.0 if self.method == "timeflow" else 1.0)
+
+    @property
+    def horizon_max(self) -> int:
+        return self.max_horizon or self.window // 2
+
+
+@lru_cache(maxsize=8)
+def _windows(data: str, window: int, stride: int, test_fraction: float, n_samples: int, seed: int,
+             time_column: str) -> D.Windows:
+    src = D.load_source(data, n_samples, window, seed, time_column or None)
+    w = D.split_windows(src, window, stride, test_fraction, where=data)
+    D.check_finite_windows(w.train, f"{data} (training windows)")
+    return w
+
+
+def prepare(cfg: TimeSeriesConfig) -> tuple[D.Windows, D.Scaler]:
+    """Raw train/test windows of ``cfg.data`` and the scaler fitted on the training split
+    (cached per data settings within a process)."""
+    frac = D.default_test_fraction(cfg.data) if cfg.test_fraction == -1 else cfg.test_fraction
+    w = _windows(cfg.data, cfg.window, cfg.stride, frac, cfg.n_samples, cfg.data_seed, cfg.time_column)
+    method = cfg.scaling if cfg.scaling != "auto" else ("identity" if cfg.data.lower() == "sines" else "minmax")
+    return w, D.Scaler.fit(w.train, method, w.channels)
+
+
+def _net(cfg: TimeSeriesConfig, channels: int) -> TimeFlowNet:
+    return TimeFlowNet(TimeFlowNetConfig(channels=channels, length=cfg.window, d_model=cfg.d_model, layers=cfg.layers,
+                                         heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, kernel=cfg.kernel,
+                                         conditional=cfg.method == "timeflow"))
+
+
+def build(cfg: TimeSeriesConfig, channels: int) -> tuple[AffinePath, str, FlowMatchingModule]:
+    """``(path, parametrization, training module)`` of ``cfg.method`` for ``channels``."""
+    net = _net(cfg, channels)
+    if cfg.method == "timeflow":
+        module = TimeFlowModule(net, cfg.fm.replace(parametrization="velocity"), cfg.noise_scale, cfg.p_forecast,
+                                cfg.p_impute, cfg.horizon_max)
+        return module.path, "velocity", module
+    if cfg.method == "linear_fm":
+        return LinearPath(), "velocity", FlowMatchingModule(net, LinearPath(), cfg.fm.replace(parametrization="velocity"))
+    path = DiscreteVPPath.cosine(cfg.ddpm_steps)
+    return path, "data", FlowMatchingModule(net, path, cfg.fm.replace(parametrization="data", path="ddpm_cosine",
+                                                                    ddpm_steps=cfg.ddpm_steps))
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A trained run: recipe, scaler, path, what the network predicts, and the network
+    (EMA weights, eval mode)."""
+
+    cfg: TimeSeriesConfig
+    scaler: D.Scaler
+    path: AffinePath
+    kind: str
+    model: nn.Module
+
+
+def restore(ckpt_dir: str | Path) -> Restored:
+    """Rebuild the run ``ckpt_dir`` from its recipe, scaler and checkpoint."""
+    cfg = load_recipe(ckpt_dir, NAME, TimeSeriesConfig)
+    scaler = D.Scaler.load(Path(ckpt_dir) / SCALER_FILE)
+    path, kind, module = build(cfg, scaler.n_channels)
+    load_weights(ckpt_dir, module.model, use_ema=True)
+    return Restored(cfg, scaler, path, kind, module.model.eval())
+
+
+@torch.no_grad()
+def draw(r: Restored, n: int, steps: int | None = None, solver: str | None = None, seed: int = 0,
+         cond: Tensor | None = None, shift: float | None = None, batch: int = 2048) -> Tensor:
+    """``n`` samples ``(n, L, C)`` in network space; ``x0`` comes from a CPU generator seeded
+    by ``seed`` (so every device starts from the same noise), Brownian increments from
+    ``seed + 1``. ``cond`` ``(n, L, 2C)`` conditions a TimeFlow network."""
+    cfg = r.cfg
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got {n}")
+    device = next(r.model.parameters()).device
+    x0 = torch.randn(n, cfg.window, r.scaler.n_channels, generator=torch.Generator().manual_seed(seed)).to(device)
+    g = torch.Generator(device).manual_seed(seed + 1)
+    out = []
+    for i in range(0, n, batch):
+        c = None if cond is None else cond[i : i + batch].to(device)
+        out.append(run_solver(r.model, cfg.method, r.kind, r.path, x0[i : i + batch], steps or cfg.steps,
+                              solver or cfg.solver, cfg.shift if shift is None else shift, cfg.em_diffusion, g, c))
+    return torch.cat(out)
+
+
+def _fit(module: FlowMatchingModule, cfg: TimeSeriesConfig, x: Tensor, trainer_args: TrainerArgs, out_dir,
+         progress: bool) -> dict:
+    dm = D.SeriesDataModule(x, batch_size=cfg.fm.batch_size, seed=cfg.fm.seed)
+    res = fit(module, dm, out_dir, trainer_args, progress=progress)
+    final = res.history[-1][1] if res.history else math.nan
+    return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
+
+
+def _train_tensor(cfg: TimeSeriesConfig, out_dir) -> tuple[Tensor, D.Scaler]:
+    w, scaler = prepare(cfg)
+    save_recipe(out_dir, NAME, cfg)
+    scaler.save(Path(out_dir) / SCALER_FILE)
+    return scaler.to_model(scaler.transform(w.train, cfg.data)), scaler
+
+
+def train(cfg: TimeSeriesConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True) -> dict:
+    """Train ``cfg.method`` on ``cfg.data`` into ``out_dir`` (resumes from its checkpoint);
+    returns ``{"steps", "final_loss", "checkpoint", "history"}``."""
+    x, scaler = _train_tensor(cfg, out_dir)
+    _, _, module = build(cfg, scaler.n_channels)
+    return _fit(module, cfg, x, trainer_args, out_dir, progress)
+
+
+def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: dict, trainer_args: TrainerArgs,
+             progress: bool = True) -> dict:
+    """Continue training the run ``ckpt_dir`` on ``data`` into ``out_dir``, from its weights
+    and EMA with a fresh optimiser; the scaler is refitted on the new training split. The
+    network (sizes, method, window) and the channel count must stay those of the checkpoint."""
+    base = load_recipe(ckpt_dir, NAME, TimeSeriesConfig)
+    base_scaler = D.Scaler.load(Path(ckpt_dir) / SCALER_FILE)
+    merged = base.to_dict()
+    for key, value in overrides.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
+    cfg = TimeSeriesConfig.from_dict({**merged, "data": data})
+    for name in ("method", "window", "d_model", "layers", "heads", "mlp_ratio", "kernel", "ddpm_steps"):
+        if getattr(cfg, name) != getattr(base, name):
+            raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)!r} in {ckpt_dir}); got {getattr(cfg, name)!r}")
+    w, _ = prepare(cfg)
+    if len(w.channels) != base_scaler.n_channels:
+        raise ValueError(f"{data}: {len(w.channels)} channels ({list(w.channels)}), but the checkpoint {ckpt_dir} was "
+                         f"trained on {base_scaler.n_channels} ({list(base_scaler.channels)})")
+    x, scaler = _train_tensor(cfg, out_dir)
+    _, _, module = build(cfg, scaler.n_channels)
+    if not checkpoint_path(out_dir).exists():  # a rerun into the same folder resumes there instead
+        load_checkpoint(checkpoint_path(ckpt_dir), module.model, ema=module.ema)
+    return _fit(module, cfg, x, trainer_args, out_dir, progress)
+
+
+def to_raw(r: Restored, x: Tensor) -> np.ndarray:
+    """Network-space samples -> raw units (the scaling undone), float64."""
+    return r.scaler.inverse(r.scaler.from_model(x))
+

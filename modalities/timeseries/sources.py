@@ -1,0 +1,209 @@
+"""Where the series come from: generated (Sines, MuJoCo hopper), shipped with packages
+(stocks from ``bokeh_sampledata``, sktime's BasicMotions, ItalyPowerDemand, solar,
+uschange) and the user's own CSV / Parquet files.
+
+Every source returns a :class:`Source`: either independent samples ``(N, L, C)`` (Sines,
+MuJoCo, the sktime classification sets, one item per instance) or one long series
+``(T, C)`` that :mod:`.data` cuts into windows after splitting it by time. Values are raw
+(unscaled) float64; the scaling happens in :mod:`.data`, fitted on the training split only.
+
+Generation protocol (Yoon, Jarrett & van der Schaar 2019, TimeGAN, NeurIPS, sec. 5, as
+used by Diffusion-TS, Yuan & Qiao 2024, arXiv 2403.01742, app. C, and TimeFlow, arXiv
+2511.07968):
+
+* Sines: for each sample and channel ``x_j = sin(f j + phi)``, ``j = 0..L-1``, with
+  ``f, phi ~ U(0, 0.1)`` independently, then ``(x + 1) / 2`` so values lie in [0, 1].
+* MuJoCo: dm_control ``hopper``/``stand``; before each sample the initial state is drawn
+  ``qpos[:2] ~ U(0, 0.5)``, ``qpos[2:] ~ U(-2, 2)``, ``qvel ~ U(-5, 5)``; then ``L`` records
+  of ``(qpos, qvel)`` (14 channels), one physics step (5 ms, zero control) apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "Source",
+    "SKTIME_SETS",
+    "sines",
+    "mujoco_hopper",
+    "stocks",
+    "sktime_set",
+    "read_table",
+]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Raw data of one dataset.
+
+    Attributes:
+        values: ``(N, L, C)`` independent samples (``kind == "samples"``) or ``(T, C)`` one
+            series in time order (``kind == "series"``), float64.
+        channels: channel names, ``C`` of them.
+        kind: ``"samples"`` or ``"series"``.
+        test_values: a predefined test split of the same kind (sktime sets ship one), or None.
+        mask: ``values``' observed entries (1) and missing ones (0, their value set to 0),
+            for a user file read with missing values allowed; None when complete.
+    """
+
+    values: np.ndarray
+    channels: tuple[str, ...]
+    kind: str
+    test_values: np.ndarray | None = None
+    mask: np.ndarray | None = field(default=None)
+
+
+def sines(n: int = 10_000, length: int = 24, channels: int = 5, seed: int = 0) -> Source:
+    """The Sines set of the protocol (TimeGAN, sec. 5): ``(n, length, channels)`` in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    f = rng.uniform(0.0, 0.1, size=(n, 1, channels))
+    phi = rng.uniform(0.0, 0.1, size=(n, 1, channels))
+    j = np.arange(length, dtype=np.float64)[None, :, None]
+    x = (np.sin(f * j + phi) + 1.0) * 0.5  # TimeGAN sine_data_generation: (sin + 1) / 2
+    return Source(x, tuple(f"sin{k}" for k in range(channels)), "samples")
+
+
+def mujoco_hopper(n: int = 10_000, length: int = 24, seed: int = 0) -> Source:
+    """Hopper-stand trajectories from dm_control (the protocol's MuJoCo set): ``(n, length,
+    14)`` = qpos (7) and qvel (7), raw simulator units."""
+    try:
+        from dm_control import suite
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the mujoco dataset needs dm_control: pip install modaflow[timeseries]") from e
+    rng = np.random.default_rng(seed)
+    physics = suite.load("hopper", "stand", task_kwargs={"random": seed}).physics
+    nq, nv = physics.model.nq, physics.model.nv
+    out = np.empty((n, length, nq + nv), dtype=np.float64)
+    for i in range(n):
+        with physics.reset_context():
+            physics.data.qpos[:2] = rng.uniform(0.0, 0.5, size=2)
+            physics.data.qpos[2:] = rng.uniform(-2.0, 2.0, size=nq - 2)
+            physics.data.qvel[:] = rng.uniform(-5.0, 5.0, size=nv)
+        for j in range(length):
+            out[i, j, :nq] = physics.data.qpos
+            out[i, j, nq:] = physics.data.qvel
+            physics.step()
+    names = tuple(f"qpos{k}" for k in range(nq)) + tuple(f"qvel{k}" for k in range(nv))
+    return Source(out, names, "samples")
+
+
+STOCK_FIELDS = ("open", "high", "low", "close", "adj_close", "volume")
+
+
+def stocks(ticker: str = "GOOG") -> Source:
+    """Daily prices of ``ticker`` from ``bokeh_sampledata`` (the protocol's Stocks set is
+    Google's daily OHLC, adjusted close and volume): one series ``(T, 6)``."""
+    try:
+        import bokeh_sampledata.stocks as bs
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("the stocks dataset needs bokeh_sampledata: pip install modaflow[timeseries]") from e
+    known = ("AAPL", "GOOG", "IBM", "MSFT")
+    if ticker not in known:
+        raise ValueError(f"unknown ticker {ticker!r}; known: {list(known)}")
+    data = getattr(bs, ticker)
+    x = np.stack([np.asarray(data[k], dtype=np.float64) for k in STOCK_FIELDS], axis=1)
+    order = np.argsort(np.asarray(data["date"], dtype="datetime64[D]"), kind="stable")
+    return Source(x[order], STOCK_FIELDS, "series")
+
+
+SKTIME_SETS: tuple[str, ...] = ("basicmotions", "italypowerdemand", "solar", "uschange")
+
+
+def sktime_set(name: str) -> Source:
+    """A dataset shipped with sktime (offline): ``basicmotions`` (80 x 6 x 100, its own
+    train/test split), ``italypowerdemand`` (1096 x 1 x 24, its own split), ``solar`` (one
+    half-hourly series of 289 values; ``api_version=None`` keeps it offline) and
+    ``uschange`` (187 quarters x 5: consumption and its four regressors)."""
+    key = name.lower()
+    if key not in SKTIME_SETS:
+        raise ValueError(f"unknown sktime dataset {name!r}; known: {list(SKTIME_SETS)}")
+    try:
+        from sktime import datasets as skd
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("sktime datasets need sktime: pip install modaflow[timeseries]") from e
+    if key in ("basicmotions", "italypowerdemand"):
+        loader = skd.load_basic_motions if key == "basicmotions" else skd.load_italy_power_demand
+        tr, _ = loader(split="train", return_type="numpy3D")  # (N, C, L)
+        te, _ = loader(split="test", return_type="numpy3D")
+        tr, te = (np.ascontiguousarray(np.transpose(a, (0, 2, 1)), dtype=np.float64) for a in (tr, te))
+        names = ("acc_x", "acc_y", "acc_z", "gyr_x", "gyr_y", "gyr_z") if key == "basicmotions" else ("demand",)
+        return Source(tr, names, "samples", test_values=te)
+    if key == "solar":
+        s = skd.load_solar(api_version=None)
+        return Source(s.to_numpy(dtype=np.float64)[:, None], ("solar",), "series")
+    y, X = skd.load_uschange()
+    x = np.concatenate([y.to_numpy(dtype=np.float64)[:, None], X.to_numpy(dtype=np.float64)], axis=1)
+    return Source(x, (str(y.name),) + tuple(str(c) for c in X.columns), "series")
+
+
+def read_table(path: str | Path, time_column: str | None = None, allow_missing: bool = False) -> Source:
+    """The user's series from a ``.csv`` or ``.parquet`` file: one row per time step, a time
+    column (``time_column``, or the first non-numeric column, or one named date/time/
+    timestamp; rows are sorted by it) and numeric channel columns.
+
+    Missing values (empty cells, NaN) are an error unless ``allow_missing`` (imputation):
+    then they come back as ``mask == 0`` with the value 0. Inf is always an error. Errors
+    name the file and say what was expected.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: data file not found (expected a .csv or .parquet file, or a dataset name)")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty; expected a table with a time column and channel columns")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(path)
+        elif suffix in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        else:
+            raise ValueError(f"expected a .csv or .parquet file, got suffix {suffix!r}")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty; expected a table with a time column and channel columns") from None
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: cannot read the table ({e})") from None
+    if len(df) == 0:
+        raise ValueError(f"{path}: the table has a header but no rows")
+    tcol = _time_column(df, time_column, path)
+    if tcol is not None:
+        df = df.sort_values(tcol, kind="stable").drop(columns=[tcol])
+    bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad:
+        raise ValueError(f"{path}: channel columns must be numeric; column(s) {bad} are not "
+                         f"(name the time column with time_column)")
+    if df.shape[1] == 0:
+        raise ValueError(f"{path}: no channel columns besides the time column {tcol!r}")
+    x = df.to_numpy(dtype=np.float64)
+    if np.isinf(x).any():
+        r, c = np.argwhere(np.isinf(x))[0]
+        raise ValueError(f"{path}: Inf in row {r} (after sorting by time), column {df.columns[c]!r}; expected finite numbers")
+    missing = np.isnan(x)
+    mask = None
+    if missing.any():
+        if not allow_missing:
+            r, c = np.argwhere(missing)[0]
+            raise ValueError(f"{path}: {int(missing.sum())} missing value(s)/NaN, the first in row {r} (after sorting by "
+                             f"time), column {df.columns[c]!r}; fill them, or impute them with "
+                             f"'modaflow sample timeseries --task impute --input {path.name}'")
+        mask = (~missing).astype(np.float64)
+        x = np.where(missing, 0.0, x)
+    return Source(x, tuple(str(c) for c in df.columns), "series", mask=mask)
+
+
+def _time_column(df, name: str | None, path: Path) -> str | None:
+    import pandas as pd
+
+    if name is not None:
+        if name not in df.columns:
+            raise ValueError(f"{path}: time column {name!r} not found; columns: {list(df.columns)}")
+        return name
+    for c in df.columns:
+        if str(c).lower() in ("date", "time", "timestamp", "datetime") or not pd.api.types.is_numeric_dtype(df[c]):
+            return c
+    return None

@@ -1,0 +1,178 @@
+"""The CLI's ``sample`` and ``evaluate`` for three tasks: unconditional generation,
+forecasting (the last ``H`` steps of a window given the rest) and imputation (entries
+hidden by a mask, or missing in the user's file).
+
+Samples are written in raw units (the scaling undone). Metrics are computed in the
+normalised space (min-max [0, 1] for the protocol's sets), as the protocol does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from modaflow.core.config import Config
+
+from . import data as D
+from . import metrics as M
+from .recipe import Restored, draw, prepare, restore, to_raw
+from .sampling import condition, steered_impute
+from .sources import read_table
+from .ts2vec import TS2VecConfig, train_ts2vec
+
+__all__ = ["TimeSeriesOptions", "conditioning", "complete", "sample", "evaluate", "generation_metrics"]
+
+
+@dataclass
+class TimeSeriesOptions(Config):
+    """Options of ``sample`` and ``evaluate``: the task and its conditioning."""
+
+    task: Literal["generate", "forecast", "impute"] = "generate"
+    """generate (unconditional), forecast (the last --horizon steps) or impute (masked / missing entries)."""
+    input: str = ""
+    """forecast/impute: a .csv/.parquet series to condition on (forecast: continue its end; impute: fill its NaN);
+    empty = test windows of the training data."""
+    horizon: int = 0
+    """forecast: steps to predict (0 = window // 4)."""
+    missing_rate: float = 0.3
+    """impute without NaN in the input: fraction of entries hidden at random."""
+    windows: int = 16
+    """forecast/impute on test windows: how many windows (evenly spaced over the test split)."""
+    guidance: bool = False
+    """Impute/forecast through the core's gradient-free steering of the unconditional field (automatic for the
+    linear_fm and ddpm baselines, which have no conditional input)."""
+    disc_iterations: int = 2000
+    """evaluate: training iterations of the discriminative GRU (protocol: 2000)."""
+    pred_iterations: int = 5000
+    """evaluate: training iterations of the predictive GRU (protocol: 5000)."""
+    ts2vec_iterations: int = 0
+    """evaluate: TS2Vec training iterations for context-FID (0 = TS2Vec's default)."""
+
+    def validate(self) -> None:
+        self._require(self.horizon >= 0, "horizon", "an integer >= 0")
+        self._require(0 < self.missing_rate < 1, "missing_rate", "a number in (0, 1)")
+        for name in ("windows", "disc_iterations", "pred_iterations"):
+            self._require(getattr(self, name) >= 1, name, "an integer >= 1")
+        self._require(self.ts2vec_iterations >= 0, "ts2vec_iterations", "an integer >= 0")
+
+
+def _horizon(r: Restored, opts: TimeSeriesOptions) -> int:
+    H = opts.horizon or max(1, r.cfg.window // 4)
+    if not 1 <= H < r.cfg.window:
+        raise ValueError(f"horizon must lie in [1, window = {r.cfg.window}); got {H}")
+    return H
+
+
+def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Observed windows ``u`` (normalised, 0 where unobserved) and masks ``m`` ``(W, L, C)``."""
+    L, C = r.cfg.window, r.scaler.n_channels
+    H = _horizon(r, opts) if opts.task == "forecast" else 0
+    if opts.input:
+        src = read_table(opts.input, r.cfg.time_column or None, allow_missing=opts.task == "impute")
+        x = src.values
+        if x.shape[1] != C:
+            raise ValueError(f"{opts.input}: {x.shape[1]} channels ({list(src.channels)}), but the model was trained "
+                             f"on {C} ({list(r.scaler.channels)})")
+        mask = np.ones_like(x) if src.mask is None else src.mask
+        if opts.task == "forecast":  # the last L - H steps observed, the next H predicted
+            if x.shape[0] < L - H:
+                raise ValueError(f"{opts.input}: the series has {x.shape[0]} steps; forecasting needs >= {L - H}")
+            u = np.zeros((1, L, C))
+            u[0, : L - H] = r.scaler.transform(x[-(L - H):], opts.input)
+            m = np.zeros((1, L, C))
+            m[0, : L - H] = 1.0
+            return u, m
+        xs = D.sliding_windows(x, L, L, opts.input)  # non-overlapping windows
+        ms = D.sliding_windows(mask, L, L, opts.input)
+        if ms.min() == 1.0:  # nothing missing: hide entries at random
+            ms = _random_mask(xs.shape, opts.missing_rate, seed)
+        return r.scaler.transform(xs, opts.input) * ms, ms
+    w, _ = prepare(r.cfg)
+    if len(w.test) == 0:
+        raise ValueError(f"{r.cfg.data}: no test windows (test_fraction = 0); give --input")
+    idx = np.unique(np.linspace(0, len(w.test) - 1, min(opts.windows, len(w.test))).round().astype(int))
+    u = r.scaler.transform(w.test[idx])
+    if opts.task == "forecast":
+        m = np.zeros_like(u)
+        m[:, : L - H] = 1.0
+    else:
+        m = _random_mask(u.shape, opts.missing_rate, seed)
+    return u, m
+
+
+def _random_mask(shape, rate: float, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).random(shape) >= rate).astype(np.float64)
+
+
+def complete(r: Restored, u: np.ndarray, m: np.ndarray, n: int, steps: int | None, solver: str | None, seed: int,
+             guidance: bool = False) -> Tensor:
+    """``n`` completions of each observed window: ``(W, n, L, C)`` in network space. The
+    TimeFlow network conditions on ``[m y, m]``; the baselines (or ``guidance``) steer their
+    unconditional flow (:func:`.sampling.steered_impute`)."""
+    W = u.shape[0]
+    y = r.scaler.to_model(u).repeat_interleave(n, 0)
+    mk = torch.as_tensor(m, dtype=torch.float32).repeat_interleave(n, 0)
+    if r.cfg.method == "timeflow" and not guidance:
+        x = draw(r, W * n, steps, solver, seed, cond=condition(y, mk))
+    else:
+        x0 = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
+        how = "hard" if r.cfg.method == "ddpm" else "flowchef"
+        with torch.no_grad():
+            x = steered_impute(r.model, r.kind, r.path, x0, y, mk, steps or r.cfg.steps, r.cfg.shift, how)
+    x = mk * y + (1 - mk) * x
+    return x.reshape(W, n, *x.shape[1:])
+
+
+def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, out_path: str | Path, seed: int,
+           options: TimeSeriesOptions | None = None) -> Path:
+    """Write samples in raw units to ``out_path`` (.npy or .csv): ``(n, L, C)`` for
+    generate, ``(W, n, L, C)`` (windows x samples) for forecast / impute."""
+    opts = options or TimeSeriesOptions()
+    r = restore(ckpt_dir)
+    if opts.task == "generate":
+        x = draw(r, n, steps, solver, seed)
+    else:
+        u, m = conditioning(r, opts, seed)
+        x = complete(r, u, m, n, steps, solver, seed, opts.guidance)
+    return D.save_samples(out_path, to_raw(r, x), r.scaler.channels)
+
+
+def generation_metrics(real: np.ndarray, fake: np.ndarray, encoder, seed: int, disc_iterations: int = 2000,
+                       pred_iterations: int = 5000, bounded: bool = True) -> dict[str, float]:
+    """The four protocol metrics of ``fake`` against ``real`` (normalised windows)."""
+    return {
+        "discriminative": M.discriminative_score(real, fake, disc_iterations, seed=seed),
+        "predictive": M.predictive_score(real, fake, pred_iterations, seed=seed, bounded=bounded),
+        "context_fid": M.context_fid(encoder, real, fake),
+        "correlational": M.correlational_score(real, fake),
+    }
+
+
+def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int,
+             options: TimeSeriesOptions | None = None) -> dict:
+    """generate: the four protocol metrics of ``n`` samples against the real training
+    windows (of ``data`` if given, scaled by the checkpoint's scaler). forecast / impute:
+    MSE and MAE of the sample mean and CRPS over ``n`` samples per test window, on the
+    predicted entries."""
+    opts = options or TimeSeriesOptions()
+    r = restore(ckpt_dir)
+    if opts.task != "generate":
+        u, m = conditioning(r, opts, seed)
+        x = r.scaler.from_model(complete(r, u, m, n, steps, solver, seed, opts.guidance))  # (W, n, L, C)
+        target = 1.0 - m
+        s = np.moveaxis(x, 1, 0)  # (n, W, L, C)
+        return {**M.point_errors(s, u, target), "crps": M.crps_samples(s, u, target), "windows": int(u.shape[0]),
+                "samples_per_window": n, "task": opts.task}
+    cfg = r.cfg if data is None else r.cfg.replace(data=data)
+    w, _ = prepare(cfg)
+    real = r.scaler.transform(w.train, cfg.data)
+    fake = r.scaler.from_model(draw(r, n, steps, solver, seed))
+    enc = train_ts2vec(torch.as_tensor(real, dtype=torch.float32), TS2VecConfig(iterations=opts.ts2vec_iterations), seed)
+    out = generation_metrics(real, fake, enc, seed, opts.disc_iterations, opts.pred_iterations,
+                             bounded=r.scaler.method != "standard")
+    return {**out, "n_samples": n, "n_real": int(real.shape[0])}
