@@ -1,0 +1,228 @@
+"""The language benchmark: ``modaflow bench language --profile P``.
+
+In one run, on the same data, tokenizer and seeds:
+
+1. Shakespeare (split by work): FLM (Euler, 8-1024 steps), FMLM (its flow map distilled by
+   progressive self-distillation, 1-8 steps) and the MDLM masked-diffusion baseline of the
+   same size (1-128 steps), scored by an in-suite causal LM trained on the same train split:
+   gen PPL (token-weighted, first-EOS masked), per-sample entropy (nats), n-gram
+   Jensen-Shannon to held-out text, Self-BLEU and samples/s; reference lines: the evaluator's
+   held-out PPL, the data's entropy, JS and Self-BLEU of real training blocks.
+2. The exact tier: the same methods on a known Markov chain, scored by the true chain NLL.
+3. Training throughput: FLM's low-rank noisy input (+ chunked CE; + compile and bf16 on CUDA)
+   against the dense-input eager reference step (:mod:`.language_speed`).
+
+Profiles: ``smoke`` (seconds, the tests run it), ``quick`` (minutes on 2 CPU cores, small BPE
+and DiT), ``full`` (hours on CPU), ``gpu`` (CUDA; GPT-2-small-size throughput, V = 50 257).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from modaflow.core.io import atomic_write_text
+from modaflow.core.training import TrainerArgs
+from modaflow.modalities.language.evaluator import token_nll
+from modaflow.modalities.language.metrics import first_eos_mask, gen_ppl, ngram_js, sample_entropy, self_bleu
+from modaflow.modalities.language.recipe import LanguageConfig, SampleOptions, decode, generate, markov_source, prepare, restore, train
+from modaflow.modalities.language.tokenizer import EOS
+
+from . import report as R
+from .harness import BenchResult, progress
+from .language_speed import SpeedSettings, training_throughput
+from .toy import _quiet
+
+__all__ = ["LanguageProfile", "PROFILES", "run"]
+
+
+@dataclass(frozen=True)
+class LanguageProfile:
+    """Sizes of one benchmark profile."""
+
+    text: LanguageConfig
+    """Recipe of the Shakespeare models (data, tokenizer, size, training steps)."""
+    markov: LanguageConfig
+    """Recipe of the exact tier (Markov chain)."""
+    ar_steps: int
+    """Training steps of the evaluator LM."""
+    n_eval: int
+    """Samples per (method, steps) cell."""
+    flm_steps: tuple[int, ...]
+    """FLM sampler steps."""
+    fmlm_steps: tuple[int, ...]
+    """FMLM map steps."""
+    mdlm_steps: tuple[int, ...]
+    """MDLM sampler steps."""
+    markov_methods: tuple[str, ...]
+    """Methods trained on the Markov chain."""
+    speed: SpeedSettings
+    """Training-throughput sizes."""
+    threads: int = 1
+    """torch threads (0: torch's default)."""
+    device: str = "cpu"
+    """Where training and sampling run."""
+
+
+def _cfg(data: str, tokenizer: str, vocab: int, L: int, dim: int, depth: int, heads: int, steps: int, fmlm_steps: int,
+         batch: int, max_chars: int = 0, markov_vocab: int = 64, markov_train: int = 4096, lr: float = 1e-3) -> LanguageConfig:
+    base = LanguageConfig(data=data, tokenizer=tokenizer, vocab_size=vocab, block_len=L, dim=dim, depth=depth, heads=heads,
+                          max_chars=max_chars, markov_vocab=markov_vocab, markov_train=markov_train)
+    every = max(1, steps // 40)
+    return base.replace(fm=base.fm.replace(max_steps=steps, batch_size=batch, lr=lr, log_every=every, ckpt_every=steps,
+                                           warmup_steps=min(50, steps // 10)),
+                        distill=base.distill.replace(max_steps=fmlm_steps, batch_size=batch, log_every=max(1, fmlm_steps // 40),
+                                                     ckpt_every=fmlm_steps))
+
+
+_ALL = ("flm", "fmlm", "mdlm")
+PROFILES: dict[str, LanguageProfile] = {
+    "smoke": LanguageProfile(
+        text=_cfg("shakespeare", "char", 0, 32, 32, 1, 2, 25, 8, 16, max_chars=15_000),
+        markov=_cfg("markov", "char", 0, 32, 32, 1, 2, 25, 8, 16, markov_vocab=64, markov_train=128),
+        ar_steps=25, n_eval=8, flm_steps=(8, 16), fmlm_steps=(1, 2), mdlm_steps=(1, 8), markov_methods=("flm",),
+        speed=SpeedSettings(vocab=512, block_len=32, dim=32, depth=1, heads=2, batch=8, steps=2, warmup=1),
+    ),
+    "quick": LanguageProfile(
+        text=_cfg("shakespeare", "bpe", 512, 64, 96, 3, 4, 900, 300, 32, max_chars=1_500_000, lr=1.5e-3),
+        markov=_cfg("markov", "char", 0, 64, 64, 2, 4, 500, 150, 32, markov_vocab=128, markov_train=4096, lr=1.5e-3),
+        ar_steps=600, n_eval=32, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
+        markov_methods=_ALL,
+        speed=SpeedSettings(vocab=4096, block_len=64, dim=96, depth=2, heads=4, batch=16, steps=5),
+    ),
+    "full": LanguageProfile(
+        text=_cfg("shakespeare", "bpe", 1024, 128, 256, 6, 8, 20_000, 5000, 64, lr=5e-4),
+        markov=_cfg("markov", "char", 0, 128, 128, 4, 4, 5000, 2000, 64, markov_vocab=256, markov_train=16384, lr=1e-3),
+        ar_steps=10_000, n_eval=128, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
+        markov_methods=_ALL, threads=0,
+        speed=SpeedSettings(vocab=8192, block_len=128, dim=256, depth=4, heads=8, batch=16, steps=5),
+    ),
+    "gpu": LanguageProfile(
+        text=_cfg("shakespeare", "bpe", 8192, 128, 768, 12, 12, 20_000, 5000, 128, lr=3e-4),
+        markov=_cfg("markov", "char", 0, 128, 256, 6, 8, 10_000, 3000, 128, markov_vocab=512, markov_train=65536, lr=5e-4),
+        ar_steps=10_000, n_eval=256, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
+        markov_methods=_ALL, threads=0, device="cuda",
+        speed=SpeedSettings(vocab=50_257, block_len=128, dim=768, depth=12, heads=12, batch=128, steps=20, warmup=5, device="cuda"),
+    ),
+}
+
+
+def _train_all(p: LanguageProfile, cfg: LanguageConfig, methods: tuple[str, ...], out: Path, key: str, with_ar: bool) -> dict:
+    """Train the methods (and the evaluator) of one data source; returns losses, timings."""
+    targs = TrainerArgs(accelerator="gpu" if p.device == "cuda" else "cpu", devices=1,
+                        precision="bf16-mixed" if p.device == "cuda" else "32-true")
+    res = {"losses": {}, "timings": {}}
+    todo = [("flm", cfg.replace(method="flm"))]
+    if "mdlm" in methods:
+        todo.append(("mdlm", cfg.replace(method="mdlm")))
+    if with_ar:
+        todo.append(("ar", cfg.replace(method="ar", fm=cfg.fm.replace(max_steps=p.ar_steps, ckpt_every=p.ar_steps))))
+    if "fmlm" in methods:
+        todo.append(("fmlm", cfg.replace(method="fmlm", teacher=str(out / "runs" / f"{key}-flm"))))
+    for name, c in progress(todo, f"train {key}"):
+        t0 = time.perf_counter()
+        with _quiet():
+            summary = train(c, targs, out / "runs" / f"{key}-{name}", progress=False)
+        res["timings"][f"train.{key}.{name}_s"] = time.perf_counter() - t0
+        res["losses"][f"{key} {name}"] = tuple(zip(*summary["history"])) if summary["history"] else ((), ())
+    return res
+
+
+def _sample(cfg, net, n: int, steps: int, seed: int, device: str) -> tuple[torch.Tensor, float]:
+    net = net.to(device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    x = generate(cfg, net, n, steps, seed, SampleOptions())
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return x.cpu(), n / (time.perf_counter() - t0)
+
+
+def _grid(p: LanguageProfile, methods: tuple[str, ...]) -> list[tuple[str, int]]:
+    steps = {"flm": p.flm_steps, "fmlm": p.fmlm_steps, "mdlm": p.mdlm_steps}
+    return [(m, k) for m in methods for k in steps[m]]
+
+
+def _eval_text(p: LanguageProfile, out: Path, seed: int) -> dict:
+    key = "text"
+    res = _train_all(p, p.text, _ALL, out, key, with_ar=True)
+    runs = out / "runs"
+    _, _, ev = restore(runs / f"{key}-ar")
+    ev = ev.to(p.device)
+    cfg0, tok, _ = restore(runs / f"{key}-flm")
+    _, train_blocks, test = prepare(cfg0, tok)
+    real = train_blocks[torch.randperm(train_blocks.shape[0], generator=torch.Generator().manual_seed(seed))[: p.n_eval]]
+    real_mask = first_eos_mask(real, EOS)
+    ref_line = {
+        "evaluator_test_ppl": gen_ppl(token_nll(ev, test), first_eos_mask(test, EOS)),
+        "data_entropy": sample_entropy(test, first_eos_mask(test, EOS)),
+        "data_js_2gram": ngram_js(real, test, 2), "data_js_4gram": ngram_js(real, test, 4),
+        "data_self_bleu": self_bleu(real, 4, real_mask),
+        "data_train_block_ppl": gen_ppl(token_nll(ev, real), real_mask),
+    }
+    rows, texts = {}, {}
+    nets = {m: restore(runs / f"{key}-{m}") for m in _ALL}
+    for m, k in progress(_grid(p, _ALL), "sample text"):
+        c, _, net = nets[m]
+        x, rate = _sample(c, net, p.n_eval, k, seed, p.device)
+        mask = first_eos_mask(x, EOS)
+        rows[(m, k)] = {"gen_ppl": gen_ppl(token_nll(ev, x), mask), "entropy": sample_entropy(x, mask),
+                        "js_2gram": ngram_js(x, test, 2), "js_4gram": ngram_js(x, test, 4),
+                        "self_bleu": self_bleu(x, 4, mask), "samples_per_s": rate}
+        texts[(m, k)] = decode(tok, x[:3])
+    texts[("real", 0)] = decode(tok, real[:3])
+    return {**res, "rows": rows, "ref": ref_line, "texts": texts, "vocab": cfg0.vocab}
+
+
+def _eval_markov(p: LanguageProfile, out: Path, seed: int) -> dict:
+    key = "markov"
+    methods = p.markov_methods
+    res = _train_all(p, p.markov, methods, out, key, with_ar=False)
+    src = markov_source(p.markov)
+    real = src.sample(p.n_eval, p.markov.block_len, seed=10 + seed)
+    rows = {}
+    for m, k in progress(_grid(p, methods), "sample markov"):
+        c, _, net = restore(out / "runs" / f"{key}-{m}")
+        x, rate = _sample(c, net, p.n_eval, k, seed, p.device)
+        rows[(m, k)] = {"true_nll": float(src.nll(x).mean()), "entropy": sample_entropy(x), "samples_per_s": rate}
+    ref_line = {"expected_true_nll": src.expected_nll(p.markov.block_len), "entropy_rate": src.entropy_rate(),
+                "real_true_nll": float(src.nll(real).mean()), "data_entropy": sample_entropy(real)}
+    return {**res, "rows": rows, "ref": ref_line}
+
+
+def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
+    """Run the language benchmark ``profile`` into ``out_dir``: ``results.json``, ``report.md``
+    and PNG plots. Returns the result."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    p = PROFILES[profile]
+    if p.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("profile 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    try:
+        return _run(profile, p, out, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(profile: str, p: LanguageProfile, out: Path, seed: int) -> BenchResult:
+    from .language_report import assemble  # tables, goals, plots and sample text
+
+    t0 = time.perf_counter()
+    text = _eval_text(p, out, seed)
+    markov = _eval_markov(p, out, seed)
+    speed = training_throughput(p.speed, seed)
+    result, extra_md = assemble(profile, p, seed, text, markov, speed, out)
+    result.timings["total_s"] = time.perf_counter() - t0
+    result.write(out)
+    path = R.write_report(result, out)
+    atomic_write_text(path, path.read_text() + "\n" + extra_md)
+    return result

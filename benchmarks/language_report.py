@@ -1,0 +1,128 @@
+"""Assembling the language benchmark's result: metrics (FMLM, the method), baselines (FLM,
+MDLM, reference lines, the exact tier), goal ratios, metric-vs-NFE curves and plots, and the
+Markdown tables and sample text appended to ``report.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import report as R
+from .harness import BenchResult
+
+__all__ = ["assemble", "PUBLISHED"]
+
+PUBLISHED = {
+    "FLM LM1B (GPT-2-Large evaluator), gen PPL / entropy": {8: (243.4, 2.41), 32: (152.0, 4.40), 128: (112.5, 4.34), 1024: (96.9, 4.29)},
+    "FMLM LM1B, gen PPL / entropy": {1: (119.3, 4.16), 2: (110.2, 4.21), 4: (98.8, 4.21), 8: (86.3, 4.21)},
+}
+"""Published numbers (REFERENCE §3; LM1B, GPT-2-Large evaluator): not comparable to ours
+(other data, evaluator and model size); shown beside them as published."""
+
+_TEXT_METRICS = ("gen_ppl", "entropy", "js_2gram", "js_4gram", "self_bleu", "samples_per_s")
+_MARKOV_METRICS = ("true_nll", "entropy", "samples_per_s")
+
+
+def _split(rows: dict, prefix: str) -> tuple[dict, dict]:
+    metrics, baselines = {}, {}
+    for (m, k), vals in rows.items():
+        for name, v in vals.items():
+            if m == "fmlm":
+                metrics[f"{prefix}.fmlm.{name}@{k}"] = v
+            else:
+                baselines.setdefault(f"{prefix}.{m}", {})[f"{name}@{k}"] = v
+    return metrics, baselines
+
+
+def _goals(rows: dict, data_entropy: float) -> dict:
+    g = {}
+    if ("fmlm", 1) in rows and ("flm", 8) in rows:
+        g["goal.fmlm1_over_flm8_gen_ppl_ratio"] = rows[("fmlm", 1)]["gen_ppl"] / rows[("flm", 8)]["gen_ppl"]
+        g["goal.fmlm1_entropy_rel_gap"] = abs(rows[("fmlm", 1)]["entropy"] - data_entropy) / data_entropy
+    if ("fmlm", 4) in rows and ("mdlm", 32) in rows:
+        g["goal.fmlm4_over_mdlm32_gen_ppl_ratio"] = rows[("fmlm", 4)]["gen_ppl"] / rows[("mdlm", 32)]["gen_ppl"]
+        g["goal.fmlm4_minus_mdlm32_entropy"] = rows[("fmlm", 4)]["entropy"] - rows[("mdlm", 32)]["entropy"]
+    return g
+
+
+def _curves(rows: dict, names: tuple[str, ...], prefix: str, ref: dict) -> dict:
+    curves = {}
+    methods = sorted({m for m, _ in rows})
+    for name in names:
+        series = {m: {"x": [k for (mm, k) in rows if mm == m], "y": [v[name] for (mm, k), v in rows.items() if mm == m]}
+                  for m in methods}
+        curves[f"{prefix}.{name}_vs_nfe"] = {"xlabel": "NFE (network calls)", "ylabel": name, "series": series,
+                                             "reference": ref.get(name)}
+    return curves
+
+
+def _plot(out: Path, curves: dict) -> list[str]:
+    files = []
+    for key, c in curves.items():
+        series = {m: (s["x"], s["y"]) for m, s in c["series"].items()}
+        if c.get("reference") is not None:
+            xs = sorted({x for s in c["series"].values() for x in s["x"]})
+            series["reference (data / evaluator)"] = (xs, [c["reference"]] * len(xs))
+        files.append(R.plot_curves(out / f"{key}.png", series, key, c["xlabel"], c["ylabel"]).name)
+    return files
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _table(rows: dict, names: tuple[str, ...], ref: dict, ref_names: dict[str, str]) -> list[str]:
+    lines = ["| method | steps (NFE) | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+    for (m, k), v in rows.items():
+        lines.append(f"| {m.upper()} | {k} | " + " | ".join(_fmt(v[n]) for n in names) + " |")
+    cells = [_fmt(ref[ref_names[n]]) if n in ref_names and ref_names[n] in ref else "" for n in names]
+    lines.append("| reference (data / evaluator) | - | " + " | ".join(cells) + " |")
+    return lines
+
+
+def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, out: Path) -> tuple[BenchResult, str]:
+    """``(BenchResult, Markdown appended to report.md)``."""
+    metrics, baselines = _split(text["rows"], "text")
+    m2, b2 = _split(markov["rows"], "markov")
+    metrics.update(m2)
+    baselines.update(b2)
+    metrics.update(_goals(text["rows"], text["ref"]["data_entropy"]))
+    baselines["text.reference"] = dict(text["ref"])
+    baselines["markov.reference"] = dict(markov["ref"])
+    baselines["published (LM1B, not comparable)"] = {
+        f"{name.split(',')[0]}.gen_ppl@{k}": v[0] for name, d in PUBLISHED.items() for k, v in d.items()}
+    timings = {**text["timings"], **markov["timings"], **speed["timings"]}
+    text_ref = {"gen_ppl": text["ref"]["evaluator_test_ppl"], "entropy": text["ref"]["data_entropy"],
+                "js_4gram": text["ref"]["data_js_4gram"], "self_bleu": text["ref"]["data_self_bleu"]}
+    curves = _curves(text["rows"], ("gen_ppl", "entropy", "js_4gram", "self_bleu"), "text", text_ref)
+    curves.update(_curves(markov["rows"], ("true_nll",), "markov", {"true_nll": markov["ref"]["expected_true_nll"]}))
+    plots = _plot(out, curves)
+    losses = {**text["losses"], **markov["losses"]}
+    plots.append(R.plot_loss(out / "loss.png", {k: v for k, v in losses.items() if v[0]}, "training loss").name)
+    cfg = p.text
+    notes = speed["notes"] + [
+        f"text: Shakespeare split by work, {cfg.tokenizer} tokenizer (K = {text['vocab']}), L = {cfg.block_len}, "
+        f"DiT d = {cfg.dim}, depth {cfg.depth}; FLM/MDLM {cfg.fm.max_steps} steps, FMLM {cfg.distill.max_steps} distillation "
+        f"steps ({cfg.distill.loss}, objective {cfg.distill.objective}) from the FLM, evaluator {p.ar_steps} steps; "
+        f"{p.n_eval} samples per cell, seed {seed}",
+        "gen PPL: exp of the token-weighted mean NLL under the in-suite causal LM, tokens after the first <eos> masked; "
+        "entropy: per-sample unigram entropy (nats); js_n: Jensen-Shannon (nats) of n-gram frequencies to held-out text",
+        "FLM/FMLM take the argmax at the last step; MDLM draws at temperature 1 (carry-over unmasking)",
+        f"markov: V = {p.markov.markov_vocab}, L = {p.markov.block_len}; true_nll = the true chain's NLL per token",
+        "published numbers are LM1B with a GPT-2-Large evaluator and a far larger model: shown as published, not comparable",
+    ]
+    result = BenchResult.create("language", profile, seed, metrics=metrics, baselines=baselines, timings=timings,
+                                curves=curves, plots=plots, notes=notes)
+    md = ["## Tables", "", "### Shakespeare (in-suite evaluator)", ""]
+    md += _table(text["rows"], _TEXT_METRICS, text["ref"],
+                 {"gen_ppl": "evaluator_test_ppl", "entropy": "data_entropy", "js_2gram": "data_js_2gram",
+                  "js_4gram": "data_js_4gram", "self_bleu": "data_self_bleu"})
+    md += ["", "### Exact tier: Markov chain (true NLL per token)", ""]
+    md += _table(markov["rows"], _MARKOV_METRICS, markov["ref"], {"true_nll": "expected_true_nll", "entropy": "data_entropy"})
+    md += ["", "### Published (LM1B, GPT-2-Large evaluator; as published, not comparable)", "",
+           "| model | steps | gen PPL | entropy |", "|---|---|---|---|"]
+    md += [f"| {name.split(',')[0]} | {k} | {v[0]} | {v[1]} |" for name, d in PUBLISHED.items() for k, v in d.items()]
+    md += ["", "## Sample text (first 3 samples; up to the first <eos>)", ""]
+    for (m, k), texts in text["texts"].items():
+        md += [f"**{m.upper()}{'' if m == 'real' else f', {k} steps'}**", "", "```"]
+        md += [t.strip()[:400] + "\n---" for t in texts] + ["```", ""]
+    return result, "\n".join(md) + "\n"
