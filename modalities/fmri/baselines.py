@@ -1,0 +1,71 @@
+"""Baselines NeuroFlow is compared with, on the same split and latents.
+
+* Voxel-wise ridge encoding (Naselaris et al. 2011, NeuroImage 56, 400): per voxel,
+  ``y_v = w_v^T phi(img)`` with an L2 penalty chosen per voxel by efficient leave-one-out
+  (``sklearn.linear_model.RidgeCV``, ``alpha_per_target``); ``phi`` = pixels or the visual
+  AE latent.
+* Ridge decoding: responses -> pixels, and responses -> visual latent -> AE decoder.
+* Two one-direction flows (what the unified bridge gains or loses): conditional flow
+  matching from Gaussian noise (t = 0) to one latent (t = 1) given the other latent
+  (decoding: ``z_vis | z_neu``; encoding: ``z_neu | z_vis``), each trained with the core's
+  ``FlowMatchingModule`` on the linear path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from modaflow.core.ode import solve_ode, time_grid
+from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit
+
+from .models import CondVelocity
+from .training import quiet
+
+__all__ = ["ALPHAS", "ridge_fit_predict", "OneDirectionFlow", "train_one_direction"]
+
+ALPHAS = np.logspace(-2, 5, 15)
+"""Ridge penalties searched by leave-one-out."""
+
+
+def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, per_target: bool = True) -> np.ndarray:
+    """Fit ``RidgeCV`` (penalty per target by leave-one-out) on standardised inputs and
+    predict ``(n_test, n_targets)``."""
+    from sklearn.linear_model import RidgeCV
+    from threadpoolctl import threadpool_limits
+
+    mu, sd = x_train.mean(0), x_train.std(0) + 1e-8
+    with threadpool_limits(1):
+        model = RidgeCV(alphas=ALPHAS, alpha_per_target=per_target).fit((x_train - mu) / sd, y_train)
+        return model.predict((x_test - mu) / sd).astype(np.float32)
+
+
+class OneDirectionFlow:
+    """A trained conditional flow ``noise -> target latent | cond latent`` (standardised)."""
+
+    def __init__(self, module: FlowMatchingModule) -> None:
+        self.net = module.network(use_ema=True)
+
+    @torch.no_grad()
+    def sample(self, cond: Tensor, steps: int, seed: int, solver: str = "euler") -> Tensor:
+        """Targets ``(B, d)`` for conditions ``(B, d_c)``, from noise drawn with ``seed``."""
+        x0 = torch.randn(cond.shape[0], self.net.dim, generator=torch.Generator().manual_seed(seed))
+        grid = time_grid(steps)
+        return solve_ode(lambda x, t: self.net(x, t, cond), x0, grid, method=solver).x
+
+
+def train_one_direction(target: Tensor, cond: Tensor, hidden: int, depth: int, fm: FlowMatchingConfig,
+                        out_dir: str | Path, trainer_args: TrainerArgs) -> OneDirectionFlow:
+    """Train ``CondVelocity`` by flow matching on ``(x1 = target, cond)`` pairs into ``out_dir``."""
+    net = CondVelocity(target.shape[1], cond.shape[1], hidden, depth)
+    module = FlowMatchingModule(net, None, fm.replace(path="linear"))
+    g = torch.Generator().manual_seed(fm.seed)
+    loader = DataLoader(TensorDataset(target, cond), batch_size=min(fm.batch_size, len(target)), shuffle=True,
+                        drop_last=True, generator=g)
+    with quiet():
+        fit(module, loader, out_dir, trainer_args, progress=False)
+    return OneDirectionFlow(module)
