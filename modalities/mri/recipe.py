@@ -64,8 +64,6 @@ class MRIConfig(Config):
     """MedForj's augmentation while training (L-R flip, +-5 degrees, +-5 voxels)."""
     target: Target = "velocity"
     """What the UNet predicts: sample, velocity, flow, noise (DDPM) or rflow (rectified flow)."""
-    ddpm_steps: int = 1000
-    """DDPM steps T (linear betas 1e-4 -> 2e-2)."""
     unet: UNetConfig = field(default_factory=UNetConfig)
     """The MONAI UNet (UNetConfig.medforj() for the full size)."""
     solver: Literal["ddim", "euler", "ddpm"] = "ddim"
@@ -81,7 +79,8 @@ class MRIConfig(Config):
     num_workers: int = 0
     """Data-loader worker processes."""
     fm: FlowMatchingConfig = field(default_factory=_default_fm)
-    """Optimiser, steps, batch size, EMA and seed (path and parametrization follow target)."""
+    """Optimiser, steps, batch size, EMA, seed and DDPM steps T (ddpm_steps, linear betas
+    1e-4 -> 2e-2); path and parametrization follow target."""
 
     def validate(self) -> None:
         try:
@@ -90,7 +89,7 @@ class MRIConfig(Config):
             raise ConfigError(str(e)) from None
         self._require(self.size >= 8 and self.size % self.unet.divisor == 0, "size",
                       f"an integer >= 8 divisible by {self.unet.divisor} (the UNet's levels)")
-        for name in ("n_train", "n_test", "steps", "ddpm_steps"):
+        for name in ("n_train", "n_test", "steps"):
             self._require(getattr(self, name) >= 1, name, "an integer >= 1")
         self._require(all(s > 0 for s in self.spacing) and len(self.spacing) == 3, "spacing", "three sizes > 0 (mm)")
         self._require(len(self.fov) == 3 and all(f % self.unet.divisor == 0 and f > 0 for f in self.fov), "fov",
@@ -111,17 +110,17 @@ def source_of(cfg: MRIConfig) -> SourceSpec:
 
 def _fm(cfg: MRIConfig) -> FlowMatchingConfig:
     path = "linear" if cfg.target == "rflow" else "ddpm_linear"
-    return cfg.fm.replace(path=path, parametrization=core_kind(cfg.target), ddpm_steps=cfg.ddpm_steps)
+    return cfg.fm.replace(path=path, parametrization=core_kind(cfg.target))
 
 
 def _unet_cfg(cfg: MRIConfig) -> UNetConfig:
     return cfg.unet.replace(timestep_scale="rflow" if cfg.target == "rflow" else "ddpm",
-                            num_train_timesteps=cfg.ddpm_steps)
+                            num_train_timesteps=cfg.fm.ddpm_steps)
 
 
 def build(cfg: MRIConfig) -> tuple[AffinePath, DataPredictor, MedForjModule]:
     """``(path, wrapped network, training module)`` of the recipe (GPU options applied)."""
-    path = make_path(cfg.target, cfg.ddpm_steps)
+    path = make_path(cfg.target, cfg.fm.ddpm_steps)
     net = UNet3D(_unet_cfg(cfg))
     apply_gpu_options(net, cfg.channels_last, cfg.activation_checkpointing)
     model = DataPredictor(net, cfg.target, path)
@@ -174,7 +173,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
     cfg = MRIConfig.from_dict({**merged, "data": data})
-    for name in ("unet", "target", "ddpm_steps"):
+    for name in ("unet", "target"):
         if getattr(cfg, name) != getattr(base, name):
             raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)} in {ckpt_dir}); got {getattr(cfg, name)}")
     if cfg.source.shape != base.source.shape:

@@ -1,0 +1,156 @@
+"""Few-step sampling: distil a trained MRI diffusion model into a flow map.
+
+The teacher's probability-flow ODE is re-expressed on the linear path, where it is not
+stiff: a linear-path state ``x_lin = tau x1 + (1 - tau) eps`` at time ``tau`` has the
+signal-to-noise ratio of the DDPM time ``t`` with ``sigma(t) / alpha(t) = (1 - tau) / tau``
+(:func:`modaflow.core.conventions.edm_sigma_to_time`), and ``x_vp = (alpha(t) / tau) x_lin``
+(both are ``alpha x1 + sigma eps`` up to scale; Karras et al. 2022, arXiv 2206.00364,
+sec. 3: schedules with one SNR share one ODE up to scaling). From the teacher's
+``(x1_hat, eps_hat)`` the linear-path velocity is ``x1_hat - eps_hat``
+(:class:`LinearPathTeacher`). DDIM on the DDPM path is Euler on this ODE.
+
+The student is :class:`~modaflow.core.flow_maps.FlowMap` around a
+:class:`~.models.TwoTimeUNet3D` initialised from the teacher's UNet, trained with the core
+:class:`~modaflow.core.training.flow_map_module.FlowMapModule` (``loss="teacher"``: regress
+``X(s, t, x_s)`` on the teacher's ODE solution from s to t; Boffi, Albergo &
+Vanden-Eijnden 2025, arXiv 2505.18825) and sampled with
+:func:`~modaflow.core.flow_maps.sample_flow_map` in 1-8 steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from modaflow.core.config import Config, ConfigError
+from modaflow.core.conventions import edm_sigma_to_time
+from modaflow.core.flow_maps import FlowMap
+from modaflow.core.io import atomic_write_text
+from modaflow.core.parametrizations import to_data_noise
+from modaflow.core.paths import AffinePath, DiscreteVPPath, LinearPath
+from modaflow.core.tensors import expand_t
+from modaflow.core.training import TrainerArgs, fit
+from modaflow.core.training.flow_map_module import FlowMapConfig, FlowMapModule
+
+from ..runs import load_weights
+from .data import MRIDataModule, build_dataset
+from .models import TwoTimeUNet3D
+from .recipe import MRIConfig, restore
+from .targets import core_kind
+
+__all__ = ["DistillConfig", "LinearPathTeacher", "DISTILL_FILE", "distill", "is_flow_map_run", "restore_flow_map"]
+
+DISTILL_FILE = "distill.json"
+
+
+@dataclass
+class DistillConfig(Config):
+    """Distil the run ``teacher`` into a flow map (``modaflow distill mri``)."""
+
+    teacher: str = ""
+    """Run folder of the trained diffusion model (modaflow train mri --out ...)."""
+    max_steps: int = 300
+    """Optimiser steps of the student."""
+    batch_size: int = 4
+    """Volumes per step."""
+    lr: float = 5e-4
+    """Learning rate."""
+    loss: Literal["teacher", "lagrangian", "eulerian"] = "teacher"
+    """Flow-map loss (arXiv 2505.18825): teacher (regress on the teacher's ODE solution), or
+    lagrangian / eulerian with the teacher's velocity."""
+    teacher_steps: int = 4
+    """ODE steps of the teacher between s and t (loss=teacher)."""
+    teacher_method: Literal["euler", "midpoint", "heun", "rk4"] = "heun"
+    """ODE method of the teacher solve."""
+    ema_decay: float = 0.99
+    """EMA of the student's weights."""
+    seed: int = 0
+    """Seed of the training noise."""
+
+    def validate(self) -> None:
+        for name in ("max_steps", "batch_size", "teacher_steps"):
+            self._require(getattr(self, name) >= 1, name, "an integer >= 1")
+        self._require(self.lr > 0, "lr", "a number > 0")
+
+
+class LinearPathTeacher(nn.Module):
+    """The teacher's velocity on the linear path, ``forward(x_lin, tau) -> x1_hat - eps_hat``
+    (module docstring). ``model`` predicts the core parametrization ``kind`` on ``path``."""
+
+    def __init__(self, model: nn.Module, kind: str, path: AffinePath) -> None:
+        super().__init__()
+        self.model, self.kind, self.path = model, kind, path
+        if isinstance(path, DiscreteVPPath):
+            a0, s0 = path.alpha(torch.zeros((), dtype=torch.float64)), path.sigma(torch.zeros((), dtype=torch.float64))
+            self.tau_min = float(a0 / (a0 + s0))  # the noisiest DDPM state, on the linear path
+        elif isinstance(path, LinearPath):
+            self.tau_min = 0.0
+        else:
+            raise TypeError(f"teacher path must be a DiscreteVPPath or the LinearPath; got {path!r}")
+
+    def forward(self, x: Tensor, tau: Tensor) -> Tensor:
+        if isinstance(self.path, LinearPath):
+            x1, eps = to_data_noise(self.model(x, tau).float(), self.kind, x, tau, self.path)
+            return x1 - eps
+        tau_c = tau.clamp(self.tau_min, 1.0 - 1e-4)
+        t = edm_sigma_to_time((1.0 - tau_c) / tau_c, self.path, iterations=40)  # same SNR
+        x_vp = x * expand_t(self.path.alpha(t) / tau_c, x)
+        x1, eps = to_data_noise(self.model(x_vp, t).float(), self.kind, x_vp, t, self.path)
+        return x1 - eps  # d/dtau (tau x1 + (1 - tau) eps)
+
+
+def is_flow_map_run(ckpt_dir: str | Path) -> bool:
+    """True for a run folder written by :func:`distill`."""
+    return (Path(ckpt_dir) / DISTILL_FILE).is_file()
+
+
+def _student(cfg: MRIConfig) -> FlowMap:
+    unet = cfg.unet.replace(timestep_scale="rflow", num_train_timesteps=cfg.fm.ddpm_steps)
+    return FlowMap(TwoTimeUNet3D(unet))
+
+
+def _flow_map_cfg(d: DistillConfig, batch_size: int) -> FlowMapConfig:
+    return FlowMapConfig(path="linear", parametrization="velocity", loss=d.loss, stop_gradient="target",
+                         teacher_steps=d.teacher_steps, teacher_method=d.teacher_method, lr=d.lr,
+                         batch_size=batch_size, max_steps=d.max_steps, ema_decay=d.ema_decay, seed=d.seed,
+                         log_every=10, ckpt_every=max(d.max_steps // 2, 1), t_max=1.0)
+
+
+def distill(d: DistillConfig, out_dir: str | Path | None, trainer_args: TrainerArgs | None = None,
+            progress: bool = True) -> dict:
+    """Train a flow map from ``d.teacher`` into ``out_dir`` (resumes there); returns
+    ``{"steps", "final_loss", "checkpoint", "history"}``."""
+    if not d.teacher:
+        raise ConfigError("DistillConfig.teacher: expected the run folder of a trained model (--teacher DIR)")
+    if out_dir is None:
+        raise ConfigError("distill needs --out (the flow-map run folder)")
+    out = Path(out_dir)
+    cfg, path, teacher_model = restore(d.teacher)
+    teacher = LinearPathTeacher(teacher_model, core_kind(cfg.target), path)
+    flow_map = _student(cfg)
+    flow_map.net.load_one_time(teacher_model.net)
+    ds = build_dataset(cfg.source, "train", augment=cfg.augment)
+    batch = min(d.batch_size, len(ds))
+    module = FlowMapModule(flow_map, LinearPath(), _flow_map_cfg(d, batch), teacher=teacher)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text((Path(d.teacher) / "recipe.json").read_text())
+    atomic_write_text(out / DISTILL_FILE, json.dumps(d.to_dict(), indent=2, sort_keys=True) + "\n")
+    res = fit(module, MRIDataModule(ds, batch, seed=d.seed), out, trainer_args or TrainerArgs(), progress=progress)
+    final = res.history[-1][1] if res.history else math.nan
+    return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
+
+
+def restore_flow_map(ckpt_dir: str | Path) -> tuple[MRIConfig, FlowMap]:
+    """``(teacher's recipe, flow map with EMA weights, eval mode)`` of a distilled run."""
+    from ..runs import load_recipe
+
+    cfg = load_recipe(ckpt_dir, "mri", MRIConfig)
+    flow_map = _student(cfg)
+    load_weights(ckpt_dir, flow_map, use_ema=True)
+    return cfg, flow_map.eval()
