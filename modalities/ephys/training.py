@@ -37,7 +37,7 @@ from modaflow.core.training import TrainerArgs, apply_checkpoint, checkpoint_pat
 
 from .spikes import TrialData
 
-__all__ = ["VAETrainConfig", "SeqVAEModule", "fit_vae", "observation_nll", "ramp", "predict"]
+__all__ = ["VAETrainConfig", "SeqVAEModule", "fit_vae", "observation_nll", "ramp", "predict", "coordinated_dropout"]
 
 
 @dataclass
@@ -92,6 +92,24 @@ def observation_nll(params: Tensor, x: Tensor, likelihood: str) -> Tensor:
     return 0.5 * (logvar + (x - mu).pow(2) * torch.exp(-logvar))
 
 
+def coordinated_dropout(x: Tensor, n_heldin: int, t_obs: int, rate: float,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Coordinated dropout (Keshtkaran & Pandarinath 2019, sec. 3.1) of trials ``x``
+    ``(B, T, C)``: returns the model input ``(B, T, n_heldin)`` (held-in channels, observed
+    bins, each entry zeroed with probability ``rate`` and the kept ones scaled by
+    ``1 / (1 - rate)``; zeros in the forward window) and the bool mask ``(B, T, C)`` of
+    entries scored by the loss (held-in observed entries only where dropped; every held-out
+    channel and forward bin). ``rate = 0``: plain input, everything scored."""
+    inp = x[:, :, :n_heldin].clone()
+    inp[:, t_obs:] = 0.0
+    scored = torch.ones_like(x, dtype=torch.bool)
+    if rate > 0:
+        keep = torch.rand(inp[:, :t_obs].shape, generator=generator, device=x.device) >= rate
+        inp[:, :t_obs] = inp[:, :t_obs] * keep / (1.0 - rate)
+        scored[:, :t_obs, :n_heldin] = ~keep
+    return inp, scored
+
+
 class SeqVAEModule(L.LightningModule):
     """Lightning module of a sequential VAE on :class:`TrialData` batches ``(B, T, C)``."""
 
@@ -108,14 +126,8 @@ class SeqVAEModule(L.LightningModule):
 
     def loss(self, x: Tensor, step: int, generator: torch.Generator | None = None) -> Tensor:
         """Mean over the batch of the per-trial loss ``L`` (module docstring)."""
-        cfg, hi, to = self.cfg, self.n_heldin, self.t_obs
-        inp = x[:, :, :hi].clone()
-        inp[:, to:] = 0.0
-        scored = torch.ones_like(x, dtype=torch.bool)
-        if cfg.cd_rate > 0:
-            keep = torch.rand(inp[:, :to].shape, generator=generator, device=x.device) >= cfg.cd_rate
-            inp[:, :to] = inp[:, :to] * keep / (1.0 - cfg.cd_rate)
-            scored[:, :to, :hi] = ~keep
+        cfg = self.cfg
+        inp, scored = coordinated_dropout(x, self.n_heldin, self.t_obs, cfg.cd_rate, generator)
         out = self.model(inp, generator=generator)
         nll = (observation_nll(out.params, x, self.likelihood) * scored).sum((1, 2))
         # rescale so the expected scored count matches scoring every entry
