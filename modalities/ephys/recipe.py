@@ -176,7 +176,7 @@ def score(data: TrialData, params: torch.Tensor, train: TrialData | None = None,
         if data.rates is not None:
             out["rate_r2"] = M.rate_r2(data.rates, params)
             out["rate_r2_heldout"] = M.rate_r2(data.rates[..., hi:], params[..., hi:])
-        if data.condition is not None and len(torch.unique(data.condition)) < data.x.shape[0]:
+        if data.condition is not None:
             ref = data.rates if data.rates is not None else data.x
             out["psth_r2"] = M.psth_r2(M.condition_psth(ref, data.condition.numpy()), params)
         if data.behavior is not None and train is not None and train_params is not None:

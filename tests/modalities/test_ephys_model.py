@@ -1,0 +1,144 @@
+"""LangevinFlow and its training: the potential's gradient is exact, the latent dynamics
+are the core's integrator, the KL is the closed form, coordinated dropout masks what it
+should; the CLI trains, samples, evaluates, finetunes and resumes; the smoke benchmark
+reports metrics and baselines."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modaflow.benchmarks.cli import main
+from modaflow.core.config import ConfigError
+from modaflow.core.langevin import rollout
+from modaflow.modalities.ephys.baselines import LFADS, LFADSConfig
+from modaflow.modalities.ephys.models import CoupledOscillatorPotential, LangevinFlow, LangevinFlowConfig, gaussian_kl
+from modaflow.modalities.ephys.training import coordinated_dropout, observation_nll, ramp
+
+
+def test_potential_gradient_is_the_exact_gradient_of_the_energy() -> None:
+    pot = CoupledOscillatorPotential(3, 5).double()
+    with torch.no_grad():
+        pot.log_omega2.copy_(torch.tensor([-0.5, 0.1, 0.7]))
+        pot.log_kappa.copy_(torch.tensor([0.3, -1.0, 0.2]))
+        pot.tap_logits.copy_(torch.tensor([0.4, -0.2]))
+    z = torch.randn(4, 15, dtype=torch.float64, requires_grad=True)
+    (auto,) = torch.autograd.grad(pot.energy(z).sum(), z)
+    torch.testing.assert_close(pot.grad(z), auto, rtol=1e-12, atol=1e-12)
+    assert (pot.energy(z) > 0).all()  # omega^2 > 0 and I - N is positive semi-definite
+    k = pot.kernel()
+    assert k.sum().item() == pytest.approx(1.0) and k[0] == k[2]
+
+
+def test_dynamics_are_the_core_integrator() -> None:
+    cfg = LangevinFlowConfig(latent_channels=2, latent_length=3, dt=0.05)
+    model = LangevinFlow(cfg, c_in=4, c_out=6, likelihood="poisson").double()
+    z0, v0 = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    noise = torch.randn(9, 3, 6, dtype=torch.float64)
+    z, v = model.dynamics(z0, v0, noise)
+    ref = rollout(z0, v0, model.potential.grad, 0.05, 9, gamma=model.log_gamma.exp(), temperature=model.log_temperature.exp(),
+                  scheme="symplectic_euler", noise=noise)
+    torch.testing.assert_close(z, ref.q.transpose(0, 1))
+    torch.testing.assert_close(v, ref.p.transpose(0, 1))
+
+
+def test_forward_shapes_and_kl_closed_form() -> None:
+    torch.manual_seed(0)
+    x = torch.poisson(torch.ones(5, 12, 4))
+    for likelihood, width in (("poisson", 7), ("gaussian", 14)):
+        for model in (LangevinFlow(LangevinFlowConfig(), 4, 7, likelihood), LFADS(LFADSConfig(), 4, 7, likelihood)):
+            out = model(x)
+            assert out.params.shape == (5, 12, width) and out.kl.shape == (5,) and (out.kl >= 0).all()
+            det = model.eval()(x, sample=False)
+            torch.testing.assert_close(det.params, model(x, sample=False).params)  # no noise: deterministic
+    mu, logvar = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(gaussian_kl(mu, logvar), torch.distributions.kl_divergence(q, p).sum(-1))
+
+
+def test_coordinated_dropout_scores_only_the_dropped_held_in_entries() -> None:
+    x = torch.rand(200, 10, 5) + 1.0
+    inp, scored = coordinated_dropout(x, n_heldin=3, t_obs=8, rate=0.3, generator=torch.Generator().manual_seed(0))
+    assert inp.shape == (200, 10, 3) and (inp[:, 8:] == 0).all()
+    dropped = inp[:, :8] == 0
+    assert torch.equal(scored[:, :8, :3], dropped)  # held in: scored exactly where dropped
+    assert scored[:, :, 3:].all() and scored[:, 8:].all()  # held out and forward bins: always
+    torch.testing.assert_close(inp[:, :8][~dropped], x[:, :8, :3][~dropped] / 0.7)
+    assert abs(dropped.float().mean().item() - 0.3) < 0.02
+    plain, all_scored = coordinated_dropout(x, 3, 8, 0.0)
+    assert torch.equal(plain[:, :8], x[:, :8, :3]) and all_scored.all()
+
+
+def test_observation_nll_and_ramps() -> None:
+    x, l = torch.tensor([[[2.0]]]), torch.tensor([[[0.3]]])
+    assert observation_nll(l, x, "poisson").item() == pytest.approx(math.exp(0.3) - 0.6)
+    mu_lv = torch.tensor([[[0.5, math.log(2.0)]]])
+    assert observation_nll(mu_lv, x, "gaussian").item() == pytest.approx(0.5 * (math.log(2.0) + 1.5**2 / 2.0))
+    assert [ramp(s, 10, 2.0) for s in (0, 5, 10, 20)] == [0.0, 1.0, 2.0, 2.0] and ramp(0, 0, 2.0) == 2.0
+
+
+def _cli(*args: str) -> int:
+    return main(list(args))
+
+
+def test_cli_train_sample_evaluate_finetune_and_resume(tmp_path: Path, capsys) -> None:
+    small = ["--n-conditions", "4", "--trials-per-condition", "4", "--n-neurons", "12", "--bins", "12", "--fp-bins", "4",
+             "--encoder-hidden", "8", "--d-model", "8", "--heads", "2", "--accelerator", "cpu", "--log-every", "2"]
+    run = tmp_path / "run"
+    assert _cli("train", "ephys", "--data", "lorenz", "--out", str(run), "--max-steps", "4", *small) == 0
+    ckpt = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert ckpt["step"] == 4 and ckpt["extra"]["n_channels"] == 12
+    assert _cli("sample", "ephys", "--ckpt", str(run), "--out", str(tmp_path / "s.npz"), "--n", "3") == 0
+    s = np.load(tmp_path / "s.npz")
+    assert s["z"].shape == (3, 16, 16) and s["rates"].shape == (3, 16, 12) and s["true_rates"].shape == (3, 16, 12)
+    assert (s["rates"] > 0).all()
+    capsys.readouterr()
+    assert _cli("evaluate", "ephys", "--ckpt", str(run), "--steps", "2") == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert {"co_bps", "fp_bps", "rate_r2", "psth_r2"} <= set(metrics) and metrics["n_trials"] == 3
+    # resume: the same folder continues to 6 steps
+    assert _cli("train", "ephys", "--data", "lorenz", "--out", str(run), "--max-steps", "6", *small) == 0
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 6
+    ft = tmp_path / "ft"
+    assert _cli("finetune", "ephys", "--ckpt", str(run), "--data", "lorenz", "--out", str(ft), "--max-steps", "2",
+                "--data-seed", "1", "--accelerator", "cpu") == 0
+    assert json.loads((ft / "checkpoints" / "last.json").read_text())["step"] == 2
+    # a dataset with other channels does not fit the checkpoint
+    assert _cli("finetune", "ephys", "--ckpt", str(run), "--data", "nitime", "--out", str(tmp_path / "bad"),
+                "--accelerator", "cpu") == 2
+    assert "trained with n_channels = 12" in capsys.readouterr().err
+    assert _cli("train", "ephys", "--data", "mnist", "--out", str(tmp_path / "x")) == 2
+    assert "unknown ephys data 'mnist'" in capsys.readouterr().err
+
+
+def test_eeg_training_through_the_recipe(tmp_path: Path) -> None:
+    from modaflow.modalities.ephys.recipe import EphysConfig, evaluate, train
+
+    cfg = EphysConfig.from_dict({"data": "spkit", "model": "lfads", "train": {"max_steps": 2, "batch_size": 16},
+                                 "lfads": {"lfads_encoder_hidden": 8, "generator_hidden": 8, "factors": 4}})
+    res = train(cfg, None, tmp_path, progress=False)
+    assert res["steps"] == 2 and math.isfinite(res["final_loss"])
+    m = evaluate(tmp_path, None, 5, 1, None, 0)
+    assert {"heldout_r2", "heldout_gauss_nll", "forecast_mse"} <= set(m) and m["n_trials"] == 5
+    with pytest.raises(ConfigError, match="train.cd_rate|cd_rate"):
+        EphysConfig.from_dict({"train": {"cd_rate": 1.0}})
+
+
+def test_smoke_benchmark_reports_metrics_baselines_and_plots(tmp_path: Path) -> None:
+    from modaflow.benchmarks.ephys import run
+
+    res = run("smoke", tmp_path, seed=0)
+    assert {"lorenz.co_bps", "lorenz.rate_r2", "eeg.heldout_r2"} <= set(res.metrics)
+    assert {"lfads", "smoothing_glm", "true_rates", "smoothing_ridge"} <= set(res.baselines)
+    assert res.baselines["true_rates"]["lorenz.rate_r2"] == 1.0
+    assert all((tmp_path / p).is_file() for p in res.plots) and len(res.plots) == 5
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "report.md").is_file()
+    with pytest.raises(ValueError, match="unknown profile"):
+        run("huge", tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="needs a CUDA device"):
+            run("gpu", tmp_path)
