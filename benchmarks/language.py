@@ -47,6 +47,10 @@ class LanguageProfile:
     """Recipe of the Shakespeare models (data, tokenizer, size, training steps)."""
     markov: LanguageConfig
     """Recipe of the exact tier (Markov chain)."""
+    text_fmlm_steps: int
+    """Distillation steps of the Shakespeare FMLM."""
+    markov_fmlm_steps: int
+    """Distillation steps of the Markov FMLM."""
     ar_steps: int
     """Training steps of the evaluator LM."""
     n_eval: int
@@ -67,42 +71,50 @@ class LanguageProfile:
     """Where training and sampling run."""
 
 
-def _cfg(data: str, tokenizer: str, vocab: int, L: int, dim: int, depth: int, heads: int, steps: int, fmlm_steps: int,
+def _distill(cfg: LanguageConfig, steps: int, teacher: str) -> LanguageConfig:
+    """The fmlm run of ``cfg``: ``steps`` distillation steps at a third of the learning rate."""
+    fm = cfg.fm.replace(max_steps=steps, lr=cfg.fm.lr / 3, warmup_steps=0, log_every=max(1, steps // 40), ckpt_every=steps)
+    return cfg.replace(method="fmlm", teacher=teacher, fm=fm)
+
+
+def _cfg(data: str, tokenizer: str, vocab: int, L: int, dim: int, depth: int, heads: int, steps: int,
          batch: int, max_chars: int = 0, markov_vocab: int = 64, markov_train: int = 4096, lr: float = 1e-3) -> LanguageConfig:
     base = LanguageConfig(data=data, tokenizer=tokenizer, vocab_size=vocab, block_len=L, dim=dim, depth=depth, heads=heads,
                           max_chars=max_chars, markov_vocab=markov_vocab, markov_train=markov_train)
     every = max(1, steps // 40)
     return base.replace(fm=base.fm.replace(max_steps=steps, batch_size=batch, lr=lr, log_every=every, ckpt_every=steps,
-                                           warmup_steps=min(50, steps // 10)),
-                        distill=base.distill.replace(max_steps=fmlm_steps, batch_size=batch, log_every=max(1, fmlm_steps // 40),
-                                                     ckpt_every=fmlm_steps))
+                                           warmup_steps=min(50, steps // 10)))
 
 
 _ALL = ("flm", "fmlm", "mdlm")
 PROFILES: dict[str, LanguageProfile] = {
     "smoke": LanguageProfile(
-        text=_cfg("shakespeare", "char", 0, 32, 32, 1, 2, 25, 8, 16, max_chars=15_000),
-        markov=_cfg("markov", "char", 0, 32, 32, 1, 2, 25, 8, 16, markov_vocab=64, markov_train=128),
+        text=_cfg("shakespeare", "char", 0, 32, 32, 1, 2, 25, 16, max_chars=15_000),
+        markov=_cfg("markov", "char", 0, 32, 32, 1, 2, 25, 16, markov_vocab=64, markov_train=128),
+        text_fmlm_steps=8, markov_fmlm_steps=8,
         ar_steps=25, n_eval=8, flm_steps=(8, 16), fmlm_steps=(1, 2), mdlm_steps=(1, 8), markov_methods=("flm",),
         speed=SpeedSettings(vocab=512, block_len=32, dim=32, depth=1, heads=2, batch=8, steps=2, warmup=1),
     ),
     "quick": LanguageProfile(
-        text=_cfg("shakespeare", "bpe", 512, 64, 96, 3, 4, 900, 300, 32, max_chars=1_500_000, lr=1.5e-3),
-        markov=_cfg("markov", "char", 0, 64, 64, 2, 4, 500, 150, 32, markov_vocab=128, markov_train=4096, lr=1.5e-3),
+        text=_cfg("shakespeare", "bpe", 512, 64, 96, 3, 4, 900, 32, max_chars=1_500_000, lr=1.5e-3),
+        markov=_cfg("markov", "char", 0, 64, 64, 2, 4, 500, 32, markov_vocab=128, markov_train=4096, lr=1.5e-3),
+        text_fmlm_steps=300, markov_fmlm_steps=150,
         ar_steps=600, n_eval=32, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
         markov_methods=_ALL,
         speed=SpeedSettings(vocab=4096, block_len=64, dim=96, depth=2, heads=4, batch=16, steps=5),
     ),
     "full": LanguageProfile(
-        text=_cfg("shakespeare", "bpe", 1024, 128, 256, 6, 8, 20_000, 5000, 64, lr=5e-4),
-        markov=_cfg("markov", "char", 0, 128, 128, 4, 4, 5000, 2000, 64, markov_vocab=256, markov_train=16384, lr=1e-3),
+        text=_cfg("shakespeare", "bpe", 1024, 128, 256, 6, 8, 20_000, 64, lr=5e-4),
+        markov=_cfg("markov", "char", 0, 128, 128, 4, 4, 5000, 64, markov_vocab=256, markov_train=16384, lr=1e-3),
+        text_fmlm_steps=5000, markov_fmlm_steps=2000,
         ar_steps=10_000, n_eval=128, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
         markov_methods=_ALL, threads=0,
         speed=SpeedSettings(vocab=8192, block_len=128, dim=256, depth=4, heads=8, batch=16, steps=5),
     ),
     "gpu": LanguageProfile(
-        text=_cfg("shakespeare", "bpe", 8192, 128, 768, 12, 12, 20_000, 5000, 128, lr=3e-4),
-        markov=_cfg("markov", "char", 0, 128, 256, 6, 8, 10_000, 3000, 128, markov_vocab=512, markov_train=65536, lr=5e-4),
+        text=_cfg("shakespeare", "bpe", 8192, 128, 768, 12, 12, 20_000, 128, lr=3e-4),
+        markov=_cfg("markov", "char", 0, 128, 256, 6, 8, 10_000, 128, markov_vocab=512, markov_train=65536, lr=5e-4),
+        text_fmlm_steps=5000, markov_fmlm_steps=3000,
         ar_steps=10_000, n_eval=256, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
         markov_methods=_ALL, threads=0, device="cuda",
         speed=SpeedSettings(vocab=50_257, block_len=128, dim=768, depth=12, heads=12, batch=128, steps=20, warmup=5, device="cuda"),
@@ -110,7 +122,8 @@ PROFILES: dict[str, LanguageProfile] = {
 }
 
 
-def _train_all(p: LanguageProfile, cfg: LanguageConfig, methods: tuple[str, ...], out: Path, key: str, with_ar: bool) -> dict:
+def _train_all(p: LanguageProfile, cfg: LanguageConfig, fmlm_steps: int, methods: tuple[str, ...], out: Path, key: str,
+               with_ar: bool) -> dict:
     """Train the methods (and the evaluator) of one data source; returns losses, timings."""
     targs = TrainerArgs(accelerator="gpu" if p.device == "cuda" else "cpu", devices=1,
                         precision="bf16-mixed" if p.device == "cuda" else "32-true")
@@ -121,7 +134,7 @@ def _train_all(p: LanguageProfile, cfg: LanguageConfig, methods: tuple[str, ...]
     if with_ar:
         todo.append(("ar", cfg.replace(method="ar", fm=cfg.fm.replace(max_steps=p.ar_steps, ckpt_every=p.ar_steps))))
     if "fmlm" in methods:
-        todo.append(("fmlm", cfg.replace(method="fmlm", teacher=str(out / "runs" / f"{key}-flm"))))
+        todo.append(("fmlm", _distill(cfg, fmlm_steps, str(out / "runs" / f"{key}-flm"))))
     for name, c in progress(todo, f"train {key}"):
         t0 = time.perf_counter()
         with _quiet():
@@ -149,7 +162,7 @@ def _grid(p: LanguageProfile, methods: tuple[str, ...]) -> list[tuple[str, int]]
 
 def _eval_text(p: LanguageProfile, out: Path, seed: int) -> dict:
     key = "text"
-    res = _train_all(p, p.text, _ALL, out, key, with_ar=True)
+    res = _train_all(p, p.text, p.text_fmlm_steps, _ALL, out, key, with_ar=True)
     runs = out / "runs"
     _, _, ev = restore(runs / f"{key}-ar")
     ev = ev.to(p.device)
@@ -181,7 +194,7 @@ def _eval_text(p: LanguageProfile, out: Path, seed: int) -> dict:
 def _eval_markov(p: LanguageProfile, out: Path, seed: int) -> dict:
     key = "markov"
     methods = p.markov_methods
-    res = _train_all(p, p.markov, methods, out, key, with_ar=False)
+    res = _train_all(p, p.markov, p.markov_fmlm_steps, methods, out, key, with_ar=False)
     src = markov_source(p.markov)
     real = src.sample(p.n_eval, p.markov.block_len, seed=10 + seed)
     rows = {}

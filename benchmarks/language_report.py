@@ -101,8 +101,8 @@ def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, 
     cfg = p.text
     notes = speed["notes"] + [
         f"text: Shakespeare split by work, {cfg.tokenizer} tokenizer (K = {text['vocab']}), L = {cfg.block_len}, "
-        f"DiT d = {cfg.dim}, depth {cfg.depth}; FLM/MDLM {cfg.fm.max_steps} steps, FMLM {cfg.distill.max_steps} distillation "
-        f"steps ({cfg.distill.loss}, objective {cfg.distill.objective}) from the FLM, evaluator {p.ar_steps} steps; "
+        f"DiT d = {cfg.dim}, depth {cfg.depth}; FLM/MDLM {cfg.fm.max_steps} steps, FMLM {p.text_fmlm_steps} distillation "
+        f"steps ({cfg.fmlm_loss}, objective {cfg.fmlm_objective}) from the FLM, evaluator {p.ar_steps} steps; "
         f"{p.n_eval} samples per cell, seed {seed}",
         "gen PPL: exp of the token-weighted mean NLL under the in-suite causal LM, tokens after the first <eos> masked; "
         "entropy: per-sample unigram entropy (nats); js_n: Jensen-Shannon (nats) of n-gram frequencies to held-out text",

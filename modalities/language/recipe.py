@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from modaflow.core.config import Config, ConfigError
+from modaflow.core.flow_map_losses import FlowMapLoss, StopGradient
 from modaflow.core.flow_maps import FlowMap
 from modaflow.core.training import TrainerArgs, checkpoint_path, fit, load_checkpoint
 
@@ -46,11 +47,6 @@ _VOCAB = ("tokenizer", "vocab_size", "markov_vocab", "markov_concentration", "vo
 
 def _default_fm() -> FLMConfig:
     return FLMConfig(lr=1e-3, max_steps=2000, batch_size=32, warmup_steps=50, ema_decay=0.995, log_every=25, ckpt_every=500)
-
-
-def _default_distill() -> FMLMConfig:
-    return FMLMConfig(lr=3e-4, max_steps=1000, batch_size=32, ema_decay=0.995, log_every=25, ckpt_every=500,
-                      loss="progressive", objective="ce")
 
 
 @dataclass
@@ -97,10 +93,25 @@ class LanguageConfig(Config):
     """MLP width as a multiple of dim."""
     steps: int = 32
     """Default sampler steps (NFE)."""
+    fmlm_loss: FlowMapLoss = "progressive"
+    """fmlm: the core flow-map loss (progressive self-distillation, lagrangian, eulerian, or
+    teacher: regress on the FLM's few-step Euler solution)."""
+    fmlm_objective: Literal["ce", "mse"] = "ce"
+    """fmlm: ce (KL from the target distribution; progressive and teacher) or mse (residual in
+    denoiser units; any loss)."""
+    fmlm_stop_gradient: StopGradient = "teacher"
+    """fmlm: what the off-diagonal loss detaches (none, teacher, target)."""
+    fmlm_teacher_steps: int = 4
+    """fmlm, loss teacher: Euler steps of the FLM from s to t."""
     fm: FLMConfig = field(default_factory=_default_fm)
-    """Training setup of flm, mdlm and ar (optimiser, steps, seed, fast input, chunked CE)."""
-    distill: FMLMConfig = field(default_factory=_default_distill)
-    """Training setup of fmlm (flow-map loss, objective, optimiser, steps)."""
+    """Training setup (optimiser, steps, batch, seed; FLM's fast input and chunked CE) of
+    every method; for fmlm it is the distillation run's."""
+
+    def distill_config(self) -> FMLMConfig:
+        """The core flow-map config of an fmlm run: ``fm``'s optimiser fields plus the fmlm_* ones."""
+        base = {k: v for k, v in self.fm.to_dict().items() if k not in ("fast_input", "ce_chunk")}
+        return FMLMConfig.from_dict({**base, "loss": self.fmlm_loss, "objective": self.fmlm_objective,
+                                     "stop_gradient": self.fmlm_stop_gradient, "teacher_steps": self.fmlm_teacher_steps})
 
     def validate(self) -> None:
         self._require(bool(self.data), "data", "shakespeare, markov or a path")
@@ -111,6 +122,9 @@ class LanguageConfig(Config):
         self._require(self.max_chars >= 0 and self.vocab >= 0, "max_chars", "an integer >= 0")
         self._require(2 <= self.markov_vocab <= 4096, "markov_vocab", "an integer in [2, 4096]")
         self._require(self.markov_concentration > 0, "markov_concentration", "a number > 0")
+        if self.fmlm_objective == "ce":
+            self._require(self.fmlm_loss in ("progressive", "teacher"), "fmlm_objective",
+                          "'mse' for the lagrangian and eulerian losses (their targets are not distributions)")
 
 
 @dataclass
@@ -176,7 +190,7 @@ def build_module(cfg: LanguageConfig, net: nn.Module, teacher: DiT | None = None
         return MDLMModule(net, cfg.fm)
     if cfg.method == "ar":
         return ARModule(net, cfg.fm)
-    return FMLMModule(net, cfg.distill, teacher=teacher)
+    return FMLMModule(net, cfg.distill_config(), teacher=teacher)
 
 
 def _load_tok(ckpt_dir: str | Path, cfg: LanguageConfig):
@@ -228,8 +242,7 @@ def train(cfg: LanguageConfig, trainer_args: TrainerArgs, out_dir: str | Path, p
 
 
 def _fit(module, cfg: LanguageConfig, blocks: Tensor, trainer_args: TrainerArgs, out: Path, progress: bool) -> dict:
-    tcfg = cfg.distill if cfg.method == "fmlm" else cfg.fm
-    res = fit(module, D.block_loader(blocks, tcfg.batch_size, tcfg.seed), out, trainer_args, progress=progress)
+    res = fit(module, D.block_loader(blocks, cfg.fm.batch_size, cfg.fm.seed), out, trainer_args, progress=progress)
     final = res.history[-1][1] if res.history else math.nan
     return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
 
@@ -346,7 +359,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     if tok is not None:
         save_tokenizer(tok, out)
     save_recipe(out, NAME, cfg)
-    teacher = _teacher(cfg)[2] if cfg.method == "fmlm" and cfg.distill.loss == "teacher" else None
+    teacher = _teacher(cfg)[2] if cfg.method == "fmlm" and cfg.fmlm_loss == "teacher" else None
     module = build_module(cfg, build_network(cfg), teacher)
     if not checkpoint_path(out).exists():
         load_checkpoint(checkpoint_path(ckpt_dir), module.model, ema=module.ema)

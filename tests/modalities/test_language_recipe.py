@@ -1,0 +1,121 @@
+"""Language recipe end to end on small real files: train (FLM, MDLM, evaluator), distil FMLM,
+sample through the CLI (decoded text printed), evaluate, finetune keeping the tokenizer, and
+the bad-input errors; the smoke benchmark's result."""
+
+import json
+import logging
+import warnings
+
+import pytest
+import torch
+
+from modaflow.benchmarks.cli import main
+from modaflow.core.config import ConfigError
+from modaflow.core.training import TrainerArgs
+from modaflow.modalities.language.data import CorpusError
+from modaflow.modalities.language.recipe import LanguageConfig, SampleOptions, evaluate, finetune, generate, restore, train
+from modaflow.modalities.language.tokenizer import TokenizerError, load_tokenizer
+
+LINES = ["Now is the winter of our discontent", "Made glorious summer by this sun of York;",
+         "And all the clouds that lour'd upon our house", "In the deep bosom of the ocean buried."]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    warnings.simplefilter("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    root = tmp_path_factory.mktemp("lang")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for i in range(10):
+        (corpus / f"{i}.txt").write_text("\n\n".join(LINES[(i + k) % 4] for k in range(6)) + "\n")
+    base = LanguageConfig(data=str(corpus), block_len=16, dim=16, depth=1, heads=2, steps=4)
+    base = base.replace(fm=base.fm.replace(max_steps=6, batch_size=8, log_every=2, ckpt_every=6))
+    targs = TrainerArgs(accelerator="cpu")
+    out = {"root": root, "corpus": corpus, "base": base}
+    for method in ("flm", "mdlm", "ar"):
+        out[method] = train(base.replace(method=method), targs, root / method, progress=False)
+    distil = base.replace(method="fmlm", teacher=str(root / "flm"), fm=base.fm.replace(max_steps=3, log_every=1, ckpt_every=3))
+    out["fmlm"] = train(distil, targs, root / "fmlm", progress=False)
+    return out
+
+
+def test_runs_hold_the_tokenizer_and_reload(runs) -> None:
+    root = runs["root"]
+    for method in ("flm", "mdlm", "ar", "fmlm"):
+        assert runs[method]["steps"] == (3 if method == "fmlm" else 6)
+        cfg, tok, net = restore(root / method)
+        assert tok.get_vocab_size() == cfg.vocab == len(set("".join(LINES))) + 3  # paragraphs: no newline
+    assert load_tokenizer(root / "fmlm").to_str() == load_tokenizer(root / "flm").to_str()  # FMLM keeps the teacher's
+
+
+def test_cli_sample_prints_decoded_text(runs, capsys, tmp_path) -> None:
+    out = tmp_path / "s.jsonl"
+    assert main(["sample", "language", "--ckpt", str(runs["root"] / "fmlm"), "--steps", "1", "--n", "3",
+                 "--out", str(out), "--temperature", "0.7", "--top-p", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    texts = [json.loads(line)["text"] for line in out.read_text().splitlines()]
+    assert len(texts) == 3 and "=== sample 2 ===" in printed and texts[0] in printed
+    assert main(["sample", "language", "--ckpt", str(runs["root"] / "flm"), "--n", "2", "--out", str(tmp_path / "s.txt")]) == 0
+
+
+def test_evaluate_reports_metrics_with_the_evaluator(runs) -> None:
+    m = evaluate(runs["root"] / "mdlm", None, 4, 2, None, 0, SampleOptions(evaluator=str(runs["root"] / "ar")))
+    for k in ("gen_ppl", "evaluator_test_ppl", "entropy", "data_entropy", "js_2gram", "js_4gram", "self_bleu"):
+        assert k in m and m[k] == m[k]
+    with pytest.raises(ConfigError, match="must be an 'ar' run"):
+        evaluate(runs["root"] / "flm", None, 2, 2, None, 0, SampleOptions(evaluator=str(runs["root"] / "mdlm")))
+
+
+def test_finetune_keeps_the_tokenizer_and_refuses_mismatches(runs, tmp_path) -> None:
+    root, targs = runs["root"], TrainerArgs(accelerator="cpu")
+    new = tmp_path / "new.txt"
+    new.write_text("\n\n".join(reversed(LINES * 3)))
+    res = finetune(root / "flm", str(new), tmp_path / "ft", {"fm": {"max_steps": 2}}, targs, progress=False)
+    assert res["steps"] == 2
+    assert load_tokenizer(tmp_path / "ft").to_str() == load_tokenizer(root / "flm").to_str()
+    alien = tmp_path / "alien.txt"
+    alien.write_text("Zebra quartz! " * 40)
+    with pytest.raises(TokenizerError, match=r"alien.txt: characters \['!', 'Z', 'q', 'z'\] are not in the checkpoint's character vocabulary"):
+        finetune(root / "flm", str(alien), tmp_path / "ft2", {}, targs, progress=False)
+    with pytest.raises(ConfigError, match="finetune cannot change vocab_size"):
+        finetune(root / "flm", str(new), tmp_path / "ft3", {"vocab_size": 1024}, targs, progress=False)
+    with pytest.raises(ConfigError, match="cannot change block_len .*longer than the model's"):
+        finetune(root / "flm", str(new), tmp_path / "ft4", {"block_len": 64}, targs, progress=False)
+
+
+def test_bad_input_errors(runs, tmp_path) -> None:
+    cfg, tok, net = restore(runs["root"] / "flm")
+    with pytest.raises(ConfigError, match="length: 17 tokens is longer than the model's block_len = 16"):
+        generate(cfg, net, 1, 2, 0, SampleOptions(length=17))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in ("recipe.json", "tokenizer.json"):
+        (broken / f).write_text((runs["root"] / "mdlm" / f).read_text())
+    (broken / "checkpoints").mkdir()
+    (broken / "checkpoints" / "last.safetensors").write_bytes((runs["root"] / "mdlm" / "checkpoints" / "last.safetensors").read_bytes())
+    (broken / "checkpoints" / "last.json").write_text((runs["root"] / "mdlm" / "checkpoints" / "last.json").read_text())
+    (broken / "tokenizer.json").write_text((runs["root"] / "flm" / "tokenizer.json").read_text().replace('"<unk>":2', '"<unk>":2,"zz":999'))
+    with pytest.raises(TokenizerError, match="checkpoint and tokenizer do not match"):
+        restore(broken)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("\n")
+    with pytest.raises(CorpusError, match="the corpus is empty"):
+        train(runs["base"].replace(data=str(empty)), TrainerArgs(accelerator="cpu"), tmp_path / "e", progress=False)
+    with pytest.raises(TokenizerError, match="larger than the configured limit max_vocab = 20"):
+        train(runs["base"].replace(max_vocab=20), TrainerArgs(accelerator="cpu"), tmp_path / "v", progress=False)
+    assert main(["train", "language", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_smoke_benchmark_has_metrics_baselines_plots_and_text(tmp_path) -> None:
+    from modaflow.benchmarks.language import run
+
+    r = run("smoke", tmp_path, 0)
+    assert r.metrics and r.baselines
+    assert {"text.flm", "text.mdlm", "text.reference", "markov.flm"} <= set(r.baselines)
+    assert "text.fmlm.gen_ppl@1" in r.metrics and "goal.fmlm1_over_flm8_gen_ppl_ratio" in r.metrics
+    assert r.timings["train.lowrank_chunked_eager_speedup_ratio"] > 0
+    assert all((tmp_path / p).is_file() for p in r.plots)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Sample text" in report and "| FMLM | 1 |" in report
