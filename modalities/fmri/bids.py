@@ -160,9 +160,9 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
     for bold, events_path in runs:
         img = nib.load(bold)
         _check_geometry(img, mask_img, bold, mask_path)
-        data = masker.transform(img)  # (T, V)
+        data = np.asarray(img.dataobj)[mask_arr]  # (V, T); checked before nilearn, which turns NaN into 0
         if not np.isfinite(data).all():
-            bad = np.flatnonzero(~np.isfinite(data).all(0))
+            bad = np.flatnonzero(~np.isfinite(data).all(1))
             raise ValueError(f"{bold}: {len(bad)} in-mask voxels hold NaN/Inf (first: {bad[:5].tolist()})")
         ev = read_events(events_path)
         flm = FirstLevelModel(t_r=_tr(bold, t_r), hrf_model=hrf_model, drift_model="polynomial", drift_order=drift_order,

@@ -190,7 +190,7 @@ def event_regressors(onsets: np.ndarray, duration: float, n_scans: int, tr: floa
                      oversampling: int = 16) -> np.ndarray:
     """One regressor per event ``(n_scans, n_events)``: the boxcar ``[onset, onset +
     duration)`` convolved with the HRF on a grid of ``tr / oversampling`` s, sampled at the
-    frame times ``k * tr``, scaled so that a lone event peaks at 1."""
+    frame times ``k * tr``, scaled so that a lone event peaks at 1 on the fine grid."""
     dt = tr / oversampling
     n_hi = n_scans * oversampling
     t_hi = np.arange(n_hi) * dt

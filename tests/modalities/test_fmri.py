@@ -1,0 +1,129 @@
+"""fmri modality end to end on a tiny simulation: train the three stages, sample both
+directions to files, evaluate, finetune a new subject, the ODE run backwards, the smoke
+benchmark, and the bad inputs of the CLI entry points."""
+
+import numpy as np
+import pytest
+import torch
+
+from modaflow.core.config import ConfigError
+from modaflow.core.training import FlowMatchingConfig, TrainerArgs
+from modaflow.modalities.fmri import MODALITY, FMRIConfig, SampleOptions
+from modaflow.modalities.fmri.models import build_xfm
+from modaflow.modalities.fmri.neuroflow import NeuroFlow
+from modaflow.modalities.fmri.recipe import build_path
+from modaflow.modalities.fmri.simulate import SimConfig
+
+SIM = SimConfig(n_stimuli=120, n_test=20, trials_per_run=30, volume=(6, 6, 3))
+
+
+def _cfg(**kw) -> FMRIConfig:
+    fm = FlowMatchingConfig(lr=2e-3, max_steps=30, batch_size=64, ema_decay=0.9, log_every=5, ckpt_every=30)
+    return FMRIConfig(sim=SIM, latent=8, ae_hidden=32, ae_steps=30, vae_hidden=32, vae_steps=30, xfm_hidden=32,
+                      xfm_depth=1, steps=4, n_candidates=10, fm=fm, **kw)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fmri_run")
+    summary = MODALITY.train(_cfg(), TrainerArgs(accelerator="cpu"), out, progress=False)
+    assert summary["xfm"]["steps"] == 30 and np.isfinite(summary["xfm"]["final_loss"])
+    return out
+
+
+def test_run_folder_holds_every_stage(run_dir) -> None:
+    for name in ("recipe.json", "visual_ae.safetensors", "neurovae.safetensors", "stats.safetensors",
+                 "checkpoints/last.safetensors", "mask.nii.gz"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_sample_encode_writes_nifti_on_the_mask_and_decode_reads_it_back(run_dir, tmp_path) -> None:
+    import nibabel as nib
+
+    enc = MODALITY.sample(run_dir, 5, 4, "euler", tmp_path / "enc.nii.gz", 0, options=SampleOptions(direction="encode"))
+    img, mask = nib.load(enc), nib.load(run_dir / "mask.nii.gz")
+    assert img.shape == mask.shape + (5,) and np.allclose(img.affine, mask.affine)
+    assert (np.asarray(img.dataobj)[np.asarray(mask.dataobj) == 0] == 0).all()
+    dec = MODALITY.sample(run_dir, 0, 4, "euler", tmp_path / "dec.npy", 0,
+                          options=SampleOptions(direction="decode", input=str(enc)))
+    imgs = np.load(dec)
+    assert imgs.shape == (5, 16, 16) and imgs.min() >= 0 and imgs.max() <= 1
+    png = MODALITY.sample(run_dir, 3, 2, "heun", tmp_path / "grid.png", 0, options=SampleOptions())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    np.save(tmp_path / "stim.npy", imgs[:2])
+    enc2 = MODALITY.sample(run_dir, 0, 4, "euler", tmp_path / "enc.npy", 0,
+                           options=SampleOptions(direction="encode", input=str(tmp_path / "stim.npy")))
+    assert np.load(enc2).shape == (2, int(np.asarray(mask.dataobj).sum()))
+
+
+def test_sample_bad_inputs(run_dir, tmp_path) -> None:
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 7), np.float32))
+    with pytest.raises(ValueError, match=r"expected responses \(N, "):
+        MODALITY.sample(run_dir, 0, 2, None, tmp_path / "o.npy", 0, options=SampleOptions(input=str(tmp_path / "wrong.npy")))
+    with pytest.raises(ValueError, match="decoding writes .png or .npy"):
+        MODALITY.sample(run_dir, 2, 2, None, tmp_path / "o.txt", 0, options=SampleOptions())
+    with pytest.raises(ConfigError, match="direction"):
+        SampleOptions(direction="sideways")
+    with pytest.raises(ConfigError, match="FMRIConfig.data"):
+        FMRIConfig(data="nsd")
+
+
+def test_evaluate_reports_both_directions_and_the_cycle(run_dir) -> None:
+    m = MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0)
+    for key in ("enc.voxel_r_median", "enc.frac_ceiling_median", "enc.sample_r_mean", "enc.top1_retrieval",
+                "dec.pixcorr", "dec.ssim", "dec.twoway_pixels", "dec.twoway_features", "dec.top1_retrieval",
+                "cycle.pixcorr", "cycle.latent_rmse"):
+        assert np.isfinite(m[key]), key
+    assert m["n_test"] == 20 and 0 <= m["dec.twoway_pixels"] <= 1
+
+
+def test_one_field_runs_both_ways_the_backward_ode_inverts_the_forward_one() -> None:
+    torch.manual_seed(0)
+    xfm = build_xfm(6, 32, 2)
+    with torch.no_grad():
+        for p in xfm.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    from modaflow.modalities.fmri.models import AEConfig, NeuroVAE, NeuroVAEConfig, VisualAE
+
+    stats = {k: torch.zeros(6) for k in ("zv_mean", "zn_mean")} | {k: torch.ones(6) for k in ("zv_std", "zn_std")}
+    stats |= {"vox_mean": torch.zeros(10), "vox_std": torch.ones(10)}
+    nf = NeuroFlow(VisualAE(AEConfig(8, 16, 6)), NeuroVAE(NeuroVAEConfig(10, 16, 6)), xfm, stats, "rk4")
+    z = torch.randn(16, 6)
+    forward = nf.flow(z, 0.0, 1.0, 40)
+    assert (forward - z).abs().max() > 1e-2  # the field moves the points
+    torch.testing.assert_close(nf.flow(forward, 1.0, 0.0, 40), z, atol=1e-4, rtol=0)  # RK4 O(h^4) + float32
+
+
+def test_bridge_endpoints_are_the_two_latents() -> None:
+    for kind in ("linear", "cosine"):
+        path = build_path(_cfg(xfm_path=kind, xfm_noise=0.04))
+        x0, x1 = torch.randn(4, 3), torch.randn(4, 3)
+        torch.testing.assert_close(path.sample(x0, x1, torch.zeros(4)).x_t, x0)
+        torch.testing.assert_close(path.sample(x0, x1, torch.ones(4)).x_t, x1)
+
+
+def test_finetune_trains_a_new_subject_head_on_the_same_xfm(run_dir, tmp_path) -> None:
+    out = tmp_path / "subj2"
+    sim2 = SIM.replace(volume=(5, 5, 3), seed=7).to_dict()
+    summary = MODALITY.finetune(run_dir, "simulated", out, {"sim": sim2, "vae_steps": 30}, TrainerArgs(accelerator="cpu"),
+                                progress=False)
+    import nibabel as nib
+
+    v1, v2 = (int(np.asarray(nib.load(d / "mask.nii.gz").dataobj).sum()) for d in (run_dir, out))
+    assert summary["voxels"] == v2 != v1  # a new subject with another voxel count
+    assert np.isfinite(summary["align_rmse"])
+    assert (out / "checkpoints/last.safetensors").read_bytes() == (run_dir / "checkpoints/last.safetensors").read_bytes()
+    m = MODALITY.evaluate(out, None, 0, 4, "euler", 0)
+    assert np.isfinite(m["dec.pixcorr"]) and np.isfinite(m["enc.voxel_r_median"])
+    with pytest.raises(ConfigError, match="finetune cannot change"):
+        MODALITY.finetune(run_dir, "simulated", tmp_path / "x", {"latent": 4}, TrainerArgs(accelerator="cpu"))
+
+
+def test_smoke_benchmark_has_metrics_baselines_and_plots(tmp_path) -> None:
+    res = MODALITY.bench("smoke", tmp_path, 0)
+    assert res.metrics and res.baselines
+    assert {"ridge_enc_pixels", "ridge_dec_latent", "flow_decode_only", "flow_encode_only", "true_model"} <= set(res.baselines)
+    assert "neuroflow@4.dec.twoway_features" in res.metrics
+    for name in res.plots:
+        assert (tmp_path / name).is_file()
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "report.md").is_file()

@@ -1,0 +1,158 @@
+"""fmri data: the simulator's parts against closed forms, both loaders on files the tests
+write (the simulator's own NIfTI for the nilearn GLM), the split, and every bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from modaflow.modalities.fmri.bids import load_bids, write_bids
+from modaflow.modalities.fmri.data import TrialData, load_betas, prepare, save_betas
+from modaflow.modalities.fmri.simulate import SimConfig, _ar1, drift_basis, event_regressors, lsa_betas, simulate
+from modaflow.modalities.fmri.stimuli import feature_maps, load_stimuli
+
+SMALL = SimConfig(n_stimuli=120, n_test=20, trials_per_run=20, volume=(6, 6, 3))
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate(SMALL)
+
+
+@pytest.fixture(scope="module")
+def bids_root(sim, tmp_path_factory):
+    return write_bids(sim, tmp_path_factory.mktemp("bids"), runs=2)
+
+
+def test_stimuli_are_real_images_in_unit_range() -> None:
+    imgs, src = load_stimuli("both", 16)
+    assert imgs.shape == (1997, 16, 16) and imgs.dtype == np.float32
+    assert (src == 1).sum() == 200 and imgs.min() >= 0 and imgs.max() <= 1
+
+
+def test_gabor_energy_peaks_at_the_grating_orientation() -> None:
+    yy, xx = np.mgrid[0:32, 0:32]
+    for k, theta in enumerate(np.pi * np.arange(4) / 4):
+        grating = 0.5 + 0.5 * np.cos(2 * np.pi * 0.25 * (xx * np.cos(theta) + yy * np.sin(theta)))
+        maps = feature_maps(grating[None].astype(np.float32), 4, 0.25, 1.0)[0]
+        energy = maps[2:, 8:24, 8:24].mean(axis=(1, 2))
+        assert int(np.argmax(energy)) == k
+
+
+def test_regressor_of_one_event_peaks_at_one_and_lsa_is_exact_without_noise() -> None:
+    X = event_regressors(np.array([4.0, 30.0, 55.0]), 1.0, 90, 1.0, "spm")
+    assert 0.95 < X[:, 0].max() <= 1.0 + 1e-12  # peak 1 on the fine grid; frames sample near it
+    rng = np.random.default_rng(0)
+    beta = rng.normal(size=(3, 5))
+    conf = drift_basis(90, 2)
+    y = X @ beta + conf @ rng.normal(size=(3, 5))
+    np.testing.assert_allclose(lsa_betas(y, X, conf), beta, atol=1e-9)
+
+
+def test_ar1_noise_has_the_stationary_sd_and_lag_one_correlation() -> None:
+    e = _ar1(20000, 4, 0.4, 0.5, np.random.default_rng(1))
+    np.testing.assert_allclose(e.std(0), 0.5, atol=0.02)
+    lag1 = [np.corrcoef(e[1:, v], e[:-1, v])[0, 1] for v in range(4)]
+    np.testing.assert_allclose(lag1, 0.4, atol=0.03)
+
+
+def test_simulator_is_deterministic_and_tracks_the_truth(sim) -> None:
+    again = simulate(SMALL)
+    np.testing.assert_array_equal(sim.betas, again.betas)
+    V = int(sim.mask.sum())
+    assert sim.betas.shape == (100 + 20 * 3, V) and sim.true_beta.shape == (120, V)
+    r = [np.corrcoef(sim.betas[:, v], sim.true_beta[sim.stim_id, v])[0, 1] for v in range(V)]
+    assert np.median(r) > 0.5
+    noisy = simulate(SMALL.replace(noise_sd=3.0, neural_noise=1.0))
+    r2 = [np.corrcoef(noisy.betas[:, v], noisy.true_beta[noisy.stim_id, v])[0, 1] for v in range(V)]
+    assert np.median(r2) < np.median(r)
+
+
+def test_bids_lsa_with_nilearn_matches_the_simulators_estimates(sim, bids_root) -> None:
+    td = load_bids(bids_root, "lsa", noise_model="ols")
+    sel = sim.run < 2
+    assert td.responses.shape == (int(sel.sum()), int(sim.mask.sum()))
+    np.testing.assert_array_equal(td.stim_id, sim.stim_id[sel])
+    r = [np.corrcoef(td.responses[:, v], sim.betas[sel, v])[0, 1] for v in range(td.responses.shape[1])]
+    assert min(r) > 0.99  # same design, same drift model: only the HRF sampling grid differs
+    lss = load_bids(bids_root, "lss", max_runs=1)
+    truth = sim.true_beta[lss.stim_id]
+    r_lss = [np.corrcoef(lss.responses[:, v], truth[:, v])[0, 1] for v in range(truth.shape[1])]
+    assert np.median(r_lss) > 0.5
+
+
+def test_bids_bad_inputs_name_the_file(sim, bids_root, tmp_path) -> None:
+    import nibabel as nib
+
+    bad_shape = tmp_path / "mask_shape.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((5, 6, 3), np.uint8), sim.affine), bad_shape)
+    with pytest.raises(ValueError, match="mask shape"):
+        load_bids(bids_root, mask=bad_shape, max_runs=1)
+    bad_affine = tmp_path / "mask_affine.nii.gz"
+    nib.save(nib.Nifti1Image(sim.mask.astype(np.uint8), np.diag([3.0, 3.0, 3.0, 1.0])), bad_affine)
+    with pytest.raises(ValueError, match="mask affine"):
+        load_bids(bids_root, mask=bad_affine, max_runs=1)
+    root = write_bids(sim, tmp_path / "ev", runs=1)
+    events = next(root.rglob("*_events.tsv"))
+    text = events.read_text().splitlines()
+    events.write_text("\n".join(["duration\ttrial_type\tstim_id"] + ["\t".join(l.split("\t")[1:]) for l in text[1:]]))
+    with pytest.raises(ValueError, match="events need an 'onset' column"):
+        load_bids(root)
+    events.write_text("\n".join(text[:2] + ["5.0\t\tstimulus\t3"]))
+    with pytest.raises(ValueError, match="'duration' has missing"):
+        load_bids(root)
+    nan_root = write_bids(sim, tmp_path / "nan", runs=1)
+    bold = next(nan_root.rglob("*_bold.nii.gz"))
+    img = nib.load(bold)
+    data = np.asarray(img.dataobj).copy()
+    data[np.argwhere(sim.mask)[0][0], np.argwhere(sim.mask)[0][1], np.argwhere(sim.mask)[0][2], 5] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), bold)
+    with pytest.raises(ValueError, match="NaN"):
+        load_bids(nan_root)
+    assert json.loads(next(bids_root.rglob("*_bold.json")).read_text())["RepetitionTime"] == 1.0
+
+
+def _td(sim) -> TrialData:
+    return TrialData(sim.betas, sim.stim_id.astype(np.int64), sim.images, "sim", sim.test_stimuli, sim.mask, sim.affine)
+
+
+@pytest.mark.parametrize("name", ["betas.h5", "betas_npy"])
+def test_betas_round_trip_hdf5_and_npy(sim, tmp_path, name) -> None:
+    path = save_betas(tmp_path / name, _td(sim))
+    back = load_betas(path)
+    np.testing.assert_array_equal(back.responses, sim.betas)
+    np.testing.assert_array_equal(back.stim_id, sim.stim_id)
+    np.testing.assert_array_equal(back.images, sim.images)
+    np.testing.assert_array_equal(back.mask, sim.mask)
+
+
+def test_betas_bad_inputs(sim, tmp_path) -> None:
+    import h5py
+
+    with h5py.File(tmp_path / "counts.h5", "w") as fh:
+        fh["responses"], fh["stimuli"] = sim.betas, sim.images[:7]
+    with pytest.raises(ValueError, match="different counts"):
+        load_betas(tmp_path / "counts.h5")
+    nan = sim.betas.copy()
+    nan[:, 3] = np.nan
+    with h5py.File(tmp_path / "nan.h5", "w") as fh:
+        fh["responses"], fh["stimuli"], fh["stim_id"] = nan, sim.images, sim.stim_id
+    with pytest.raises(ValueError, match="1 of .* voxels hold NaN"):
+        load_betas(tmp_path / "nan.h5")
+    with h5py.File(tmp_path / "ids.h5", "w") as fh:
+        fh["responses"], fh["stimuli"], fh["stim_id"] = sim.betas, sim.images, sim.stim_id[:-1]
+    with pytest.raises(ValueError, match="different counts"):
+        load_betas(tmp_path / "ids.h5")
+    with pytest.raises(FileNotFoundError, match="expected an .h5"):
+        load_betas(tmp_path / "missing.h5")
+
+
+def test_prepare_zscores_with_training_statistics_and_averages_repeats(sim) -> None:
+    prep = prepare(_td(sim))
+    np.testing.assert_allclose(prep.train_x.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(prep.train_x.std(0), 1.0, atol=1e-4)
+    s = prep.test_ids[0]
+    raw = sim.betas[sim.stim_id == s]
+    np.testing.assert_allclose(prep.test_x[0], ((raw - prep.mean) / prep.std).mean(0), atol=1e-5)
+    assert prep.test_trials.shape == (20, 3, prep.train_x.shape[1])
+    np.testing.assert_array_equal(prep.test_img, sim.images[prep.test_ids])

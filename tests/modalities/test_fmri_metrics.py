@@ -1,0 +1,93 @@
+"""fmri metrics: parity with slow obvious loops, known cases (identical -> 1, random
+pairing -> chance), the noise ceiling against its closed form."""
+
+import numpy as np
+import pytest
+
+from modaflow.modalities.fmri.metrics import (
+    noise_ceiling,
+    pixcorr,
+    sample_r,
+    ssim,
+    top1_retrieval,
+    two_way_identification,
+    voxel_r,
+)
+
+
+def _slow_two_way(pred, true):
+    n = len(pred)
+    total = 0.0
+    for i in range(n):
+        own = np.corrcoef(pred[i].ravel(), true[i].ravel())[0, 1]
+        wins = 0.0
+        for j in range(n):
+            if j != i:
+                other = np.corrcoef(pred[i].ravel(), true[j].ravel())[0, 1]
+                wins += 1.0 if own > other else (0.5 if own == other else 0.0)
+        total += wins / (n - 1)
+    return total / n
+
+
+def test_voxel_and_sample_r_match_numpy_corrcoef() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 7)), rng.normal(size=(40, 7))
+    b[:, 0] += 2 * a[:, 0]
+    slow_v = [np.corrcoef(a[:, v], b[:, v])[0, 1] for v in range(7)]
+    slow_s = [np.corrcoef(a[i], b[i])[0, 1] for i in range(40)]
+    np.testing.assert_allclose(voxel_r(a, b), slow_v, atol=1e-12)
+    np.testing.assert_allclose(sample_r(a, b), slow_s, atol=1e-12)
+
+
+def test_two_way_matches_slow_loop() -> None:
+    rng = np.random.default_rng(1)
+    true = rng.normal(size=(25, 6, 6))
+    pred = true + 1.5 * rng.normal(size=true.shape)
+    assert two_way_identification(pred, true) == pytest.approx(_slow_two_way(pred, true), abs=1e-12)
+
+
+def test_top1_retrieval_matches_slow_loop() -> None:
+    rng = np.random.default_rng(2)
+    true = rng.normal(size=(60, 10))
+    pred = true + 1.0 * rng.normal(size=true.shape)
+    got = top1_retrieval(pred, true, n_candidates=20, seed=3)
+    sel = np.random.default_rng(3)
+    hits = 0
+    for i in range(60):
+        pool = sel.choice(np.delete(np.arange(60), i), 19, replace=False)
+        own = np.corrcoef(pred[i], true[i])[0, 1]
+        hits += all(own > np.corrcoef(pred[i], true[j])[0, 1] for j in pool)
+    assert got == hits / 60
+
+
+def test_identical_images_score_perfectly() -> None:
+    rng = np.random.default_rng(3)
+    imgs = rng.uniform(size=(30, 16, 16))
+    assert pixcorr(imgs, imgs) == pytest.approx(1.0)
+    assert ssim(imgs, imgs) == pytest.approx(1.0)
+    assert two_way_identification(imgs, imgs) == 1.0
+    assert top1_retrieval(imgs, imgs) == 1.0
+    noisy = np.clip(imgs + 0.3 * rng.normal(size=imgs.shape), 0, 1)
+    assert ssim(noisy, imgs) < 0.9
+
+
+def test_random_pairing_is_at_chance() -> None:
+    rng = np.random.default_rng(4)
+    true, pred = rng.normal(size=(300, 64)), rng.normal(size=(300, 64))
+    assert two_way_identification(pred, true) == pytest.approx(0.5, abs=0.02)
+    assert top1_retrieval(pred, true, n_candidates=300) <= 0.02  # chance 1/300
+    assert abs(pixcorr(pred, true)) < 0.02
+
+
+def test_noise_ceiling_closed_form() -> None:
+    # signal sd 1, noise sd 1, R = 4 repeats: ncsnr = 1, NC = 1 / (1 + 1/4) = 0.8, r = sqrt(0.8)
+    rng = np.random.default_rng(5)
+    signal = rng.normal(size=(4000, 1, 3))
+    trials = signal + rng.normal(size=(4000, 4, 3))
+    nc = noise_ceiling(trials)
+    np.testing.assert_allclose(nc, np.sqrt(0.8), atol=0.01)
+    empirical = voxel_r(signal[:, 0], trials.mean(1))  # a perfect model's r on the averages
+    np.testing.assert_allclose(empirical, nc, atol=0.02)
+    assert noise_ceiling(rng.normal(size=(20000, 3, 2))).max() < 0.2  # pure noise: (almost) no ceiling
+    with pytest.raises(ValueError, match="R >= 2"):
+        noise_ceiling(trials[:, :1])
