@@ -1,0 +1,327 @@
+"""The time-series benchmark: ``modaflow bench timeseries --profile P``.
+
+Per dataset, three models on the same backbone, data, seeds and initial noise (trained
+with :func:`modaflow.modalities.timeseries.recipe.train`): TimeFlow (SDE flow matching,
+Euler–Maruyama, sigma = 0.1, time shift 3) at 10 and 100 NFE, the linear flow-matching
+ODE (Euler, uniform grid) at 10 and 100 NFE, and the Diffusion-TS-style DDPM with 500
+ancestral steps. Each row: the protocol's four metrics (REFERENCE.md §2) over
+``repeats`` metric seeds (mean ± 95% t-interval; the same generated set, new classifier /
+encoder seeds, as the protocol repeats them), samples per second and the speed ratio
+against the DDPM measured in the same run. Then: the metric-vs-NFE curves (correlational
+and context-FID), forecasting and imputation (MSE / MAE / CRPS of the TimeFlow
+conditional model against the baselines' steered sampling), plots (PCA / t-SNE, overlays,
+metric vs NFE, a forecast fan), and a table per dataset with the published Diffusion-TS /
+FM-TS numbers beside ours, marked as published.
+
+Metrics compare generated windows with an equal number of real **training** windows in
+the normalised space (the protocol's); forecasting uses held-out test windows.
+Profiles: ``smoke`` (seconds, tests), ``quick`` (minutes on 2 CPU cores: Sines and
+Stocks, small networks, shortened metric training — see the notes), ``full`` (all sets,
+protocol metric settings), ``gpu`` (full sizes on CUDA, bf16 training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modaflow.core.training import TrainerArgs
+from modaflow.modalities.timeseries import metrics as M
+from modaflow.modalities.timeseries.recipe import TimeSeriesConfig, draw, prepare, restore, train
+from modaflow.modalities.timeseries.tasks import complete, generation_metrics
+from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, train_ts2vec
+
+from . import report as R
+from . import timeseries_plots as P
+from .harness import BenchResult, mean_ci95, progress
+from .toy import _quiet
+
+__all__ = ["TSProfile", "PROFILES", "run"]
+
+
+@dataclass(frozen=True)
+class TSProfile:
+    """Sizes of one benchmark profile."""
+
+    datasets: tuple[str, ...]
+    """Datasets (registry names)."""
+    n_samples: int
+    """Samples of the generated sets (sines, mujoco)."""
+    d_model: int
+    """Token width of the shared backbone."""
+    layers: int
+    """Decomposition layers."""
+    train_steps: int
+    """Optimiser steps per model."""
+    batch_size: int
+    """Training batch size."""
+    eval_n: int
+    """Generated windows per row (and real training windows they are compared with)."""
+    repeats: int
+    """Metric repeats (classifier / encoder seeds) for the mean and 95% interval."""
+    disc_iterations: int
+    """Discriminative GRU iterations (protocol 2000)."""
+    pred_iterations: int
+    """Predictive GRU iterations (protocol 5000)."""
+    ts2vec_iterations: int
+    """TS2Vec iterations (0 = TS2Vec's default, 600 / 200)."""
+    curve_nfes: tuple[int, ...]
+    """NFEs of the metric-vs-NFE curves (TimeFlow and linear FM)."""
+    forecast_windows: int
+    """Test windows of the forecasting / imputation table."""
+    forecast_samples: int
+    """Samples per window for CRPS."""
+    ddpm_steps: int = 500
+    """Steps of the DDPM baseline."""
+    tsne: bool = True
+    """Also plot t-SNE (slower than PCA)."""
+    threads: int = 1
+    """torch threads (0: torch's default)."""
+    device: str = "cpu"
+    """Where training and sampling run."""
+
+
+PROFILES: dict[str, TSProfile] = {
+    "smoke": TSProfile(("sines",), n_samples=400, d_model=16, layers=1, train_steps=30, batch_size=64, eval_n=64,
+                       repeats=2, disc_iterations=10, pred_iterations=10, ts2vec_iterations=5, curve_nfes=(2, 10),
+                       forecast_windows=4, forecast_samples=4, ddpm_steps=100, tsne=False),
+    "quick": TSProfile(("sines", "stocks"), n_samples=10_000, d_model=32, layers=2, train_steps=1200, batch_size=128,
+                       eval_n=500, repeats=3, disc_iterations=400, pred_iterations=400, ts2vec_iterations=100,
+                       curve_nfes=(2, 5, 10, 20, 50, 100), forecast_windows=16, forecast_samples=16),
+    "full": TSProfile(("sines", "mujoco", "stocks", "basicmotions", "italypowerdemand", "solar", "uschange"),
+                      n_samples=10_000, d_model=64, layers=3, train_steps=12_000, batch_size=128, eval_n=2000,
+                      repeats=5, disc_iterations=2000, pred_iterations=5000, ts2vec_iterations=0,
+                      curve_nfes=(1, 2, 5, 10, 20, 50, 100), forecast_windows=64, forecast_samples=32, threads=0),
+    "gpu": TSProfile(("sines", "mujoco", "stocks", "basicmotions", "italypowerdemand", "solar", "uschange"),
+                     n_samples=10_000, d_model=128, layers=4, train_steps=30_000, batch_size=256, eval_n=10_000,
+                     repeats=5, disc_iterations=2000, pred_iterations=5000, ts2vec_iterations=0,
+                     curve_nfes=(1, 2, 5, 10, 20, 50, 100), forecast_windows=256, forecast_samples=100, threads=0,
+                     device="cuda"),
+}
+
+ROWS: tuple[tuple[str, str, int], ...] = (
+    ("TimeFlow", "timeflow", 10), ("TimeFlow", "timeflow", 100),
+    ("linear FM", "linear_fm", 10), ("linear FM", "linear_fm", 100), ("DDPM", "ddpm", 500),
+)
+"""(label, method, NFE) of each table row; DDPM's NFE is its step count (profile's ddpm_steps)."""
+
+
+def _config(p: TSProfile, ds: str, method: str, seed: int) -> TimeSeriesConfig:
+    cfg = TimeSeriesConfig(data=ds, method=method, n_samples=p.n_samples, data_seed=seed, d_model=p.d_model,
+                           layers=p.layers, ddpm_steps=p.ddpm_steps)
+    return cfg.replace(fm=cfg.fm.replace(max_steps=p.train_steps, batch_size=p.batch_size, seed=seed,
+                                         log_every=max(1, p.train_steps // 50), ckpt_every=p.train_steps,
+                                         warmup_steps=min(100, p.train_steps // 10)))
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
+    """Train the three models on ``ds``, evaluate every row, the curves and the
+    forecasting table; returns metrics, baselines, timings, curves and arrays for plots."""
+    targs = TrainerArgs(accelerator="gpu" if p.device == "cuda" else "cpu", devices=1,
+                        precision="bf16-mixed" if p.device == "cuda" else "32-true")
+    res: dict = {"metrics": {}, "baselines": {}, "timings": {}, "curves": {}, "losses": {}, "rows": {}, "fakes": {}}
+    models = {}
+    for method in ("timeflow", "linear_fm", "ddpm"):
+        start = time.perf_counter()
+        with _quiet():
+            summary = train(_config(p, ds, method, seed), targs, out / "runs" / f"{ds}-{method}", progress=False)
+        res["timings"][f"train.{ds}.{method}_s"] = time.perf_counter() - start
+        res["losses"][f"{ds} {method}"] = tuple(zip(*summary["history"])) if summary["history"] else ((), ())
+        r = restore(out / "runs" / f"{ds}-{method}")
+        models[method] = replace(r, model=r.model.to(p.device))
+    w, scaler = prepare(models["timeflow"].cfg)
+    rng = np.random.default_rng(seed)
+    real_all = scaler.transform(w.train)
+    n = min(p.eval_n, len(real_all))
+    real = real_all[rng.permutation(len(real_all))[:n]]
+    encoders = [train_ts2vec(torch.as_tensor(real_all, dtype=torch.float32),
+                             TS2VecConfig(iterations=p.ts2vec_iterations), seed + k) for k in range(p.repeats)]
+    bounded = scaler.method != "standard"
+
+    def scores(fake: np.ndarray) -> dict:
+        reps = [generation_metrics(real, fake, encoders[k], seed + k, p.disc_iterations, p.pred_iterations, bounded)
+                for k in range(p.repeats)]
+        return {m: mean_ci95(rp[m] for rp in reps) for m in P.METRICS}
+
+    for label, method, nfe in progress(ROWS, f"evaluate {ds}"):
+        nfe = p.ddpm_steps if method == "ddpm" else nfe
+        r = models[method]
+        _sync(p.device)
+        start = time.perf_counter()
+        x = draw(r, n, nfe, "auto", seed)
+        _sync(p.device)
+        secs = time.perf_counter() - start
+        fake = scaler.from_model(x)
+        row = {"nfe": nfe, **scores(fake), "samples_per_s": n / secs}
+        res["rows"][f"{label} ({nfe} NFE)"] = row
+        res["fakes"][f"{label} {nfe}"] = fake
+        key = f"{ds}.{method}@nfe{nfe}"
+        target = res["metrics"] if method == "timeflow" else res["baselines"].setdefault(method, {})
+        target.update({f"{key}.{m}": row[m] for m in P.METRICS})
+        res["timings"][f"{key}.samples_per_s"] = row["samples_per_s"]
+    ddpm_rate = res["rows"][f"DDPM ({p.ddpm_steps} NFE)"]["samples_per_s"]
+    for label, row in res["rows"].items():
+        row["speed_vs_ddpm"] = row["samples_per_s"] / ddpm_rate
+        method = next(m for lab, m, _ in ROWS if label.startswith(lab))
+        res["timings"][f"{ds}.{method}@nfe{row['nfe']}.speed_vs_ddpm_ratio"] = row["speed_vs_ddpm"]
+    _real_data_rows(p, ds, real, w, scaler, encoders, seed, bounded, res)
+    _curves(p, ds, models, real, encoders[0], seed, n, scaler, res)
+    _forecast(p, ds, models, seed, res)
+    res.update(real=real, scaler=scaler, channels=w.channels)
+    return res
+
+
+def _real_data_rows(p, ds, real, w, scaler, encoders, seed, bounded, res) -> None:
+    """The metrics' reference: held-out real test windows scored like generated ones
+    (protocol's "real data" predictive: train and test on real)."""
+    if len(w.test) < 2:
+        return
+    test = scaler.transform(w.test)[: len(real)]
+    sub = real[: len(test)]
+    reps = [generation_metrics(sub, test, encoders[k], seed + k, p.disc_iterations, p.pred_iterations, bounded)
+            for k in range(p.repeats)]
+    row = {m: mean_ci95(rp[m] for rp in reps) for m in P.METRICS}
+    res["rows"]["real test windows (reference)"] = {"nfe": "", **row}
+    res["baselines"].setdefault("real_data", {}).update({f"{ds}.{m}": row[m] for m in P.METRICS})
+
+
+def _curves(p, ds, models, real, encoder, seed, n, scaler, res) -> None:
+    """Correlational and context-FID against NFE for TimeFlow and linear FM."""
+    for metric in ("correlational", "context_fid"):
+        res["curves"][f"{ds}.{metric}_vs_nfe"] = {"xlabel": "NFE", "ylabel": metric, "series": {}}
+    for method in ("timeflow", "linear_fm"):
+        vals = {"correlational": [], "context_fid": []}
+        for nfe in p.curve_nfes:
+            fake = scaler.from_model(draw(models[method], n, nfe, "auto", seed))
+            vals["correlational"].append(M.correlational_score(real, fake))
+            vals["context_fid"].append(M.context_fid(encoder, real, fake))
+        for metric, ys in vals.items():
+            res["curves"][f"{ds}.{metric}_vs_nfe"]["series"][method] = {"x": list(p.curve_nfes), "y": ys}
+
+
+def _forecast(p, ds, models, seed, res) -> None:
+    """MSE / MAE / CRPS of forecasts (last L/4 steps) and imputations (50% missing) on test
+    windows: TimeFlow conditional (100 EM steps) vs the baselines steered (100 steps)."""
+    r0 = models["timeflow"]
+    w, _ = prepare(r0.cfg)
+    if len(w.test) == 0:
+        return
+    L = r0.cfg.window
+    H = max(1, L // 4)
+    idx = np.unique(np.linspace(0, len(w.test) - 1, min(p.forecast_windows, len(w.test))).round().astype(int))
+    u = r0.scaler.transform(w.test[idx])
+    rng = np.random.default_rng(seed)
+    masks = {"forecast": np.concatenate([np.ones_like(u[:, : L - H]), np.zeros_like(u[:, L - H:])], axis=1),
+             "impute": (rng.random(u.shape) >= 0.5).astype(np.float64)}
+    for task, m in masks.items():
+        for method, r in models.items():
+            x = r.scaler.from_model(complete(r, u, m, p.forecast_samples, 100, "euler" if method == "ddpm" else "auto", seed))
+            s = np.moveaxis(x, 1, 0)
+            scores = {**M.point_errors(s, u, 1 - m), "crps": M.crps_samples(s, u, 1 - m)}
+            target = res["metrics"] if method == "timeflow" else res["baselines"].setdefault(method, {})
+            target.update({f"{ds}.{task}.{k}": v for k, v in scores.items()})
+            if task == "forecast" and method == "timeflow":
+                res["fan"] = (u[0, :, -1], x[0, :, :, -1], L - H)
+
+
+def _plots(out: Path, trained: dict[str, dict], tsne: bool) -> list[str]:
+    files = [R.plot_loss(out / "loss.png", {k: v for res in trained.values() for k, v in res["losses"].items()},
+                         "training loss").name]
+    for ds, res in trained.items():
+        fakes = {k: v for k, v in res["fakes"].items() if k in ("TimeFlow 10", "linear FM 10", "DDPM " + k.split()[-1])}
+        files.append(P.plot_embeddings(out / f"{ds}_embeddings.png", res["real"], fakes, f"{ds}: real vs generated",
+                                       tsne).name)
+        files.append(P.plot_overlay(out / f"{ds}_overlay.png", res["real"], fakes, res["channels"],
+                                    f"{ds}: sample overlays").name)
+        for metric in ("correlational", "context_fid"):
+            c = res["curves"][f"{ds}.{metric}_vs_nfe"]
+            curves = {lab: (s["x"], s["y"]) for lab, s in c["series"].items()}
+            files.append(R.plot_curves(out / f"{ds}_{metric}_vs_nfe.png", curves, f"{ds}: {metric} vs NFE", "NFE",
+                                       metric).name)
+        if "fan" in res:
+            truth, samples, ctx = res["fan"]
+            files.append(P.plot_fan(out / f"{ds}_forecast_fan.png", truth, samples, ctx, res["channels"][-1],
+                                    f"{ds}: TimeFlow forecast (normalised)").name)
+    return files
+
+
+def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
+    """Run the benchmark ``profile`` into ``out_dir`` (results.json, report.md, PNGs)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    p = PROFILES[profile]
+    if p.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("profile 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
+    return run_profile(profile, p, out_dir, seed)
+
+
+def run_profile(name: str, p: TSProfile, out_dir: str | Path, seed: int = 0) -> BenchResult:
+    """Run the sizes ``p`` (any profile, e.g. the gpu profile's code path at tiny sizes on
+    the CPU) under the name ``name``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    if p.threads:
+        torch.set_num_threads(p.threads)
+    try:
+        from threadpoolctl import threadpool_limits  # numpy / sklearn BLAS threads (scikit-learn dependency)
+    except ImportError:  # pragma: no cover
+        limits = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(p.threads) if p.threads else contextlib.nullcontext()
+    try:
+        with limits:
+            return _run(name, p, out, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
+    t0 = time.perf_counter()
+    metrics, baselines, timings, curves, trained = {}, {}, {}, {}, {}
+    for ds in p.datasets:
+        res = _dataset(p, ds, out, seed)
+        trained[ds] = res
+        metrics.update(res["metrics"])
+        for b, ms in res["baselines"].items():
+            baselines.setdefault(b, {}).update(ms)
+        timings.update(res["timings"])
+        curves.update(res["curves"])
+    for name, table in P.PUBLISHED.items():
+        baselines[name] = {f"{ds}.{m}": v for ds, ms in table.items() if ds in p.datasets for m, v in ms.items()}
+    baselines = {k: v for k, v in baselines.items() if v}
+    plots = _plots(out, trained, p.tsne)
+    timings["total_s"] = time.perf_counter() - t0
+    notes = [
+        f"torch threads: {torch.get_num_threads()}; device: {p.device}; backbone d_model={p.d_model}, layers={p.layers}; "
+        f"{p.train_steps} training steps per model",
+        "metrics: generated vs an equal number of real training windows, normalised space; "
+        f"mean ± 95% t-interval over {p.repeats} metric seeds; discriminative {p.disc_iterations} / predictive "
+        f"{p.pred_iterations} GRU iterations (protocol 2000 / 5000), TS2Vec {p.ts2vec_iterations or 'default'} iterations",
+        "speed: samples/s of one sampling call of eval_n windows (same device and threads); speed_vs_ddpm_ratio "
+        f"against the DDPM with {p.ddpm_steps} ancestral steps in this run",
+        "forecast / impute: TimeFlow conditions on the mask; linear FM (FlowChef) and DDPM (hard projection) are "
+        "steered through core.steering; 100 steps each; errors on the predicted entries, normalised space",
+        "published rows are copied from REFERENCE.md §2 (Diffusion-TS table 1, FM-TS); our stocks are GOOG 2004-2013 "
+        "from bokeh_sampledata, not the exact file of the publications",
+    ]
+    result = BenchResult.create("timeseries", profile, seed, metrics=metrics, baselines=baselines, timings=timings,
+                                curves=curves, plots=plots, notes=notes)
+    result.write(out)
+    path = R.write_report(result, out)
+    tables = [f"## {ds}\n\n" + P.dataset_table(ds, res["rows"]) + "\n" for ds, res in trained.items()]
+    from modaflow.core.io import atomic_write_text
+
+    text = path.read_text()
+    atomic_write_text(path, text.replace("## Metrics", "## Tables per dataset\n\n" + "\n".join(tables) + "\n## Metrics", 1))
+    return result
