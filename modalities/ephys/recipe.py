@@ -28,7 +28,7 @@ from modaflow.core.training import TrainerArgs, checkpoint_path
 from ..runs import load_recipe, save_recipe
 from . import data as D
 from . import metrics as M
-from .baselines import LFADS, LFADSConfig
+from .baselines import LFADS, LFADSConfig, gaussian_smooth
 from .models import LangevinFlow, LangevinFlowConfig
 from .spikes import TrialData
 from .training import SeqVAEModule, VAETrainConfig, fit_vae, predict
@@ -52,6 +52,8 @@ class EphysConfig(Config):
     """langevin: LangevinFlow (arXiv 2507.11531); lfads: the LFADS-style GRU baseline."""
     eval_samples: int = 8
     """Posterior draws averaged for evaluate's rates (0: the noise-free mean trajectory)."""
+    vel_lag_bins: int = 5
+    """vel R2: behaviour this many bins after the rates (NLB MC_Maze: 100 ms = 5 bins of 20 ms)."""
     options: D.DataOptions = field(default_factory=D.DataOptions)
     """Data-source options (Lorenz sizes, NWB binning, EEG preprocessing)."""
     langevin: LangevinFlowConfig = field(default_factory=LangevinFlowConfig)
@@ -64,6 +66,7 @@ class EphysConfig(Config):
     def validate(self) -> None:
         self._require(bool(self.data), "data", "a dataset name, nwb:PATH or eeg:PATH")
         self._require(self.eval_samples >= 0, "eval_samples", "an integer >= 0")
+        self._require(self.vel_lag_bins >= 0, "vel_lag_bins", "an integer >= 0")
 
 
 def build_model(cfg: EphysConfig, data: TrialData) -> nn.Module:
@@ -176,8 +179,8 @@ def score(data: TrialData, params: torch.Tensor, train: TrialData | None = None,
         if data.rates is not None:
             out["rate_r2"] = M.rate_r2(data.rates, params)
             out["rate_r2_heldout"] = M.rate_r2(data.rates[..., hi:], params[..., hi:])
-        if data.condition is not None:
-            ref = data.rates if data.rates is not None else data.x
+        if data.condition is not None:  # true rates where known, else smoothed counts (sd 2 bins)
+            ref = data.rates.numpy() if data.rates is not None else gaussian_smooth(data.x.double().numpy(), 2.0)
             out["psth_r2"] = M.psth_r2(M.condition_psth(ref, data.condition.numpy()), params)
         if data.behavior is not None and train is not None and train_params is not None:
             out["vel_r2"] = M.velocity_r2(train_params, train.behavior, params, data.behavior, vel_lag)
@@ -201,7 +204,11 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     cfg, model = restore(ckpt_dir, test)
     draws = (steps or cfg.eval_samples) if (solver or SOLVERS[0]) == "posterior_mean" else 1
     params, _ = predict(model, test, draws, seed)
-    return {**score(test, params), "n_trials": int(test.x.shape[0])}
+    train = train_params = None
+    if test.behavior is not None:  # vel R2: the decoder is fitted on the training trials' rates
+        train = D.load_split(cfg.data if data is None else data, "train", cfg.options, cfg.data_seed)
+        train_params, _ = predict(model, train, draws, seed)
+    return {**score(test, params, train, train_params, cfg.vel_lag_bins), "n_trials": int(test.x.shape[0])}
 
 
 def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: dict,

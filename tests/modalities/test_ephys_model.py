@@ -128,6 +128,24 @@ def test_eeg_training_through_the_recipe(tmp_path: Path) -> None:
         EphysConfig.from_dict({"train": {"cd_rate": 1.0}})
 
 
+def test_evaluate_on_an_nwb_file_reports_velocity_r2(tmp_path: Path, capsys) -> None:
+    from modaflow.modalities.ephys.nwb import write_nwb
+
+    rng = np.random.default_rng(0)
+    starts = np.arange(10) * 1.0
+    times = [np.sort(rng.uniform(0, 10.0, 150)) for _ in range(6)]
+    ts = np.linspace(0, 10, 1001)
+    path = write_nwb(tmp_path / "s.nwb", times, [(a, a + 0.9) for a in starts], (ts, np.stack([np.sin(ts), np.cos(ts)], 1)))
+    run = tmp_path / "run"
+    opts = ["--bins", "30", "--fp-bins", "5", "--outside-trials", "drop", "--encoder-hidden", "8", "--d-model", "8",
+            "--heads", "2", "--accelerator", "cpu"]
+    assert _cli("train", "ephys", "--data", f"nwb:{path}", "--out", str(run), "--max-steps", "2", *opts) == 0
+    capsys.readouterr()
+    assert _cli("evaluate", "ephys", "--ckpt", str(run), "--steps", "1") == 0
+    m = json.loads(capsys.readouterr().out)
+    assert {"co_bps", "fp_bps", "vel_r2"} <= set(m) and "rate_r2" not in m and m["n_trials"] == 2
+
+
 def test_smoke_benchmark_reports_metrics_baselines_and_plots(tmp_path: Path) -> None:
     from modaflow.benchmarks.ephys import run
 
