@@ -219,6 +219,30 @@ def test_edf_with_inconsistent_sampling_rates_is_an_error(tmp_path: Path) -> Non
         E.read_raw(path)
 
 
+def test_brainvision_file_reads_through_mne_and_epochs_on_its_marker(tmp_path: Path) -> None:
+    """A BrainVision triplet (.vhdr text header, .vmrk markers, multiplexed float32 .eeg),
+    written to the format's specification, read by mne.io.read_raw."""
+    sfreq, n, chans = 100, 1000, ["Fz", "Cz", "Pz"]
+    rng = np.random.default_rng(0)
+    data = rng.normal(0, 20, size=(n, 3)).astype("<f4")  # µV
+    data.tofile(tmp_path / "rec.eeg")
+    (tmp_path / "rec.vhdr").write_text(
+        "Brain Vision Data Exchange Header File Version 1.0\n\n[Common Infos]\nCodepage=UTF-8\nDataFile=rec.eeg\n"
+        "MarkerFile=rec.vmrk\nDataFormat=BINARY\nDataOrientation=MULTIPLEXED\nNumberOfChannels=3\n"
+        f"SamplingInterval={1_000_000 // sfreq}\n\n[Binary Infos]\nBinaryFormat=IEEE_FLOAT_32\n\n[Channel Infos]\n"
+        + "".join(f"Ch{i + 1}={c},,1,µV\n" for i, c in enumerate(chans)), encoding="utf-8")
+    (tmp_path / "rec.vmrk").write_text(
+        "Brain Vision Data Exchange Marker File, Version 1.0\n\n[Common Infos]\nCodepage=UTF-8\nDataFile=rec.eeg\n\n"
+        "[Marker Infos]\nMk1=New Segment,,1,1,0\nMk2=Stimulus,S  1,201,1,0\nMk3=Stimulus,S  1,601,1,0\n", encoding="utf-8")
+    raw = E.read_raw(tmp_path / "rec.vhdr")
+    assert raw.ch_names == chans and raw.info["sfreq"] == sfreq
+    np.testing.assert_allclose(raw.get_data().T, data * 1e-6, rtol=1e-6)
+    d = E.load_eeg_file(tmp_path / "rec.vhdr", E.EEGOptions(event="Stimulus/S  1", epoch_s=1.0, fp_s=0.2, l_freq=0, h_freq=0))
+    z = (data - data.mean(0)) / data.std(0)
+    assert d.x.shape == (2, 100, 3)
+    np.testing.assert_allclose(d.x[1].numpy(), z[600:700], rtol=1e-4, atol=1e-4)  # marker at sample 601 (1-based)
+
+
 def test_packaged_eeg_recordings() -> None:
     raw = E.spkit_raw()
     assert raw.info["sfreq"] == 128 and len(raw.ch_names) == 14 and raw.n_times == 2048
