@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from modaflow.core.flow_map_losses import flow_map_residual
 from modaflow.core.flow_maps import FlowMap, sample_flow_map
@@ -121,7 +122,8 @@ class FMLMModule(FlowMapModule):
                   teacher_steps=cfg.teacher_steps, teacher_method=cfg.teacher_method)
         w = (1 - s)[:, None, None]
         if cfg.objective == "mse":
-            u, target = flow_map_residual(cfg.loss, self.model, x, s, t, **kw)
+            with sdpa_kernel(SDPBackend.MATH):  # lagrangian/eulerian take forward-mode JVPs: the math kernel has them
+                u, target = flow_map_residual(cfg.loss, self.model, x, s, t, **kw)
             return ((w * (u - target)) ** 2).sum(-1).mean()
         with torch.no_grad():
             _, target = flow_map_residual(cfg.loss, self.model, x, s, t, **kw)

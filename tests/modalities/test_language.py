@@ -244,6 +244,12 @@ def test_fmlm_student_starts_as_flm_and_its_target_is_a_distribution() -> None:
     assert torch.isfinite(loss)
     with pytest.raises(ConfigError, match="objective"):
         FMLMConfig(loss="lagrangian", objective="ce")
+    for kind in ("lagrangian", "eulerian", "teacher"):  # the other core losses run through the DiT (JVPs for the first two)
+        m = FMLMModule(fmap, FMLMConfig(loss=kind, objective="mse"), teacher=flm if kind == "teacher" else None)
+        loss = m.compute_loss(torch.randint(0, 20, (2, 12)), 1)
+        loss.backward()
+        assert torch.isfinite(loss) and fmap.net.dit.W.grad is not None
+        fmap.zero_grad()
 
 
 def test_mdlm_masking_loss_and_sampler() -> None:
