@@ -3,7 +3,7 @@ training through the core's :func:`~modaflow.core.training.fit`, and restoring a
 
 - flow: :class:`~modaflow.core.training.FlowMatchingModule` on the linear path,
   velocity parametrization (``fm.path``/``fm.parametrization`` are set to these).
-- diffusion: the same module on the policy's DDPM path (linear betas, ``ddpm_steps``),
+- diffusion: the same module on the policy's DDPM path (linear betas, ``diffusion_steps``),
   noise parametrization (epsilon prediction, as Diffusion Policy).
 - ar: :class:`ARModule`, the same training loop (EMA, checkpoints, resume) with the
   cross-entropy of the binned action tokens as the loss.
@@ -69,7 +69,7 @@ class RoboticsConfig(Config):
     """Transformer blocks (flow, ar)."""
     steps: int = 10
     """Sampler steps: Euler steps (flow) or DDIM steps (diffusion); ignored by ar."""
-    ddpm_steps: int = 100
+    diffusion_steps: int = 100
     """DDPM steps T of the diffusion policy's path."""
     episode_steps: int = 0
     """Episode length limit in rollouts (0: the environment's default)."""
@@ -80,12 +80,12 @@ class RoboticsConfig(Config):
 
     def validate(self) -> None:
         self._require(bool(self.data), "data", '"expert" or an .npz file')
-        for name in ("n_demos", "n_obs", "horizon", "execute", "width", "depth", "steps", "ddpm_steps"):
+        for name in ("n_demos", "n_obs", "horizon", "execute", "width", "depth", "steps", "diffusion_steps"):
             self._require(getattr(self, name) >= 1, name, "an integer >= 1")
         self._require(self.execute <= self.horizon, "execute", f"at most horizon = {self.horizon}")
         self._require(self.width % 8 == 0, "width", "a multiple of 8 (GroupNorm / attention heads)")
         self._require(self.policy != "diffusion" or self.horizon % 2 == 0, "horizon", "even for the diffusion policy")
-        self._require(self.steps <= self.ddpm_steps, "steps", f"at most ddpm_steps = {self.ddpm_steps}")
+        self._require(self.steps <= self.diffusion_steps, "steps", f"at most diffusion_steps = {self.diffusion_steps}")
         self._require(self.episode_steps >= 0, "episode_steps", "an integer >= 0")
         self._require(0 < self.success_threshold <= 1, "success_threshold", "a coverage in (0, 1]")
         self._require(0 <= self.demo_noise, "demo_noise", "a number >= 0")
@@ -112,14 +112,14 @@ def build(cfg: RoboticsConfig) -> Policy:
     if cfg.policy == "diffusion":
         from .policies import DiffusionPolicy
 
-        return DiffusionPolicy(spec.obs_dim, spec.act_dim, cfg.n_obs, cfg.horizon, cfg.width, cfg.ddpm_steps)
+        return DiffusionPolicy(spec.obs_dim, spec.act_dim, cfg.n_obs, cfg.horizon, cfg.width, cfg.diffusion_steps)
     return build_policy(cfg.policy, spec.obs_dim, spec.act_dim, cfg.n_obs, cfg.horizon, cfg.width, cfg.depth)
 
 
 def make_module(policy: Policy, cfg: RoboticsConfig) -> FlowMatchingModule:
     """The Lightning module that trains ``policy`` (see the module docstring)."""
     if cfg.policy == "diffusion":
-        fm = cfg.fm.replace(path="ddpm_linear", ddpm_steps=cfg.ddpm_steps, parametrization="noise")
+        fm = cfg.fm.replace(path="ddpm_linear", ddpm_steps=cfg.diffusion_steps, parametrization="noise")
         return FlowMatchingModule(policy, policy.path, fm)
     fm = cfg.fm.replace(path="linear", parametrization="velocity")
     return (ARModule if isinstance(policy, ARPolicy) else FlowMatchingModule)(policy, None, fm)

@@ -58,8 +58,8 @@ class StudyConfig(Config):
     """Aperture grid α."""
     betas: tuple[float, ...] = (0.1, 0.3, 0.5)
     """Gate strength grid β."""
-    modes: tuple[Mode, ...] = ("global", "per_step")
-    """One conceptor for all denoising steps, or one per step."""
+    modes: tuple[str, ...] = ("global", "per_step")
+    """global (one conceptor for all denoising steps) and/or per_step (one per step)."""
     center: bool = False
     """Fit conceptors on mean-centred states."""
     mean_diff_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -74,7 +74,7 @@ class StudyConfig(Config):
                       "test_seed", "a seed range disjoint from the fit seeds")
         self._require(len(self.apertures) > 0 and all(a > 0 for a in self.apertures), "apertures", "numbers > 0")
         self._require(len(self.betas) > 0 and all(0 < b <= 1 for b in self.betas), "betas", "numbers in (0, 1]")
-        self._require(len(self.modes) > 0, "modes", "global and/or per_step")
+        self._require(len(self.modes) > 0 and set(self.modes) <= {"global", "per_step"}, "modes", "global and/or per_step")
 
 
 def _correlations(stats: tuple[Tensor, Tensor, Tensor], mask: np.ndarray, center: bool) -> tuple[Tensor, Tensor, Tensor]:
