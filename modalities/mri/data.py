@@ -105,8 +105,16 @@ def _cache_dataset(files: list[Path], spec: SourceSpec, augment: bool, num_worke
 
     pre = preprocess_transforms(spec.spacing, spec.fov, oblique=spec.oblique, max_anisotropy=spec.max_anisotropy)
     post = augment_transforms() if augment else Compose([ToTensor()])
-    return CacheDataset([{KEY: str(f)} for f in files], Compose([*pre.transforms, *post.transforms]),
-                        cache_rate=1.0, num_workers=num_workers, progress=False)
+    try:
+        return CacheDataset([{KEY: str(f)} for f in files], Compose([*pre.transforms, *post.transforms]),
+                            cache_rate=1.0, num_workers=num_workers, progress=False)
+    except RuntimeError as e:  # MONAI wraps a transform's error: surface ours, which names the file
+        cause = e
+        while cause is not None and not isinstance(cause, NiftiError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise NiftiError(str(cause)) from None
+        raise
 
 
 def build_dataset(spec: SourceSpec, split: str, augment: bool = False, num_workers: int = 0) -> Dataset:

@@ -81,11 +81,12 @@ class DistillConfig(Config):
 
 class LinearPathTeacher(nn.Module):
     """The teacher's velocity on the linear path, ``forward(x_lin, tau) -> x1_hat - eps_hat``
-    (module docstring). ``model`` predicts the core parametrization ``kind`` on ``path``."""
+    (module docstring). ``model`` predicts the core parametrization ``kind`` on ``path``;
+    ``iterations`` bisection steps find the DDPM time of equal SNR (40: ~1e-12 in t)."""
 
-    def __init__(self, model: nn.Module, kind: str, path: AffinePath) -> None:
+    def __init__(self, model: nn.Module, kind: str, path: AffinePath, iterations: int = 40) -> None:
         super().__init__()
-        self.model, self.kind, self.path = model, kind, path
+        self.model, self.kind, self.path, self.iterations = model, kind, path, iterations
         if isinstance(path, DiscreteVPPath):
             a0, s0 = path.alpha(torch.zeros((), dtype=torch.float64)), path.sigma(torch.zeros((), dtype=torch.float64))
             self.tau_min = float(a0 / (a0 + s0))  # the noisiest DDPM state, on the linear path
@@ -96,12 +97,12 @@ class LinearPathTeacher(nn.Module):
 
     def forward(self, x: Tensor, tau: Tensor) -> Tensor:
         if isinstance(self.path, LinearPath):
-            x1, eps = to_data_noise(self.model(x, tau).float(), self.kind, x, tau, self.path)
+            x1, eps = to_data_noise(self.model(x, tau).to(x.dtype), self.kind, x, tau, self.path)
             return x1 - eps
         tau_c = tau.clamp(self.tau_min, 1.0 - 1e-4)
-        t = edm_sigma_to_time((1.0 - tau_c) / tau_c, self.path, iterations=40)  # same SNR
+        t = edm_sigma_to_time((1.0 - tau_c) / tau_c, self.path, iterations=self.iterations)  # same SNR
         x_vp = x * expand_t(self.path.alpha(t) / tau_c, x)
-        x1, eps = to_data_noise(self.model(x_vp, t).float(), self.kind, x_vp, t, self.path)
+        x1, eps = to_data_noise(self.model(x_vp, t).to(x.dtype), self.kind, x_vp, t, self.path)
         return x1 - eps  # d/dtau (tau x1 + (1 - tau) eps)
 
 

@@ -68,10 +68,12 @@ def otsu_threshold(x: np.ndarray, bins: int = 128) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def brain_mask(x: np.ndarray, closing: int = 2) -> np.ndarray:
-    """A brain (head, for un-stripped scans) mask from intensity and morphology: Otsu
-    threshold, opening, largest connected component, closing, hole filling. ``x`` ``(X, Y, Z)``."""
-    fg = x > otsu_threshold(x)
+def brain_mask(x: np.ndarray, closing: int = 2, fraction: float = 0.5) -> np.ndarray:
+    """A brain (head, for un-stripped scans) mask from intensity and morphology: threshold
+    ``lo + fraction (otsu - lo)`` (``lo`` the 1st percentile, so the darker CSF stays inside),
+    opening, largest connected component, closing, hole filling. ``x`` ``(X, Y, Z)``."""
+    lo = float(np.percentile(x, 1.0))
+    fg = x > lo + fraction * (otsu_threshold(x) - lo)
     fg = ndimage.binary_opening(fg, iterations=1)
     labels, n = ndimage.label(fg)
     if n == 0:

@@ -1,0 +1,224 @@
+"""MRI data: NIfTI / BIDS discovery and checks on small files the tests write, the MONAI
+pipeline (canonical orientation, spacing, brain-centred FOV, [-1, 1]), augmentation,
+the embedded cohort and NIfTI output."""
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("monai")
+
+from modaflow.modalities.mri import nifti as N  # noqa: E402
+from modaflow.modalities.mri import transforms as T  # noqa: E402
+from modaflow.modalities.mri.cohort import make_cohort  # noqa: E402
+from modaflow.modalities.mri.data import SourceSpec, build_dataset, load_volumes, split_files  # noqa: E402
+from modaflow.modalities.mri.sampling import write_volumes  # noqa: E402
+
+
+def phantom(shape=(24, 28, 22), centre=(12, 14, 11), radii=(8, 10, 7)) -> np.ndarray:
+    """An ellipsoidal 'brain' (three shells: CSF-, GM-, WM-like) on a dark background."""
+    g = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    r = np.sqrt(sum(((x - c) / a) ** 2 for x, c, a in zip(g, centre, radii)))
+    img = np.full(shape, 2.0, dtype=np.float32)
+    img[r < 1.0] = 30.0
+    img[r < 0.8] = 60.0
+    img[r < 0.5] = 100.0
+    return img
+
+
+def save(path, data, affine=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0]) if affine is None else affine
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+# ---------------------------------------------------------------- reading and checks
+
+
+def test_round_trip_keeps_data_and_affine(tmp_path) -> None:
+    data = np.random.default_rng(0).standard_normal((6, 7, 8)).astype(np.float32)
+    aff = np.array([[-1.5, 0, 0, 10], [0, 1.5, 0, -20], [0, 0, 1.5, 5], [0, 0, 0, 1.0]])
+    N.write_volume(tmp_path / "v.nii.gz", data, aff)
+    vol = N.read_volume(tmp_path / "v.nii.gz")
+    np.testing.assert_array_equal(vol.data, data)
+    np.testing.assert_allclose(vol.affine, aff)
+
+
+def test_truncated_and_corrupt_files_name_the_file(tmp_path) -> None:
+    good = save(tmp_path / "good.nii.gz", phantom())
+    raw = good.read_bytes()
+    trunc = tmp_path / "trunc.nii.gz"
+    trunc.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(N.NiftiError, match="trunc.nii.gz.*truncated or corrupt"):
+        N.read_volume(trunc)
+    junk = tmp_path / "junk.nii"
+    junk.write_bytes(b"not a nifti file at all" * 20)
+    with pytest.raises(N.NiftiError, match="junk.nii.*not a readable NIfTI"):
+        N.read_volume(junk)
+    gz = tmp_path / "badheader.nii.gz"
+    gz.write_bytes(gzip.compress(b"\x00" * 400))
+    with pytest.raises(N.NiftiError, match="badheader.nii.gz"):
+        N.read_volume(gz)
+    with pytest.raises(N.NiftiError, match="missing.nii.*not found"):
+        N.read_volume(tmp_path / "missing.nii")
+
+
+def test_4d_is_rejected_unless_the_4th_axis_is_1(tmp_path) -> None:
+    p = save(tmp_path / "bold.nii.gz", np.zeros((6, 6, 6, 3), np.float32))
+    with pytest.raises(N.NiftiError, match=r"bold.nii.gz: expected a 3-D volume, got shape \(6, 6, 6, 3\)"):
+        N.read_volume(p)
+    q = save(tmp_path / "single.nii.gz", np.ones((6, 6, 6, 1), np.float32))
+    assert N.read_volume(q).data.shape == (6, 6, 6)
+
+
+def test_nan_voxels_are_rejected(tmp_path) -> None:
+    data = phantom()
+    data[3, 4, 5] = np.nan
+    data[1, 1, 1] = np.inf
+    p = save(tmp_path / "nan.nii.gz", data)
+    with pytest.raises(N.NiftiError, match="nan.nii.gz: 2 NaN/Inf voxel"):
+        N.read_volume(p)
+
+
+def test_oblique_affine_rejected_or_resampled(tmp_path) -> None:
+    a = np.radians(20.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot * 2.0
+    p = save(tmp_path / "obl.nii.gz", phantom(), aff)
+    assert N.obliquity_deg(aff) == pytest.approx(20.0)
+    with pytest.raises(N.NiftiError, match="obl.nii.gz: oblique affine \\(20.0 degrees"):
+        N.read_volume(p)
+    vol = N.read_volume(p, oblique="resample")
+    assert N.obliquity_deg(vol.affine) < 1e-6
+    np.testing.assert_allclose(np.linalg.norm(vol.affine[:3, :3], axis=0), [2.0, 2.0, 2.0])
+    assert vol.data.max() > 90  # the WM core survived resampling
+
+
+def test_anisotropic_voxels(tmp_path) -> None:
+    p = save(tmp_path / "thick.nii.gz", phantom(), np.diag([1.0, 1.0, 6.0, 1.0]))
+    with pytest.raises(N.NiftiError, match=r"thick.nii.gz: voxels \[1.0, 1.0, 6.0\] mm are too anisotropic"):
+        N.read_volume(p)
+    assert N.read_volume(p, max_anisotropy=8.0).data.shape == (24, 28, 22)
+    # mildly anisotropic data is resampled to isotropic voxels by the pipeline
+    q = save(tmp_path / "aniso.nii.gz", phantom(), np.diag([2.0, 2.0, 3.0, 1.0]))
+    out = T.preprocess_transforms((2.0, 2.0, 2.0), (16, 16, 16))({"image": str(q)})["image"]
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(out.affine)[:3, :3], axis=0), [2.0, 2.0, 2.0])
+
+
+def test_bids_discovery_and_empty_datasets(tmp_path) -> None:
+    root = tmp_path / "bids"
+    save(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz", phantom())
+    save(root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii", phantom())
+    save(root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T2w.nii.gz", phantom())
+    save(root / "sub-03" / "func" / "sub-03_task-rest_bold.nii.gz", phantom())
+    found = N.find_bids(root)
+    assert [p.name for p in found] == ["sub-01_T1w.nii.gz", "sub-02_ses-1_T1w.nii"]
+    assert N.find_source(f"bids:{root}") == found
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(N.NiftiError, match="empty.*empty BIDS dataset: no sub-\\* folders"):
+        N.find_bids(empty)
+    (empty / "sub-01" / "anat").mkdir(parents=True)
+    with pytest.raises(N.NiftiError, match="1 subject\\(s\\) but no"):
+        N.find_bids(empty)
+    with pytest.raises(N.NiftiError, match="no .nii or .nii.gz files"):
+        N.find_folder(empty)
+    with pytest.raises(N.NiftiError, match="expected 'embedded', 'bids:/path' or 'folder:/path'"):
+        N.parse_source("nifti:/x")
+
+
+def test_split_files_is_disjoint_and_complete(tmp_path) -> None:
+    files = [tmp_path / f"s{i:02d}.nii" for i in range(11)]
+    train, test = split_files(files, "train"), split_files(files, "test")
+    assert sorted(train + test) == sorted(files) and not set(train) & set(test)
+    assert [f.name for f in test] == ["s04.nii", "s09.nii"]
+    assert split_files(files[:2], "test") == [files[1]]
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def test_otsu_and_brain_mask_recover_a_sphere() -> None:
+    g = np.meshgrid(*[np.arange(20.0)] * 3, indexing="ij")
+    sphere = sum((x - 10) ** 2 for x in g) < 36
+    x = np.where(sphere, 1.0, 0.05) + 0.02 * np.random.default_rng(0).standard_normal(sphere.shape)
+    assert 0.1 < T.otsu_threshold(x) < 0.95
+    m = T.brain_mask(x)
+    assert (m & sphere).sum() / (m | sphere).sum() > 0.95
+
+
+def test_pipeline_canonical_orientation_spacing_fov_range(tmp_path) -> None:
+    data = phantom(centre=(9, 12, 11))  # off-centre brain
+    ras = save(tmp_path / "ras.nii.gz", data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    las_aff = np.diag([-2.0, 2.0, 2.0, 1.0])
+    las_aff[0, 3] = 2.0 * (data.shape[0] - 1)  # same world positions, x axis stored flipped
+    las = save(tmp_path / "las.nii.gz", data[::-1].copy(), las_aff)
+    pipe = T.preprocess_transforms((2.0, 2.0, 2.0), (16, 16, 16))
+    a, b = pipe({"image": str(ras)})["image"], pipe({"image": str(las)})["image"]
+    assert a.shape == (1, 16, 16, 16)
+    torch.testing.assert_close(a.as_tensor(), b.as_tensor(), atol=1e-5, rtol=0)
+    assert nib.aff2axcodes(np.asarray(b.affine)) == ("R", "A", "S")
+    assert float(a.min()) == -1.0 and float(a.max()) == pytest.approx(1.0)
+    mask = T.brain_mask(a[0].numpy())
+    idx = np.argwhere(mask)
+    centre = (idx.min(0) + idx.max(0) + 1) / 2
+    np.testing.assert_allclose(centre, [8, 8, 8], atol=1.0)  # the brain sits in the FOV centre
+
+
+def test_augmentation_flip_is_exact_and_shapes_hold() -> None:
+    x = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(1, 4, 5, 6)
+    flip = T.augment_transforms(rotate_deg=0.0, shift_vox=0.0, flip_prob=1.0)
+    torch.testing.assert_close(flip({"image": x}), x.flip(1))
+    aug = T.augment_transforms()
+    aug.set_random_state(0)
+    y = aug({"image": x})
+    assert y.shape == x.shape and not torch.equal(y, x)
+
+
+def test_folder_dataset_is_cached_and_loads(tmp_path) -> None:
+    for i in range(3):
+        save(tmp_path / "f" / f"s{i}.nii.gz", phantom() * (1 + 0.1 * i))
+    spec = SourceSpec(data=f"folder:{tmp_path / 'f'}", spacing=(3.0, 3.0, 3.0), fov=(16, 16, 16))
+    ds = build_dataset(spec, "train", augment=True)
+    assert len(ds) == 2 and ds[0].shape == (1, 16, 16, 16) and ds[0].dtype == torch.float32
+    assert load_volumes(spec, "test").shape == (1, 1, 16, 16, 16)
+
+
+def test_bad_file_in_a_dataset_names_it(tmp_path) -> None:
+    save(tmp_path / "f" / "a.nii.gz", phantom())
+    bad = phantom()
+    bad[0, 0, 0] = np.nan
+    save(tmp_path / "f" / "b.nii.gz", bad)
+    spec = SourceSpec(data=f"folder:{tmp_path / 'f'}", spacing=(3.0, 3.0, 3.0), fov=(16, 16, 16))
+    with pytest.raises(Exception, match="b.nii.gz: 1 NaN/Inf voxel"):
+        build_dataset(spec, "test")
+
+
+# ---------------------------------------------------------------- cohort and output
+
+
+def test_embedded_cohort_is_deterministic_distinct_and_scaled() -> None:
+    a = make_cohort(3, 16, "train", 0)
+    assert a.shape == (3, 1, 16, 16, 16) and a.dtype == np.float32
+    assert a.min() == -1.0 and a.max() == 1.0
+    np.testing.assert_array_equal(a, make_cohort(3, 16, "train", 0))
+    assert np.abs(a[0] - a[1]).mean() > 0.02
+    assert np.abs(make_cohort(1, 16, "test", 0)[0] - a[0]).mean() > 0.02
+
+
+def test_generated_volumes_are_written_with_a_ras_affine(tmp_path) -> None:
+    aff = T.canonical_affine((6.0, 6.0, 6.0), (16, 16, 16))
+    x = torch.rand(2, 1, 16, 16, 16) * 2 - 1
+    paths = write_volumes(x, aff, tmp_path / "out")
+    img = nib.load(str(paths[1]))
+    assert img.shape == (16, 16, 16) and nib.aff2axcodes(img.affine) == ("R", "A", "S")
+    np.testing.assert_allclose(img.header.get_zooms(), (6.0, 6.0, 6.0))
+    np.testing.assert_allclose(img.affine @ [7.5, 7.5, 7.5, 1], [0, 0, 0, 1])  # centred on the origin
+    np.testing.assert_allclose(np.asarray(img.dataobj), x[1, 0].numpy())
+    with pytest.raises(ValueError, match="holds one volume"):
+        write_volumes(x, aff, tmp_path / "one.nii.gz")

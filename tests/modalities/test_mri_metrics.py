@@ -1,0 +1,114 @@
+"""MRI metrics against slow obvious references and known cases: Fréchet distance (scipy
+sqrtm), permutation test (exhaustive enumeration), histogram W1 (scipy), MS-SSIM (identical
+= 1), GMM tissue volumes on a phantom of known shells, the feature network."""
+
+import itertools
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.stats
+import torch
+
+pytest.importorskip("monai")
+
+from modaflow.modalities.mri import features as F  # noqa: E402
+from modaflow.modalities.mri import metrics as M  # noqa: E402
+
+
+def slow_frechet(f1, f2):
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_frechet_matches_scipy_sqrtm_and_is_zero_on_identical_sets() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))
+    b = rng.standard_normal((150, 6)) * 1.5 + 0.3
+    assert M.frechet_distance(a, b) == pytest.approx(slow_frechet(a, b), rel=1e-6)
+    assert abs(M.frechet_distance(a, a)) < 1e-8
+    # closed form for 1-D Gaussians: (m1 - m2)^2 + (s1 - s2)^2 with the sample moments
+    x, y = rng.standard_normal((500, 1)), 2 + 3 * rng.standard_normal((400, 1))
+    expected = (x.mean() - y.mean()) ** 2 + (x.std(ddof=1) - y.std(ddof=1)) ** 2
+    assert M.frechet_distance(x, y) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="one D"):
+        M.frechet_distance(a, b[:, :3])
+
+
+def exact_permutation_p(a, b):
+    pooled = np.concatenate([a, b])
+    obs = abs(a.mean() - b.mean())
+    hits = total = 0
+    for idx in itertools.combinations(range(pooled.size), a.size):
+        mask = np.zeros(pooled.size, bool)
+        mask[list(idx)] = True
+        hits += abs(pooled[mask].mean() - pooled[~mask].mean()) >= obs - 1e-12
+        total += 1
+    return hits / total
+
+
+def test_permutation_test_matches_exhaustive_enumeration() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, 6), rng.normal(0.8, 1, 7)
+    p = M.permutation_test(a, b, n_permutations=20000, seed=0)
+    assert p == pytest.approx(exact_permutation_p(a, b), abs=0.01)
+    # fully separated groups: no permutation beats the observed split
+    assert M.permutation_test(np.arange(10.0), np.arange(10.0) + 100, 999) == pytest.approx(1 / 1000)
+    # identical groups: every permutation is at least as extreme
+    assert M.permutation_test(np.ones(5), np.ones(5), 200) == 1.0
+
+
+def test_histogram_distance_matches_scipy_w1() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 8, 8, 8, generator=g)
+    y = torch.rand(3, 1, 8, 8, 8, generator=g) * 2 - 0.5
+    ref = scipy.stats.wasserstein_distance(x.flatten().numpy(), y.flatten().numpy())
+    assert M.histogram_distance(x, y, quantiles=3072) == pytest.approx(ref, rel=1e-9)  # 3072 = lcm(1024, 1536): exact
+    assert M.histogram_distance(x, x) == 0.0
+    assert M.histogram_distance(x, x + 0.25) == pytest.approx(0.25, abs=1e-6)  # float32 rounding of x + 0.25
+
+
+def test_ms_ssim_is_one_on_identical_pairs_and_low_on_noise() -> None:
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(1, 1, 16, 16, 16, generator=g) * 2 - 1
+    assert M.ms_ssim_pairs(torch.cat([base, base, base, base])) == pytest.approx(1.0, abs=1e-5)
+    noise = torch.rand(4, 1, 16, 16, 16, generator=g) * 2 - 1
+    assert M.ms_ssim_pairs(noise) < 0.2
+    with pytest.raises(ValueError, match="at least 2"):
+        M.ms_ssim_pairs(base)
+
+
+def shells(size=24, noise=0.02, seed=0):
+    g = np.meshgrid(*[np.arange(size, dtype=np.float64)] * 3, indexing="ij")
+    r = np.sqrt(sum((x - (size - 1) / 2) ** 2 for x in g))
+    vol = np.full((size,) * 3, -1.0)
+    labels = np.full((size,) * 3, -1)
+    for lab, (radius, value) in enumerate([(10, -0.4), (7.5, 0.2), (4.5, 0.8)]):  # CSF, GM, WM shells
+        vol[r < radius] = value
+        labels[r < radius] = lab
+    vol = vol + noise * np.random.default_rng(seed).standard_normal(vol.shape)
+    return vol.astype(np.float32), labels
+
+
+def test_gmm_tissue_volumes_recover_known_shells() -> None:
+    vol, labels = shells()
+    seg, mask = M.gmm_segment(vol)
+    assert (seg[labels >= 0] == labels[labels >= 0]).mean() > 0.99
+    tv = M.tissue_volumes(torch.from_numpy(vol)[None, None], voxel_ml=0.008)
+    for i, name in enumerate(M.TISSUES):  # the mask's closing adds a few background surface voxels to CSF
+        assert tv[name][0] == pytest.approx((labels == i).sum() * 0.008, rel=0.03)
+
+
+def test_feature_net_degradations_and_fid_floor() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.from_numpy(shells(16)[0])[None, None].repeat(6, 1, 1, 1, 1) + 0.05 * torch.randn(6, 1, 16, 16, 16, generator=g)
+    for kind in range(5):
+        y = F.degrade(x[:1], kind, g)
+        assert y.shape == x[:1].shape
+        assert torch.equal(y, x[:1]) == (kind == 0)
+    net, acc = F.train_feature_net(x, F.FeatureConfig(width=4, steps=3, batch_size=4))
+    feats = F.extract_features(net, x)
+    assert feats.shape == (6, 32) and np.isfinite(feats).all()
+    assert abs(F.fid3d(net, x, x)) < 1e-8
