@@ -195,7 +195,7 @@ class GateHook:
         G = self.gate if self.gate.ndim == 2 else self.gate[min(k, self.gate.shape[0] - 1)]
         if G.shape[-1] != output.shape[-1]:
             raise ValueError(f"gate is {tuple(G.shape)} but the layer's output has width {output.shape[-1]}")
-        return output @ G.to(output.dtype).T  # h ← h Gᵀ on the last axis
+        return output @ G.to(device=output.device, dtype=output.dtype).T  # h ← h Gᵀ on the last axis
 
 
 @contextmanager

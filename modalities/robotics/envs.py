@@ -72,6 +72,7 @@ class RoboEnv:
         self.name = name
         self.max_steps = max_steps or self.spec.max_steps
         self.success_threshold = success_threshold
+        self.render_enabled = render
         os.environ.setdefault("MUJOCO_GL", "egl")
         try:
             import gymnasium as gym

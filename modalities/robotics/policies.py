@@ -70,6 +70,13 @@ class Policy(nn.Module):
         raise NotImplementedError
 
 
+def _noise(cond: Tensor, horizon: int, act_dim: int, generator: torch.Generator | None) -> Tensor:
+    """``N(0, I)`` ``(B, H, A)`` drawn on the generator's device (CPU generators give the same
+    noise whatever device the policy runs on), then moved to ``cond``'s device."""
+    dev = generator.device if generator is not None else cond.device
+    return torch.randn(cond.shape[0], horizon, act_dim, generator=generator, device=dev).to(cond.device)
+
+
 def _blocks(d: int, heads: int, depth: int) -> nn.ModuleList:
     return nn.ModuleList(
         nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
@@ -99,7 +106,7 @@ class FlowPolicy(Policy):
 
     @torch.no_grad()
     def act(self, cond: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
-        x0 = torch.randn(cond.shape[0], self.horizon, self.act_dim, generator=generator, device=cond.device)
+        x0 = _noise(cond, self.horizon, self.act_dim, generator)
         grid = time_grid(steps, device=cond.device)
         return solve_ode(lambda x, t: self(x, t, cond), x0, grid, method="euler").x.clamp(-1, 1)
 
@@ -157,7 +164,7 @@ class DiffusionPolicy(Policy):
 
     @torch.no_grad()
     def act(self, cond: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
-        x0 = torch.randn(cond.shape[0], self.horizon, self.act_dim, generator=generator, device=cond.device)
+        x0 = _noise(cond, self.horizon, self.act_dim, generator)
         grid = ddpm_grid(self.path, steps, device=cond.device)
         return solve_ddim(lambda x, t: self(x, t, cond), "noise", self.path, x0, grid).x.clamp(-1, 1)
 
@@ -212,7 +219,8 @@ class ARPolicy(Policy):
         ids = torch.zeros(B, self.length, dtype=torch.long, device=cond.device)
         for i in range(self.length):
             p = torch.softmax(self.logits(ids, cond)[:, i] / temperature, -1)
-            ids[:, i] = torch.multinomial(p, 1, generator=generator).squeeze(1)
+            u = torch.rand(B, 1, generator=generator, device=generator.device if generator is not None else p.device)
+            ids[:, i] = (p.cumsum(-1) < u.to(p.device)).sum(-1).clamp_max(self.bins - 1)  # inverse-CDF draw
         return self.detokenize(ids)
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from modaflow.core.conceptors import GateHook, record_layers, steer_layer
 
-from .envs import make_env
+from .envs import ENV_SPECS, RoboEnv, check_env_name, make_env
 from .policies import Policy
 
 __all__ = ["RolloutConfig", "Rollouts", "rollout"]
@@ -63,7 +63,7 @@ class Rollouts:
 def _accumulate(stats, name: str, k: int, h: Tensor, alive: Tensor) -> None:
     """Add token vectors of ``h`` ``(B, L, d)`` (float64) of live episodes to step ``k``."""
     n, s1, s2 = stats[name]
-    h = h.double() * alive[:, None, None]
+    h = h.double().cpu() * alive[:, None, None]
     n[:, k] += alive * h.shape[1]
     s1[:, k] += h.sum(1)
     s2[:, k] += torch.einsum("bld,ble->bde", h, h)
@@ -75,16 +75,17 @@ def rollout(policy: Policy, cfg: RolloutConfig, seeds: list[int], capture: tuple
     """Roll ``policy`` out from ``seeds``; returns success labels, max coverage (PushT),
     episode lengths, hidden-state statistics of ``capture`` layers and ``n_frames`` RGB
     frames of the first episode."""
+    check_env_name(cfg.env)
     if hook is not None and hook_layer is None:
         raise ValueError("a steering hook needs hook_layer")
-    envs = [make_env(cfg.env, cfg.episode_steps or None, render=n_frames > 0 and i == 0,
-                     success_threshold=cfg.success_threshold) for i in range(len(seeds))]
+    envs = [_acquire(cfg, render=n_frames > 0 and i == 0) for i in range(len(seeds))]
     E = len(seeds)
     obs = [e.reset(s) for e, s in zip(envs, seeds)]
     hist = [deque([o] * policy.n_obs, maxlen=policy.n_obs) for o in obs]
     alive = torch.ones(E, dtype=torch.float64)
     gen = torch.Generator().manual_seed(cfg.noise_seed)
     max_t = envs[0].max_steps
+    device = next(policy.parameters()).device
     K = policy.length if hasattr(policy, "length") else cfg.steps
     stats: dict = {}
     frames: list[np.ndarray] = []
@@ -99,12 +100,12 @@ def rollout(policy: Policy, cfg: RolloutConfig, seeds: list[int], capture: tuple
     try:
         t = 0
         while t < max_t and bool(alive.any()):
-            cond = torch.from_numpy(np.stack([np.concatenate(list(h)) for h in hist])).float()
+            cond = torch.from_numpy(np.stack([np.concatenate(list(h)) for h in hist])).float().to(device)
             if hook is not None:
                 hook.reset()
             if recorder is not None:
                 recorder.clear()
-            chunk = policy.act(cond, cfg.steps, gen).numpy()  # (E, H, A)
+            chunk = policy.act(cond, cfg.steps, gen).float().cpu().numpy()  # (E, H, A)
             if recorder is not None:
                 for name, states in recorder.states.items():
                     if stats[name] is None:
@@ -135,5 +136,22 @@ def rollout(policy: Policy, cfg: RolloutConfig, seeds: list[int], capture: tuple
     out = Rollouts(list(seeds), np.array([e.success for e in envs]), np.array([e.best_coverage for e in envs]),
                    np.array([e.t for e in envs]), stats, frames)
     for e in envs:
-        e.close()
+        _POOL.setdefault(_pool_key(e), []).append(e)
     return out
+
+
+_POOL: dict[tuple, list[RoboEnv]] = {}
+"""Idle environments kept for reuse: building a MuJoCo model costs far more than a reset,
+and every reset restores the full initial state of its seed."""
+
+
+def _pool_key(e: RoboEnv) -> tuple:
+    return (e.name, e.max_steps, e.render_enabled, e.success_threshold)
+
+
+def _acquire(cfg: RolloutConfig, render: bool) -> RoboEnv:
+    probe = (cfg.env, cfg.episode_steps or ENV_SPECS[cfg.env].max_steps, render, cfg.success_threshold)
+    free = _POOL.get(probe)
+    if free:
+        return free.pop()
+    return make_env(cfg.env, cfg.episode_steps or None, render=render, success_threshold=cfg.success_threshold)

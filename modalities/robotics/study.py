@@ -120,7 +120,7 @@ def _gate_hook(C: Tensor, beta: float) -> GateHook:
 
 def _mean_diff_hook(v: Tensor, scale: float) -> GateHook:
     v = v.float()
-    return GateHook(transform=lambda h, k: h + scale * v)
+    return GateHook(transform=lambda h, k: h + scale * v.to(h.device))
 
 
 def _run(policy: Policy, rcfg: RolloutConfig, seeds: list[int], layer: str | None, hook: GateHook | None) -> Rollouts:
