@@ -91,7 +91,7 @@ def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
 def _config(p: FMRIProfile, seed: int) -> FMRIConfig:
     fm = FlowMatchingConfig(lr=1e-3, max_steps=p.xfm_steps, batch_size=256, ema_decay=0.995, seed=seed, weight_decay=1e-4,
                             log_every=max(1, p.xfm_steps // 50), ckpt_every=p.xfm_steps)
-    sim = SimConfig(n_stimuli=p.n_stimuli, n_test=p.n_test, seed=seed)
+    sim = SimConfig(n_stimuli=p.n_stimuli, n_test=p.n_test, sim_seed=seed)
     return FMRIConfig(sim=sim, ae_hidden=p.hidden, ae_steps=p.ae_steps, vae_hidden=2 * p.hidden, vae_steps=p.vae_steps,
                       xfm_hidden=p.hidden, steps=max(p.ode_steps), fm=fm)
 

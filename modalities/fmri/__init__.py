@@ -27,7 +27,7 @@ def _load_simulated(split: str, seed: int):
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
-    cfg = FMRIConfig(sim=SimConfig(seed=seed))
+    cfg = FMRIConfig(sim=SimConfig(sim_seed=seed))
     prep = prepare(load_trials(cfg), seed=seed)
     if split == "train":
         return ResponseDataset(prep.train_x, prep.train_img)
@@ -41,9 +41,6 @@ def _bench(profile: str, out_dir: str | Path, seed: int):
 
 
 def _modality() -> Modality:
-    extra = {}
-    if "sample_options" in Modality.__dataclass_fields__:  # the CLI's --direction / --input
-        extra["sample_options"] = SampleOptions
     return Modality(
         name="fmri",
         summary="NeuroFlow: one cross-modal flow that encodes stimuli into voxels and decodes voxels into images",
@@ -58,7 +55,7 @@ def _modality() -> Modality:
         finetune=finetune,
         bench=_bench,
         solvers=SOLVERS,
-        **extra,
+        sample_options=SampleOptions,  # the CLI's --direction encode|decode and --input
     )
 
 

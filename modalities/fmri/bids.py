@@ -49,7 +49,7 @@ def write_bids(sim: Simulation, root: str | Path, runs: int | None = None, subje
     func = root / f"sub-{subject}" / "func"
     func.mkdir(parents=True, exist_ok=True)
     cfg = sim.cfg
-    rng = np.random.default_rng(cfg.seed + 1)
+    rng = np.random.default_rng(cfg.sim_seed + 1)
     n_runs = len(sim.bold) if runs is None else min(runs, len(sim.bold))
     for r in range(n_runs):
         y = sim.bold[r]  # (T, V)

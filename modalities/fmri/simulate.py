@@ -113,7 +113,7 @@ class SimConfig(Config):
     """Period of the cosine drift, seconds."""
     drift_order: int = 2
     """Legendre polynomial order of the drift regressors of the LSA fit."""
-    seed: int = 0
+    sim_seed: int = 0
     """Seed of the voxel population, design and noise."""
 
     def validate(self) -> None:
@@ -276,7 +276,7 @@ def simulate(cfg: SimConfig) -> Simulation:
 
 
 def _simulate(cfg: SimConfig) -> Simulation:
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.sim_seed)
     images, source = load_stimuli(cfg.stimuli, cfg.image_size)
     if cfg.n_stimuli:
         if cfg.n_stimuli > len(images):

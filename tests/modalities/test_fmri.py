@@ -104,7 +104,7 @@ def test_bridge_endpoints_are_the_two_latents() -> None:
 
 def test_finetune_trains_a_new_subject_head_on_the_same_xfm(run_dir, tmp_path) -> None:
     out = tmp_path / "subj2"
-    sim2 = SIM.replace(volume=(5, 5, 3), seed=7).to_dict()
+    sim2 = SIM.replace(volume=(5, 5, 3), sim_seed=7).to_dict()
     summary = MODALITY.finetune(run_dir, "simulated", out, {"sim": sim2, "vae_steps": 30}, TrainerArgs(accelerator="cpu"),
                                 progress=False)
     import nibabel as nib
