@@ -99,7 +99,7 @@ PROFILES: dict[str, LanguageProfile] = {
         text=_cfg("shakespeare", "bpe", 512, 64, 64, 2, 4, 400, 32, max_chars=1_500_000, lr=2e-3),
         markov=_cfg("markov", "char", 0, 64, 64, 2, 4, 250, 32, markov_vocab=128, markov_train=2048, lr=2e-3),
         text_fmlm_steps=120, markov_fmlm_steps=80,
-        ar_steps=300, n_eval=32, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
+        ar_steps=300, n_eval=32, flm_steps=(8, 32, 128), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
         markov_methods=_ALL,
         speed=SpeedSettings(vocab=4096, block_len=64, dim=96, depth=2, heads=4, batch=16, steps=5),
     ),

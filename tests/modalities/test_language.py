@@ -213,6 +213,33 @@ def test_flm_sampler_uses_steps_network_calls() -> None:
         generate_flm(model, 1, 13, 2, seed=0)
 
 
+class _ExactIIDDenoiser(torch.nn.Module):
+    """The exact denoiser of i.i.d. tokens with law ``pi`` on FLM's path: ``x = (1-g) eps + g e_k``
+    has density ``~ exp(g x_k / (1-g)^2)`` in k, so ``p(k | x) = softmax(log pi + g x / (1-g)^2)``."""
+
+    def __init__(self, pi: torch.Tensor) -> None:
+        super().__init__()
+        self.logpi, self.reparam = pi.log(), TimeReparam(len(pi))
+        self.cfg = DiTConfig(vocab_size=len(pi), block_len=20, dim=2, depth=1, heads=1)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, g):
+        g = g[:, None, None]
+        return self.logpi + g / (1 - g).clamp_min(1e-6) ** 2 * x
+
+
+def test_flm_euler_sampler_with_the_exact_denoiser_samples_the_data_law() -> None:
+    pi = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])
+    model = _ExactIIDDenoiser(pi)
+    tv = {}
+    for steps in (1, 64):
+        x = generate_flm(model, 200, 20, steps, seed=0)
+        freq = torch.bincount(x.flatten(), minlength=5).float() / x.numel()
+        tv[steps] = float((freq - pi).abs().sum() / 2)
+    assert tv[1] == pytest.approx(0.5)  # one step: argmax of the prior, the mode only
+    assert tv[64] < 4 * math.sqrt(0.25 / 4000)  # 4000 tokens: sampling noise only
+
+
 def test_pick_tokens_argmax_and_nucleus(gen) -> None:
     logits = torch.log(torch.tensor([[[0.5, 0.3, 0.15, 0.05]]])).expand(1, 4000, 4)
     assert (pick_tokens(logits, 0.0, 1.0, gen) == 0).all()
