@@ -113,8 +113,8 @@ ROWS: tuple[tuple[str, str, int], ...] = (
 
 def _config(p: TSProfile, ds: str, method: str, seed: int) -> TimeSeriesConfig:
     cfg = TimeSeriesConfig(data=ds, method=method, n_samples=p.n_samples, data_seed=seed, d_model=p.d_model,
-                           layers=p.layers, ddpm_steps=p.ddpm_steps)
-    return cfg.replace(fm=cfg.fm.replace(max_steps=p.train_steps, batch_size=p.batch_size, seed=seed,
+                           layers=p.layers)
+    return cfg.replace(fm=cfg.fm.replace(max_steps=p.train_steps, batch_size=p.batch_size, seed=seed, ddpm_steps=p.ddpm_steps,
                                          log_every=max(1, p.train_steps // 50), ckpt_every=p.train_steps,
                                          warmup_steps=min(100, p.train_steps // 10)))
 

@@ -44,8 +44,8 @@ __all__ = [
 ]
 
 
-def _as_tensor(x) -> Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).to(torch.float32)
+def _as_tensor(x, dtype: torch.dtype = torch.float32) -> Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).to(dtype)
     if t.ndim != 3:
         raise ValueError(f"expected windows of shape (N, L, C); got {tuple(t.shape)}")
     return t
@@ -103,15 +103,17 @@ def _predictive_io(x: Tensor) -> tuple[Tensor, Tensor]:
     return inputs, x[:, 1:, C - 1 :]
 
 
-def predictive_score(real, fake, iterations: int = 5000, batch: int = 128, seed: int = 0, bounded: bool = True) -> float:
+def predictive_score(real, fake, iterations: int = 5000, batch: int = 128, seed: int = 0, bounded: bool = True,
+                     lr: float = 1e-3) -> float:
     """MAE on real windows of a GRU one-step predictor trained on generated ones (module
-    doc). ``bounded``: a sigmoid output (data in [0, 1], the protocol's)."""
+    doc). ``bounded``: a sigmoid output (data in [0, 1], the protocol's); ``lr``: Adam's
+    learning rate (the protocol's 1e-3, TensorFlow's default)."""
     real, fake = _as_tensor(real), _as_tensor(fake)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     C = real.shape[-1]
     net = GRUHead(max(1, C - 1), max(1, C // 2))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     xin, yout = _predictive_io(fake)
     act = torch.sigmoid if bounded else (lambda z: z)
     for _ in range(iterations):
@@ -130,7 +132,7 @@ def cross_correlation(x) -> Tensor:
     """Lag-0 cross-correlations of standardised channels, lower triangle incl. the
     diagonal (``torch.tril_indices`` order), averaged over windows: ``(C (C + 1) / 2,)``
     float64. Channels are standardised over (windows, time), unbiased std."""
-    x = _as_tensor(x).double()
+    x = _as_tensor(x, torch.float64)
     x = (x - x.mean(dim=(0, 1), keepdim=True)) / x.std(dim=(0, 1), keepdim=True)
     i, j = torch.tril_indices(x.shape[-1], x.shape[-1])
     return (x[..., i] * x[..., j]).mean(dim=1).mean(dim=0)

@@ -8,7 +8,7 @@ Methods (one backbone, :class:`~.models.TimeFlowNet`, same size for all three):
 * ``linear_fm``: unconditional network, plain linear-path flow matching
   (:class:`~modaflow.core.training.FlowMatchingModule`), sampled by an ODE solver.
 * ``ddpm``: unconditional network predicting the data on a cosine DDPM schedule of
-  ``ddpm_steps`` (500) steps, sampled ancestrally (Diffusion-TS style, Yuan & Qiao 2024,
+  ``fm.ddpm_steps`` (500) steps, sampled ancestrally (Diffusion-TS style, Yuan & Qiao 2024,
   arXiv 2403.01742; without its Fourier loss term).
 
 A run folder holds ``recipe.json``, ``scaler.json`` (fitted on the training split only),
@@ -49,7 +49,7 @@ SCALER_FILE = "scaler.json"
 
 def _default_fm() -> FlowMatchingConfig:
     return FlowMatchingConfig(lr=1e-3, max_steps=3000, batch_size=128, ema_decay=0.995, log_every=50, ckpt_every=1000,
-                              warmup_steps=100)
+                              warmup_steps=100, ddpm_steps=500)
 
 
 @dataclass
@@ -93,8 +93,6 @@ class TimeSeriesConfig(Config):
     """TimeFlow: probability that a training window is an imputation task."""
     max_horizon: int = 0
     """TimeFlow: the longest forecast horizon drawn in training (0 = window // 2)."""
-    ddpm_steps: int = 500
-    """DDPM: number of diffusion steps T."""
     solver: Solver = "auto"
     """Sampler: auto (em for timeflow, euler for linear_fm, ddpm for ddpm), em, euler, midpoint, heun, rk4, ddpm, ddim."""
     steps: int = 100
@@ -108,7 +106,7 @@ class TimeSeriesConfig(Config):
 
     def validate(self) -> None:
         self._require(bool(self.data), "data", "a dataset name or a file path")
-        for name in ("window", "stride", "n_samples", "d_model", "layers", "heads", "ddpm_steps", "steps"):
+        for name in ("window", "stride", "n_samples", "d_model", "layers", "heads", "steps"):
             self._require(getattr(self, name) >= 1, name, "an integer >= 1")
         self._require(self.window >= 2, "window", "an integer >= 2")
         self._require(self.test_fraction == -1 or 0 <= self.test_fraction < 1, "test_fraction", "a number in [0, 1), or -1")
@@ -164,9 +162,8 @@ def build(cfg: TimeSeriesConfig, channels: int) -> tuple[AffinePath, str, FlowMa
         return module.path, "velocity", module
     if cfg.method == "linear_fm":
         return LinearPath(), "velocity", FlowMatchingModule(net, LinearPath(), cfg.fm.replace(parametrization="velocity"))
-    path = DiscreteVPPath.cosine(cfg.ddpm_steps)
-    return path, "data", FlowMatchingModule(net, path, cfg.fm.replace(parametrization="data", path="ddpm_cosine",
-                                                                    ddpm_steps=cfg.ddpm_steps))
+    path = DiscreteVPPath.cosine(cfg.fm.ddpm_steps)  # T = fm.ddpm_steps (500, Diffusion-TS's cosine schedule)
+    return path, "data", FlowMatchingModule(net, path, cfg.fm.replace(parametrization="data", path="ddpm_cosine"))
 
 
 @dataclass(frozen=True)
@@ -244,7 +241,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
     cfg = TimeSeriesConfig.from_dict({**merged, "data": data})
-    for name in ("method", "window", "d_model", "layers", "heads", "mlp_ratio", "kernel", "ddpm_steps"):
+    for name in ("method", "window", "d_model", "layers", "heads", "mlp_ratio", "kernel"):
         if getattr(cfg, name) != getattr(base, name):
             raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)!r} in {ckpt_dir}); got {getattr(cfg, name)!r}")
     w, _ = prepare(cfg)

@@ -1,0 +1,220 @@
+"""Time-series modality: data (protocol generators, windows, time splits, scaling, user
+files and their bad-input errors) and metrics against slow obvious references and known
+cases."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from modaflow.modalities.timeseries import data as D
+from modaflow.modalities.timeseries import metrics as M
+from modaflow.modalities.timeseries import sources as S
+from modaflow.modalities.timeseries import ts2vec as T
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_sines_follow_the_protocol_formula_exactly() -> None:
+    src = S.sines(n=50, length=24, channels=5, seed=3)
+    rng = np.random.default_rng(3)
+    f, phi = rng.uniform(0, 0.1, (50, 1, 5)), rng.uniform(0, 0.1, (50, 1, 5))
+    for i, k in [(0, 0), (7, 3), (49, 4)]:
+        want = [(math.sin(f[i, 0, k] * j + phi[i, 0, k]) + 1) / 2 for j in range(24)]
+        np.testing.assert_allclose(src.values[i, :, k], want, rtol=0, atol=1e-15)
+    assert src.values.shape == (50, 24, 5) and src.kind == "samples"
+    assert 0.5 <= src.values.min() and src.values.max() <= 1.0
+
+
+def test_mujoco_hopper_initial_states_and_determinism() -> None:
+    a = S.mujoco_hopper(n=3, length=5, seed=1)
+    assert a.values.shape == (3, 5, 14) and len(a.channels) == 14
+    first = a.values[:, 0]
+    assert ((0 <= first[:, :2]) & (first[:, :2] <= 0.5)).all()
+    assert ((-2 <= first[:, 2:7]) & (first[:, 2:7] <= 2)).all()
+    assert ((-5 <= first[:, 7:]) & (first[:, 7:] <= 5)).all()
+    np.testing.assert_array_equal(a.values, S.mujoco_hopper(n=3, length=5, seed=1).values)
+    assert not np.array_equal(a.values[:, 1:], a.values[:, :-1])  # the simulator moves
+
+
+def test_sliding_windows_known_case_and_short_series() -> None:
+    x = np.arange(10.0)[:, None]
+    w = D.sliding_windows(x, 4, 3, "s")
+    np.testing.assert_array_equal(w[:, :, 0], [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]])
+    with pytest.raises(ValueError, match="short.csv: the series has 3 time steps, shorter than the window length 4"):
+        D.sliding_windows(x[:3], 4, 1, "short.csv")
+
+
+def test_series_split_is_contiguous_in_time_and_never_overlaps() -> None:
+    x = np.arange(100.0)[:, None] * np.ones((1, 2))
+    w = D.split_windows(S.Source(x, ("a", "b"), "series"), length=8, stride=1, test_fraction=0.2)
+    assert w.train[:, -1, 0].max() < w.test[:, 0, 0].min()  # every train step precedes every test step
+    assert w.train[-1, -1, 0] == 79 and w.test[0, 0, 0] == 80 and w.test[-1, -1, 0] == 99
+    assert len(w.train) == 80 - 8 + 1 and len(w.test) == 20 - 8 + 1
+    with pytest.raises(ValueError, match="test part .* shorter than the window length 24"):
+        D.split_windows(S.Source(x, ("a", "b"), "series"), length=24, test_fraction=0.1, where="f.csv")
+
+
+def test_scaler_is_fitted_on_train_only_and_round_trips_in_float64(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(5, 2, (30, 8, 3)), rng.normal(50, 2, (10, 8, 3))
+    sc = D.Scaler.fit(train, "minmax", ("a", "b", "c"))
+    np.testing.assert_allclose(sc.shift, train.reshape(-1, 3).min(0))
+    u = sc.transform(train)
+    assert u.min() == 0.0 and u.max() == 1.0 and sc.transform(test).min() > 1.0  # test not seen by the fit
+    np.testing.assert_allclose(sc.inverse(sc.transform(test)), test, rtol=1e-13)
+    np.testing.assert_allclose(sc.from_model(sc.to_model(u).double()), u, atol=1e-6)
+    st = D.Scaler.fit(train, "standard", ("a", "b", "c"))
+    np.testing.assert_allclose(st.transform(train).reshape(-1, 3).std(0), 1.0, rtol=1e-12)
+    loaded = D.Scaler.load(sc.save(tmp_path / "scaler.json"))
+    assert loaded == sc
+    with pytest.raises(ValueError, match="2 channels, but the model was trained on 3"):
+        sc.transform(train[..., :2])
+
+
+def _write_csv(path, rows: str) -> str:
+    path.write_text(rows)
+    return str(path)
+
+
+def test_csv_and_parquet_tables_sorted_by_time(tmp_path) -> None:
+    import pandas as pd
+
+    csv = _write_csv(tmp_path / "s.csv", "date,a,b\n2020-01-03,3,30\n2020-01-01,1,10\n2020-01-02,2,20\n")
+    src = S.read_table(csv)
+    np.testing.assert_array_equal(src.values, [[1, 10], [2, 20], [3, 30]])
+    assert src.channels == ("a", "b") and src.mask is None
+    df = pd.DataFrame({"t": np.arange(40), "x": np.sin(np.arange(40.0)), "y": np.arange(40.0) ** 2})
+    df.iloc[::-1].to_parquet(tmp_path / "s.parquet")
+    src = S.read_table(tmp_path / "s.parquet", time_column="t")
+    np.testing.assert_array_equal(src.values, df[["x", "y"]].to_numpy())
+
+
+@pytest.mark.parametrize(
+    "text,allow,message",
+    [
+        ("", False, "bad.csv: the file is empty"),
+        ("time,a,b\n", False, "bad.csv: the table has a header but no rows"),
+        ("time,a,b\n1,1,2\n2,,3\n", False, r"bad.csv: 1 missing value\(s\)/NaN, the first in row 1 .*column 'a'.*--task impute"),
+        ("time,a,b\n1,1,2\n2,inf,3\n", True, "bad.csv: Inf in row 1"),
+        ("time,a,b\n1,1,x\n2,2,y\n", False, r"bad.csv: channel columns must be numeric; column\(s\) \['b'\]"),
+    ],
+)
+def test_bad_files_name_the_file_and_the_problem(tmp_path, text, allow, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        S.read_table(_write_csv(tmp_path / "bad.csv", text), allow_missing=allow)
+
+
+def test_missing_values_become_a_mask_when_imputing(tmp_path) -> None:
+    src = S.read_table(_write_csv(tmp_path / "m.csv", "time,a,b\n1,1,2\n2,,3\n3,4,nan\n"), allow_missing=True)
+    np.testing.assert_array_equal(src.mask, [[1, 1], [0, 1], [1, 0]])
+    np.testing.assert_array_equal(src.values, [[1, 2], [0, 3], [4, 0]])
+
+
+def test_package_datasets_load_offline() -> None:
+    st = S.stocks()
+    assert st.values.shape == (2148, 6) and st.kind == "series" and np.isfinite(st.values).all()
+    ipd = S.sktime_set("italypowerdemand")
+    assert ipd.values.shape == (67, 24, 1) and ipd.test_values.shape == (1029, 24, 1)
+    with pytest.raises(ValueError, match="unknown sktime dataset 'nope'"):
+        S.sktime_set("nope")
+    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+        D.load_source("nope")
+
+
+def test_saved_samples_round_trip(tmp_path) -> None:
+    x = np.random.default_rng(0).normal(size=(3, 4, 2))
+    np.testing.assert_array_equal(np.load(D.save_samples(tmp_path / "s.npy", x, ("a", "b"))), x)
+    table = np.loadtxt(D.save_samples(tmp_path / "s.csv", x, ("a", "b")), delimiter=",", skiprows=1)
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == "sample,step,a,b"
+    np.testing.assert_allclose(table[:, 2:].reshape(3, 4, 2), x, rtol=1e-9)
+    np.testing.assert_array_equal(table[:5, :2], [[0, 0], [0, 1], [0, 2], [0, 3], [1, 0]])
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_correlational_score_matches_a_slow_loop_and_is_zero_for_identical_sets() -> None:
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(40, 10, 3)), rng.normal(size=(30, 10, 3)) @ rng.normal(size=(3, 3))
+
+    def slow(x):
+        z = (x - x.mean(axis=(0, 1))) / x.reshape(-1, x.shape[2]).std(axis=0, ddof=1)
+        return {(i, j): np.mean([np.mean(z[n, :, i] * z[n, :, j]) for n in range(len(x))])
+                for i in range(3) for j in range(i + 1)}
+
+    a, b = slow(real), slow(fake)
+    want = sum(abs(a[k] - b[k]) for k in a) / 10
+    assert M.correlational_score(real, fake) == pytest.approx(want, rel=1e-12)
+    assert M.correlational_score(real, real) == 0.0
+
+
+def test_frechet_distance_matches_scipy_sqrtm() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(300, 12)), rng.normal(size=(200, 12)) @ rng.normal(size=(12, 12)) * 0.5 + 0.3
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    want = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s_a + s_b - 2 * np.real(scipy.linalg.sqrtm(s_a @ s_b)))
+    assert M.frechet_distance(a, b) == pytest.approx(want, rel=1e-9)
+    assert M.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    # two Gaussians with known moments: |mu|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) for diagonal S
+    assert M.frechet_distance(a, a + 2.0) == pytest.approx(12 * 4.0, rel=1e-9)
+
+
+def test_crps_matches_the_pairwise_formula_and_the_gaussian_closed_form() -> None:
+    rng = np.random.default_rng(2)
+    s, y = rng.normal(size=(7, 3, 4)), rng.normal(size=(3, 4))
+    slow = np.mean(np.abs(s - y).mean(0) - 0.5 * np.mean(np.abs(s[:, None] - s[None, :]), axis=(0, 1)))
+    assert M.crps_samples(s, y) == pytest.approx(slow, rel=1e-12)
+    assert M.crps_samples(s[:1], y) == pytest.approx(np.abs(s[0] - y).mean(), rel=1e-12)  # one sample: MAE
+    draws = rng.normal(size=(20000, 1))
+    closed = 2 * math.exp(0) / math.sqrt(2 * math.pi) - 1 / math.sqrt(math.pi)  # CRPS(N(0,1), 0)
+    assert M.crps_samples(draws, np.zeros(1)) == pytest.approx(closed, abs=0.01)
+    mask = np.zeros((3, 4))
+    mask[0, 0] = 1
+    assert M.crps_samples(s, y, mask) == pytest.approx(
+        np.abs(s[:, 0, 0] - y[0, 0]).mean() - 0.5 * np.abs(s[:, None, 0, 0] - s[None, :, 0, 0]).mean(), rel=1e-12)
+    assert M.point_errors(s, y, mask)["mae"] == pytest.approx(abs(s[:, 0, 0].mean() - y[0, 0]), rel=1e-12)
+
+
+def test_discriminative_score_separable_is_one_half_and_identical_is_near_zero() -> None:
+    rng = np.random.default_rng(3)
+    real = rng.uniform(0.0, 0.3, (200, 8, 4))
+    assert M.discriminative_score(real, real + 0.6, iterations=200, seed=0) == 0.5
+    same = M.discriminative_score(real, rng.uniform(0.0, 0.3, (200, 8, 4)), iterations=200, seed=0)
+    assert same < 0.15
+
+
+def test_predictive_score_learns_a_deterministic_relation() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0.1, 0.9, (256, 10, 4))
+    x[:, 1:, 3] = x[:, :-1, 0]  # the last channel at j+1 = channel 0 at j
+    noise = rng.uniform(0.1, 0.9, (256, 10, 4))
+    good = M.predictive_score(x, x, iterations=100, seed=0, lr=0.02)
+    bad = M.predictive_score(x, noise, iterations=100, seed=0, lr=0.02)
+    assert good < 0.05 and bad > 0.15  # independent uniforms: MAE of the best constant is 0.2
+
+
+def test_contrastive_loss_matches_a_slow_softmax_loop() -> None:
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(3, 4, 5, generator=g, dtype=torch.float64), torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    total = 0.0
+    for s in range(3):
+        z = torch.cat([z1[s], z2[s]])  # (2K, D)
+        K = 4
+        for i, j in itertools.chain(((i, K + i) for i in range(K)), ((K + i, i) for i in range(K))):
+            others = [k for k in range(2 * K) if k != i]
+            logits = torch.stack([z[i] @ z[k] for k in others])
+            total += -(torch.log_softmax(logits, 0)[others.index(j)]) / (2 * K)
+    assert float(T._contrast(z1, z2)) == pytest.approx(float(total) / 3, rel=1e-10)
+
+
+def test_ts2vec_embeds_series_and_context_fid_of_identical_sets_is_zero() -> None:
+    x = torch.rand(32, 12, 2)
+    enc = T.train_ts2vec(x, T.TS2VecConfig(hidden=8, depth=2, output=16, iterations=3), seed=0)
+    assert T.embed(enc, x).shape == (32, 16)
+    assert M.context_fid(enc, x, x) == pytest.approx(0.0, abs=1e-6)
+    assert M.context_fid(enc, x, x + 1.0) > 0.0

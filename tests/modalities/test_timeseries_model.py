@@ -1,0 +1,153 @@
+"""Time-series modality: the TimeFlow network and its decomposition, the random masks, the
+samplers' conditioning, and the CLI end to end (train on a CSV, sample with the scaling
+undone, forecast, evaluate, finetune) with its bad-input errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from modaflow.benchmarks.cli import main
+from modaflow.core.training import TrainerArgs
+from modaflow.modalities.timeseries import recipe as R
+from modaflow.modalities.timeseries import tasks
+from modaflow.modalities.timeseries.models import TimeFlowNet, TimeFlowNetConfig, moving_average
+from modaflow.modalities.timeseries.sampling import condition
+from modaflow.modalities.timeseries.training import random_masks
+
+
+def test_moving_average_matches_a_slow_loop_with_replicated_edges() -> None:
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    k, pad = 5, 2
+    padded = torch.cat([x[:, :1].expand(-1, pad, -1), x, x[:, -1:].expand(-1, pad, -1)], dim=1)
+    slow = torch.stack([padded[:, j : j + k].mean(1) for j in range(9)], dim=1)
+    torch.testing.assert_close(moving_average(x, k), slow)
+    torch.testing.assert_close(moving_average(x, 1), x)
+
+
+def test_output_is_the_sum_of_trend_seasonal_and_residual_parts() -> None:
+    net = TimeFlowNet(TimeFlowNetConfig(channels=3, length=12, d_model=16, layers=2, heads=2)).double()
+    x, t = torch.randn(4, 12, 3, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
+    cond = condition(torch.randn(4, 12, 3, dtype=torch.float64), torch.ones(4, 12, 3, dtype=torch.float64))
+    parts = net.components(x, t, cond)
+    assert parts["trend"].shape == (2, 4, 12, 3) and parts["season"].shape == (2, 4, 12, 3)
+    torch.testing.assert_close(net(x, t, cond), parts["trend"].sum(0) + parts["season"].sum(0) + parts["residual"])
+    # the trend part of each layer is a gated map of a moving average: smoother than the seasonal part
+    assert parts["trend"].diff(dim=2).abs().mean() < parts["season"].diff(dim=2).abs().mean()
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 12, 3\)"):
+        net(torch.randn(4, 12, 2, dtype=torch.float64), t)
+    with pytest.raises(ValueError, match=r"cond must have shape \(B, 12, 6\)"):
+        net(x, t, cond[..., :4])
+
+
+def test_random_masks_draw_the_three_tasks() -> None:
+    g = torch.Generator().manual_seed(0)
+    m = random_masks((4000, 24, 3), 0.25, 0.25, 12, g)
+    observed = m.sum(dim=(1, 2))
+    uncond = observed == 0
+    prefix = (m[:, :, :1] == m).all(dim=(1, 2)) & (m.diff(dim=1) <= 0).all(dim=(1, 2)) & (m[:, 0, 0] == 1)
+    assert abs(uncond.float().mean().item() - 0.5) < 0.03
+    horizon = 24 - m[prefix][:, :, 0].sum(1)
+    assert horizon.min() >= 1 and horizon.max() <= 12
+    scattered = ~uncond & ~prefix
+    assert abs(scattered.float().mean().item() - 0.25) < 0.03
+    rate = 1 - m[scattered].mean()
+    assert abs(rate.item() - 0.5) < 0.03  # missing rate ~ U(0.1, 0.9)
+
+
+def _csv(path, n: int = 150, channels: int = 2, offset: float = 100.0) -> str:
+    t = np.arange(n)
+    cols = [offset + 10 * np.sin(0.3 * t + k) + k for k in range(channels)]
+    header = "time," + ",".join(f"c{k}" for k in range(channels))
+    rows = "\n".join(f"{i}," + ",".join(f"{c[i]:.6f}" for c in cols) for i in range(n))
+    path.write_text(header + "\n" + rows + "\n")
+    return str(path)
+
+
+SMALL = ["--window", "12", "--d-model", "16", "--layers", "1", "--heads", "2", "--max-steps", "12",
+         "--batch-size", "32", "--log-every", "4", "--accelerator", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ts")
+    data = _csv(tmp / "series.csv")
+    out = tmp / "run"
+    assert main(["train", "timeseries", "--data", data, "--out", str(out), *SMALL]) == 0
+    return tmp, out
+
+
+def test_cli_trains_samples_with_the_scaling_undone_and_evaluates(run_dir, capsys) -> None:
+    tmp, out = run_dir
+    assert (out / "scaler.json").is_file() and (out / "checkpoints" / "last.safetensors").is_file()
+    scaler = json.loads((out / "scaler.json").read_text())
+    assert scaler["method"] == "minmax" and scaler["channels"] == ["c0", "c1"]
+    assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "s.npy"), "--n", "6", "--steps", "4"]) == 0
+    x = np.load(tmp / "s.npy")
+    r = R.restore(out)
+    want = R.to_raw(r, R.draw(r, 6, 4, None, 0))  # the same seed gives the same noise
+    np.testing.assert_allclose(x, want, rtol=1e-6)
+    assert x.shape == (6, 12, 2) and 50 < x.mean() < 150  # raw units (offset 100), not [0, 1]
+    assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "f.csv"), "--n", "3", "--steps", "4",
+                 "--task", "forecast", "--input", str(tmp / "series.csv"), "--horizon", "4"]) == 0
+    assert (tmp / "f.csv").read_text().splitlines()[0] == "window,sample,step,c0,c1"
+    capsys.readouterr()
+    assert main(["evaluate", "timeseries", "--ckpt", str(out), "--n", "4", "--steps", "4", "--task", "impute",
+                 "--windows", "3"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert set(scores) >= {"mse", "mae", "crps"} and scores["crps"] > 0
+
+
+def test_conditional_samples_keep_the_observations_and_steering_too(run_dir) -> None:
+    tmp, out = run_dir
+    r = R.restore(out)
+    rng = np.random.default_rng(0)
+    u = rng.uniform(0, 1, (3, 12, 2))
+    m = (rng.random(u.shape) > 0.5).astype(np.float64)
+    for guidance in (False, True):
+        x = r.scaler.from_model(tasks.complete(r, u, m, 2, 4, None, 0, guidance))
+        assert x.shape == (3, 2, 12, 2)
+        np.testing.assert_allclose((x * m[:, None])[..., :], np.broadcast_to((u * m)[:, None], x.shape), atol=1e-6)
+
+
+def test_cli_bad_inputs_name_the_file_and_the_problem(run_dir, capsys) -> None:
+    tmp, out = run_dir
+    wrong = _csv(tmp / "three.csv", channels=3)
+    capsys.readouterr()
+    assert main(["finetune", "timeseries", "--ckpt", str(out), "--data", wrong, "--out", str(tmp / "ft"), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "three.csv: 3 channels" in err and "trained on 2" in err
+    assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "x.npy"), "--task", "impute",
+                 "--input", wrong]) == 2
+    assert "three.csv: 3 channels" in capsys.readouterr().err
+    (tmp / "empty.csv").write_text("")
+    assert main(["train", "timeseries", "--data", str(tmp / "empty.csv"), "--out", str(tmp / "e"), *SMALL]) == 2
+    assert "empty.csv: the file is empty" in capsys.readouterr().err
+    short = _csv(tmp / "short.csv", n=10)
+    assert main(["train", "timeseries", "--data", short, "--out", str(tmp / "e2"), *SMALL]) == 2
+    assert "short.csv: the series has 10 time steps, shorter than the window length 12" in capsys.readouterr().err
+    (tmp / "nan.csv").write_text("time,c0,c1\n" + "".join(f"{i},{i},{'nan' if i == 5 else i}\n" for i in range(40)))
+    assert main(["train", "timeseries", "--data", str(tmp / "nan.csv"), "--out", str(tmp / "e3"), *SMALL]) == 2
+    assert "nan.csv: 1 missing value(s)/NaN, the first in row 5" in capsys.readouterr().err
+
+
+def test_finetune_continues_from_the_checkpoint(run_dir) -> None:
+    tmp, out = run_dir
+    other = _csv(tmp / "other.csv", n=120, offset=-5.0)
+    summary = R.finetune(out, other, tmp / "ft2", {"fm": {"max_steps": 4}}, TrainerArgs(accelerator="cpu"), progress=False)
+    assert summary["steps"] == 4
+    assert json.loads((tmp / "ft2" / "scaler.json").read_text())["shift"][0] < 0  # refitted on the new data
+
+
+def test_baselines_train_and_sample_through_the_core(tmp_path) -> None:
+    data = _csv(tmp_path / "s.csv", n=150)
+    for method, solver, steps in (("linear_fm", "heun", 3), ("ddpm", "ddpm", None), ("ddpm", "ddim", 5)):
+        cfg = R.TimeSeriesConfig(data=data, method=method, window=12, d_model=16, layers=1, heads=2)
+        cfg = cfg.replace(fm=cfg.fm.replace(max_steps=3, batch_size=16, warmup_steps=0, ddpm_steps=20))
+        out = tmp_path / method
+        R.train(cfg, TrainerArgs(accelerator="cpu"), out, progress=False)
+        x = R.draw(R.restore(out), 5, steps, solver, 0)
+        assert x.shape == (5, 12, 2) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="solver 'ddpm' needs the ddpm method"):
+        R.draw(R.restore(tmp_path / "linear_fm"), 2, 3, "ddpm", 0)
