@@ -268,7 +268,8 @@ def _timing(p: MRIProfile, dev: torch.device, metrics: dict, baselines: dict, ti
         timings[f"step.{v.name}.first_step_s"] = res[v.name].first_step_s
     stock = res["stock"]
     baselines["stock_monai"] = {"train_s_per_volume": stock.train_s_per_volume,
-                                "sample_s_per_volume": stock.sample_s_per_volume}
+                                "sample_s_per_volume": stock.sample_s_per_volume,
+                                "volume_s_ddim64": 64 * stock.sample_s_per_volume}
     if stock.train_peak_gb is not None:
         baselines["stock_monai"].update(train_peak_gb=stock.train_peak_gb, sample_peak_gb=stock.sample_peak_gb)
     for name, r in res.items():
@@ -277,6 +278,7 @@ def _timing(p: MRIProfile, dev: torch.device, metrics: dict, baselines: dict, ti
         metrics[f"gpu_path.{name}.train_s_per_volume"] = r.train_s_per_volume
         metrics[f"gpu_path.{name}.train_time_ratio"] = r.train_s_per_volume / stock.train_s_per_volume
         metrics[f"gpu_path.{name}.sample_time_ratio"] = r.sample_s_per_volume / stock.sample_s_per_volume
+        metrics[f"gpu_path.{name}.volume_s_4_nfe"] = 4 * r.sample_s_per_volume  # a flow map's 4 steps
         if r.train_peak_gb is not None:
             metrics[f"gpu_path.{name}.train_memory_ratio"] = r.train_peak_gb / stock.train_peak_gb
             metrics[f"gpu_path.{name}.sample_memory_ratio"] = r.sample_peak_gb / stock.sample_peak_gb

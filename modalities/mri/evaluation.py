@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from .distill import is_flow_map_run, restore_flow_map

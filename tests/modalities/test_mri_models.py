@@ -10,7 +10,7 @@ pytest.importorskip("monai")
 from modaflow.core.discrete import ddpm_grid, solve_ddim  # noqa: E402
 from modaflow.core.ode import solve_ode  # noqa: E402
 from modaflow.core.parametrizations import convert  # noqa: E402
-from modaflow.core.paths import DiscreteVPPath, LinearPath  # noqa: E402
+from modaflow.core.paths import DiscreteVPPath  # noqa: E402
 from modaflow.core.tensors import expand_t  # noqa: E402
 from modaflow.modalities.mri import targets as TG  # noqa: E402
 from modaflow.modalities.mri.distill import LinearPathTeacher  # noqa: E402
