@@ -138,12 +138,23 @@ class PushTExpert(_Noisy):
         return out
 
     def _simulate(self, state: np.ndarray, start: np.ndarray, end: np.ndarray) -> float:
+        """Pose cost after pushing from ``start`` towards ``end``, simulated directly in the
+        scratch env's pymunk space (same PD control and substeps as ``PushTEnv.step``)."""
         sim = self.scratch
-        sim.reset(options={"reset_to_state": np.array([*start, *state[2:5]])})
+        agent, block = sim.agent, sim.block
+        agent.position, agent.velocity = (float(start[0]), float(start[1])), (0.0, 0.0)
+        block.position, block.angle = (float(state[2]), float(state[3])), float(state[4])
+        block.velocity, block.angular_velocity = (0.0, 0.0), 0.0
+        n_sub = int(1 / (sim.dt * sim.control_hz))
         for k in range(self.horizon):
-            target = start + (end - start) * min(1.0, (k + 1) / (self.horizon / 2))
-            raw, *_ = sim.step(target)
-        return self._pose_cost(np.array([*raw[:4], raw[4]]))
+            tx, ty = start + (end - start) * min(1.0, (k + 1) / (self.horizon / 2))
+            for _ in range(n_sub):
+                px, py = agent.position
+                vx, vy = agent.velocity
+                agent.velocity = (vx + (sim.k_p * (tx - px) - sim.k_v * vx) * sim.dt,
+                                  vy + (sim.k_p * (ty - py) - sim.k_v * vy) * sim.dt)
+                sim.space.step(sim.dt)
+        return self._pose_cost(np.array([*agent.position, *block.position, block.angle]))
 
     def _route(self, agent: np.ndarray, block: np.ndarray, start: np.ndarray, normal: np.ndarray) -> list[np.ndarray]:
         """Waypoints from the agent to ``start`` that go around the block (radius 130)."""
@@ -167,7 +178,7 @@ class PushTExpert(_Noisy):
             start = p + 20.0 * n
             if np.any(start < 20) or np.any(start > 492):
                 continue
-            for push in (25.0, 50.0):
+            for push in (10.0, 25.0, 50.0):
                 end = p - push * n
                 cost = self._simulate(state, start, end)
                 if cost < best_cost - 1.0:

@@ -196,9 +196,23 @@ def test_train_evaluate_sample_finetune_steer(tmp_path, demos):
         MODALITY.finetune(out, str(path), tmp_path / "ft", {"width": 32}, TrainerArgs(accelerator="cpu"))
     ft = MODALITY.finetune(out, str(path), tmp_path / "ft", {"fm": {"max_steps": 2}}, TrainerArgs(accelerator="cpu"), progress=False)
     assert ft["steps"] == 2
-    opts = SteerOptions(ckpt=str(out), study=StudyConfig(n_fit=2, n_test=2, test_seed=10, apertures=(1.0,), betas=(0.5,),
-                                                          modes=("global",), mean_diff_scales=(1.0,)))
-    res = MODALITY.commands["steer"].run(opts, tmp_path / "steer")
-    assert res["test"]["base"]["n"] == 2
+    from modaflow.benchmarks.cli import main
+
+    argv = ["steer", "robotics", "--ckpt", str(out), "--out", str(tmp_path / "steer"), "--n-fit", "2", "--n-test", "2",
+            "--test-seed", "10", "--apertures", "1.0", "--betas", "0.5", "--modes", "global", "--mean-diff-scales", "1.0"]
+    assert main(argv) == 0
     saved = json.loads((tmp_path / "steer" / "steer.json").read_text())
-    assert "fit_base" in saved
+    assert saved["test"]["base"]["n"] == 2 and saved["fit_base"]["n"] == 2
+    with pytest.raises(ConfigError, match="ckpt"):
+        MODALITY.commands["steer"].run(SteerOptions(), None)
+
+
+def test_study_config_rejects_overlapping_seeds_and_bad_grids():
+    from modaflow.modalities.robotics.study import StudyConfig
+
+    with pytest.raises(ConfigError, match="test_seed"):
+        StudyConfig(n_fit=30, test_seed=10)
+    with pytest.raises(ConfigError, match="betas"):
+        StudyConfig(betas=(0.0,))
+    with pytest.raises(ConfigError, match="modes"):
+        StudyConfig(modes=("sometimes",))
