@@ -217,7 +217,8 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
     with quiet():
         res = fit(module, loader, out, trainer_args, progress=progress)
     final = res.history[-1][1] if res.history else math.nan
-    return {"ae": ae_sum, "neurovae": vae_sum, "xfm": {"steps": res.step, "final_loss": final, "history": res.history},
+    return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint),  # the XFM's, as the CLI prints
+            "ae": ae_sum, "neurovae": vae_sum, "xfm": {"steps": res.step, "final_loss": final, "history": res.history},
             "voxels": int(prep.train_x.shape[1]), "train_trials": int(len(prep.train_x)), "test_stimuli": int(len(prep.test_x))}
 
 

@@ -127,3 +127,19 @@ def test_smoke_benchmark_has_metrics_baselines_and_plots(tmp_path) -> None:
     for name in res.plots:
         assert (tmp_path / name).is_file()
     assert (tmp_path / "results.json").is_file() and (tmp_path / "report.md").is_file()
+
+
+def test_cli_train_then_sample_both_directions(tmp_path, capsys) -> None:
+    from modaflow.benchmarks.cli import main
+
+    run = tmp_path / "run"
+    tiny = ["--n-stimuli", "120", "--n-test", "20", "--trials-per-run", "30", "--volume", "5", "5", "3", "--latent", "4",
+            "--ae-hidden", "16", "--ae-steps", "5", "--vae-hidden", "16", "--vae-steps", "5", "--xfm-hidden", "16",
+            "--xfm-depth", "1", "--max-steps", "5", "--batch-size", "32", "--ckpt-every", "5"]
+    assert main(["train", "fmri", "--data", "simulated", "--out", str(run), "--accelerator", "cpu"] + tiny) == 0
+    assert main(["sample", "fmri", "--ckpt", str(run), "--direction", "encode", "--n", "3", "--steps", "2",
+                 "--out", str(tmp_path / "enc.nii.gz")]) == 0
+    assert main(["sample", "fmri", "--ckpt", str(run), "--direction", "decode", "--input", str(tmp_path / "enc.nii.gz"),
+                 "--out", str(tmp_path / "dec.png")]) == 0
+    assert (tmp_path / "dec.png").is_file()
+    assert "wrote" in capsys.readouterr().out
