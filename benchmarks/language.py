@@ -65,6 +65,9 @@ class LanguageProfile:
     """Methods trained on the Markov chain."""
     speed: SpeedSettings
     """Training-throughput sizes."""
+    fmlm_variants: tuple[str, ...] = ()
+    """Other core flow-map losses to distil the same FLM with (Shakespeare), beside progressive:
+    teacher (CE objective), lagrangian / eulerian (MSE objective); rows ``fmlm-<loss>``."""
     threads: int = 1
     """torch threads (0: torch's default)."""
     device: str = "cpu"
@@ -92,7 +95,7 @@ PROFILES: dict[str, LanguageProfile] = {
         text=_cfg("shakespeare", "char", 0, 32, 32, 1, 2, 25, 16, max_chars=15_000),
         markov=_cfg("markov", "char", 0, 32, 32, 1, 2, 25, 16, markov_vocab=64, markov_train=128),
         text_fmlm_steps=8, markov_fmlm_steps=8,
-        ar_steps=25, n_eval=8, flm_steps=(8, 16), fmlm_steps=(1, 2), mdlm_steps=(1, 8), markov_methods=("flm",),
+        ar_steps=25, n_eval=8, flm_steps=(8, 16), fmlm_steps=(1, 2), mdlm_steps=(1, 8), markov_methods=("flm",), fmlm_variants=("teacher",),
         speed=SpeedSettings(vocab=512, block_len=32, dim=32, depth=1, heads=2, batch=8, steps=2, warmup=1),
     ),
     "quick": LanguageProfile(
@@ -108,7 +111,7 @@ PROFILES: dict[str, LanguageProfile] = {
         markov=_cfg("markov", "char", 0, 128, 128, 4, 4, 5000, 64, markov_vocab=256, markov_train=16384, lr=1e-3),
         text_fmlm_steps=5000, markov_fmlm_steps=2000,
         ar_steps=10_000, n_eval=128, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
-        markov_methods=_ALL, threads=0,
+        markov_methods=_ALL, threads=0, fmlm_variants=("teacher", "lagrangian"),
         speed=SpeedSettings(vocab=8192, block_len=128, dim=256, depth=4, heads=8, batch=16, steps=5),
     ),
     "gpu": LanguageProfile(
@@ -116,14 +119,14 @@ PROFILES: dict[str, LanguageProfile] = {
         markov=_cfg("markov", "char", 0, 128, 256, 6, 8, 10_000, 128, markov_vocab=512, markov_train=65536, lr=5e-4),
         text_fmlm_steps=5000, markov_fmlm_steps=3000,
         ar_steps=10_000, n_eval=256, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
-        markov_methods=_ALL, threads=0, device="cuda",
+        markov_methods=_ALL, threads=0, device="cuda", fmlm_variants=("teacher", "lagrangian"),
         speed=SpeedSettings(vocab=50_257, block_len=128, dim=768, depth=12, heads=12, batch=128, steps=20, warmup=5, device="cuda"),
     ),
 }
 
 
 def _train_all(p: LanguageProfile, cfg: LanguageConfig, fmlm_steps: int, methods: tuple[str, ...], out: Path, key: str,
-               with_ar: bool) -> dict:
+               with_ar: bool, variants: tuple[str, ...] = ()) -> dict:
     """Train the methods (and the evaluator) of one data source; returns losses, timings."""
     targs = TrainerArgs(accelerator="gpu" if p.device == "cuda" else "cpu", devices=1,
                         precision="bf16-mixed" if p.device == "cuda" else "32-true")
@@ -135,6 +138,9 @@ def _train_all(p: LanguageProfile, cfg: LanguageConfig, fmlm_steps: int, methods
         todo.append(("ar", cfg.replace(method="ar", fm=cfg.fm.replace(max_steps=p.ar_steps, ckpt_every=p.ar_steps))))
     if "fmlm" in methods:
         todo.append(("fmlm", _distill(cfg, fmlm_steps, str(out / "runs" / f"{key}-flm"))))
+        for loss in variants:
+            c = _distill(cfg, fmlm_steps, str(out / "runs" / f"{key}-flm"))
+            todo.append((f"fmlm-{loss}", c.replace(fmlm_loss=loss, fmlm_objective="ce" if loss == "teacher" else "mse")))
     for name, c in progress(todo, f"train {key}"):
         t0 = time.perf_counter()
         with _quiet():
@@ -157,12 +163,12 @@ def _sample(cfg, net, n: int, steps: int, seed: int, device: str) -> tuple[torch
 
 def _grid(p: LanguageProfile, methods: tuple[str, ...]) -> list[tuple[str, int]]:
     steps = {"flm": p.flm_steps, "fmlm": p.fmlm_steps, "mdlm": p.mdlm_steps}
-    return [(m, k) for m in methods for k in steps[m]]
+    return [(m, k) for m in methods for k in steps[m.split("-")[0]]]
 
 
 def _eval_text(p: LanguageProfile, out: Path, seed: int) -> dict:
     key = "text"
-    res = _train_all(p, p.text, p.text_fmlm_steps, _ALL, out, key, with_ar=True)
+    res = _train_all(p, p.text, p.text_fmlm_steps, _ALL, out, key, with_ar=True, variants=p.fmlm_variants)
     runs = out / "runs"
     _, _, ev = restore(runs / f"{key}-ar")
     ev = ev.to(p.device)
@@ -178,8 +184,9 @@ def _eval_text(p: LanguageProfile, out: Path, seed: int) -> dict:
         "data_train_block_ppl": gen_ppl(token_nll(ev, real), real_mask),
     }
     rows, texts = {}, {}
-    nets = {m: restore(runs / f"{key}-{m}") for m in _ALL}
-    for m, k in progress(_grid(p, _ALL), "sample text"):
+    methods = _ALL + tuple(f"fmlm-{v}" for v in p.fmlm_variants)
+    nets = {m: restore(runs / f"{key}-{m}") for m in methods}
+    for m, k in progress(_grid(p, methods), "sample text"):
         c, _, net = nets[m]
         x, rate = _sample(c, net, p.n_eval, k, seed, p.device)
         mask = first_eos_mask(x, EOS)
