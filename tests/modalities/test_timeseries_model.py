@@ -151,3 +151,34 @@ def test_baselines_train_and_sample_through_the_core(tmp_path) -> None:
         assert x.shape == (5, 12, 2) and torch.isfinite(x).all()
     with pytest.raises(ValueError, match="solver 'ddpm' needs the ddpm method"):
         R.draw(R.restore(tmp_path / "linear_fm"), 2, 3, "ddpm", 0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_gpu_profile_without_cuda_is_a_clear_error(tmp_path) -> None:
+    from modaflow.benchmarks import timeseries as B
+
+    with pytest.raises(RuntimeError, match="profile 'gpu' needs a CUDA device"):
+        B.run("gpu", tmp_path / "gpu")
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        B.run("huge", tmp_path / "huge")
+
+
+@pytest.mark.slow  # trains three tiny models and runs every metric and plot: ~10 s idle, more on a busy machine
+def test_gpu_profile_code_path_runs_on_cpu_at_tiny_sizes(tmp_path) -> None:
+    from dataclasses import replace
+
+    from modaflow.benchmarks import timeseries as B
+
+    tiny = replace(B.PROFILES["gpu"], datasets=("sines",), n_samples=300, d_model=16, layers=1, train_steps=6,
+                   batch_size=32, eval_n=32, repeats=2, disc_iterations=4, pred_iterations=4, ts2vec_iterations=2,
+                   curve_nfes=(2,), forecast_windows=2, forecast_samples=3, ddpm_steps=20, tsne=False, device="cpu",
+                   threads=1)
+    res = B.run_profile("gpu", tiny, tmp_path / "tiny", seed=0)
+    assert res.metrics and {"linear_fm", "ddpm", "Diffusion-TS (published)"} <= set(res.baselines)
+    assert res.timings["sines.timeflow@nfe10.speed_vs_ddpm_ratio"] > 0
+    assert res.metrics["sines.timeflow@nfe10.discriminative"]["n"] == 2
+    report = (tmp_path / "tiny" / "report.md").read_text()
+    assert "| TimeFlow (10 NFE) | 10 |" in report and "| Diffusion-TS (published) | 500-1000 | 0.006 |" in report
+    for plot in res.plots:
+        assert (tmp_path / "tiny" / plot).stat().st_size > 0
+    assert {"sines_embeddings.png", "sines_forecast_fan.png", "sines_context_fid_vs_nfe.png"} <= set(res.plots)
