@@ -28,7 +28,8 @@ from modaflow.core.io import atomic_write_text
 from modaflow.core.training import TrainerArgs
 from modaflow.modalities.language.evaluator import token_nll
 from modaflow.modalities.language.metrics import first_eos_mask, gen_ppl, ngram_js, sample_entropy, self_bleu
-from modaflow.modalities.language.recipe import LanguageConfig, SampleOptions, decode, generate, markov_source, prepare, restore, train
+from modaflow.modalities.language.generation import decode, generate
+from modaflow.modalities.language.recipe import LanguageConfig, SampleOptions, markov_source, prepare, restore, train
 from modaflow.modalities.language.tokenizer import EOS
 
 from . import report as R

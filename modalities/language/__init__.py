@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..registry import DatasetInfo, Modality
 from .data import TokenBlocks
-from .recipe import SOLVERS, LanguageConfig, SampleOptions, evaluate, finetune, prepare, sample, train
+from .generation import evaluate, sample
+from .recipe import SOLVERS, LanguageConfig, SampleOptions, finetune, prepare, train
 
 __all__ = ["MODALITY", "LanguageConfig", "SampleOptions"]
 

@@ -7,13 +7,13 @@ import logging
 import warnings
 
 import pytest
-import torch
 
 from modaflow.benchmarks.cli import main
 from modaflow.core.config import ConfigError
 from modaflow.core.training import TrainerArgs
 from modaflow.modalities.language.data import CorpusError
-from modaflow.modalities.language.recipe import LanguageConfig, SampleOptions, evaluate, finetune, generate, restore, train
+from modaflow.modalities.language.generation import evaluate, generate
+from modaflow.modalities.language.recipe import LanguageConfig, SampleOptions, finetune, restore, train
 from modaflow.modalities.language.tokenizer import TokenizerError, load_tokenizer
 
 LINES = ["Now is the winter of our discontent", "Made glorious summer by this sun of York;",
