@@ -108,10 +108,12 @@ def noise_factor(W: Tensor) -> Tensor:
     K, d = W.shape
     if K <= d:
         return W
-    W32 = W.float()
-    gram = W32.T @ W32
-    jitter = 1e-6 * gram.diagonal().mean().detach()
-    return torch.linalg.cholesky(gram + jitter * torch.eye(d, device=W.device)).T
+    with torch.autocast(W.device.type, enabled=False):  # the Gram matrix in fp32 even under bf16 autocast
+        W32 = W.float()
+        gram = W32.T @ W32
+        jitter = 1e-6 * gram.diagonal().mean().detach()
+        # cholesky_ex: no host sync for the error check (DESIGN: no syncs in training steps)
+        return torch.linalg.cholesky_ex(gram + jitter * torch.eye(d, device=W.device))[0].T
 
 
 class DiT(nn.Module):
