@@ -72,7 +72,7 @@ class EphysProfile:
 PROFILES: dict[str, EphysProfile] = {
     "smoke": EphysProfile(dict(n_conditions=6, trials_per_condition=4, n_neurons=24, bins=20, fp_bins=5),
                           eeg="spkit", steps=12, eeg_steps=6, width=16, seeds=(0,), eval_samples=2, threads=1),
-    "quick": EphysProfile(dict(n_conditions=40, trials_per_condition=10), eeg="spkit", steps=1200, eeg_steps=600,
+    "quick": EphysProfile(dict(n_conditions=40, trials_per_condition=10), eeg="spkit", steps=800, eeg_steps=400,
                           width=64, seeds=(0,), eval_samples=8, threads=1),
     "full": EphysProfile(dict(n_conditions=65, trials_per_condition=20), eeg="spkit", steps=6000, eeg_steps=3000,
                          width=128, seeds=(0, 1, 2), eval_samples=16, threads=0),
@@ -103,7 +103,8 @@ def _config(p: EphysProfile, model: str, steps: int, seed: int, options: D.DataO
         "langevin": {"encoder_hidden": w, "d_model": max(16, w), "heads": 4 if w >= 16 else 2},
         "lfads": {"lfads_encoder_hidden": w, "generator_hidden": w},
         "train": {"max_steps": steps, "seed": seed, "kl_ramp_steps": max(1, steps // 4),
-                  "l2_ramp_steps": max(1, steps // 4), "log_every": max(1, steps // 50)},
+                  "l2_ramp_steps": max(1, steps // 4), "log_every": max(1, steps // 50),
+                  "val_every": max(1, steps // 20)},
     })
 
 

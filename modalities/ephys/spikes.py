@@ -104,13 +104,14 @@ class TrialData:
 
 
 def split_trials(n: int, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """A seeded random split of ``n`` trials: ``{"train": idx, "test": idx}`` (sorted; at
-    least one trial in each when ``n >= 2``)."""
+    """A seeded random split of ``n`` trials: ``{"train": idx, "test": idx}`` (at least one
+    trial in each). Test indices are sorted; training indices stay in the random order, so
+    the last ones (the validation trials of :func:`~.training.fit_vae`) are a random subset."""
     if n < 2:
         raise ValueError(f"need at least 2 trials to split into train and test; got {n}")
     perm = np.random.default_rng(np.random.SeedSequence([seed, 7919])).permutation(n)
     n_test = min(n - 1, max(1, int(round(test_fraction * n))))
-    return {"train": np.sort(perm[n_test:]), "test": np.sort(perm[:n_test])}
+    return {"train": perm[n_test:], "test": np.sort(perm[:n_test])}
 
 
 def bin_spike_times(

@@ -14,7 +14,10 @@ held-in entries are scored only where they were dropped, so the network cannot l
 identity. Held-out channels and the forward window are always scored. Poisson:
 ``-log p = e^l - x l`` (+ lgamma, a constant); Gaussian: ``1/2 (logvar + (x - mu)^2 e^-logvar)``.
 
-:func:`fit_vae` runs ``lightning.Trainer`` and writes ``out_dir/checkpoints/last.safetensors``
+Early stopping by selection: the last ``val_fraction`` of the training trials (in their
+order: time order for sliding EEG windows) are held back; every ``val_every`` steps their
+negative ELBO (no dropout, posterior mean) is computed and the best weights are the ones
+saved. :func:`fit_vae` runs ``lightning.Trainer`` and writes ``out_dir/checkpoints/last.safetensors``
 (the core's safetensors checkpoints, with the optimiser) and ``metrics.csv``; it resumes
 from that checkpoint.
 """
@@ -66,14 +69,20 @@ class VAETrainConfig(Config):
     """Seed of initialisation, batches, dropout masks and posterior noise."""
     log_every: int = 25
     """Record the loss every this many steps."""
+    val_fraction: float = 0.1
+    """Fraction of the training trials held back for validation (0 = none); the weights with
+    the lowest validation loss are kept (early stopping by selection)."""
+    val_every: int = 50
+    """Evaluate the validation loss every this many steps."""
 
     def validate(self) -> None:
-        for name in ("batch_size", "max_steps", "log_every"):
+        for name in ("batch_size", "max_steps", "log_every", "val_every"):
             self._require(getattr(self, name) >= 1, name, "an integer >= 1")
         self._require(self.lr > 0, "lr", "a number > 0")
         for name in ("kl_weight", "l2_weight", "kl_ramp_steps", "l2_ramp_steps", "grad_clip"):
             self._require(getattr(self, name) >= 0, name, "a value >= 0")
         self._require(0 <= self.cd_rate < 1, "cd_rate", "a probability in [0, 1)")
+        self._require(0 <= self.val_fraction < 1, "val_fraction", "a fraction in [0, 1)")
 
 
 def ramp(step: int, steps: int, final: float) -> float:
@@ -138,6 +147,18 @@ class SeqVAEModule(L.LightningModule):
             loss = loss + lam * sum(p.pow(2).sum() for n, p in self.model.named_parameters() if p.ndim >= 2)
         return loss
 
+    @torch.no_grad()
+    def validation_loss(self, x: Tensor) -> float:
+        """Negative ELBO per trial of ``x`` without coordinated dropout, with the posterior
+        mean trajectory and the final KL weight (the early-stopping criterion)."""
+        was = self.model.training
+        self.model.eval()
+        inp, _ = coordinated_dropout(x, self.n_heldin, self.t_obs, 0.0)
+        out = self.model(inp, sample=False)
+        nll = observation_nll(out.params, x, self.likelihood).sum((1, 2))
+        self.model.train(was)
+        return float((nll + self.cfg.kl_weight * out.kl).mean())
+
     def training_step(self, batch: tuple[Tensor], batch_idx: int) -> Tensor:
         step = self.steps_done
         g = torch.Generator(device=batch[0].device).manual_seed(self.cfg.seed * 1_000_003 + step)
@@ -154,8 +175,24 @@ class SeqVAEModule(L.LightningModule):
 
 
 class _Checkpoint(Callback):
-    def __init__(self, out_dir: Path, extra: dict, resume) -> None:
-        self.out_dir, self.extra, self.resume = out_dir, extra, resume
+    """Restores the optimiser on resume; tracks the validation loss every ``val_every``
+    steps and keeps the best weights; writes the checkpoint (best weights) at the end."""
+
+    def __init__(self, out_dir: Path, extra: dict, resume, val: Tensor | None) -> None:
+        self.out_dir, self.extra, self.resume, self.val = out_dir, extra, resume, val
+        self.best: tuple[float, int, dict] | None = None
+        self.val_history: list[tuple[int, float]] = list(extra.get("val_history", []))
+
+    def _validate(self, module: SeqVAEModule) -> None:
+        loss = module.validation_loss(self.val.to(module.device))
+        step = module.steps_done
+        self.val_history.append((step, loss))
+        if self.best is None or loss < self.best[0]:
+            self.best = (loss, step, {k: v.detach().clone() for k, v in module.model.state_dict().items()})
+
+    def on_train_batch_end(self, trainer, module: SeqVAEModule, outputs, batch, batch_idx: int) -> None:
+        if self.val is not None and module.steps_done % module.cfg.val_every == 0:
+            self._validate(module)
 
     def on_fit_start(self, trainer: L.Trainer, module: SeqVAEModule) -> None:
         if self.resume is not None and self.resume.optimizer is not None:
@@ -164,9 +201,14 @@ class _Checkpoint(Callback):
     def on_train_end(self, trainer: L.Trainer, module: SeqVAEModule) -> None:
         if module.last_loss is not None and (not module.history or module.history[-1][0] != module.steps_done):
             module.history.append((module.steps_done, float(module.last_loss)))
+        extra = {**self.extra, "history": module.history}
+        if self.val is not None:
+            self._validate(module)
+            loss, step, state = self.best
+            module.model.load_state_dict(state)
+            extra.update(val_history=self.val_history, best_step=step, best_val_loss=loss)
         save_checkpoint(checkpoint_path(self.out_dir), module.model, step=module.steps_done,
-                        optimizer=trainer.optimizers[0], config=module.cfg,
-                        extra={**self.extra, "history": module.history})
+                        optimizer=trainer.optimizers[0], config=module.cfg, extra=extra)
         rows = "".join(f"{s},{v!r}\n" for s, v in module.history)
         atomic_write_text(self.out_dir / "metrics.csv", "step,loss\n" + rows)
 
@@ -190,22 +232,28 @@ def fit_vae(module: SeqVAEModule, data: TrialData, out_dir: str | Path, trainer_
         module.step_offset = ckpt.step
     remaining = cfg.max_steps - module.step_offset
     t0 = time.perf_counter()
+    val = None
     if remaining > 0:
+        n = data.x.shape[0]
+        n_val = int(round(cfg.val_fraction * n)) if n >= 10 else 0
+        train_x, val = (data.x[: n - n_val], data.x[n - n_val :]) if n_val else (data.x, None)
         g = torch.Generator().manual_seed(cfg.seed)
-        ds = TensorDataset(data.x)
+        ds = TensorDataset(train_x)
         loader = DataLoader(ds, batch_size=min(cfg.batch_size, len(ds)), shuffle=True, drop_last=True, generator=g)
         trainer = L.Trainer(**(trainer_args or TrainerArgs()).trainer_kwargs(), max_steps=remaining,
                             enable_checkpointing=False, logger=False, enable_progress_bar=progress,
                             enable_model_summary=False, gradient_clip_val=cfg.grad_clip or None,
                             num_sanity_val_steps=0, default_root_dir=out,
-                            callbacks=[_Checkpoint(out, extra or {}, ckpt)])
+                            callbacks=[_Checkpoint(out, extra or {}, ckpt, val)])
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*GPU available but not used.*")
             trainer.fit(module, loader)
     final = module.history[-1][1] if module.history else math.nan
+    saved = read_checkpoint(checkpoint_path(out)).extra if checkpoint_path(out).exists() else {}
     return {"steps": module.steps_done, "final_loss": final, "history": module.history,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "best_step": saved.get("best_step"),
+            "val_history": saved.get("val_history", [])}
 
 
 @torch.no_grad()
