@@ -81,6 +81,24 @@ def test_observation_nll_and_ramps() -> None:
     assert [ramp(s, 10, 2.0) for s in (0, 5, 10, 20)] == [0.0, 1.0, 2.0, 2.0] and ramp(0, 0, 2.0) == 2.0
 
 
+def test_fit_keeps_the_weights_with_the_lowest_validation_loss(tmp_path: Path) -> None:
+    from modaflow.core.training import read_checkpoint
+    from modaflow.modalities.ephys.lorenz import LorenzConfig, make_lorenz
+    from modaflow.modalities.ephys.training import SeqVAEModule, VAETrainConfig, fit_vae
+
+    d = make_lorenz(LorenzConfig(n_conditions=5, trials_per_condition=4, n_neurons=10, bins=10, fp_bins=2), 0)
+    torch.manual_seed(0)
+    net = LFADS(LFADSConfig(lfads_encoder_hidden=8, generator_hidden=8, factors=3), d.n_heldin, d.n_channels, "poisson")
+    cfg = VAETrainConfig(max_steps=8, batch_size=8, val_every=2, val_fraction=0.2, lr=0.05, log_every=2)
+    module = SeqVAEModule(net, cfg, d.n_heldin, d.t_obs, "poisson")
+    res = fit_vae(module, d, tmp_path, progress=False)
+    extra = read_checkpoint(tmp_path / "checkpoints" / "last.safetensors").extra
+    losses = [v for _, v in extra["val_history"]]
+    assert [s for s, _ in extra["val_history"]] == [2, 4, 6, 8, 8] and extra["best_val_loss"] == min(losses)
+    assert res["best_step"] == extra["best_step"]
+    assert module.validation_loss(d.x[16:]) == pytest.approx(min(losses), rel=1e-6)  # the saved weights are the best
+
+
 def _cli(*args: str) -> int:
     return main(list(args))
 
