@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from ..registry import DatasetInfo, Modality, ModalityCommand
-from .commands import SOLVERS, SteerOptions, evaluate, finetune, sample, steer, train
+from .commands import SOLVERS, CollectOptions, SteerOptions, collect_demos, evaluate, finetune, sample, steer, train
 from .recipe import RoboticsConfig
 
 __all__ = ["MODALITY", "RoboticsConfig", "DATASET_EPISODES"]
@@ -58,5 +58,7 @@ MODALITY = Modality(
     bench=_bench,
     solvers=SOLVERS,
     commands={"steer": ModalityCommand("fit COAST conceptors on rollouts and evaluate steered vs controls",
-                                       SteerOptions, steer)},
+                                       SteerOptions, steer),
+              "collect": ModalityCommand("record scripted-expert demonstrations to an .npz file", CollectOptions,
+                                         collect_demos)},
 )

@@ -21,7 +21,7 @@ from .recipe import DEMO_SEED, NAME, RoboticsConfig, demos_for, restore, train_p
 from .rollout import RolloutConfig, rollout
 from .study import StudyConfig, run_study
 
-__all__ = ["SOLVERS", "train", "evaluate", "sample", "finetune", "SteerOptions", "steer"]
+__all__ = ["SOLVERS", "train", "evaluate", "sample", "finetune", "SteerOptions", "steer", "CollectOptions", "collect_demos"]
 
 SOLVERS: tuple[str, ...] = ("policy",)
 """Each policy samples with its own method (Euler, DDIM or token decoding)."""
@@ -124,3 +124,37 @@ def steer(opts: SteerOptions, out_dir: Path | None) -> dict:
 
             save_file({"C": C.contiguous().to(torch.float64)}, str(out_dir / "conceptor.safetensors"))
     return {k: v for k, v in res.items() if k not in ("selection", "test_outcomes", "spectra")}
+
+
+@dataclass
+class CollectOptions(Config):
+    """Options of ``modaflow collect robotics``."""
+
+    env: str = "fetch-push"
+    """Environment: pusht, fetch-push or fetch-pick."""
+    n_episodes: int = 100
+    """Expert episodes to record."""
+    noise: float = 0.05
+    """Gaussian action noise of the expert."""
+    seed: int = DEMO_SEED
+    """First reset seed (keep >= 100000 so evaluation seeds stay unseen)."""
+    only_success: bool = False
+    """Keep successful episodes only."""
+
+    def validate(self) -> None:
+        self._require(self.n_episodes >= 1, "n_episodes", "an integer >= 1")
+        self._require(self.noise >= 0, "noise", "a number >= 0")
+
+
+def collect_demos(opts: CollectOptions, out_dir: Path | None) -> dict:
+    """Record expert demonstrations to ``out_dir/<env>.npz`` (the format ``--data`` reads)."""
+    from .data import collect, save_demos
+    from .envs import check_env_name
+
+    check_env_name(opts.env)
+    if out_dir is None:
+        raise ConfigError("collect needs --out DIR (the .npz is written there)")
+    demos = collect(opts.env, opts.n_episodes, opts.seed, opts.noise, only_success=opts.only_success)
+    path = save_demos(Path(out_dir) / f"{opts.env}.npz", demos)
+    return {"path": str(path), "episodes": demos.n_episodes, "steps": int(demos.obs.shape[0]),
+            "expert_success": float(demos.success.mean())}

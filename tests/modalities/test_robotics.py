@@ -205,6 +205,8 @@ def test_train_evaluate_sample_finetune_steer(tmp_path, demos):
     assert saved["test"]["base"]["n"] == 2 and saved["fit_base"]["n"] == 2
     with pytest.raises(ConfigError, match="ckpt"):
         MODALITY.commands["steer"].run(SteerOptions(), None)
+    assert main(["collect", "robotics", "--env", "fetch-pick", "--n-episodes", "1", "--out", str(tmp_path / "c")]) == 0
+    assert D.load_demos(tmp_path / "c" / "fetch-pick.npz").n_episodes == 1
 
 
 def test_study_config_rejects_overlapping_seeds_and_bad_grids():
