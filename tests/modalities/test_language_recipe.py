@@ -7,6 +7,7 @@ import logging
 import warnings
 
 import pytest
+import torch
 
 from modaflow.benchmarks.cli import main
 from modaflow.core.config import ConfigError
@@ -119,3 +120,11 @@ def test_smoke_benchmark_has_metrics_baselines_plots_and_text(tmp_path) -> None:
     assert all((tmp_path / p).is_file() for p in r.plots)
     report = (tmp_path / "report.md").read_text()
     assert "## Sample text" in report and "| FMLM | 1 |" in report
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_gpu_profile_needs_cuda(tmp_path) -> None:
+    from modaflow.benchmarks.language import run
+
+    with pytest.raises(RuntimeError, match="profile 'gpu' needs a CUDA device"):
+        run("gpu", tmp_path, 0)
