@@ -23,7 +23,9 @@ protocol metric settings), ``gpu`` (full sizes on CUDA, bf16 training).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,7 +41,6 @@ from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, train_ts2vec
 from . import report as R
 from . import timeseries_plots as P
 from .harness import BenchResult, mean_ci95, progress
-from .toy import _quiet
 
 __all__ = ["TSProfile", "PROFILES", "run"]
 
@@ -117,6 +118,22 @@ def _config(p: TSProfile, ds: str, method: str, seed: int) -> TimeSeriesConfig:
     return cfg.replace(fm=cfg.fm.replace(max_steps=p.train_steps, batch_size=p.batch_size, seed=seed, ddpm_steps=p.ddpm_steps,
                                          log_every=max(1, p.train_steps // 50), ckpt_every=p.train_steps,
                                          warmup_steps=min(100, p.train_steps // 10)))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence Lightning's banners and warnings while the benchmark trains."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _sync(device: str) -> None:
