@@ -92,6 +92,15 @@ def test_cli_trains_samples_with_the_scaling_undone_and_evaluates(run_dir, capsy
     assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "f.csv"), "--n", "3", "--steps", "4",
                  "--task", "forecast", "--input", str(tmp / "series.csv"), "--horizon", "4"]) == 0
     assert (tmp / "f.csv").read_text().splitlines()[0] == "window,sample,step,c0,c1"
+    gaps = tmp / "gaps.csv"  # missing cells in the user's file become the imputation mask
+    gaps.write_text("time,c0,c1\n" + "".join(f"{i},{100 + i},{'' if i % 5 == 2 else 90 - i}\n" for i in range(24)))
+    assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "imp.npy"), "--n", "2", "--steps", "4",
+                 "--task", "impute", "--input", str(gaps)]) == 0
+    imp = np.load(tmp / "imp.npy")
+    assert imp.shape == (2, 2, 12, 2) and np.isfinite(imp).all()
+    np.testing.assert_allclose(imp[0, :, :, 0], np.broadcast_to(100 + np.arange(12.0), (2, 12)), rtol=1e-5)
+    np.testing.assert_allclose(imp[1, :, 1, 1], 90 - 13.0, rtol=1e-5)  # row 13 observed: kept, in raw units
+    assert not np.allclose(imp[1, 0, 0, 1], imp[1, 1, 0, 1])  # row 12 missing: two different draws
     capsys.readouterr()
     assert main(["evaluate", "timeseries", "--ckpt", str(out), "--n", "4", "--steps", "4", "--task", "impute",
                  "--windows", "3"]) == 0
