@@ -35,7 +35,7 @@ from ..runs import load_recipe, load_weights, save_recipe
 from . import data as D
 from .models import TimeFlowNet, TimeFlowNetConfig
 from .sampling import run_solver
-from .training import TimeFlowModule, stochastic_path
+from .training import TimeFlowModule
 
 __all__ = ["NAME", "Method", "METHODS", "TimeSeriesConfig", "prepare", "build", "restore", "Restored", "draw",
            "train", "finetune", "to_raw"]

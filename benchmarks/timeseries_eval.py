@@ -1,0 +1,69 @@
+"""Parts of the time-series benchmark beyond the main table: the real-data reference row,
+metric-vs-NFE curves and the forecasting / imputation table (see :mod:`.timeseries`).
+Each adds its numbers to the per-dataset result dict ``res`` in place."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modaflow.modalities.timeseries import metrics as M
+from modaflow.modalities.timeseries.recipe import draw, prepare
+from modaflow.modalities.timeseries.tasks import complete, generation_metrics
+
+from . import timeseries_plots as P
+from .harness import mean_ci95
+
+__all__ = ["real_data_rows", "curves_vs_nfe", "forecast_table"]
+
+
+def real_data_rows(p, ds, real, w, scaler, encoders, seed, bounded, res) -> None:
+    """The metrics' reference: held-out real test windows scored like generated ones
+    (protocol's "real data" predictive: train and test on real)."""
+    if len(w.test) < 2:
+        return
+    test = scaler.transform(w.test)[: len(real)]
+    sub = real[: len(test)]
+    reps = [generation_metrics(sub, test, encoders[k], seed + k, p.disc_iterations, p.pred_iterations, bounded)
+            for k in range(p.repeats)]
+    row = {m: mean_ci95(rp[m] for rp in reps) for m in P.METRICS}
+    res["rows"]["real test windows (reference)"] = {"nfe": "", **row}
+    res["baselines"].setdefault("real_data", {}).update({f"{ds}.{m}": row[m] for m in P.METRICS})
+
+
+def curves_vs_nfe(p, ds, models, real, encoder, seed, n, scaler, res) -> None:
+    """Correlational and context-FID against NFE for TimeFlow and linear FM."""
+    for metric in ("correlational", "context_fid"):
+        res["curves"][f"{ds}.{metric}_vs_nfe"] = {"xlabel": "NFE", "ylabel": metric, "series": {}}
+    for method in ("timeflow", "linear_fm"):
+        vals = {"correlational": [], "context_fid": []}
+        for nfe in p.curve_nfes:
+            fake = scaler.from_model(draw(models[method], n, nfe, "auto", seed))
+            vals["correlational"].append(M.correlational_score(real, fake))
+            vals["context_fid"].append(M.context_fid(encoder, real, fake))
+        for metric, ys in vals.items():
+            res["curves"][f"{ds}.{metric}_vs_nfe"]["series"][method] = {"x": list(p.curve_nfes), "y": ys}
+
+
+def forecast_table(p, ds, models, seed, res) -> None:
+    """MSE / MAE / CRPS of forecasts (last L/4 steps) and imputations (50% missing) on test
+    windows: TimeFlow conditional (100 EM steps) vs the baselines steered (100 steps)."""
+    r0 = models["timeflow"]
+    w, _ = prepare(r0.cfg)
+    if len(w.test) == 0:
+        return
+    L = r0.cfg.window
+    H = max(1, L // 4)
+    idx = np.unique(np.linspace(0, len(w.test) - 1, min(p.forecast_windows, len(w.test))).round().astype(int))
+    u = r0.scaler.transform(w.test[idx])
+    rng = np.random.default_rng(seed)
+    masks = {"forecast": np.concatenate([np.ones_like(u[:, : L - H]), np.zeros_like(u[:, L - H:])], axis=1),
+             "impute": (rng.random(u.shape) >= 0.5).astype(np.float64)}
+    for task, m in masks.items():
+        for method, r in models.items():
+            x = r.scaler.from_model(complete(r, u, m, p.forecast_samples, 100, "euler" if method == "ddpm" else "auto", seed))
+            s = np.moveaxis(x, 1, 0)
+            scores = {**M.point_errors(s, u, 1 - m), "crps": M.crps_samples(s, u, 1 - m)}
+            target = res["metrics"] if method == "timeflow" else res["baselines"].setdefault(method, {})
+            target.update({f"{ds}.{task}.{k}": v for k, v in scores.items()})
+            if task == "forecast" and method == "timeflow":
+                res["fan"] = (u[0, :, -1], x[0, :, :, -1], L - H)
