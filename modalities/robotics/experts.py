@@ -70,6 +70,10 @@ class FetchPushExpert(_Noisy):
 class FetchPickExpert(_Noisy):
     """Four-phase pick-and-place expert for ``fetch-pick``."""
 
+    def __init__(self, noise: float, seed: int) -> None:
+        super().__init__(noise, seed)
+        self.grasped = False
+
     def reset(self) -> None:
         self.grasped = False
 
@@ -77,7 +81,7 @@ class FetchPickExpert(_Noisy):
         grip, obj, goal, fingers = obs[0:3], obs[3:6], obs[25:28], obs[9:11]
         a = np.zeros(4)
         xy_err = np.linalg.norm(grip[:2] - obj[:2])
-        if not getattr(self, "grasped", False):
+        if not self.grasped:
             if xy_err > 0.01:  # phase 1: above the object, gripper open
                 a[:3] = _toward(grip, obj + np.array([0, 0, 0.05]))
                 a[3] = 1.0
@@ -161,10 +165,9 @@ class PushTExpert(_Noisy):
         far = start + 40.0 * normal
         a0 = math.atan2(agent[1] - block[1], agent[0] - block[0])
         a1 = math.atan2(far[1] - block[1], far[0] - block[0])
-        if np.linalg.norm(agent - block) > 125 or True:
-            diff = (a1 - a0 + math.pi) % (2 * math.pi) - math.pi
-            n = max(1, int(abs(diff) / 0.5))
-            ring = [block + 130.0 * np.array([math.cos(a0 + diff * i / n), math.sin(a0 + diff * i / n)]) for i in range(n + 1)]
+        diff = (a1 - a0 + math.pi) % (2 * math.pi) - math.pi  # the shorter way round
+        n = max(1, int(abs(diff) / 0.5))
+        ring = [block + 130.0 * np.array([math.cos(a0 + diff * i / n), math.sin(a0 + diff * i / n)]) for i in range(n + 1)]
         ring = [np.clip(p, 20, 492) for p in ring]
         return ring + [far, start]
 

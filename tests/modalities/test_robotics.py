@@ -234,3 +234,16 @@ def test_diffusion_and_ar_train_through_core_fit_and_restore(kind, demos, tmp_pa
     cond = D.make_windows(demos, 2, 8).cond.reshape(-1, 28)  # the normaliser saved with the weights
     assert cfg2 == cfg and torch.equal(pol.obs_mean, cond.mean(0))
     assert pol.act(torch.from_numpy(np.concatenate([demos.obs[0]] * 2))[None], 2).shape == (1, 8, 4)
+
+
+def test_pusht_planner_brings_the_block_towards_the_goal():
+    from modaflow.modalities.robotics.experts import make_expert
+
+    env = make_env("pusht", max_steps=60)
+    expert = make_expert(env, 0.0, 0)
+    o = env.reset(1)
+    start = expert._pose_cost(expert._state(o))  # |position error| in px + 60 x |angle error| in rad
+    done = False
+    while not done:
+        o, done, info = env.step(expert.act(o))
+    assert expert._pose_cost(expert._state(o)) < 0.5 * start and 0 <= info["coverage"] <= 1
