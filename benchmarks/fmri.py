@@ -12,6 +12,7 @@ simulated set), ``full`` (longer training), ``gpu`` (full on CUDA; raises withou
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +55,15 @@ class FMRIProfile:
     """ODE steps at which NeuroFlow and the flow baselines are scored."""
     threads: int
     """torch threads (0: leave torch's default)."""
+    cosine_variant: bool = True
+    """Also train the XFM on the cosine bridge (the paper's path) on the same AE and NeuroVAE."""
     device: str = "cpu"
     """Where training and sampling run."""
 
 
 PROFILES: dict[str, FMRIProfile] = {
     "smoke": FMRIProfile(n_stimuli=160, n_test=30, ae_steps=25, vae_steps=25, xfm_steps=25, hidden=64,
-                         ode_steps=(1, 4), threads=1),
+                         ode_steps=(1, 4), threads=1, cosine_variant=False),
     "quick": FMRIProfile(n_stimuli=0, n_test=300, ae_steps=1500, vae_steps=1500, xfm_steps=2500, hidden=256,
                          ode_steps=(1, 4, 20), threads=1),
     "full": FMRIProfile(n_stimuli=0, n_test=300, ae_steps=6000, vae_steps=6000, xfm_steps=15000, hidden=512,
@@ -117,6 +120,19 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         timings[f"score_neuroflow@{k}_s"] = time.perf_counter() - ts
         metrics.update({f"neuroflow@{k}.{m}": v for m, v in scores[k].items()})
     top = max(p.ode_steps)
+    if p.cosine_variant:  # same AE and NeuroVAE files, so only the XFM is trained again
+        cos_dir = out / "neuroflow_cosine"
+        cos_dir.mkdir(exist_ok=True)
+        for name in ("visual_ae", "neurovae"):
+            for ext in (".safetensors", ".json"):
+                shutil.copy2(out / "neuroflow" / f"{name}{ext}", cos_dir / f"{name}{ext}")
+        tc = time.perf_counter()
+        train(cfg.replace(xfm_path="cosine"), targs, cos_dir, progress=False, data=(td, prep))
+        timings["train_xfm_cosine_s"] = time.perf_counter() - tc
+        _, nf_cos = restore(cos_dir)
+        for k in p.ode_steps:
+            sc = score_neuroflow(nf_cos, prep.test_x, prep.test_img, prep.test_trials, k, "euler", feats, K, seed)
+            baselines.setdefault("neuroflow_cosine_bridge", {}).update({f"@{k}.{m}": v for m, v in sc.items()})
     # --- baselines: same split, same latents, same seeds -----------------------------------
     ceiling = noise_ceiling(prep.test_trials)
     true_z = (sim.true_beta[prep.test_ids] - prep.mean) / prep.std  # the simulator's noise-free responses
@@ -187,7 +203,9 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         f"torch threads: {torch.get_num_threads()}; device: {p.device}",
         f"simulator: {len(sim.images)} stimuli, {int(sim.mask.sum())} voxels, {len(prep.train_x)} training trials, "
         f"{len(prep.test_x)} test stimuli x {cfg.sim.n_repeats} repeats; median noise ceiling r = {float(np.median(ceiling)):.3f}",
-        "NeuroFlow: one XFM (cosine bridge, Euler) decodes (t 0 -> 1) and encodes (t 1 -> 0); 'neuroflow@k' = k ODE steps",
+        "NeuroFlow: one XFM (linear bridge, Euler) decodes (t 0 -> 1) and encodes (t 1 -> 0); 'neuroflow@k' = k ODE steps; "
+        "on the linear bridge one step returns the conditional mean of the other latent, more steps transport "
+        "towards its marginal (sharper, less faithful to the trial)",
         "features for two-way identification / retrieval: the visual AE encoder trained here on the training stimuli",
         f"retrieval: top-1 among min({K}, n_test) candidates; two-way chance 0.5",
         "true_model: the simulator's noise-free responses (the encoding ceiling); goals: enc median r / median ceiling "

@@ -78,7 +78,7 @@ class NeuroVAEConfig(Config):
     """Width of the hidden layers."""
     latent: int = 32
     """Neural latent dimension d."""
-    beta: float = 1e-3
+    beta: float = 1.0
     """Weight of the KL term per voxel: loss = MSE + beta * KL / V."""
     dropout: float = 0.1
     """Dropout in the encoder's hidden layers."""

@@ -75,8 +75,9 @@ class FMRIConfig(Config):
     """Optimiser steps of the NeuroVAE."""
     vae_lr: float = 1e-3
     """Learning rate of the NeuroVAE."""
-    vae_beta: float = 1e-3
-    """KL weight of the NeuroVAE (per voxel)."""
+    vae_beta: float = 1.0
+    """KL weight of the NeuroVAE (loss = MSE + vae_beta * KL / V); 1 keeps noise out of the
+    latent (quick profile: encoding r 0.58 -> 0.70 at 1e-3 -> 1)."""
     vae_dropout: float = 0.1
     """Dropout in the NeuroVAE encoder."""
     align_weight: float = 1.0
@@ -85,8 +86,9 @@ class FMRIConfig(Config):
     """Width of the XFM residual MLP."""
     xfm_depth: int = 3
     """Residual blocks of the XFM."""
-    xfm_path: Literal["linear", "cosine"] = "cosine"
-    """Bridge base path: linear (x_t = t z_vis + (1-t) z_neu) or cosine (sin/cos of pi t / 2)."""
+    xfm_path: Literal["linear", "cosine"] = "linear"
+    """Bridge base path: linear (x_t = t z_vis + (1-t) z_neu; one Euler step from either end
+    gives the conditional mean of the other latent) or cosine (sin/cos of pi t / 2, the paper's)."""
     xfm_noise: float = 0.0
     """Scale s of the bridge noise s * t (1 - t) * eps (0.04 peaks at 0.01)."""
     solver: Literal["euler", "midpoint", "heun", "rk4"] = "euler"
