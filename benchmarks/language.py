@@ -18,7 +18,10 @@ and DiT), ``full`` (hours on CPU), ``gpu`` (CUDA; GPT-2-small-size throughput, V
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,6 @@ from modaflow.modalities.language.tokenizer import EOS
 from . import report as R
 from .harness import BenchResult, progress
 from .language_speed import SpeedSettings, training_throughput
-from .toy import _quiet
 
 __all__ = ["LanguageProfile", "PROFILES", "run"]
 
@@ -88,6 +90,22 @@ def _cfg(data: str, tokenizer: str, vocab: int, L: int, dim: int, depth: int, he
     every = max(1, steps // 40)
     return base.replace(fm=base.fm.replace(max_steps=steps, batch_size=batch, lr=lr, log_every=every, ckpt_every=steps,
                                            warmup_steps=min(50, steps // 10)))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence Lightning's banners and warnings while the benchmark trains."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 _ALL = ("flm", "fmlm", "mdlm")
