@@ -1,6 +1,7 @@
 """ephys data: the Lorenz generator, spike binning against a slow loop, NWB files written
-with pynwb and read back, nitime's spike trains, EEG files written with mne / pyedflib and
-read back through mne, and every bad-input case of the issue."""
+with pynwb and read back, nitime's spike trains, EEG files written with mne (FIF, EDF,
+EEGLAB, BrainVision via mne.export) / pyedflib / the BrainVision spec and read back through
+mne.io.read_raw, and every bad-input case of the issue."""
 
 import math
 from pathlib import Path
@@ -203,13 +204,21 @@ def test_edf_written_and_read_back_through_mne(tmp_path: Path) -> None:
     assert raw.info["sfreq"] == 128 and raw.ch_names == ["EEG0", "EEG1", "EEG2", "EEG3"]
 
 
-def test_edf_exported_by_mne_reads_back(tmp_path: Path) -> None:
-    pytest.importorskip("edfio")  # mne's EDF export needs edfio (not in the ephys extra)
-    raw = _raw(sfreq=128.0, seconds=10.0, n_ch=3)
-    mne.export.export_raw(tmp_path / "m.edf", raw, fmt="edf", verbose="error")
-    back = E.read_raw(tmp_path / "m.edf")
+@pytest.mark.parametrize("fmt,suffix,module,event,atol", [
+    ("edf", ".edf", "edfio", "go", 2e-9),  # 16-bit EDF quantisation
+    ("eeglab", ".set", "eeglabio", "go", 1e-10),
+    ("brainvision", ".vhdr", "pybv", "Comment/go", 1e-10),
+])
+def test_files_exported_by_mne_read_back_and_epoch_on_their_events(tmp_path: Path, fmt, suffix, module, event, atol) -> None:
+    pytest.importorskip(module)  # mne's writer for this format
+    raw = _raw(sfreq=100.0, seconds=10.0, n_ch=3)
+    path = tmp_path / f"rec{suffix}"
+    mne.export.export_raw(path, raw, fmt=fmt, verbose="error")
+    back = E.read_raw(path)
     assert back.n_times == raw.n_times and back.ch_names == raw.ch_names
-    np.testing.assert_allclose(back.get_data(), raw.get_data(), atol=1e-8)
+    np.testing.assert_allclose(back.get_data(), raw.get_data(), rtol=0, atol=atol)
+    d = D.load_trials(f"eeg:{path}", D.DataOptions(event=event, epoch_s=1.0, fp_s=0.2, l_freq=0, h_freq=0))
+    assert d.x.shape == (2, 100, 3) and d.t_obs == 80  # the two 'go' annotations at 2 s and 6 s
 
 
 def test_edf_with_inconsistent_sampling_rates_is_an_error(tmp_path: Path) -> None:
