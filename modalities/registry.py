@@ -147,12 +147,12 @@ class ModalityEntry:
 
 MODALITIES: dict[str, ModalityEntry] = {
     "toy": ModalityEntry("modaflow.modalities.toy", None),
-    # "timeseries": ModalityEntry("modaflow.modalities.timeseries", "timeseries"),
-    # "language": ModalityEntry("modaflow.modalities.language", "language"),
-    # "mri": ModalityEntry("modaflow.modalities.mri", "mri"),
-    # "fmri": ModalityEntry("modaflow.modalities.fmri", "fmri"),
-    # "ephys": ModalityEntry("modaflow.modalities.ephys", "ephys"),
-    # "robotics": ModalityEntry("modaflow.modalities.robotics", "robotics"),
+    "timeseries": ModalityEntry("modaflow.modalities.timeseries", "timeseries"),
+    "language": ModalityEntry("modaflow.modalities.language", "language"),
+    "mri": ModalityEntry("modaflow.modalities.mri", "mri"),
+    "fmri": ModalityEntry("modaflow.modalities.fmri", "fmri"),
+    "ephys": ModalityEntry("modaflow.modalities.ephys", "ephys"),
+    "robotics": ModalityEntry("modaflow.modalities.robotics", "robotics"),
 }
 """The registry: modality name -> entry. Explicit on purpose (no discovery, no globals)."""
 
