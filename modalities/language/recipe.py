@@ -159,7 +159,10 @@ def prepare(cfg: LanguageConfig, tok=None) -> tuple[object | None, Tensor, Tenso
     test_docs = D.load_corpus(cfg.data, "test", cfg.text_field, cfg.paragraphs, cfg.max_chars)
     if tok is None:
         tok = train_tokenizer(train_docs, cfg.tokenizer, cfg.vocab_size, cfg.max_vocab)
-    return tok, D.pack(train_docs, tok, cfg.block_len), D.pack(test_docs, tok, cfg.block_len)
+    try:
+        return tok, D.pack(train_docs, tok, cfg.block_len), D.pack(test_docs, tok, cfg.block_len)
+    except D.CorpusError as e:
+        raise D.CorpusError(f"{cfg.data}: {e}") from None
 
 
 def vocab_of(cfg: LanguageConfig, tok) -> int:
