@@ -18,7 +18,7 @@ from modaflow.core.training import TrainerArgs
 from ..runs import load_recipe
 from .metrics import pusht_score, success_summary
 from .recipe import DEMO_SEED, NAME, RoboticsConfig, demos_for, restore, train_policy
-from .rollout import RolloutConfig, rollout
+from .rollout import RolloutConfig, close_pool, rollout
 from .study import StudyConfig, run_study
 
 __all__ = ["SOLVERS", "train", "evaluate", "sample", "finetune", "SteerOptions", "steer", "CollectOptions", "collect_demos"]
@@ -69,6 +69,7 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
         raise ValueError(f"{out_path}: sample writes .npz or .gif")
     cfg, policy = restore(ckpt_dir)
     r = rollout(policy, _rollout_cfg(cfg, steps, seed), list(range(seed, seed + n)), n_frames=64)
+    close_pool()  # free the renderer now rather than at interpreter exit
     frames = np.stack(r.frames) if r.frames else np.zeros((0, 1, 1, 3), np.uint8)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix == ".gif":

@@ -15,6 +15,7 @@ is the denoising step.
 
 from __future__ import annotations
 
+import atexit
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ from modaflow.core.conceptors import GateHook, record_layers, steer_layer
 from .envs import ENV_SPECS, RoboEnv, check_env_name, make_env
 from .policies import Policy
 
-__all__ = ["RolloutConfig", "Rollouts", "rollout"]
+__all__ = ["RolloutConfig", "Rollouts", "rollout", "close_pool"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,18 @@ def rollout(policy: Policy, cfg: RolloutConfig, seeds: list[int], capture: tuple
 _POOL: dict[tuple, list[RoboEnv]] = {}
 """Idle environments kept for reuse: building a MuJoCo model costs far more than a reset,
 and every reset restores the full initial state of its seed."""
+
+
+def close_pool() -> None:
+    """Close every pooled environment (also run at exit, before the interpreter tears down
+    the EGL bindings that MuJoCo's renderers free)."""
+    for envs in _POOL.values():
+        for e in envs:
+            e.close()
+    _POOL.clear()
+
+
+atexit.register(close_pool)
 
 
 def _pool_key(e: RoboEnv) -> tuple:
