@@ -27,6 +27,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, train_ts2vec
 from . import report as R
 from . import timeseries_eval as E
 from . import timeseries_plots as P
-from .harness import BenchResult, mean_ci95, progress
+from .harness import BenchResult, mean_ci95, median_times, progress
 
 __all__ = ["TSProfile", "PROFILES", "run"]
 
@@ -79,6 +80,10 @@ class TSProfile:
     """Samples per window for CRPS."""
     ddpm_steps: int = 500
     """Steps of the DDPM baseline."""
+    time_n: int = 256
+    """Windows per timed sampling call (samples/s and speed ratios)."""
+    time_repeats: int = 3
+    """Interleaved timing rounds; samples/s uses the median."""
     tsne: bool = True
     """Also plot t-SNE (slower than PCA)."""
     threads: int = 1
@@ -90,7 +95,7 @@ class TSProfile:
 PROFILES: dict[str, TSProfile] = {
     "smoke": TSProfile(("sines",), n_samples=400, d_model=16, layers=1, train_steps=30, batch_size=64, eval_n=64,
                        repeats=2, disc_iterations=10, pred_iterations=10, ts2vec_iterations=5, curve_nfes=(2, 10),
-                       forecast_windows=4, forecast_samples=4, ddpm_steps=100, tsne=False),
+                       forecast_windows=4, forecast_samples=4, ddpm_steps=100, tsne=False, time_n=32, time_repeats=1),
     "quick": TSProfile(("sines", "stocks"), n_samples=10_000, d_model=32, layers=2, train_steps=1200, batch_size=128,
                        eval_n=500, repeats=3, disc_iterations=400, pred_iterations=400, ts2vec_iterations=100,
                        curve_nfes=(2, 5, 10, 20, 50, 100), forecast_windows=16, forecast_samples=16),
@@ -141,6 +146,18 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def sampling_speed(models: dict, p: TSProfile, seed: int) -> dict[tuple[str, int], float]:
+    """Samples per second of every row: the median over ``p.time_repeats`` rounds of one
+    sampling call of ``p.time_n`` windows, rounds interleaving the rows (harness
+    :func:`median_times`), so a busy machine slows every row alike."""
+    calls = {}
+    for _, method, nfe in ROWS:
+        nfe = p.ddpm_steps if method == "ddpm" else nfe
+        calls[(method, nfe)] = partial(draw, models[method], p.time_n, nfe, "auto", seed)
+    times = median_times(calls, p.time_repeats, sync=partial(_sync, p.device))
+    return {key: p.time_n / secs for key, secs in times.items()}
+
+
 def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
     """Train the three models on ``ds``, evaluate every row, the curves and the
     forecasting table; returns metrics, baselines, timings, curves and arrays for plots."""
@@ -170,16 +187,11 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
                 for k in range(p.repeats)]
         return {m: mean_ci95(rp[m] for rp in reps) for m in P.METRICS}
 
+    speed = sampling_speed(models, p, seed)
     for label, method, nfe in progress(ROWS, f"evaluate {ds}"):
         nfe = p.ddpm_steps if method == "ddpm" else nfe
-        r = models[method]
-        _sync(p.device)
-        start = time.perf_counter()
-        x = draw(r, n, nfe, "auto", seed)
-        _sync(p.device)
-        secs = time.perf_counter() - start
-        fake = scaler.from_model(x)
-        row = {"nfe": nfe, **scores(fake), "samples_per_s": n / secs}
+        fake = scaler.from_model(draw(models[method], n, nfe, "auto", seed))
+        row = {"nfe": nfe, **scores(fake), "samples_per_s": speed[(method, nfe)]}
         res["rows"][f"{label} ({nfe} NFE)"] = row
         res["fakes"][f"{label} {nfe}"] = fake
         key = f"{ds}.{method}@nfe{nfe}"
@@ -272,8 +284,8 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
         "metrics: generated vs an equal number of real training windows, normalised space; "
         f"mean ± 95% t-interval over {p.repeats} metric seeds; discriminative {p.disc_iterations} / predictive "
         f"{p.pred_iterations} GRU iterations (protocol 2000 / 5000), TS2Vec {p.ts2vec_iterations or 'default'} iterations",
-        "speed: samples/s of one sampling call of eval_n windows (same device and threads); speed_vs_ddpm_ratio "
-        f"against the DDPM with {p.ddpm_steps} ancestral steps in this run",
+        f"speed: samples/s = {p.time_n} / median time of one sampling call over {p.time_repeats} interleaved rounds "
+        f"(same device and threads); speed_vs_ddpm_ratio against the DDPM with {p.ddpm_steps} ancestral steps in this run",
         "forecast / impute: TimeFlow conditions on the mask; linear FM (FlowChef) and DDPM (hard projection) are "
         "steered through core.steering; 100 steps each; errors on the predicted entries, normalised space",
         "published rows are copied from REFERENCE.md §2 (Diffusion-TS table 1, FM-TS); our stocks are GOOG 2004-2013 "

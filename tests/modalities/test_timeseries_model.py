@@ -181,7 +181,7 @@ def test_gpu_profile_code_path_runs_on_cpu_at_tiny_sizes(tmp_path) -> None:
     tiny = replace(B.PROFILES["gpu"], datasets=("sines",), n_samples=300, d_model=16, layers=1, train_steps=6,
                    batch_size=32, eval_n=32, repeats=2, disc_iterations=4, pred_iterations=4, ts2vec_iterations=2,
                    curve_nfes=(2,), forecast_windows=2, forecast_samples=3, ddpm_steps=20, tsne=False, device="cpu",
-                   threads=1)
+                   threads=1, time_n=8, time_repeats=1)
     res = B.run_profile("gpu", tiny, tmp_path / "tiny", seed=0)
     assert res.metrics and {"linear_fm", "ddpm", "Diffusion-TS (published)"} <= set(res.baselines)
     assert res.timings["sines.timeflow@nfe10.speed_vs_ddpm_ratio"] > 0
