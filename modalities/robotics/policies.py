@@ -150,6 +150,8 @@ class DiffusionPolicy(Policy):
         self.up = _FiLMBlock(c2 + c1, c1, cc)
         self.out = nn.Conv1d(c1, act_dim, 1)
         self.hook_layers = ("down_mix", "mid_mix")
+        self.eta = 0.0
+        """DDIM noise: 0 deterministic DDIM, 1 DDPM-like ancestral steps (Song et al. 2021, arXiv 2010.02502, eq. 16)."""
 
     @staticmethod
     def _mix(layer: nn.Linear, h: Tensor) -> Tensor:
@@ -166,7 +168,12 @@ class DiffusionPolicy(Policy):
     def act(self, cond: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
         x0 = _noise(cond, self.horizon, self.act_dim, generator)
         grid = ddpm_grid(self.path, steps, device=cond.device)
-        return solve_ddim(lambda x, t: self(x, t, cond), "noise", self.path, x0, grid).x.clamp(-1, 1)
+        field = lambda x, t: self(x, t, cond)  # noqa: E731
+        if self.eta == 0:
+            return solve_ddim(field, "noise", self.path, x0, grid).x.clamp(-1, 1)
+        if generator is not None and generator.device != cond.device:
+            raise ValueError("DDPM-like sampling (eta > 0) needs a generator on the policy's device")
+        return solve_ddim(field, "noise", self.path, x0, grid, eta=self.eta, generator=generator).x.clamp(-1, 1)
 
 
 class ARPolicy(Policy):

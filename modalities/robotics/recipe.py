@@ -71,6 +71,8 @@ class RoboticsConfig(Config):
     """Sampler steps: Euler steps (flow) or DDIM steps (diffusion); ignored by ar."""
     diffusion_steps: int = 100
     """DDPM steps T of the diffusion policy's path."""
+    ddim_eta: float = 0.0
+    """Diffusion policy sampler: 0 = DDIM (deterministic), 1 = DDPM-like ancestral noise."""
     episode_steps: int = 0
     """Episode length limit in rollouts (0: the environment's default)."""
     success_threshold: float = 0.95
@@ -86,6 +88,7 @@ class RoboticsConfig(Config):
         self._require(self.width % 8 == 0, "width", "a multiple of 8 (GroupNorm / attention heads)")
         self._require(self.policy != "diffusion" or self.horizon % 2 == 0, "horizon", "even for the diffusion policy")
         self._require(self.steps <= self.diffusion_steps, "steps", f"at most diffusion_steps = {self.diffusion_steps}")
+        self._require(0 <= self.ddim_eta <= 1, "ddim_eta", "a number in [0, 1]")
         self._require(self.episode_steps >= 0, "episode_steps", "an integer >= 0")
         self._require(0 < self.success_threshold <= 1, "success_threshold", "a coverage in (0, 1]")
         self._require(0 <= self.demo_noise, "demo_noise", "a number >= 0")
@@ -112,7 +115,9 @@ def build(cfg: RoboticsConfig) -> Policy:
     if cfg.policy == "diffusion":
         from .policies import DiffusionPolicy
 
-        return DiffusionPolicy(spec.obs_dim, spec.act_dim, cfg.n_obs, cfg.horizon, cfg.width, cfg.diffusion_steps)
+        policy = DiffusionPolicy(spec.obs_dim, spec.act_dim, cfg.n_obs, cfg.horizon, cfg.width, cfg.diffusion_steps)
+        policy.eta = cfg.ddim_eta
+        return policy
     return build_policy(cfg.policy, spec.obs_dim, spec.act_dim, cfg.n_obs, cfg.horizon, cfg.width, cfg.depth)
 
 

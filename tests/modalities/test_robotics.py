@@ -233,7 +233,13 @@ def test_diffusion_and_ar_train_through_core_fit_and_restore(kind, demos, tmp_pa
     cfg2, pol = restore(tmp_path / kind)
     cond = D.make_windows(demos, 2, 8).cond.reshape(-1, 28)  # the normaliser saved with the weights
     assert cfg2 == cfg and torch.equal(pol.obs_mean, cond.mean(0))
-    assert pol.act(torch.from_numpy(np.concatenate([demos.obs[0]] * 2))[None], 2).shape == (1, 8, 4)
+    cond = torch.from_numpy(np.concatenate([demos.obs[0]] * 2))[None]
+    assert pol.act(cond, 2).shape == (1, 8, 4)
+    if kind == "diffusion":  # DDPM-like noise (eta = 1) changes the chunk; eta = 0 is deterministic DDIM
+        a0 = pol.act(cond, 2, torch.Generator().manual_seed(0))
+        pol.eta = 1.0
+        a1 = pol.act(cond, 2, torch.Generator().manual_seed(0))
+        assert a1.shape == a0.shape and not torch.equal(a0, a1)
 
 
 def test_pusht_planner_brings_the_block_towards_the_goal():
