@@ -84,3 +84,20 @@ def test_field_docs() -> None:
     assert docs["lr"] == "Learning rate."
     assert docs["inner"] == "A nested config."
     assert docs["tag"] == ""
+
+
+def test_fixed_length_tuple_fields_coerce_each_item_to_its_type() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Shape(Config):
+        size: tuple[int, int, float] = (1, 2, 3.0)
+        """Two integers and a float."""
+
+    assert Shape.from_dict({"size": [4, 5, 6]}).size == (4, 5, 6.0)
+    s = Shape(size=(7, 8, 0.5))
+    assert Shape.from_dict(s.to_dict()) == s
+    with pytest.raises(ConfigError, match=r"Shape.size\[1\]"):
+        Shape.from_dict({"size": [1, "x", 2.0]})
+    with pytest.raises(ConfigError, match="expected 3 items, got 2"):
+        Shape.from_dict({"size": [1, 2]})
