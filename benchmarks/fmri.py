@@ -204,8 +204,9 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         f"simulator: {len(sim.images)} stimuli, {int(sim.mask.sum())} voxels, {len(prep.train_x)} training trials, "
         f"{len(prep.test_x)} test stimuli x {cfg.sim.n_repeats} repeats; median noise ceiling r = {float(np.median(ceiling)):.3f}",
         "NeuroFlow: one XFM (linear bridge, Euler) decodes (t 0 -> 1) and encodes (t 1 -> 0); 'neuroflow@k' = k ODE steps; "
-        "on the linear bridge one step returns the conditional mean of the other latent, more steps transport "
-        "towards its marginal (sharper, less faithful to the trial)",
+        f"the NeuroVAE mean is pulled onto the stimulus's visual latent (vae_align = {cfg.vae_align:g}, chosen on a "
+        "validation split of the training stimuli), so the latent pairs are nearly deterministic and few steps suffice; "
+        "the one-direction flows use the same latents",
         "features for two-way identification / retrieval: the visual AE encoder trained here on the training stimuli",
         f"retrieval: top-1 among min({K}, n_test) candidates; two-way chance 0.5",
         "true_model: the simulator's noise-free responses (the encoding ceiling); goals: enc median r / median ceiling "

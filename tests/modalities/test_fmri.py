@@ -143,3 +143,22 @@ def test_cli_train_then_sample_both_directions(tmp_path, capsys) -> None:
                  "--out", str(tmp_path / "dec.png")]) == 0
     assert (tmp_path / "dec.png").is_file()
     assert "wrote" in capsys.readouterr().out
+
+
+def test_vae_align_pulls_the_neural_latent_onto_the_visual_one(run_dir, tmp_path) -> None:
+    from modaflow.modalities.fmri.recipe import load_prepared, restore
+
+    with pytest.raises(ConfigError, match="vae_align"):
+        _cfg(vae_align=-1.0)
+    _, prep = load_prepared(_cfg())
+    x, img = torch.as_tensor(prep.train_x), torch.as_tensor(prep.train_img)
+    gaps = {}
+    for weight in (0.0, 10.0):
+        out = tmp_path / f"align{weight:g}"
+        out.mkdir()
+        for ext in (".safetensors", ".json"):  # the same visual AE, so only the NeuroVAE objective differs
+            (out / f"visual_ae{ext}").write_bytes((run_dir / f"visual_ae{ext}").read_bytes())
+        MODALITY.train(_cfg(vae_align=weight), TrainerArgs(accelerator="cpu"), out, progress=False)
+        _, nf = restore(out)  # RMSE between standardised neural and visual latents of the training trials
+        gaps[weight] = float(((nf.neural_latent(x) - nf.visual_latent(img)) ** 2).mean().sqrt())
+    assert gaps[10.0] < 0.8 * gaps[0.0]
