@@ -26,3 +26,30 @@ def test_readme_opens_with_two_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert _commands()[1] in [line.strip() for line in ci]
+
+
+def _example_lines() -> list[str]:
+    lines = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("modaflow "):
+            lines.append(line)
+    return lines
+
+
+def test_readme_examples_parse() -> None:
+    """Every `modaflow ...` example in the README names options that exist."""
+    import shlex
+
+    from modaflow.benchmarks.cli import build_parser
+    from modaflow.modalities.registry import get_modality, modality_names
+
+    examples = _example_lines()
+    assert len(examples) >= 10
+    for line in examples:
+        argv = shlex.split(line)[1:]
+        modality = get_modality(argv[1]) if len(argv) > 1 and argv[1] in modality_names() else None
+        try:
+            build_parser(modality).parse_args(argv)
+        except SystemExit as e:
+            raise AssertionError(f"README example does not parse: {line}") from e
