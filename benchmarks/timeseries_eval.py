@@ -37,7 +37,9 @@ def curves_vs_nfe(p, ds, models, real, encoder, seed, n, scaler, res) -> None:
     for method in ("timeflow", "linear_fm"):
         vals = {"correlational": [], "context_fid": []}
         for nfe in p.curve_nfes:
-            fake = scaler.from_model(draw(models[method], n, nfe, "auto", seed))
+            fake = res["draws"].get((method, nfe))
+            if fake is None:
+                fake = scaler.from_model(draw(models[method], n, nfe, "auto", seed))
             vals["correlational"].append(M.correlational_score(real, fake))
             vals["context_fid"].append(M.context_fid(encoder, real, fake))
         for metric, ys in vals.items():
