@@ -15,9 +15,16 @@ In one run, on the same data, seeds and starting noise:
    sampling step time per volume and peak memory, and their ratios (tiny sizes on CPU, where
    no memory is measured and ``torch.compile`` is skipped; MedForj size on ``gpu``).
 
-Profiles: ``smoke`` (16^3, seconds, for the tests), ``quick`` (32^3, a few minutes on 2
-CPU cores), ``full`` (48^3, longer, all five targets), ``gpu`` (CUDA: MedForj's UNet, timing
-at 192x224x192, quality at 64^3, bf16).
+Profiles: ``smoke`` (16^3, seconds, for the tests); ``quick`` (the README demo, about 4 min
+of CPU time on one thread): 24^3 cohort (48 train / 16 held-out subjects), tiny UNet
+(8/16/32 channels), 100 steps x batch 4 per target, 8 volumes per evaluation, DDIM at
+4/16/32 steps (32 is its reference), a 40-step flow map sampled in 1/2/4 steps, the
+feature net at 150 steps, GPU-path timing at 32^3 -- sizes chosen by CPU cost (a 32^3
+UNet step costs ~3x a 24^3 one; training, DDIM sampling and distillation are >90% of
+the time, the metrics <5%); its FD values come from 8 volumes, so read the ordering of
+targets and step counts, not small differences; ``full`` (48^3, longer, all five
+targets, DDIM 4..64, 32 volumes); ``gpu`` (CUDA: MedForj's UNet, timing at 192x224x192,
+quality at 64^3, bf16).
 """
 
 from __future__ import annotations
@@ -74,7 +81,7 @@ class MRIProfile:
     eval_n: int
     """Generated volumes per evaluation."""
     ddim_steps: tuple[int, ...]
-    """DDIM step counts (the last is the reference, MedForj's 64)."""
+    """DDIM step counts (the last is the reference: MedForj's 64, 32 in quick)."""
     distill_steps: int
     """Flow-map optimiser steps."""
     flowmap_steps: tuple[int, ...]
@@ -99,8 +106,8 @@ PROFILES: dict[str, MRIProfile] = {
                         batch_size=2, lr=1e-3, eval_n=2, ddim_steps=(2,), distill_steps=1, flowmap_steps=(1,),
                         features=FeatureConfig(width=4, steps=3, batch_size=4), timing_shape=(16, 16, 16),
                         timing_unet=_TINY, timing_repeats=1),
-    "quick": MRIProfile(size=32, n_train=48, n_test=16, targets=("sample", "velocity", "flow"), unet=_TINY,
-                        train_steps=250, batch_size=4, lr=2e-3, eval_n=16, ddim_steps=(4, 16, 64), distill_steps=120,
+    "quick": MRIProfile(size=24, n_train=48, n_test=16, targets=("sample", "velocity", "flow"), unet=_TINY,
+                        train_steps=100, batch_size=4, lr=2e-3, eval_n=8, ddim_steps=(4, 16, 32), distill_steps=40,
                         flowmap_steps=(1, 2, 4), features=FeatureConfig(width=8, steps=150, batch_size=8),
                         timing_shape=(32, 32, 32), timing_unet=_TINY, timing_repeats=3),
     "full": MRIProfile(size=48, n_train=96, n_test=32, targets=("sample", "velocity", "flow", "noise", "rflow"),
