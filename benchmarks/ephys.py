@@ -22,10 +22,7 @@ Profiles: ``smoke`` (seconds, the tests run it), ``quick`` (a few minutes on 2 C
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +38,7 @@ from modaflow.modalities.ephys.spikes import TrialData
 from modaflow.modalities.ephys.training import SeqVAEModule, fit_vae, predict
 
 from . import report as R
-from .harness import BenchResult, mean_ci95, progress
+from .harness import BenchResult, mean_ci95, progress, quiet_training, select_profile, torch_threads
 
 __all__ = ["EphysProfile", "PROFILES", "run"]
 
@@ -82,19 +79,6 @@ PROFILES: dict[str, EphysProfile] = {
 }
 
 
-@contextlib.contextmanager
-def _quiet():
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _config(p: EphysProfile, model: str, steps: int, seed: int, options: D.DataOptions) -> EphysConfig:
@@ -114,7 +98,7 @@ def _train_vae(p: EphysProfile, model: str, train: TrialData, steps: int, seed: 
     net = build_model(cfg, train)
     module = SeqVAEModule(net, cfg.train, train.n_heldin, train.t_obs, train.likelihood)
     args = TrainerArgs(accelerator="gpu" if p.device == "cuda" else "cpu", devices=1)
-    with _quiet():
+    with quiet_training():
         res = fit_vae(module, train, out, args, progress=False, resume=False)
     return net.to("cpu"), res
 
@@ -194,20 +178,11 @@ def _eeg(p: EphysProfile, seed: int, out: Path) -> dict:
 def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
     """Run the ephys benchmark ``profile`` into ``out_dir`` (``results.json``,
     ``report.md``, PNG plots); returns the result."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-    p = PROFILES[profile]
-    if p.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("profile 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
+    p = select_profile(PROFILES, profile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if p.threads:
-        torch.set_num_threads(p.threads)
-    try:
+    with torch_threads(p.threads):
         return _run(profile, p, out, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(profile: str, p: EphysProfile, out: Path, seed: int) -> BenchResult:

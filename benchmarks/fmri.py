@@ -30,7 +30,7 @@ from modaflow.modalities.fmri.simulate import SimConfig, simulate
 
 from . import report as R
 from .fmri_plots import plot_ceiling_scatter, plot_decoded_grid, plot_voxel_r_map
-from .harness import BenchResult, progress
+from .harness import BenchResult, progress, select_profile, torch_threads
 
 __all__ = ["FMRIProfile", "PROFILES", "run"]
 
@@ -75,20 +75,11 @@ PROFILES: dict[str, FMRIProfile] = {
 
 def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
     """Run the fmri benchmark ``profile`` into ``out_dir`` (results.json, report.md, PNGs)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-    p = PROFILES[profile]
-    if p.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("profile 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
+    p = select_profile(PROFILES, profile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if p.threads:
-        torch.set_num_threads(p.threads)
-    try:
+    with torch_threads(p.threads):
         return _run(profile, p, out, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _config(p: FMRIProfile, seed: int) -> FMRIConfig:

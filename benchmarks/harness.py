@@ -16,7 +16,9 @@ to ``results.json``, confidence intervals, timing and a progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import platform
@@ -24,11 +26,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from modaflow.core.io import atomic_write_text
 
@@ -224,3 +227,60 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, enable: bo
 def default_run_dir(modality: str, profile: str, root: str | Path = "runs") -> Path:
     """``runs/<YYYYmmdd-HHMMSS>-<modality>-<profile>``."""
     return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{modality}-{profile}"
+
+
+class Profile(Protocol):
+    """What every benchmark profile dataclass has."""
+
+    device: str
+    """``"cpu"`` or ``"cuda"``."""
+    threads: int
+    """torch threads while it runs (0: leave the setting alone)."""
+
+
+P = TypeVar("P", bound=Profile)
+
+
+def select_profile(profiles: Mapping[str, P], name: str) -> P:
+    """The profile called ``name``: an unknown name lists the known ones, and a CUDA
+    profile on a machine without CUDA says so (both before anything runs)."""
+    if name not in profiles:
+        raise ValueError(f"unknown profile {name!r}; known: {sorted(profiles)}")
+    p = profiles[name]
+    if p.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"profile {name!r} needs a CUDA device; none is available (use quick or full on CPU)")
+    return p
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads (0: unchanged), restoring the setting afterwards. Small
+    networks run fastest on one thread, and are then not slowed by busy cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def quiet_training() -> Iterator[None]:
+    """Silence Lightning's banners and warnings while a benchmark trains."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -18,10 +18,7 @@ and DiT), ``full`` (hours on CPU), ``gpu`` (CUDA; GPT-2-small-size throughput, V
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +33,7 @@ from modaflow.modalities.language.recipe import LanguageConfig, SampleOptions, m
 from modaflow.modalities.language.tokenizer import EOS
 
 from . import report as R
-from .harness import BenchResult, progress
+from .harness import BenchResult, progress, quiet_training, select_profile, torch_threads
 from .language_speed import SpeedSettings, training_throughput
 
 __all__ = ["LanguageProfile", "PROFILES", "run"]
@@ -92,20 +89,6 @@ def _cfg(data: str, tokenizer: str, vocab: int, L: int, dim: int, depth: int, he
                                            warmup_steps=min(50, steps // 10)))
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Silence Lightning's banners and warnings while the benchmark trains."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 _ALL = ("flm", "fmlm", "mdlm")
@@ -162,7 +145,7 @@ def _train_all(p: LanguageProfile, cfg: LanguageConfig, fmlm_steps: int, methods
             todo.append((f"fmlm-{loss}", c.replace(fmlm_loss=loss, fmlm_objective="ce" if loss == "teacher" else "mse")))
     for name, c in progress(todo, f"train {key}"):
         t0 = time.perf_counter()
-        with _quiet():
+        with quiet_training():
             summary = train(c, targs, out / "runs" / f"{key}-{name}", progress=False)
         res["timings"][f"train.{key}.{name}_s"] = time.perf_counter() - t0
         res["losses"][f"{key} {name}"] = tuple(zip(*summary["history"])) if summary["history"] else ((), ())
@@ -236,20 +219,11 @@ def _eval_markov(p: LanguageProfile, out: Path, seed: int) -> dict:
 def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
     """Run the language benchmark ``profile`` into ``out_dir``: ``results.json``, ``report.md``
     and PNG plots. Returns the result."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-    p = PROFILES[profile]
-    if p.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("profile 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
+    p = select_profile(PROFILES, profile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if p.threads:
-        torch.set_num_threads(p.threads)
-    try:
+    with torch_threads(p.threads):
         return _run(profile, p, out, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(profile: str, p: LanguageProfile, out: Path, seed: int) -> BenchResult:

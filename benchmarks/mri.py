@@ -51,7 +51,7 @@ from modaflow.modalities.mri.targets import core_kind
 
 from . import mri_plots as P
 from . import report as R
-from .harness import BenchResult, progress
+from .harness import BenchResult, progress, select_profile
 
 __all__ = ["MRIProfile", "PROFILES", "run"]
 
@@ -126,11 +126,7 @@ PROFILES: dict[str, MRIProfile] = {
 
 def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
     """Run profile ``profile`` into ``out_dir`` (results.json, report.md, PNGs)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-    p = PROFILES[profile]
-    if p.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("profile 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
+    p = select_profile(PROFILES, profile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()

@@ -21,10 +21,7 @@ FetchPickAndPlace, all three policies, more rollouts, transfer), ``gpu`` (``full
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +36,7 @@ from modaflow.modalities.robotics.rollout import RolloutConfig, rollout
 from modaflow.modalities.robotics.study import CONDITIONS, StudyConfig, run_study
 
 from . import report as R
-from .harness import BenchResult, progress
+from .harness import BenchResult, progress, quiet_training, select_profile, torch_threads
 
 __all__ = ["RoboticsProfile", "PROFILES", "run"]
 
@@ -98,19 +95,6 @@ PROFILES: dict[str, RoboticsProfile] = {
 }
 
 
-@contextlib.contextmanager
-def _quiet():
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _case(p: RoboticsProfile, env: str, policy: str, out: Path, seed: int, demos_cache: dict) -> dict:
@@ -125,7 +109,7 @@ def _case(p: RoboticsProfile, env: str, policy: str, out: Path, seed: int, demos
     t1 = time.perf_counter()
     run_dir = out / f"{env}_{policy}"
     accel = "gpu" if p.device == "cuda" else "cpu"
-    with _quiet():
+    with quiet_training():
         summary = train_policy(cfg, demos, TrainerArgs(accelerator=accel), run_dir, progress=False)
     t2 = time.perf_counter()
     cfg, pol = restore(run_dir)
@@ -220,20 +204,11 @@ def _plots(out: Path, cases: dict) -> list[str]:
 
 def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
     """Run the robotics benchmark ``profile`` into ``out_dir``."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-    p = PROFILES[profile]
-    if p.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("profile 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
+    p = select_profile(PROFILES, profile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if p.threads:
-        torch.set_num_threads(p.threads)
-    try:
+    with torch_threads(p.threads):
         return _run(profile, p, out, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(profile: str, p: RoboticsProfile, out: Path, seed: int) -> BenchResult:

@@ -24,9 +24,7 @@ protocol metric settings), ``gpu`` (full sizes on CUDA, bf16 training).
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
-import warnings
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -42,7 +40,7 @@ from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, train_ts2vec
 from . import report as R
 from . import timeseries_eval as E
 from . import timeseries_plots as P
-from .harness import BenchResult, mean_ci95, median_times, progress
+from .harness import BenchResult, mean_ci95, median_times, progress, quiet_training, select_profile
 
 __all__ = ["TSProfile", "PROFILES", "run"]
 
@@ -128,20 +126,6 @@ def _config(p: TSProfile, ds: str, method: str, seed: int) -> TimeSeriesConfig:
                                          warmup_steps=min(100, p.train_steps // 10)))
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Silence Lightning's banners and warnings while the benchmark trains."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _sync(device: str) -> None:
@@ -171,7 +155,7 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
     models = {}
     for method in ("timeflow", "linear_fm", "ddpm"):
         start = time.perf_counter()
-        with _quiet():
+        with quiet_training():
             summary = train(_config(p, ds, method, seed), targs, out / "runs" / f"{ds}-{method}", progress=False)
         res["timings"][f"train.{ds}.{method}_s"] = time.perf_counter() - start
         res["losses"][f"{ds} {method}"] = tuple(zip(*summary["history"])) if summary["history"] else ((), ())
@@ -238,11 +222,7 @@ def _plots(out: Path, trained: dict[str, dict], tsne: bool) -> list[str]:
 
 def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
     """Run the benchmark ``profile`` into ``out_dir`` (results.json, report.md, PNGs)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-    p = PROFILES[profile]
-    if p.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("profile 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
+    p = select_profile(PROFILES, profile)
     return run_profile(profile, p, out_dir, seed)
 
 

@@ -18,10 +18,7 @@ fastest that way and are not slowed by other processes competing for the cores.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +29,7 @@ from modaflow.modalities.toy.metrics import energy_distance, mmd_rbf, random_dir
 from modaflow.modalities.toy.recipe import ToyConfig, generate, load_data, restore, train
 
 from . import report as R
-from .harness import BenchResult, mean_ci95, progress
+from .harness import BenchResult, mean_ci95, progress, quiet_training, select_profile, torch_threads
 from .solvers import SAMPLERS, OracleSettings, OverheadSettings, empirical_order, oracle_errors, solver_overhead
 
 __all__ = ["ToyProfile", "PROFILES", "run"]
@@ -98,20 +95,6 @@ PROFILES: dict[str, ToyProfile] = {
 }
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Silence Lightning's banners and deprecation chatter during benchmark training."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def _distances(x: torch.Tensor, ref: torch.Tensor, directions: torch.Tensor) -> dict[str, float]:
@@ -137,7 +120,7 @@ def _train_eval(p: ToyProfile, name: str, dim: int, out: Path, seed: int) -> dic
     models = {}
     for variant, vcfg in variants.items():
         start = time.perf_counter()
-        with _quiet():
+        with quiet_training():
             summary = train(vcfg, targs, out / "runs" / f"{key}-{variant}", progress=False)
         res["timings"][f"train.{key}.{variant}_s"] = time.perf_counter() - start
         res["losses"][f"{key} {variant}"] = tuple(zip(*summary["history"])) if summary["history"] else ((), ())
@@ -207,20 +190,11 @@ def _plots(out: Path, oracle: dict, trained: dict[str, dict]) -> list[str]:
 def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
     """Run the toy benchmark ``profile`` into ``out_dir``: ``results.json``, ``report.md``
     and PNG plots. Returns the result."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-    p = PROFILES[profile]
-    if p.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("profile 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
+    p = select_profile(PROFILES, profile)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if p.threads:
-        torch.set_num_threads(p.threads)
-    try:
+    with torch_threads(p.threads):
         return _run(profile, p, out, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(profile: str, p: ToyProfile, out: Path, seed: int) -> BenchResult:

@@ -41,15 +41,14 @@ from modaflow.core.ode import solve_ode, time_grid
 from modaflow.core.parametrizations import as_velocity_field
 from modaflow.core.reflow import reflow_pairs, train_reflow
 from modaflow.core.training import FlowMapConfig, FlowMapModule, TrainerArgs, fit
-from modaflow.core.wflow import ResidualGenerator, WFlowConfig, sample_wflow, train_wflow
+from modaflow.core.wflow import ResidualGenerator, WFlowConfig, train_wflow
 from modaflow.modalities.toy import data as D
 from modaflow.modalities.toy.metrics import energy_distance, random_directions, sliced_wasserstein
 from modaflow.modalities.toy.models import build_model
 from modaflow.modalities.toy.recipe import ToyConfig, load_data, restore, train
 
 from . import report as R
-from .harness import mean_ci95, median_times, progress
-from .toy import _quiet
+from .harness import mean_ci95, median_times, progress, quiet_training
 from .toy_scaling import ScalingSettings, scaling_table, steering_rows
 
 __all__ = ["OneStepSettings", "ONESTEP_PROFILES", "run_onestep", "onestep_table"]
@@ -156,7 +155,7 @@ def _train_models(s: OneStepSettings, cfg: ToyConfig, teacher, path, run_dir: Pa
         mcfg = FlowMapConfig.from_dict({**fm.to_dict(), "loss": loss, "teacher_steps": s.distill_steps,
                                         "teacher_method": "midpoint", "stop_gradient": stop_gradient})
         module = FlowMapModule(FlowMap(net), path, mcfg, teacher=teacher_field if distil else None)
-        with _quiet():
+        with quiet_training():
             fit(module, D.ToyDataModule(train_x, fm.batch_size, fm.seed), run_dir / f"map-{row}",
                 targs, progress=False)
         flow_map = module.flow_map().to(device)
@@ -168,14 +167,14 @@ def _train_models(s: OneStepSettings, cfg: ToyConfig, teacher, path, run_dir: Pa
         pairs = reflow_pairs(teacher_field, s.reflow_pairs, (cfg.dim,), steps=32, method="rk4", seed=seed + 100,
                              device=device)
         student = copy.deepcopy(teacher).train().requires_grad_(True)
-        with _quiet():
+        with quiet_training():
             run = train_reflow(student, pairs, fm, run_dir / "reflow", targs)
         flows["reflow"] = run.module.velocity_field()
         samplers["reflow"] = (_flow_sampler(flows["reflow"]), FEW_NFES)
         timings[f"onestep.{key}.reflow.train_s"] = time.perf_counter() - start
     if s.ot_cfm:
         start = time.perf_counter()
-        with _quiet():
+        with quiet_training():
             train(cfg.replace(fm=fm.replace(coupling="exact_ot")), targs, run_dir / "ot_cfm", progress=False)
         _, ot_path, ot_model = restore(run_dir / "ot_cfm")
         flows["ot_cfm"] = as_velocity_field(ot_model.to(device), cfg.fm.parametrization, ot_path)

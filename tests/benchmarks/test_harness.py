@@ -118,3 +118,33 @@ def test_plots_write_png_files(tmp_path) -> None:
     ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_select_profile_names_the_known_ones_and_needs_cuda_for_gpu() -> None:
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class P:
+        device: str
+        threads: int
+
+    profiles = {"quick": P("cpu", 1), "gpu": P("cuda", 0)}
+    assert H.select_profile(profiles, "quick") == P("cpu", 1)
+    with pytest.raises(ValueError, match=r"unknown profile 'fast'; known: \['gpu', 'quick'\]"):
+        H.select_profile(profiles, "fast")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="profile 'gpu' needs a CUDA device"):
+            H.select_profile(profiles, "gpu")
+
+
+def test_torch_threads_sets_and_restores() -> None:
+    before = torch.get_num_threads()
+    with H.torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(KeyError):
+        with H.torch_threads(before + 1):
+            raise KeyError("x")
+    assert torch.get_num_threads() == before
+    with H.torch_threads(0):
+        assert torch.get_num_threads() == before
