@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import platform
@@ -26,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from modaflow.core.io import atomic_write_text
+from modaflow.core.training.quiet import quiet_lightning
 
 __all__ = [
     "BenchResult",
@@ -270,17 +269,5 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@contextlib.contextmanager
-def quiet_training() -> Iterator[None]:
-    """Silence Lightning's banners and warnings while a benchmark trains."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+# Benchmarks train quietly through the core's context manager (one definition).
+quiet_training = quiet_lightning

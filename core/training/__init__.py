@@ -17,6 +17,7 @@ from .ema import EMA
 from .fit import FitResult, checkpoint_path, fit
 from .flow_map_module import FlowMapConfig, FlowMapModule
 from .module import Batch, FlowMatchingModule, NonFiniteLossError
+from .quiet import quiet_lightning
 
 __all__ = [
     "FlowMatchingConfig",
@@ -42,4 +43,5 @@ __all__ = [
     "checkpoint_path",
     "FlowMapConfig",
     "FlowMapModule",
+    "quiet_lightning",
 ]

@@ -21,10 +21,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from modaflow.core.ode import solve_ode, time_grid
-from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit
+from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit, quiet_lightning
 
 from .models import CondVelocity
-from .training import quiet
 
 __all__ = ["ALPHAS", "ridge_fit_predict", "OneDirectionFlow", "train_one_direction"]
 
@@ -66,6 +65,6 @@ def train_one_direction(target: Tensor, cond: Tensor, hidden: int, depth: int, f
     g = torch.Generator().manual_seed(fm.seed)
     loader = DataLoader(TensorDataset(target, cond), batch_size=min(fm.batch_size, len(target)), shuffle=True,
                         drop_last=True, generator=g)
-    with quiet():
+    with quiet_lightning():
         fit(module, loader, out_dir, trainer_args, progress=False)
     return OneDirectionFlow(module)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from modaflow.core.config import Config, ConfigError
 from modaflow.core.paths import LinearPath, VPCosinePath, bridge
-from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit
+from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit, quiet_lightning
 
 from ..runs import load_recipe, load_weights, save_recipe
 from .bids import GLMMethod, load_bids
@@ -35,7 +35,7 @@ from .data import Prepared, TrialData, load_betas, prepare
 from .models import AEConfig, NeuroVAE, NeuroVAEConfig, VisualAE, build_xfm
 from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, load_ae, load_stats, load_vae, save_stats
 from .simulate import SimConfig, simulate
-from .training import AutoencoderModule, fit_autoencoder, quiet
+from .training import AutoencoderModule, fit_autoencoder
 
 __all__ = ["FMRIConfig", "SOLVERS", "NAME", "load_trials", "load_prepared", "build_path", "train", "restore", "evaluate",
            "latents", "XFMPairs"]
@@ -234,7 +234,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
     module = FlowMatchingModule(build_xfm(cfg.latent, cfg.xfm_hidden, cfg.xfm_depth), build_path(cfg), cfg.fm)
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(XFMPairs(zn, zv), batch_size=min(cfg.fm.batch_size, len(zn)), shuffle=True, drop_last=True, generator=g)
-    with quiet():
+    with quiet_lightning():
         res = fit(module, loader, out, trainer_args, progress=progress)
     final = res.history[-1][1] if res.history else math.nan
     return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint),  # the XFM's, as the CLI prints

@@ -31,7 +31,7 @@ from ..runs import load_recipe, save_recipe
 from .data import prepare
 from .models import NeuroVAE, NeuroVAEConfig
 from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, save_stats
-from .recipe import NAME, FMRIConfig, latents, load_prepared, load_trials, restore
+from .recipe import NAME, FMRIConfig, load_prepared, load_trials, restore
 from .training import AutoencoderModule, fit_autoencoder
 
 __all__ = ["SampleOptions", "sample", "finetune", "read_images", "read_responses", "save_image_grid"]

@@ -9,9 +9,6 @@ latents for a new subject's head, see :func:`align_loss`). :func:`fit_autoencode
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -19,27 +16,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from modaflow.core.training import TrainerArgs, save_checkpoint
+from modaflow.core.training import TrainerArgs, quiet_lightning, save_checkpoint
 
 from .models import NeuroVAE
 
-__all__ = ["AutoencoderModule", "fit_autoencoder", "align_loss", "quiet"]
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence Lightning's banners and warnings."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+__all__ = ["AutoencoderModule", "fit_autoencoder", "align_loss"]
 
 
 def align_loss(vae: NeuroVAE, x: Tensor, target: Tensor, weight: float, generator: torch.Generator | None = None) -> Tensor:
@@ -84,7 +65,7 @@ def fit_autoencoder(module: AutoencoderModule, tensors: tuple[Tensor, ...], batc
     g = torch.Generator().manual_seed(seed)
     ds = TensorDataset(*tensors)
     loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=len(ds) >= batch_size, generator=g)
-    with quiet():
+    with quiet_lightning():
         trainer = L.Trainer(**trainer_args.trainer_kwargs(), max_steps=max_steps, enable_checkpointing=False, logger=False,
                             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                             gradient_clip_val=1.0, default_root_dir=str(Path(path).parent))
