@@ -67,7 +67,10 @@ class Policy(nn.Module):
         return (o - self.obs_mean) / self.obs_std
 
     def act(self, cond: Tensor, steps: int, generator: torch.Generator | None = None) -> Tensor:
-        raise NotImplementedError
+        """An action chunk ``(B, H, A)`` for observations ``cond`` ``(B, T_o * O)`` in ``steps``
+        sampler steps. Each policy class (flow, diffusion, autoregressive) defines it; this
+        shared base only normalises observations."""
+        raise NotImplementedError(f"{type(self).__name__} must define act(); use a flow, diffusion or ar policy")
 
 
 def _noise(cond: Tensor, horizon: int, act_dim: int, generator: torch.Generator | None) -> Tensor:
