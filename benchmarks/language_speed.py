@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from modaflow.modalities.language.flm import FLMConfig, FLMModule
 from modaflow.modalities.language.models import DiT, DiTConfig
 
-__all__ = ["SpeedSettings", "training_throughput"]
+__all__ = ["SpeedSettings", "SpeedVariant", "variants", "training_throughput"]
 
 
 @dataclass(frozen=True)
@@ -44,56 +45,108 @@ class SpeedSettings:
     """Tokens per cross-entropy chunk of the fast variants."""
 
 
-def _variants(s: SpeedSettings) -> dict[str, tuple[bool, int, bool]]:
-    """name -> (fast_input, ce_chunk, compile)."""
-    v = {"dense_eager": (False, 0, False), "lowrank_eager": (True, 0, False), "lowrank_chunked_eager": (True, s.ce_chunk, False)}
+@dataclass(frozen=True)
+class SpeedVariant:
+    """One way of running the FLM training step."""
+
+    fast_input: bool
+    """Low-rank noisy input (``n F``) instead of the dense ``(B, L, K)`` one."""
+    ce_chunk: int
+    """Tokens per cross-entropy chunk (0: all logits at once)."""
+    compile: str = "none"
+    """``none``; ``trunk`` (``torch.compile`` of the transformer blocks); ``loss`` (of the
+    whole :meth:`FLMModule.loss_from_draws`: input projection, blocks, head and loss)."""
+    batch_scale: int = 1
+    """Sequences per step as a multiple of the settings' batch (packing more tokens per step)."""
+
+
+def variants(s: SpeedSettings) -> dict[str, SpeedVariant]:
+    """The measured variants; ``dense_eager`` is the reference step."""
+    v = {"dense_eager": SpeedVariant(False, 0), "lowrank_eager": SpeedVariant(True, 0),
+         "lowrank_chunked_eager": SpeedVariant(True, s.ce_chunk)}
     if s.device == "cuda":
-        v["lowrank_chunked_compiled"] = (True, s.ce_chunk, True)
+        v["lowrank_chunked_compiled"] = SpeedVariant(True, s.ce_chunk, "trunk")
+        v["lowrank_loss_compiled"] = SpeedVariant(True, 0, "loss")
+        v["lowrank_loss_compiled_2x_batch"] = SpeedVariant(True, 0, "loss", 2)
     return v
 
 
-def training_throughput(s: SpeedSettings, seed: int) -> dict:
-    """``{"timings": {<variant>_tokens_per_s, <variant>_ratio (vs dense_eager), ...}, "notes": [...]}``."""
-    device = torch.device(s.device)
-    g = torch.Generator().manual_seed(seed)
-    batches = [torch.randint(0, s.vocab, (s.batch, s.block_len), generator=g).to(device) for _ in range(s.warmup + s.steps)]
+def _time_variant(s: SpeedSettings, v: SpeedVariant, seed: int, device: torch.device) -> dict:
     cuda = device.type == "cuda"
+    B = s.batch * v.batch_scale
+    g = torch.Generator().manual_seed(seed)
+    batches = [torch.randint(0, s.vocab, (B, s.block_len), generator=g).to(device) for _ in range(s.warmup + s.steps)]
+    torch.manual_seed(seed)
+    model = DiT(DiTConfig(vocab_size=s.vocab, block_len=s.block_len, dim=s.dim, depth=s.depth, heads=s.heads)).to(device)
+    module = FLMModule(model, FLMConfig(fast_input=v.fast_input, ce_chunk=v.ce_chunk, seed=seed))
+    loss_fn = module.loss_from_draws
+    if v.compile != "none":
+        torch._dynamo.reset()  # a fresh cache: static shapes, no recompile limit from an earlier variant
+    if v.compile == "trunk":
+        model.trunk = torch.compile(model.trunk)
+    elif v.compile == "loss":
+        loss_fn = torch.compile(loss_fn)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+    def step(k: int) -> None:
+        gamma, noise = module.draw(batches[k], gen)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = loss_fn(batches[k], gamma, noise)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    t0 = time.perf_counter()
+    for k in range(s.warmup):
+        step(k)
+    if cuda:
+        torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    for k in range(s.warmup, s.warmup + s.steps):
+        step(k)
+    if cuda:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t1
+    out = {"s_per_step": dt / s.steps, "tokens_per_s": B * s.block_len * s.steps / dt, "warmup_s": t1 - t0}
+    if cuda:
+        out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def training_throughput(s: SpeedSettings, seed: int, compiled: bool = True,
+                        report: Callable[[str, dict], None] | None = None) -> dict:
+    """``{"timings": {train.<variant>_tokens_per_s, train.<variant>_speedup_ratio (vs dense_eager),
+    ...}, "notes": [...]}``. A variant that fails (e.g. out of memory at 2x batch) is named in
+    the notes, never fails the run; the reference must succeed. ``compiled=False`` skips the
+    ``torch.compile`` variants; ``report(name, result)`` is called as each variant finishes
+    (so a run cut short still shows the finished ones)."""
+    device = torch.device(s.device)
     timings, notes = {}, []
-    for name, (fast, chunk, compiled) in _variants(s).items():
-        torch.manual_seed(seed)
-        model = DiT(DiTConfig(vocab_size=s.vocab, block_len=s.block_len, dim=s.dim, depth=s.depth, heads=s.heads)).to(device)
-        module = FLMModule(model, FLMConfig(fast_input=fast, ce_chunk=chunk, seed=seed))
-        if compiled:
-            model.trunk = torch.compile(model.trunk)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-
-        def step(k: int) -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = module.compute_loss(batches[k], k)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        for k in range(s.warmup):
-            step(k)
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for k in range(s.warmup, s.warmup + s.steps):
-            step(k)
-        if cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        timings[f"train.{name}_s_per_step"] = dt / s.steps
-        timings[f"train.{name}_tokens_per_s"] = s.batch * s.block_len * s.steps / dt
-        if cuda:
-            timings[f"train.{name}_peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    todo = {n: v for n, v in variants(s).items() if compiled or v.compile == "none"}
+    for name, v in todo.items():
+        try:
+            res = _time_variant(s, v, seed, device)
+        except Exception as e:  # an optional fast path; the reference re-raises
+            if name == "dense_eager":
+                raise
+            notes.append(f"throughput variant {name} failed: {type(e).__name__}: {str(e)[:200]}")
+            continue
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        for key, val in res.items():
+            timings[f"train.{name}_{key}"] = val
+        if report is not None:
+            report(name, res)
     base = timings["train.dense_eager_tokens_per_s"]
-    for name in _variants(s):
-        if name != "dense_eager":
+    for name in todo:
+        if name != "dense_eager" and f"train.{name}_tokens_per_s" in timings:
             timings[f"train.{name}_speedup_ratio"] = timings[f"train.{name}_tokens_per_s"] / base
+    cuda = device.type == "cuda"
     notes.append(f"throughput: K={s.vocab}, L={s.block_len}, d={s.dim}, depth={s.depth}, batch={s.batch}, {s.steps} timed steps "
                  f"after {s.warmup} warm-up on {s.device}{' (bf16 autocast, fused AdamW)' if cuda else ' (fp32)'}; ratios vs the "
                  f"dense-input eager reference step of the same run")

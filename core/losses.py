@@ -40,7 +40,10 @@ def one_hot_cross_entropy(logits: Tensor, tokens: Tensor, mask: Tensor | None = 
     """
     if logits.shape[:2] != tokens.shape:
         raise ValueError(f"logits {tuple(logits.shape)} must be (B, L, V) for tokens {tuple(tokens.shape)}")
-    nll = F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")  # (B, L)
+    # class dim last on a (B L, V) view: the transposed (B, V, L) "spatial" form runs 4x slower
+    # (measured on CPU, 4096 x 8192 logits, forward + backward; the same on an H100 made the
+    # chunked FLM loss 3.4x slower than the unchunked one)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), reduction="none").view(tokens.shape)
     m = torch.ones_like(nll) if mask is None else mask.to(nll.dtype)
     if reduce:
         return (nll * m).sum() / m.sum().clamp(min=1)

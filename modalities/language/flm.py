@@ -82,16 +82,27 @@ class FLMModule(FlowMatchingModule):
 
     def compute_loss(self, batch, step: int) -> Tensor:
         tokens = self.unpack(batch)[0]
+        gamma, noise = self.draw(tokens, self._generator(tokens.device, step))
+        return self.loss_from_draws(tokens, gamma, noise)
+
+    def draw(self, tokens: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The step's random draws for ``tokens`` ``(B, L)``: ``gamma`` ``(B,)`` and the noise,
+        ``n`` ``(B, L, r)`` when ``cfg.fast_input`` (:meth:`~.models.DiT.embed_noisy`), else
+        ``eps`` ``(B, L, K)``."""
         B, L = tokens.shape
-        gen = self._generator(tokens.device, step)
+        model: DiT = self.model
+        width = model.noise_rank if self.cfg.fast_input else model.cfg.vocab_size
         gamma = self.draw_gamma(B, tokens.device, gen)
+        return gamma, torch.randn(B, L, width, generator=gen, device=tokens.device)
+
+    def loss_from_draws(self, tokens: Tensor, gamma: Tensor, noise: Tensor) -> Tensor:
+        """The loss given the draws of :meth:`draw`; a pure function of its inputs and the
+        weights, so it can be ``torch.compile``d whole (no generator inside)."""
         model: DiT = self.model
         if self.cfg.fast_input:  # x_gamma W = gamma W[x] + (1 - gamma) eps W, eps W ~ n F (REFERENCE §3)
-            n = torch.randn(B, L, model.noise_rank, generator=gen, device=tokens.device)
-            h = model.embed_noisy(tokens, gamma, n)
+            h = model.embed_noisy(tokens, gamma, noise)
         else:
-            eps = torch.randn(B, L, model.cfg.vocab_size, generator=gen, device=tokens.device)
-            h = model.embed_input(noisy_onehot(tokens, gamma, eps))
+            h = model.embed_input(noisy_onehot(tokens, gamma, noise))
         hidden = model.trunk(h, model.condition(gamma, None))
         return chunked_cross_entropy(hidden, model.out, tokens, self.cfg.ce_chunk)
 

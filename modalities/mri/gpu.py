@@ -83,6 +83,7 @@ def build_variant(v: Variant, unet: UNetConfig, device: torch.device, allow_comp
     net = UNet3D(unet.replace(use_flash_attention=v.flash_attention)).to(device)
     apply_gpu_options(net, v.channels_last, v.activation_checkpointing)
     if v.compile and allow_compile:
+        torch._dynamo.reset()  # a fresh cache: no guard failures or recompile limit from an earlier variant
         net.unet.compile()
     return net
 
@@ -150,5 +151,4 @@ def time_steps(v: Variant, unet: UNetConfig, shape: tuple[int, int, int], batch:
     net.eval()
     sample_step()
     sample_s, sample_peak = timed(sample_step)
-    del net, opt
     return StepTiming(train_s / batch, sample_s / batch, train_peak, sample_peak, first)

@@ -30,3 +30,9 @@ def test_cross_entropy_matches_loop() -> None:
     assert one_hot_cross_entropy(torch.zeros(1, 3, V), torch.zeros(1, 3, dtype=torch.long)).item() == pytest.approx(math.log(V))
     with pytest.raises(ValueError, match=r"must be \(B, L, V\)"):
         one_hot_cross_entropy(logits, tokens[:, :3])
+    # Per-sample means, and a non-contiguous (transposed) logits view give the same numbers.
+    per = torch.stack([sum(nll[b][i] for i in range(L) if mask[b, i]) / mask[b].sum() for b in range(B)])
+    torch.testing.assert_close(one_hot_cross_entropy(logits, tokens, mask, reduce=False), per)
+    strided = logits.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(one_hot_cross_entropy(strided, tokens, mask), ref)
