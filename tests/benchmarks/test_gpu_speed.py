@@ -1,0 +1,52 @@
+"""The one-lease GPU speed script (:mod:`modaflow.benchmarks.gpu_speed`) at tiny sizes on the CPU:
+every part writes its numbers, a failing part does not stop the next, bad parts are user errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from modaflow.benchmarks import gpu_speed
+
+
+def test_tiny_parts_write_ratios_against_their_baselines(tmp_path, capsys) -> None:
+    res = gpu_speed.run_parts(["language", "mri"], tmp_path, tiny=True, compiled=False)
+    saved = json.loads((tmp_path / "gpu_speed.json").read_text())
+    assert set(saved) >= {"meta", "language", "mri"} and saved["tiny"] is True
+    lang = res["language"]["timings"]
+    assert lang["train.dense_eager_tokens_per_s"] > 0
+    assert lang["train.lowrank_chunked_eager_speedup_ratio"] > 0
+    assert not any("compiled" in k for k in lang)  # compiled=False skips them
+    mri = res["mri"]["timings"]
+    assert mri["mri.stock.train_s_per_volume"] > 0 and mri["mri.stock.sample_s_per_volume"] > 0
+    out = capsys.readouterr().out
+    assert "[gpu_speed] language dense_eager:" in out and "[gpu_speed] mri stock:" in out  # reported as they finish
+    assert "| language | train.dense_eager_tokens_per_s |" in gpu_speed.table(res)
+
+
+def test_a_failing_part_is_recorded_and_the_next_runs(tmp_path, monkeypatch) -> None:
+    def broken(tiny: bool, compiled: bool) -> dict:
+        raise RuntimeError("planted")
+
+    monkeypatch.setitem(gpu_speed.PARTS, "toy", broken)
+    res = gpu_speed.run_parts(["toy", "language"], tmp_path, tiny=True, compiled=False)
+    assert res["toy"]["error"] == "RuntimeError: planted"
+    assert "timings" in res["language"]
+    assert gpu_speed.main(["--out", str(tmp_path), "--parts", "toy", "--tiny"]) == 1
+
+
+def test_bad_parts_and_missing_cuda_are_user_errors(tmp_path, capsys) -> None:
+    assert gpu_speed.main(["--out", str(tmp_path), "--parts", "toy,nope", "--tiny"]) == 2
+    assert "unknown part(s) ['nope']" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert gpu_speed.main(["--out", str(tmp_path), "--parts", "toy"]) == 2
+        assert "needs CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_language_eager_variants_on_gpu(tmp_path) -> None:
+    res = gpu_speed.run_parts(["language"], tmp_path, tiny=False, compiled=False)
+    assert res["language"]["timings"]["train.lowrank_chunked_eager_speedup_ratio"] > 0
