@@ -58,41 +58,18 @@ def _language(tiny: bool, compiled: bool) -> dict:
 
 
 def _mri(tiny: bool, compiled: bool) -> dict:
-    from modaflow.modalities.mri.gpu import VARIANTS, time_steps
+    from modaflow.modalities.mri.gpu import VARIANTS, compare_variants
     from modaflow.modalities.mri.models import UNetConfig
 
     device = torch.device("cpu" if tiny else "cuda")
     unet = UNetConfig(channels=(4, 8), attention_levels=(False, True), num_res_blocks=1, norm_num_groups=4) if tiny \
         else UNetConfig.medforj()
     shape = (8, 8, 8) if tiny else (192, 224, 192)
-    timings, metrics, notes = {}, {}, []
-    res = {}
-    for v in (v for v in VARIANTS if compiled or not v.compile):
-        try:
-            res[v.name] = r = time_steps(v, unet, shape, batch=1, repeats=2 if tiny else 5, device=device,
-                                         allow_compile=not tiny)
-            _say("mri")(v.name, r)
-        except Exception as e:  # an optional fast path; the stock reference re-raises
-            if v.name == "stock":
-                raise
-            notes.append(f"mri variant {v.name} failed: {type(e).__name__}: {str(e)[:200]}")
-            continue
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        for key, val in vars(r).items():
-            timings[f"mri.{v.name}.{key}"] = val
-    stock = res["stock"]
-    for name, r in res.items():
-        if name == "stock":
-            continue
-        metrics[f"mri.{name}.train_time_ratio"] = r.train_s_per_volume / stock.train_s_per_volume
-        metrics[f"mri.{name}.sample_time_ratio"] = r.sample_s_per_volume / stock.sample_s_per_volume
-        metrics[f"mri.{name}.volume_s_4_nfe"] = 4 * r.sample_s_per_volume
-        if r.train_peak_gb is not None:
-            metrics[f"mri.{name}.train_memory_ratio"] = r.train_peak_gb / stock.train_peak_gb
-            metrics[f"mri.{name}.sample_memory_ratio"] = r.sample_peak_gb / stock.sample_peak_gb
-    metrics["mri.stock.volume_s_ddim64"] = 64 * stock.sample_s_per_volume
+    chosen = tuple(v for v in VARIANTS if compiled or not v.compile)
+    res, metrics, baseline, notes = compare_variants(unet, shape, 2 if tiny else 5, device, allow_compile=not tiny,
+                                                     variants=chosen, report=_say("mri"))
+    timings = {f"mri.{name}.{key}": val for name, r in res.items() for key, val in vars(r).items()}
+    metrics.update({f"stock_monai.{k}": v for k, v in baseline.items()})
     notes.append(f"mri: {shape} batch 1, UNet channels {unet.channels}; ratios vs stock MONAI (bf16 + flash attention) "
                  f"in the same process")
     return {"timings": timings, "metrics": metrics, "notes": notes}

@@ -21,13 +21,14 @@ import contextlib
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .models import UNet3D, UNetConfig, apply_gpu_options
 
-__all__ = ["Variant", "VARIANTS", "StepTiming", "build_variant", "time_steps"]
+__all__ = ["Variant", "VARIANTS", "StepTiming", "build_variant", "time_steps", "compare_variants"]
 
 
 @dataclass(frozen=True)
@@ -152,3 +153,50 @@ def time_steps(v: Variant, unet: UNetConfig, shape: tuple[int, int, int], batch:
     sample_step()
     sample_s, sample_peak = timed(sample_step)
     return StepTiming(train_s / batch, sample_s / batch, train_peak, sample_peak, first)
+
+
+def compare_variants(unet: UNetConfig, shape: tuple[int, int, int], repeats: int, device: torch.device,
+                     allow_compile: bool = True, variants: tuple[Variant, ...] = VARIANTS,
+                     report: Callable[[str, StepTiming], None] | None = None
+                     ) -> tuple[dict[str, StepTiming], dict[str, float], dict[str, float], list[str]]:
+    """Time each of ``variants`` (``stock`` first, which must succeed) at batch 1 and compare
+    with stock MONAI. Returns ``(timings per variant, metrics, stock baseline, notes)``:
+    metrics ``gpu_path.<variant>.{train_s_per_volume, train_time_ratio, sample_time_ratio,
+    volume_s_4_nfe, train_memory_ratio, sample_memory_ratio}`` (memory only on CUDA); the
+    baseline ``{train_s_per_volume, sample_s_per_volume, volume_s_ddim64[, peaks]}``. A failing
+    fast variant is named in the notes; ``report(name, timing)`` runs as each one finishes."""
+    if variants[0].name != "stock":
+        raise ValueError(f"the first variant must be the stock reference; got {variants[0].name!r}")
+    res: dict[str, StepTiming] = {}
+    notes: list[str] = []
+    for v in variants:
+        try:
+            res[v.name] = time_steps(v, unet, shape, batch=1, repeats=repeats, device=device,
+                                     allow_compile=allow_compile)
+        except Exception as e:  # an optional fast path; the stock reference re-raises
+            if v.name == "stock":
+                raise
+            notes.append(f"variant {v.name} failed: {type(e).__name__}: {str(e)[:200]}")
+            continue
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        if report is not None:
+            report(v.name, res[v.name])
+    stock = res["stock"]
+    baseline = {"train_s_per_volume": stock.train_s_per_volume, "sample_s_per_volume": stock.sample_s_per_volume,
+                "volume_s_ddim64": 64 * stock.sample_s_per_volume}  # REFERENCE §4: 64 DDIM steps
+    if stock.train_peak_gb is not None:
+        baseline.update(train_peak_gb=stock.train_peak_gb, sample_peak_gb=stock.sample_peak_gb)
+    metrics: dict[str, float] = {}
+    for name, r in res.items():
+        if name == "stock":
+            continue
+        metrics[f"gpu_path.{name}.train_s_per_volume"] = r.train_s_per_volume
+        metrics[f"gpu_path.{name}.train_time_ratio"] = r.train_s_per_volume / stock.train_s_per_volume
+        metrics[f"gpu_path.{name}.sample_time_ratio"] = r.sample_s_per_volume / stock.sample_s_per_volume
+        metrics[f"gpu_path.{name}.volume_s_4_nfe"] = 4 * r.sample_s_per_volume  # a flow map's 4 steps
+        if r.train_peak_gb is not None:
+            metrics[f"gpu_path.{name}.train_memory_ratio"] = r.train_peak_gb / stock.train_peak_gb
+            metrics[f"gpu_path.{name}.sample_memory_ratio"] = r.sample_peak_gb / stock.sample_peak_gb
+    return res, metrics, baseline, notes

@@ -50,3 +50,11 @@ def test_bad_parts_and_missing_cuda_are_user_errors(tmp_path, capsys) -> None:
 def test_language_eager_variants_on_gpu(tmp_path) -> None:
     res = gpu_speed.run_parts(["language"], tmp_path, tiny=False, compiled=False)
     assert res["language"]["timings"]["train.lowrank_chunked_eager_speedup_ratio"] > 0
+
+
+def test_mri_comparison_needs_the_stock_reference_first() -> None:
+    from modaflow.modalities.mri.gpu import VARIANTS, compare_variants
+    from modaflow.modalities.mri.models import UNetConfig
+
+    with pytest.raises(ValueError, match="stock reference"):
+        compare_variants(UNetConfig(), (8, 8, 8), 1, torch.device("cpu"), variants=VARIANTS[1:])
