@@ -5,7 +5,8 @@ Stages (each resumes: a stage whose file exists in the run folder is loaded, not
 1. visual AE on the training stimuli (pixel MSE), ``visual_ae.safetensors``;
 2. NeuroVAE on the z-scored training trials (MSE + beta KL + ``vae_align`` times the
    squared distance of its mean to the stimulus's standardised visual latent),
-   ``neurovae.safetensors``;
+   ``neurovae.safetensors``; a ``vae_val_fraction`` of the training stimuli is held out and
+   the weights of the step with the lowest validation loss are kept (early stopping);
 3. XFM on paired standardised latents ``(x0 = z_neu, x1 = z_vis)`` with the core's
    :class:`~modaflow.core.training.FlowMatchingModule` and ``fit`` on
    ``bridge(LinearPath | VPCosinePath, noise, "quadratic")`` (noise ``s * t (1 - t)``;
@@ -38,7 +39,8 @@ from .simulate import SimConfig, simulate
 from .training import AutoencoderModule, fit_autoencoder
 
 __all__ = ["FMRIConfig", "SOLVERS", "NAME", "load_trials", "load_prepared", "build_path", "train", "restore", "evaluate",
-           "latents", "XFMPairs"]
+           "latents", "XFMPairs",
+           "validation_split"]
 
 NAME = "fmri"
 SOLVERS: tuple[str, ...] = ("euler", "midpoint", "heun", "rk4")
@@ -93,6 +95,15 @@ class FMRIConfig(Config):
     steps for 0); ridge on the same split: 0.64 and 0.83. Quick profile (test stimuli, scored
     once after the choice): encoding median r 0.70 -> 0.78 (ridge 0.69, ceiling 0.91),
     decoding top-1 among 300 0.59 -> 0.95 (ridge 0.93), the same at 1, 4 and 20 steps."""
+    vae_val_fraction: float = 0.1
+    """Fraction of the training stimuli held out from the NeuroVAE to choose its step by
+    validation loss (early stopping; 0 = train on all and keep the last step). Evidence
+    (300 validation stimuli of the training set, quick sizes): the encoding path's voxel r
+    against the simulator's noise-free responses peaks at 0.898 after 500 of 1500 steps and
+    falls to 0.851 at 1500 (the decoder overfits the single-trial noise); latent 64 gives
+    the same peak (0.899), so the step count, not the latent size, was the bottleneck."""
+    vae_val_every: int = 50
+    """Steps between two validation losses of the NeuroVAE."""
     align_weight: float = 1.0
     """finetune: weight of the term pulling a new subject's latents onto the XFM's."""
     xfm_hidden: int = 256
@@ -123,6 +134,8 @@ class FMRIConfig(Config):
             self._require(getattr(self, name) > 0, name, "a number > 0")
         for name in ("vae_beta", "vae_align", "xfm_noise", "align_weight"):
             self._require(getattr(self, name) >= 0, name, "a number >= 0")
+        self._require(0 <= self.vae_val_fraction < 1, "vae_val_fraction", "a fraction in [0, 1)")
+        self._require(self.vae_val_every >= 1, "vae_val_every", "an integer >= 1")
         self._require(0 <= self.vae_dropout < 1, "vae_dropout", "a probability in [0, 1)")
 
 
@@ -180,6 +193,23 @@ def latents(ae: VisualAE, vae: NeuroVAE, prep: Prepared) -> dict[str, torch.Tens
             "zv_mean": zv.mean(0), "zv_std": zv.std(0).clamp_min(1e-6), "zn_mean": zn.mean(0), "zn_std": zn.std(0).clamp_min(1e-6)}
 
 
+def validation_split(images: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(fit, val)`` of training trials, split by stimulus (all repeats of a
+    held-out stimulus are in ``val``): ``round(fraction * n_stimuli)`` random stimuli,
+    none when that is 0 or would leave fewer than 2 stimuli to fit."""
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    _, stim = np.unique(flat, axis=0, return_inverse=True)
+    stim = stim.reshape(-1)
+    n = int(stim.max()) + 1 if len(stim) else 0
+    k = int(round(fraction * n))
+    rows = np.arange(len(stim))
+    if k < 1 or n - k < 2:
+        return rows, rows[:0]
+    held = np.random.default_rng(seed).choice(n, k, replace=False)
+    is_val = np.isin(stim, held)
+    return rows[~is_val], rows[is_val]
+
+
 def _stage(path: Path, build, train_fn) -> tuple[torch.nn.Module, dict]:
     if path.is_file():
         return build(path), {"resumed": True}
@@ -215,13 +245,16 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
                              dropout=cfg.vae_dropout)
 
     def train_vae():
-        m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, cfg.vae_align, seed=seed + 1)
         tensors = (torch.as_tensor(prep.train_x),)
         if cfg.vae_align > 0:  # targets: the standardised visual latents of the trials' stimuli
             with torch.no_grad():
                 zv = ae.encode(torch.as_tensor(prep.train_img))
             tensors += ((zv - zv.mean(0)) / zv.std(0).clamp_min(1e-6),)
-        s = fit_autoencoder(m, tensors, cfg.fm.batch_size, cfg.vae_steps, trainer_args,
+        fit_rows, val_rows = validation_split(prep.train_img, cfg.vae_val_fraction, seed + 1)
+        val = tuple(t[val_rows] for t in tensors) if len(val_rows) else None
+        m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, cfg.vae_align, seed=seed + 1, val=val,
+                              val_every=cfg.vae_val_every)
+        s = fit_autoencoder(m, tuple(t[fit_rows] for t in tensors), cfg.fm.batch_size, cfg.vae_steps, trainer_args,
                             out / VAE_FILE, seed + 1, progress)
         return m.model, s
 

@@ -31,7 +31,7 @@ from ..runs import load_recipe, save_recipe
 from .data import prepare
 from .models import NeuroVAE, NeuroVAEConfig
 from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, save_stats
-from .recipe import NAME, FMRIConfig, load_prepared, load_trials, restore
+from .recipe import NAME, FMRIConfig, load_prepared, load_trials, restore, validation_split
 from .training import AutoencoderModule, fit_autoencoder
 
 __all__ = ["SampleOptions", "sample", "finetune", "read_images", "read_responses", "save_image_grid"]
@@ -184,7 +184,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     ckpt_dir, out = Path(ckpt_dir), Path(out_dir)
     base = load_recipe(ckpt_dir, NAME, FMRIConfig)
     allowed = {"sim", "glm", "glm_noise_model", "mask", "vae_hidden", "vae_steps", "vae_lr", "vae_beta", "vae_dropout",
-               "align_weight", "steps", "solver"}
+               "vae_val_fraction", "vae_val_every", "align_weight", "steps", "solver"}
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ConfigError(f"finetune cannot change {bad}: the visual AE and XFM are shared (allowed: {sorted(allowed)})")
@@ -213,8 +213,11 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     target = zn_std * model.stats["zn_std"] + model.stats["zn_mean"]  # raw neural-latent space of the XFM
     vae = NeuroVAE(NeuroVAEConfig(voxels=prep.train_x.shape[1], hidden=cfg.vae_hidden, latent=cfg.latent,
                                   beta=cfg.vae_beta, dropout=cfg.vae_dropout))
-    module = AutoencoderModule(vae, cfg.vae_lr, cfg.align_weight, seed=cfg.fm.seed + 2)
-    summary = fit_autoencoder(module, (torch.as_tensor(prep.train_x), target), cfg.fm.batch_size, cfg.vae_steps,
+    tensors = (torch.as_tensor(prep.train_x), target)
+    fit_rows, val_rows = validation_split(prep.train_img, cfg.vae_val_fraction, cfg.fm.seed + 2)  # early stopping
+    val = tuple(t[val_rows] for t in tensors) if len(val_rows) else None
+    module = AutoencoderModule(vae, cfg.vae_lr, cfg.align_weight, seed=cfg.fm.seed + 2, val=val, val_every=cfg.vae_val_every)
+    summary = fit_autoencoder(module, tuple(t[fit_rows] for t in tensors), cfg.fm.batch_size, cfg.vae_steps,
                               trainer_args, out / VAE_FILE, cfg.fm.seed + 2, progress)
     stats = {**model.stats, "vox_mean": torch.as_tensor(prep.mean), "vox_std": torch.as_tensor(prep.std)}
     save_stats(out / STATS_FILE, stats)

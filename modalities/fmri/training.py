@@ -4,7 +4,9 @@ matching, so they have their own small module), with safetensors checkpoints fro
 :class:`AutoencoderModule` wraps any network with a ``loss(batch)`` method (the visual AE:
 pixel MSE; the NeuroVAE: MSE + beta KL, optionally plus an alignment term to fixed target
 latents for a new subject's head, see :func:`align_loss`). :func:`fit_autoencoder` runs
-``max_steps`` AdamW steps and writes ``path`` (weights + the network's config).
+``max_steps`` AdamW steps and writes ``path`` (weights + the network's config); given
+validation tensors it keeps the weights of the step with the lowest validation loss
+(:func:`validation_loss`; early stopping, Prechelt 1998, "Early stopping - but when?").
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from modaflow.core.training import TrainerArgs, quiet_lightning, save_checkpoint
 
 from .models import NeuroVAE
 
-__all__ = ["AutoencoderModule", "fit_autoencoder", "align_loss"]
+__all__ = ["AutoencoderModule", "fit_autoencoder", "align_loss", "validation_loss"]
 
 
 def align_loss(vae: NeuroVAE, x: Tensor, target: Tensor, weight: float, generator: torch.Generator | None = None) -> Tensor:
@@ -31,14 +33,60 @@ def align_loss(vae: NeuroVAE, x: Tensor, target: Tensor, weight: float, generato
     return vae.loss(x, generator) + weight * ((mu - target) ** 2).mean()
 
 
+@torch.no_grad()
+def validation_loss(model: nn.Module, batch: tuple[Tensor, ...], align_weight: float = 0.0) -> float:
+    """The deterministic validation objective of held-out rows (the network in eval mode).
+
+    * NeuroVAE with targets ``(x, z_vis)``: ``MSE(decode(z_vis), x) + align_weight *
+      mean ||mu(x) - z_vis||^2`` -- the voxels predicted from the stimulus's latent (the
+      encoding path) plus the decoding path's alignment;
+    * NeuroVAE without targets: ``MSE(decode(mu(x)), x)``;
+    * any other network: ``model.loss(x)`` (the visual AE: pixel MSE).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        if isinstance(model, NeuroVAE):
+            x = batch[0]
+            mu, _ = model.encode(x)
+            if len(batch) == 2:
+                t = batch[1]
+                return float(((model.decode(t) - x) ** 2).mean() + align_weight * ((mu - t) ** 2).mean())
+            return float(((model.decode(mu) - x) ** 2).mean())
+        return float(model.loss(batch[0]))
+    finally:
+        model.train(was_training)
+
+
 class AutoencoderModule(L.LightningModule):
     """``model.loss(x)`` (or :func:`align_loss` when batches carry targets) minimised with
-    AdamW at a constant learning rate ``lr``; ``history`` holds ``(step, loss)``."""
+    AdamW at a constant learning rate ``lr``; ``history`` holds ``(step, loss)``.
 
-    def __init__(self, model: nn.Module, lr: float, align_weight: float = 0.0, seed: int = 0, log_every: int = 25) -> None:
+    With ``val`` tensors (same layout as a batch), :func:`validation_loss` is computed every
+    ``val_every`` steps and at the last step; ``best_state`` keeps the weights of the lowest
+    one (``val_history``: ``(step, loss)``, ``best_step``)."""
+
+    def __init__(self, model: nn.Module, lr: float, align_weight: float = 0.0, seed: int = 0, log_every: int = 25,
+                 val: tuple[Tensor, ...] | None = None, val_every: int = 50) -> None:
         super().__init__()
         self.model, self.lr, self.align_weight, self.seed, self.log_every = model, lr, align_weight, seed, log_every
         self.history: list[tuple[int, float]] = []
+        self.val, self.val_every = val, max(1, val_every)
+        self.val_history: list[tuple[int, float]] = []
+        self.best_state: dict[str, Tensor] | None = None
+        self.best_step, self.best_val = 0, float("inf")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.val is None:
+            return
+        step = self.global_step
+        if step % self.val_every and step < (self.trainer.max_steps or 0):
+            return
+        loss = validation_loss(self.model, tuple(v.to(self.device) for v in self.val), self.align_weight)
+        self.val_history.append((step, loss))
+        if loss < self.best_val:
+            self.best_val, self.best_step = loss, step
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         g = torch.Generator(batch[0].device).manual_seed(self.seed * 1_000_003 + self.global_step)
@@ -70,8 +118,16 @@ def fit_autoencoder(module: AutoencoderModule, tensors: tuple[Tensor, ...], batc
                             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                             gradient_clip_val=1.0, default_root_dir=str(Path(path).parent))
         trainer.fit(module, loader)
+    if module.best_state is not None:  # early stopping: the weights of the best validation step
+        module.model.load_state_dict(module.best_state)
     module.model.cpu().eval()
     cfg = getattr(module.model, "cfg", None)
-    save_checkpoint(path, module.model, step=max_steps, config=cfg, extra={"history": module.history})
+    extra = {"history": module.history}
+    if module.val_history:
+        extra.update(val_history=module.val_history, best_step=module.best_step)
+    save_checkpoint(path, module.model, step=max_steps, config=cfg, extra=extra)
     final = module.history[-1][1] if module.history else float("nan")
-    return {"steps": max_steps, "final_loss": final, "history": module.history}
+    summary = {"steps": max_steps, "final_loss": final, "history": module.history}
+    if module.val_history:
+        summary.update(best_step=module.best_step, best_val_loss=module.best_val, val_history=module.val_history)
+    return summary

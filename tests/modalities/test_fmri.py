@@ -162,3 +162,33 @@ def test_vae_align_pulls_the_neural_latent_onto_the_visual_one(run_dir, tmp_path
         _, nf = restore(out)  # RMSE between standardised neural and visual latents of the training trials
         gaps[weight] = float(((nf.neural_latent(x) - nf.visual_latent(img)) ** 2).mean().sqrt())
     assert gaps[10.0] < 0.8 * gaps[0.0]
+
+
+def test_validation_split_holds_out_whole_stimuli() -> None:
+    from modaflow.modalities.fmri.recipe import validation_split
+
+    imgs = np.random.default_rng(0).random((20, 4, 4)).astype(np.float32)
+    rows = np.array([0, 1, 2, 3] * 3 + list(range(4, 20)))  # stimuli 0..3 shown 3 times
+    fit, val = validation_split(imgs[rows], 0.25, seed=0)
+    assert len(val) and len(fit) + len(val) == len(rows) and not set(fit) & set(val)
+    held = {imgs[rows[i]].tobytes() for i in val}
+    assert len(held) == 5 and not held & {imgs[rows[i]].tobytes() for i in fit}  # repeats stay together
+    assert len(validation_split(imgs, 0.0, 0)[1]) == 0
+    with pytest.raises(ConfigError, match="vae_val_fraction"):
+        _cfg(vae_val_fraction=1.0)
+
+
+def test_early_stopping_keeps_the_best_validation_step(tmp_path) -> None:
+    from modaflow.modalities.fmri.models import NeuroVAE, NeuroVAEConfig
+    from modaflow.modalities.fmri.training import AutoencoderModule, fit_autoencoder, validation_loss
+
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(64, 12, generator=g), torch.randn(64, 4, generator=g)  # pure noise: validation cannot improve for long
+    xv, tv = torch.randn(32, 12, generator=g), torch.randn(32, 4, generator=g)
+    vae = NeuroVAE(NeuroVAEConfig(voxels=12, hidden=64, latent=4, dropout=0.0))
+    m = AutoencoderModule(vae, 1e-2, 1.0, seed=0, val=(xv, tv), val_every=10)
+    s = fit_autoencoder(m, (x, t), 16, 200, TrainerArgs(accelerator="cpu"), tmp_path / "v.safetensors", 0)
+    steps = [k for k, _ in s["val_history"]]
+    assert steps[-1] == 200 and steps[0] == 10
+    assert s["best_val_loss"] == min(v for _, v in s["val_history"])
+    assert validation_loss(vae, (xv, tv), 1.0) == pytest.approx(s["best_val_loss"], rel=1e-5)  # the best weights are kept
