@@ -101,7 +101,7 @@ PROFILES: dict[str, LanguageProfile] = {
         speed=SpeedSettings(vocab=512, block_len=32, dim=32, depth=1, heads=2, batch=8, steps=2, warmup=1),
     ),
     "quick": LanguageProfile(
-        text=_cfg("shakespeare", "bpe", 512, 64, 64, 2, 4, 400, 32, max_chars=1_500_000, lr=2e-3),
+        text=_cfg("shakespeare", "bpe", 512, 64, 64, 2, 4, 480, 32, max_chars=1_500_000, lr=2e-3),
         markov=_cfg("markov", "char", 0, 64, 64, 2, 4, 250, 32, markov_vocab=128, markov_train=2048, lr=2e-3),
         text_fmlm_steps=120, markov_fmlm_steps=80,
         ar_steps=300, n_eval=32, flm_steps=(8, 32, 128), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),

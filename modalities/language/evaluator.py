@@ -83,7 +83,7 @@ def token_nll(model: CausalLM, tokens: Tensor, batch: int = 64) -> Tensor:
     for i in range(0, tokens.shape[0], batch):
         x = tokens[i:i + batch].to(device)
         logits = model(_shifted(x)).float()
-        out.append(F.cross_entropy(logits.transpose(1, 2), x, reduction="none").cpu())
+        out.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="none").view(x.shape).cpu())
     return torch.cat(out)
 
 

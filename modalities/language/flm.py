@@ -4,8 +4,9 @@ its time read as ``gamma``), trained by cross-entropy of the denoiser's logits a
 clean tokens, sampled by Euler in ``gamma`` with the velocity ``v = (p - x) / (1 - gamma)``,
 ``p = softmax(logits)``, and a final argmax (or temperature / top-p draw).
 
-Training time: ``t`` uniform (the core's time sampler), ``gamma = gamma(t)`` from the
-reparameterization table of the model's vocabulary (:mod:`.reparam`).
+Training time: ``t`` from the core's time sampler (the language recipe's default: logit-normal
+(0, 1), Esser et al. 2024, arXiv 2403.03206, eq. 19; uniform before), ``gamma = gamma(t)``
+from the reparameterization table of the model's vocabulary (:mod:`.reparam`).
 """
 
 from __future__ import annotations

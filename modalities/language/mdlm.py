@@ -46,10 +46,12 @@ class MDLMModule(FlowMatchingModule):
         tokens = self.unpack(batch)[0]
         B, L = tokens.shape
         gen = self._generator(tokens.device, step)
-        t = self.time_sampler(B, device=tokens.device, dtype=torch.float32, generator=gen)
-        t = T_MIN + (1 - T_MIN) * t
+        # t ~ U[0, 1] whatever cfg.time_sampler says: eq. 10's expectation is over uniform t
+        # (FLM's default logit-normal time would reweight the NELBO)
+        t = T_MIN + (1 - T_MIN) * torch.rand(B, device=tokens.device, dtype=torch.float32, generator=gen)
         z, masked = mask_tokens(tokens, t, torch.rand(B, L, device=tokens.device, generator=gen), self.model.cfg.vocab_size)
-        nll = F.cross_entropy(self.model(z, t).float().transpose(1, 2), tokens, reduction="none")  # (B, L)
+        logits = self.model(z, t).float()  # class-last: the transposed (B, K, L) cross-entropy is slower (quick: 0.080 -> 0.073 s/step)
+        nll = F.cross_entropy(logits.reshape(B * L, -1), tokens.reshape(-1), reduction="none").view(B, L)
         return (nll * masked / t[:, None]).sum() / (B * L)  # NELBO, arXiv 2406.07524 eq. 10
 
 

@@ -43,7 +43,11 @@ _VOCAB = ("tokenizer", "vocab_size", "markov_vocab", "markov_concentration", "vo
 
 
 def _default_fm() -> FLMConfig:
-    return FLMConfig(lr=1e-3, max_steps=2000, batch_size=32, warmup_steps=50, ema_decay=0.995, log_every=25, ckpt_every=500)
+    # FLM's time t (the reparameterized one) logit-normal(0, 1) (Esser et al. 2024, arXiv 2403.03206,
+    # eq. 19) instead of uniform: lower validation CE at every t in (0.2, 0.8) and better 8-step gen
+    # PPL at the quick budget (benchmarks/language_flm_probe.py; MDLM keeps uniform t, its NELBO's)
+    return FLMConfig(lr=1e-3, max_steps=2000, batch_size=32, warmup_steps=50, ema_decay=0.995, log_every=25, ckpt_every=500,
+                     time_sampler="logit_normal")
 
 
 @dataclass

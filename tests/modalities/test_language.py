@@ -28,7 +28,21 @@ TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the m
 
 
 def _dit(K: int = 40, d: int = 16, **kw) -> DiT:
-    return DiT(DiTConfig(vocab_size=K, block_len=12, dim=d, depth=1, heads=2, **kw))
+    """A small DiT whose output layer is random (the default one starts at zero, which would
+    make every logit 0 and the loss comparisons below trivially equal)."""
+    model = DiT(DiTConfig(vocab_size=K, block_len=12, dim=d, depth=1, heads=2, **kw))
+    model.out.reset_parameters()
+    return model
+
+
+def test_dit_starts_with_uniform_logits_and_learns_through_the_zero_output_layer() -> None:
+    model = DiT(DiTConfig(vocab_size=30, block_len=12, dim=16, depth=1, heads=2))
+    x, g, tokens = torch.randn(2, 12, 30), torch.tensor([0.3, 0.7]), torch.randint(0, 30, (2, 12))
+    assert torch.equal(model(x, g), torch.zeros(2, 12, 30))
+    loss = FLMModule(model, FLMConfig(ce_chunk=0)).compute_loss(tokens, 0)
+    assert loss.item() == pytest.approx(math.log(30), abs=1e-5)
+    loss.backward()
+    assert model.out.weight.grad.abs().sum() > 0  # the output layer gets a gradient at step 0
 
 
 # --- time reparameterization ------------------------------------------------------------
@@ -284,8 +298,11 @@ def test_mdlm_masking_loss_and_sampler() -> None:
     z, masked = mask_tokens(tokens, torch.tensor([0.0, 1.0]), torch.rand(2, 6), 99)
     assert not masked[0].any() and masked[1].all() and (z[1] == 99).all() and torch.equal(z[0], tokens[0])
     model = _dit(K=20, input="tokens", reparam=False)
-    loss = MDLMModule(model, FlowMatchingConfig()).compute_loss(torch.randint(0, 20, (4, 12)), 0)
+    batch = torch.randint(0, 20, (4, 12))
+    loss = MDLMModule(model, FlowMatchingConfig()).compute_loss(batch, 0)
     assert torch.isfinite(loss) and loss > 0
+    # the NELBO's t is uniform whatever the config's time sampler (FLM's default is logit-normal)
+    assert torch.equal(loss, MDLMModule(model, FlowMatchingConfig(time_sampler="logit_normal")).compute_loss(batch, 0))
     for steps in (1, 4):
         x = generate_mdlm(model.eval(), 3, 12, steps, seed=0)
         assert x.shape == (3, 12) and int(x.max()) < 20  # everything revealed, never the mask id
