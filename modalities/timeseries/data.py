@@ -10,7 +10,11 @@
 * :class:`Scaler` is fitted on the training windows only and saved with the model
   (``scaler.json``): ``minmax`` maps each channel to [0, 1] (the protocol's metric space),
   ``standard`` to zero mean and unit variance, ``identity`` keeps data already in [0, 1]
-  (Sines). The network sees ``2u - 1`` for minmax/identity and ``u`` for standard.
+  (Sines). The network sees ``u`` for standard; for minmax/identity it sees the training
+  split's per-channel range of ``u`` mapped onto [-1, 1] (``2 (u - lo) / (hi - lo) - 1``;
+  for minmax that is ``2u - 1``). Sines stay in the protocol's metric space (TimeGAN's
+  ``(sin + 1) / 2``, which only fills [0.5, 1]) while the network sees the whole of
+  [-1, 1] (Diffusion-TS feeds it ``2x - 1``, half of that range).
 
 Shapes: windows ``(N, L, C)``, batch first, time, channels.
 """
@@ -168,12 +172,17 @@ class Scaler:
         shift: per channel, length ``C``.
         scale: per channel, length ``C`` (a constant channel gets scale 1).
         channels: channel names.
+        model_lo, model_hi: per channel, the range of ``u`` that the network sees as
+            [-1, 1] (minmax/identity; empty: ``[0, 1]``, the behaviour of scalers saved
+            before these fields existed). Unused by standard scaling.
     """
 
     method: str
     shift: tuple[float, ...]
     scale: tuple[float, ...]
     channels: tuple[str, ...]
+    model_lo: tuple[float, ...] = ()
+    model_hi: tuple[float, ...] = ()
 
     @classmethod
     def fit(cls, x: np.ndarray, method: str, channels: tuple[str, ...]) -> "Scaler":
@@ -190,7 +199,12 @@ class Scaler:
         else:
             raise ValueError(f"scaling must be minmax, standard or identity; got {method!r}")
         scale = np.where(scale > 0, scale, 1.0)
-        return cls(method, tuple(map(float, shift)), tuple(map(float, scale)), tuple(channels))
+        u = (flat - shift) / scale
+        lo, hi = u.min(0), u.max(0)
+        ok = np.isfinite(lo) & np.isfinite(hi) & (hi > lo)
+        lo, hi = np.where(ok, lo, 0.0), np.where(ok, hi, 1.0)  # a constant channel: [0, 1]
+        return cls(method, tuple(map(float, shift)), tuple(map(float, scale)), tuple(channels),
+                   tuple(map(float, lo)), tuple(map(float, hi)))
 
     @property
     def n_channels(self) -> int:
@@ -211,24 +225,33 @@ class Scaler:
         self._check(u, "samples")
         return np.asarray(u, np.float64) * np.asarray(self.scale) + np.asarray(self.shift)
 
-    @property
-    def _model_affine(self) -> tuple[float, float]:
-        return (1.0, 0.0) if self.method == "standard" else (2.0, -1.0)
+    def _model_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel ``(a, b)`` with network input ``a u + b`` (module doc)."""
+        C = self.n_channels
+        if self.method == "standard":
+            return np.ones(C), np.zeros(C)
+        lo = np.asarray(self.model_lo or (0.0,) * C)
+        hi = np.asarray(self.model_hi or (1.0,) * C)
+        a = 2.0 / (hi - lo)
+        return a, -1.0 - a * lo  # [lo, hi] -> [-1, 1]
 
     def to_model(self, u: np.ndarray | Tensor) -> Tensor:
-        """Normalised ``u`` -> what the network sees (``2u - 1`` or ``u``), float32 tensor."""
-        a, b = self._model_affine
-        return (torch.as_tensor(np.asarray(u), dtype=torch.float32) * a + b)
+        """Normalised ``u`` -> what the network sees (``u`` for standard, else the training
+        range mapped onto [-1, 1]), float32 tensor."""
+        a, b = self._model_affine()
+        return (torch.as_tensor(np.asarray(u), dtype=torch.float32) * torch.as_tensor(a, dtype=torch.float32)
+                + torch.as_tensor(b, dtype=torch.float32))
 
     def from_model(self, x: Tensor) -> np.ndarray:
         """Network space -> normalised ``u``, float64 array."""
-        a, b = self._model_affine
+        a, b = self._model_affine()
         return (x.detach().cpu().double().numpy() - b) / a
 
     def save(self, path: str | Path) -> Path:
         """Write the scaler as JSON, atomically."""
         text = json.dumps({"method": self.method, "shift": self.shift, "scale": self.scale,
-                           "channels": list(self.channels)}, indent=2)
+                           "channels": list(self.channels), "model_lo": self.model_lo, "model_hi": self.model_hi},
+                          indent=2)
         atomic_write_text(Path(path), text + "\n")
         return Path(path)
 
@@ -238,7 +261,8 @@ class Scaler:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: scaler not found; is this a run folder written by 'modaflow train timeseries'?")
         d = json.loads(path.read_text())
-        return cls(d["method"], tuple(d["shift"]), tuple(d["scale"]), tuple(d["channels"]))
+        return cls(d["method"], tuple(d["shift"]), tuple(d["scale"]), tuple(d["channels"]),
+                   tuple(d.get("model_lo", ())), tuple(d.get("model_hi", ())))
 
 
 def save_samples(path: str | Path, x: np.ndarray, channels: tuple[str, ...]) -> Path:

@@ -76,6 +76,24 @@ def test_scaler_is_fitted_on_train_only_and_round_trips_in_float64(tmp_path) -> 
         sc.transform(train[..., :2])
 
 
+
+def test_identity_scaler_maps_the_training_range_onto_the_network_range(tmp_path) -> None:
+    """Sines keep the protocol's metric space ([0.5, 1]) while the network sees [-1, 1]
+    (the training split's per-channel range, fitted on train only); a scaler saved
+    without the range keeps the old ``2u - 1``."""
+    train = S.sines(200, 24, seed=0).values
+    sc = D.Scaler.fit(train, "identity", tuple("abcde"))
+    np.testing.assert_array_equal(sc.transform(train), train)  # the metric space is unchanged
+    z = sc.to_model(train).double().numpy()
+    np.testing.assert_allclose(z.reshape(-1, 5).min(0), -1.0, atol=1e-6)
+    np.testing.assert_allclose(z.reshape(-1, 5).max(0), 1.0, atol=1e-6)
+    np.testing.assert_allclose(sc.from_model(torch.as_tensor(z)), train, atol=1e-6)  # float32 network space
+    assert D.Scaler.load(sc.save(tmp_path / "s.json")) == sc
+    old = D.Scaler("identity", sc.shift, sc.scale, sc.channels)  # as written before the range was saved
+    np.testing.assert_allclose(old.to_model(train).double().numpy(), 2 * train - 1, atol=1e-6)
+    mm = D.Scaler.fit(train, "minmax", tuple("abcde"))  # minmax: still exactly 2u - 1
+    np.testing.assert_allclose(mm.to_model(mm.transform(train)).double().numpy(), 2 * mm.transform(train) - 1, atol=1e-6)
+
 def _write_csv(path, rows: str) -> str:
     path.write_text(rows)
     return str(path)
