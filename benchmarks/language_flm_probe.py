@@ -51,6 +51,23 @@ def val_scores(net, blocks: torch.Tensor, seed: int = 123) -> dict:
     return out
 
 
+@torch.no_grad()
+def mdlm_val_scores(net, blocks: torch.Tensor, seed: int = 123) -> dict:
+    """MDLM: CE (nats) and accuracy on the masked tokens of ``blocks`` at mask rate ``t`` of EVAL_T."""
+    from modaflow.modalities.language.mdlm import mask_tokens
+
+    net.eval()
+    out = {}
+    gen = torch.Generator().manual_seed(seed)
+    for t in EVAL_T:
+        tt = torch.full((blocks.shape[0],), t)
+        z, masked = mask_tokens(blocks, tt, torch.rand(blocks.shape, generator=gen), net.cfg.vocab_size)
+        logits = net(z, tt).float()[masked]
+        out[f"t={t}"] = (round(float(torch.nn.functional.cross_entropy(logits, blocks[masked])), 3),
+                         round(float((logits.argmax(-1) == blocks[masked]).float().mean()), 3))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--evaluator", required=True)
@@ -68,10 +85,11 @@ def main() -> None:
     ap.add_argument("--val_blocks", type=int, default=256)
     ap.add_argument("--n_gen", type=int, default=32)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--method", default="flm", choices=("flm", "mdlm"))
     a = ap.parse_args()
     torch.set_num_threads(1)
     p = PROFILES["quick"]
-    cfg = p.text.replace(method="flm")
+    cfg = p.text.replace(method=a.method)
     fm = cfg.fm.replace(time_sampler=a.time_sampler or cfg.fm.time_sampler, time_shift=a.time_shift, logit_normal_m=a.ln_m,
                          logit_normal_s=a.ln_s)
     for name, val, unset in (("max_steps", a.steps, 0), ("lr", a.lr, 0.0), ("warmup_steps", a.warmup, -1),
@@ -97,6 +115,12 @@ def main() -> None:
         fit(module, D.block_loader(train_blocks, fm.batch_size, fm.seed), Path(d), TrainerArgs(accelerator="cpu", devices=1),
             progress=False)
     train_s = time.perf_counter() - t0
+    if a.method == "mdlm":
+        ema_net = build_network(cfg)
+        module.ema.copy_to(ema_net)
+        print(json.dumps({"tag": a.tag, "args": vars(a), "train_s": round(train_s, 1), "val_raw": mdlm_val_scores(module.model, val),
+                          "val_ema": mdlm_val_scores(ema_net, val)}))
+        return
     raw = val_scores(module.model, val)
     ema_net = build_network(cfg)
     ema_net.load_state_dict(module.model.state_dict())

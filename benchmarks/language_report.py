@@ -114,8 +114,8 @@ def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, 
         "true NLL@32 11.4 vs MDLM 5.2, and starts using context by 2000 steps, 8.5): at CPU-profile budgets FLM rows "
         "measure an under-trained FLM, not the method; the Euler sampler itself reaches the data NLL with the exact "
         "Markov denoiser (tests/modalities/test_language_flm_oracle.py)",
-        "FLM's training time t (reparameterized) is logit-normal(0, 1), MDLM's uniform (its NELBO); both DiTs start "
-        "with a zero output layer: chosen on a validation split of the train blocks (benchmarks/language_flm_probe.py)",
+        "FLM's training time t (reparameterized) is logit-normal(0, 1), MDLM's uniform (its NELBO): chosen on a "
+        "validation split of the train blocks (benchmarks/language_flm_probe.py)",
     ]
     result = BenchResult.create("language", profile, seed, metrics=metrics, baselines=baselines, timings=timings,
                                 curves=curves, plots=plots, notes=notes)
