@@ -13,6 +13,8 @@ conditional model against the baselines' steered sampling), plots (PCA / t-SNE, 
 metric vs NFE, a forecast fan), and a table per dataset with the published Diffusion-TS /
 FM-TS numbers beside ours, marked as published.
 
+TimeFlow and linear FM train on logit-normal times (see ``_config``), the DDPM on uniform steps.
+
 Metrics compare generated windows with an equal number of real **training** windows in
 the normalised space (the protocol's); forecasting uses held-out test windows.
 Profiles: ``smoke`` (seconds, tests), ``quick`` (about 6-7 min of CPU time on one
@@ -129,7 +131,12 @@ ROWS: tuple[tuple[str, str, int], ...] = (
 def _config(p: TSProfile, ds: str, method: str, seed: int) -> TimeSeriesConfig:
     cfg = TimeSeriesConfig(data=ds, method=method, n_samples=p.n_samples, data_seed=seed, d_model=p.d_model,
                            layers=p.layers)
+    # flow methods train on logit-normal times (Esser et al. 2024, arXiv 2403.03206, sec. 3.1, m = 0, s = 1); the
+    # DDPM keeps Diffusion-TS's uniform steps. Sines component experiment (d_model 32, 700 steps): TimeFlow@10
+    # context-FID 0.39 -> 0.14 and correlational 0.094 -> 0.031 against uniform times, at the same cost.
+    sampler = "uniform" if method == "ddpm" else "logit_normal"
     return cfg.replace(fm=cfg.fm.replace(max_steps=p.train_steps, batch_size=p.batch_size, seed=seed, ddpm_steps=p.ddpm_steps,
+                                         time_sampler=sampler,
                                          log_every=max(1, p.train_steps // 50), ckpt_every=p.train_steps,
                                          warmup_steps=min(100, p.train_steps // 10)))
 
