@@ -31,13 +31,14 @@ def real_data_rows(p, ds, real, w, scaler, encoders, seed, bounded, res) -> None
 
 
 def curves_vs_nfe(p, ds, models, real, encoder, seed, n, scaler, res) -> None:
-    """Correlational and context-FID against NFE for TimeFlow and linear FM."""
+    """Correlational and context-FID against NFE for TimeFlow and linear FM, at each method's
+    default time shift (a row's draws are reused where its chosen shift is that one)."""
     for metric in ("correlational", "context_fid"):
         res["curves"][f"{ds}.{metric}_vs_nfe"] = {"xlabel": "NFE", "ylabel": metric, "series": {}}
     for method in ("timeflow", "linear_fm"):
         vals = {"correlational": [], "context_fid": []}
         for nfe in p.curve_nfes:
-            fake = res["draws"].get((method, nfe))
+            fake = res["draws"].get((method, nfe, models[method].cfg.shift))
             if fake is None:
                 fake = scaler.from_model(draw(models[method], n, nfe, "auto", seed))
             vals["correlational"].append(M.correlational_score(real, fake))

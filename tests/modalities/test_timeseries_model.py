@@ -162,6 +162,23 @@ def test_baselines_train_and_sample_through_the_core(tmp_path) -> None:
         R.draw(R.restore(tmp_path / "linear_fm"), 2, 3, "ddpm", 0)
 
 
+def test_flow_methods_train_on_logit_normal_times_and_the_ddpm_on_uniform_steps() -> None:
+    from modaflow.core.time_samplers import LogitNormalTime, UniformTime
+
+    assert R.TimeSeriesConfig().fm.time_sampler == "logit_normal"  # the recipe default, not only the benchmark's
+    for method, kind in (("timeflow", LogitNormalTime), ("linear_fm", LogitNormalTime), ("ddpm", UniformTime)):
+        _, _, module = R.build(R.TimeSeriesConfig(method=method, d_model=16, layers=1, heads=2), channels=3)
+        assert type(module.time_sampler) is kind, method
+    cfg = R.TimeSeriesConfig(method="timeflow", d_model=16, layers=1, heads=2)
+    _, _, module = R.build(cfg.replace(fm=cfg.fm.replace(time_sampler="uniform")), channels=3)
+    assert type(module.time_sampler) is UniformTime  # an explicit choice is kept
+    t = module.time_sampler(4096, generator=torch.Generator().manual_seed(0))
+    _, _, ln = R.build(cfg, channels=3)
+    s = ln.time_sampler(4096, generator=torch.Generator().manual_seed(0))
+    assert abs(float(s.mean()) - 0.5) < 0.02 and float(((s - 0.5).abs() < 0.25).float().mean()) > 0.6  # mass mid-path
+    assert abs(float(((t - 0.5).abs() < 0.25).float().mean()) - 0.5) < 0.03
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
 def test_gpu_profile_without_cuda_is_a_clear_error(tmp_path) -> None:
     from modaflow.benchmarks import timeseries as B
@@ -187,7 +204,16 @@ def test_gpu_profile_code_path_runs_on_cpu_at_tiny_sizes(tmp_path) -> None:
     assert res.timings["sines.timeflow@nfe10.speed_vs_ddpm_ratio"] > 0
     assert res.metrics["sines.timeflow@nfe10.discriminative"]["n"] == 2
     report = (tmp_path / "tiny" / "report.md").read_text()
-    assert "| TimeFlow (10 NFE) | 10 |" in report and "| Diffusion-TS (published) | 500-1000 | 0.006 |" in report
+    import re
+
+    note = next(n for n in res.notes if n.startswith("sampling time shift"))
+    for method, nfe in (("timeflow", 10), ("timeflow", 100), ("linear_fm", 10), ("linear_fm", 100)):
+        m = re.search(rf"sines {method}@{nfe}: shift (\S+) \(validation context-FID shift 1: (\S+), shift 3: (\S+);", note)
+        chosen, fid1, fid3 = float(m[1]), float(m[2].rstrip(",")), float(m[3])
+        assert chosen == (1.0 if fid1 <= fid3 else 3.0)  # the lower validation score wins
+        label = {"timeflow": "TimeFlow", "linear_fm": "linear FM"}[method]
+        assert f"| {label} ({nfe} NFE, shift {chosen:g}) | {nfe} |" in report
+    assert "| Diffusion-TS (published) | 500-1000 | 0.006 |" in report
     for plot in res.plots:
         assert (tmp_path / "tiny" / plot).stat().st_size > 0
     assert {"sines_embeddings.png", "sines_forecast_fan.png", "sines_context_fid_vs_nfe.png"} <= set(res.plots)
