@@ -17,21 +17,27 @@ from ..registry import DatasetInfo, Modality, ModalityCommand
 from .commands import SOLVERS, CollectOptions, SteerOptions, collect_demos, evaluate, finetune, sample, steer, train
 from .recipe import RoboticsConfig
 
-__all__ = ["MODALITY", "RoboticsConfig", "DATASET_EPISODES"]
+__all__ = ["MODALITY", "RoboticsConfig", "DATASET_EPISODES", "PUSHT_EPISODES"]
 
 DATASET_EPISODES = {"train": 10, "test": 4}
-"""Expert episodes per split of the registered datasets (50 steps each in Fetch)."""
+"""Expert episodes per split of the registered Fetch datasets (50 steps each)."""
+
+PUSHT_EPISODES = {"train": 2, "test": 1}
+"""Expert episodes per split of the registered PushT dataset (up to 300 steps each, ~2 s of
+planning per episode: kept small so the data-card test stays fast; record more with
+``modaflow collect robotics --env pusht``)."""
 
 
 def _load(env: str, split: str, seed: int):
-    """Expert windows (T_o = 2, H = 8) of ``env``: ``ds[i]`` is an action chunk ``(8, 4)``."""
+    """Expert windows (T_o = 2, H = 8) of ``env``: ``ds[i]`` is an action chunk ``(8, act_dim)``."""
     from .data import collect, make_windows
     from .recipe import DEMO_SEED
 
-    if split not in DATASET_EPISODES:
-        raise ValueError(f"split must be one of {list(DATASET_EPISODES)}; got {split!r}")
+    episodes = PUSHT_EPISODES if env == "pusht" else DATASET_EPISODES
+    if split not in episodes:
+        raise ValueError(f"split must be one of {list(episodes)}; got {split!r}")
     start = DEMO_SEED + (0 if split == "train" else 50_000) + 1000 * seed
-    demos = collect(env, DATASET_EPISODES[split], seed=start, noise=0.05)
+    demos = collect(env, episodes[split], seed=start, noise=0.05)
     return make_windows(demos, 2, 8)
 
 
@@ -45,6 +51,8 @@ MODALITY = Modality(
     name="robotics",
     summary="COAST: conceptor steering of flow / diffusion / autoregressive policies (PushT, Fetch)",
     datasets={
+        "pusht": DatasetInfo("pusht", "robotics-pusht", "PushT expert demonstrations (sampling planner, state observations)",
+                             partial(_load, "pusht")),
         "fetch-push": DatasetInfo("fetch-push", "robotics-fetch-push", "FetchPush expert demonstrations (3-phase script)",
                                   partial(_load, "fetch-push")),
         "fetch-pick": DatasetInfo("fetch-pick", "robotics-fetch-pick",
