@@ -92,6 +92,9 @@ def collect(env_name: str, n_episodes: int, seed: int = 0, noise: float = 0.0, m
         succ.append(info["success"])
         seeds.append(s - 1)
     env.close()
+    if not ends:  # only_success and no episode succeeded: say so instead of failing later on empty arrays
+        raise ValueError(f"{env_name}: none of the {s - seed} expert episodes from seed {seed} succeeded "
+                         "(only_success=True); collect with only_success=False (--no-only-success) instead")
     return Demos(env_name, np.asarray(obs, np.float32), np.asarray(acts, np.float32), np.asarray(ends, np.int64),
                  np.asarray(succ, bool), np.asarray(seeds, np.int64))
 

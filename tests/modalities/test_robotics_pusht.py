@@ -37,3 +37,9 @@ def test_pusht_collect_command_writes_a_loadable_file(tmp_path):
     assert 0.0 <= out["expert_success"] <= 1.0
     info = MODALITY.datasets["pusht"]
     assert info.card == "robotics-pusht"
+
+
+def test_only_success_with_no_success_is_a_clear_error():
+    # 5-step PushT episodes never reach 0.95 coverage: all 8 tries fail
+    with pytest.raises(ValueError, match="none of the 8 expert episodes from seed 100000 succeeded.*--no-only-success"):
+        D.collect("pusht", 1, seed=100_000, max_steps=5, only_success=True)
