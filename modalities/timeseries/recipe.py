@@ -106,7 +106,15 @@ class TimeSeriesConfig(Config):
     """Euler-Maruyama diffusion coefficient g (constant)."""
     fm: FlowMatchingConfig = field(default_factory=_default_fm)
     """Optimiser, steps, EMA, time sampler and seed (path and parametrization follow the method). The time sampler
-    (default logit_normal) applies to timeflow and linear_fm; ddpm always draws its steps uniformly."""
+    (default logit_normal) applies to timeflow and linear_fm; ddpm always draws its steps uniformly (set on
+    construction)."""
+
+    def __post_init__(self) -> None:
+        if self.method == "ddpm" and isinstance(self.fm, FlowMatchingConfig) and self.fm.time_sampler != "uniform":
+            # the DDPM loss draws its step uniformly whatever the flow methods' default says (Ho et al. 2020,
+            # arXiv 2006.11239, Alg. 1, as Diffusion-TS, arXiv 2403.01742, trains); set here so recipe.json says so
+            self.fm = self.fm.replace(time_sampler="uniform")
+        super().__post_init__()
 
     def validate(self) -> None:
         self._require(bool(self.data), "data", "a dataset name or a file path")
@@ -152,6 +160,14 @@ def prepare(cfg: TimeSeriesConfig) -> tuple[D.Windows, D.Scaler]:
 
 
 def _net(cfg: TimeSeriesConfig, channels: int) -> TimeFlowNet:
+    """The network, its initial weights drawn from ``fm.seed`` (the global RNG is left as it was),
+    so a run does not depend on what drew from the global RNG before it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.fm.seed)
+        return _new_net(cfg, channels)
+
+
+def _new_net(cfg: TimeSeriesConfig, channels: int) -> TimeFlowNet:
     return TimeFlowNet(TimeFlowNetConfig(channels=channels, length=cfg.window, d_model=cfg.d_model, layers=cfg.layers,
                                          heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, kernel=cfg.kernel,
                                          conditional=cfg.method == "timeflow"))
@@ -167,9 +183,7 @@ def build(cfg: TimeSeriesConfig, channels: int) -> tuple[AffinePath, str, FlowMa
     if cfg.method == "linear_fm":
         return LinearPath(), "velocity", FlowMatchingModule(net, LinearPath(), cfg.fm.replace(parametrization="velocity"))
     path = DiscreteVPPath.cosine(cfg.fm.ddpm_steps)  # T = fm.ddpm_steps (500, Diffusion-TS's cosine schedule)
-    # t ~ U whatever fm.time_sampler says: the DDPM loss draws its step uniformly (Ho et al. 2020, arXiv 2006.11239,
-    # Alg. 1, as Diffusion-TS, arXiv 2403.01742, trains)
-    fm = cfg.fm.replace(parametrization="data", path="ddpm_cosine", time_sampler="uniform")
+    fm = cfg.fm.replace(parametrization="data", path="ddpm_cosine")  # time_sampler uniform (TimeSeriesConfig)
     return path, "data", FlowMatchingModule(net, path, fm)
 
 

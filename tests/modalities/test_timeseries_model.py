@@ -177,6 +177,22 @@ def test_flow_methods_train_on_logit_normal_times_and_the_ddpm_on_uniform_steps(
     s = ln.time_sampler(4096, generator=torch.Generator().manual_seed(0))
     assert abs(float(s.mean()) - 0.5) < 0.02 and float(((s - 0.5).abs() < 0.25).float().mean()) > 0.6  # mass mid-path
     assert abs(float(((t - 0.5).abs() < 0.25).float().mean()) - 0.5) < 0.03
+    assert R.TimeSeriesConfig(method="ddpm").fm.time_sampler == "uniform"  # what recipe.json records
+
+
+def test_network_initialisation_follows_the_training_seed_not_the_global_rng() -> None:
+    cfg = R.TimeSeriesConfig(d_model=16, layers=1, heads=2)
+    torch.manual_seed(1)
+    a = R.build(cfg, channels=3)[2].model.state_dict()
+    state = torch.random.get_rng_state()
+    torch.manual_seed(2)
+    b = R.build(cfg, channels=3)[2].model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    torch.manual_seed(1)
+    R.build(cfg, channels=3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left as it was
+    c = R.build(cfg.replace(fm=cfg.fm.replace(seed=1)), channels=3)[2].model.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
