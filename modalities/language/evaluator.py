@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modaflow.core.config import Config
-from modaflow.core.losses import one_hot_cross_entropy
+from modaflow.core.losses import one_hot_cross_entropy, token_cross_entropy
 from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule
 
 from .models import RotaryAdaLNBlock
@@ -83,7 +82,7 @@ def token_nll(model: CausalLM, tokens: Tensor, batch: int = 64) -> Tensor:
     for i in range(0, tokens.shape[0], batch):
         x = tokens[i:i + batch].to(device)
         logits = model(_shifted(x)).float()
-        out.append(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="none").view(x.shape).cpu())
+        out.append(token_cross_entropy(logits, x).cpu())
     return torch.cat(out)
 
 

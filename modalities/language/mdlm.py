@@ -13,9 +13,9 @@ revealed tokens stay. At ``s = 0`` everything left is revealed. NFE = steps.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from modaflow.core.losses import token_cross_entropy
 from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule
 
 from .flm import pick_tokens
@@ -50,8 +50,7 @@ class MDLMModule(FlowMatchingModule):
         # (FLM's default logit-normal time would reweight the NELBO)
         t = T_MIN + (1 - T_MIN) * torch.rand(B, device=tokens.device, dtype=torch.float32, generator=gen)
         z, masked = mask_tokens(tokens, t, torch.rand(B, L, device=tokens.device, generator=gen), self.model.cfg.vocab_size)
-        logits = self.model(z, t).float()  # class-last: the transposed (B, K, L) cross-entropy is slower (quick: 0.080 -> 0.073 s/step)
-        nll = F.cross_entropy(logits.reshape(B * L, -1), tokens.reshape(-1), reduction="none").view(B, L)
+        nll = token_cross_entropy(self.model(z, t).float(), tokens)  # (B, L)
         return (nll * masked / t[:, None]).sum() / (B * L)  # NELBO, arXiv 2406.07524 eq. 10
 
 

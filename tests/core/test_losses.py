@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from modaflow.core.losses import one_hot_cross_entropy, weighted_mse
+from modaflow.core.losses import one_hot_cross_entropy, token_cross_entropy, weighted_mse
 
 
 def test_weighted_mse_matches_loop() -> None:
@@ -36,3 +36,6 @@ def test_cross_entropy_matches_loop() -> None:
     strided = logits.transpose(0, 1).contiguous().transpose(0, 1)
     assert not strided.is_contiguous()
     torch.testing.assert_close(one_hot_cross_entropy(strided, tokens, mask), ref)
+    torch.testing.assert_close(token_cross_entropy(logits, tokens), torch.stack([torch.stack(row) for row in nll]))
+    with pytest.raises(ValueError, match=r"must be \(B, L, V\)"):
+        token_cross_entropy(logits, tokens[:, :3])
