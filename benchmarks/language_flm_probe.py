@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from modaflow.core.losses import token_cross_entropy
 from modaflow.core.training import TrainerArgs, fit
 from modaflow.modalities.language import data as D
 from modaflow.modalities.language.evaluator import token_nll
@@ -45,7 +46,7 @@ def val_scores(net, blocks: torch.Tensor, seed: int = 123) -> dict:
         noise = torch.randn(*blocks.shape, net.noise_rank, generator=gen)
         hidden = net.trunk(net.embed_noisy(blocks, g, noise), net.condition(g, None))
         logits = net.out(hidden).float()
-        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), blocks)
+        ce = token_cross_entropy(logits, blocks).mean()
         acc = (logits.argmax(-1) == blocks).float().mean()
         out[f"t={t}"] = (round(float(ce), 3), round(float(acc), 3))
     return out
