@@ -21,7 +21,7 @@ record each choice and both validation scores, and the row reports the chosen sh
 
 Metrics compare generated windows with an equal number of real **training** windows in
 the normalised space (the protocol's); forecasting uses held-out test windows.
-Profiles: ``smoke`` (seconds, tests), ``quick`` (about 6-7 min of CPU time on one
+Profiles: ``smoke`` (seconds, tests), ``quick`` (about 5.5 min of CPU time (measured at db247c7) on one
 thread: Sines and Stocks, small networks, 1200 training steps, 256 windows per row, shortened
 metric training — see the notes), ``full`` (all sets,
 protocol metric settings), ``gpu`` (full sizes on CUDA, bf16 training).
@@ -102,7 +102,7 @@ PROFILES: dict[str, TSProfile] = {
     "smoke": TSProfile(("sines",), n_samples=400, d_model=16, layers=1, train_steps=30, batch_size=64, eval_n=64,
                        repeats=2, disc_iterations=10, pred_iterations=10, ts2vec_iterations=5, curve_nfes=(2, 10),
                        forecast_windows=4, forecast_samples=4, ddpm_steps=100, tsne=False, time_n=32, time_repeats=1),
-    # quick: ~6-7 min of CPU time on one thread (was 13.7 min: training 6 models x 1200 steps of batch 128 was ~1/3,
+    # quick: ~5.5 min of CPU time on one thread (was 13.7 min: training 6 models x 1200 steps of batch 128 was ~1/3,
     # sampling — speed rounds of 256 windows, DDPM-500 on 500 windows, curves — and the metric GRUs the rest).
     # 1200 steps (was 700): on Sines, training steps were the best quality per CPU second of the components tried
     # (context-FID of TimeFlow@10 vs 2000 training windows: 700 -> 1400 steps 0.39 -> 0.20; d_model 64 at 1.5x the
