@@ -164,13 +164,9 @@ def _net(cfg: TimeSeriesConfig, channels: int) -> TimeFlowNet:
     so a run does not depend on what drew from the global RNG before it."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.fm.seed)
-        return _new_net(cfg, channels)
-
-
-def _new_net(cfg: TimeSeriesConfig, channels: int) -> TimeFlowNet:
-    return TimeFlowNet(TimeFlowNetConfig(channels=channels, length=cfg.window, d_model=cfg.d_model, layers=cfg.layers,
-                                         heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, kernel=cfg.kernel,
-                                         conditional=cfg.method == "timeflow"))
+        return TimeFlowNet(TimeFlowNetConfig(channels=channels, length=cfg.window, d_model=cfg.d_model, layers=cfg.layers,
+                                             heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, kernel=cfg.kernel,
+                                             conditional=cfg.method == "timeflow"))
 
 
 def build(cfg: TimeSeriesConfig, channels: int) -> tuple[AffinePath, str, FlowMatchingModule]:
