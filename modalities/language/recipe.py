@@ -108,6 +108,13 @@ class LanguageConfig(Config):
     """Training setup (optimiser, steps, batch, seed; FLM's fast input and chunked CE) of
     every method; for fmlm it is the distillation run's."""
 
+    def __post_init__(self) -> None:
+        if self.method == "mdlm" and isinstance(self.fm, FLMConfig) and self.fm.time_sampler != "uniform":
+            # MDLM's NELBO (arXiv 2406.07524, eq. 10) is an expectation over uniform t, which the module
+            # always draws; set here so recipe.json records what trains (FLM's default is logit-normal)
+            self.fm = self.fm.replace(time_sampler="uniform")
+        super().__post_init__()
+
     def distill_config(self) -> FMLMConfig:
         """The core flow-map config of an fmlm run: ``fm``'s optimiser fields plus the fmlm_* ones."""
         base = {k: v for k, v in self.fm.to_dict().items() if k not in ("fast_input", "ce_chunk")}

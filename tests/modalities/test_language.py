@@ -289,6 +289,11 @@ def test_mdlm_masking_loss_and_sampler() -> None:
     assert torch.isfinite(loss) and loss > 0
     # the NELBO's t is uniform whatever the config's time sampler (FLM's default is logit-normal)
     assert torch.equal(loss, MDLMModule(model, FlowMatchingConfig(time_sampler="logit_normal")).compute_loss(batch, 0))
+    # and the run config records it: an mdlm run's time sampler is uniform, FLM's default logit-normal
+    from modaflow.modalities.language.recipe import LanguageConfig
+
+    assert LanguageConfig(method="mdlm").fm.time_sampler == "uniform"
+    assert LanguageConfig(method="flm").fm.time_sampler == "logit_normal"
     for steps in (1, 4):
         x = generate_mdlm(model.eval(), 3, 12, steps, seed=0)
         assert x.shape == (3, 12) and int(x.max()) < 20  # everything revealed, never the mask id
