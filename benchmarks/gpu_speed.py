@@ -7,6 +7,8 @@ Parts (each measured against its baseline in the same process, on the same input
   Euler loop (REFERENCE section 8; :func:`.solvers.solver_overhead`);
 * ``language``: FLM training tokens/s at GPT-2-small size, V = 50 257, L = 128, batch 128,
   every :func:`.language_speed.variants` against the dense-input eager step (issue goal >= 2x);
+* ``language_profile``: where the time of the low-rank eager FLM step goes (the operators by
+  device time, :func:`.language_speed.profile_step`), to direct the work toward that goal;
 * ``mri``: MedForj's UNet at 192x224x192, a training step and a sampling step of each
   :data:`modaflow.modalities.mri.gpu.VARIANTS` against stock MONAI (goal <= 0.3x time and
   memory; a volume in <= 1 s at 4 network evaluations).
@@ -31,7 +33,7 @@ from typing import Callable
 import torch
 
 from .harness import run_metadata
-from .language_speed import SpeedSettings, training_throughput
+from .language_speed import SpeedSettings, SpeedVariant, profile_step, training_throughput
 from .solvers import OverheadSettings, solver_overhead
 
 __all__ = ["PARTS", "run_parts", "main"]
@@ -57,6 +59,13 @@ def _language(tiny: bool, compiled: bool) -> dict:
     return training_throughput(TINY_LANGUAGE if tiny else GPT2_SMALL, seed=0, compiled=compiled, report=_say("language"))
 
 
+def _language_profile(tiny: bool, compiled: bool) -> dict:
+    table = profile_step(TINY_LANGUAGE if tiny else GPT2_SMALL, SpeedVariant(fast_input=True, ce_chunk=0), seed=0)
+    print(table, flush=True)
+    return {"timings": {}, "notes": ["language_profile: the low-rank eager FLM step, operators by device time "
+                                     "over 2 steps (the 'profile' entry of gpu_speed.json)"], "profile": table}
+
+
 def _mri(tiny: bool, compiled: bool) -> dict:
     from modaflow.modalities.mri.gpu import VARIANTS, compare_variants
     from modaflow.modalities.mri.models import UNetConfig
@@ -67,7 +76,8 @@ def _mri(tiny: bool, compiled: bool) -> dict:
     shape = (8, 8, 8) if tiny else (192, 224, 192)
     chosen = tuple(v for v in VARIANTS if compiled or not v.compile)
     res, metrics, baseline, notes = compare_variants(unet, shape, 2 if tiny else 5, device, allow_compile=not tiny,
-                                                     variants=chosen, report=_say("mri"))
+                                                     variants=chosen, report=_say("mri"),
+                                                     progress=lambda m: print(f"[gpu_speed] mri {m}", flush=True))
     timings = {f"mri.{name}.{key}": val for name, r in res.items() for key, val in vars(r).items()}
     metrics.update({f"stock_monai.{k}": v for k, v in baseline.items()})
     notes.append(f"mri: {shape} batch 1, UNet channels {unet.channels}; ratios vs stock MONAI (bf16 + flash attention) "
@@ -75,7 +85,8 @@ def _mri(tiny: bool, compiled: bool) -> dict:
     return {"timings": timings, "metrics": metrics, "notes": notes}
 
 
-PARTS: dict[str, Callable[[bool, bool], dict]] = {"toy": _toy, "language": _language, "mri": _mri}
+PARTS: dict[str, Callable[[bool, bool], dict]] = {"toy": _toy, "language": _language,
+                                                  "language_profile": _language_profile, "mri": _mri}
 
 
 def run_parts(parts: list[str], out_dir: str | Path, tiny: bool = False, compiled: bool = True) -> dict:

@@ -16,7 +16,7 @@ import torch
 from modaflow.modalities.language.flm import FLMConfig, FLMModule
 from modaflow.modalities.language.models import DiT, DiTConfig
 
-__all__ = ["SpeedSettings", "SpeedVariant", "variants", "training_throughput"]
+__all__ = ["SpeedSettings", "SpeedVariant", "variants", "training_throughput", "profile_step"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,10 @@ class SpeedVariant:
     ce_chunk: int
     """Tokens per cross-entropy chunk (0: all logits at once)."""
     compile: str = "none"
-    """``none``; ``trunk`` (``torch.compile`` of the transformer blocks); ``loss`` (of the
-    whole :meth:`FLMModule.loss_from_draws`: input projection, blocks, head and loss)."""
+    """``none``; ``blocks`` (``torch.compile`` of each transformer block on its own: regional
+    compilation, the blocks share one compiled code, so it compiles in a fraction of the time
+    of the whole model); ``loss`` (of the whole :meth:`FLMModule.loss_from_draws`: input
+    projection, blocks, head and loss)."""
     batch_scale: int = 1
     """Sequences per step as a multiple of the settings' batch (packing more tokens per step)."""
 
@@ -65,32 +67,35 @@ def variants(s: SpeedSettings) -> dict[str, SpeedVariant]:
     v = {"dense_eager": SpeedVariant(False, 0), "lowrank_eager": SpeedVariant(True, 0),
          "lowrank_chunked_eager": SpeedVariant(True, s.ce_chunk)}
     if s.device == "cuda":
-        v["lowrank_chunked_compiled"] = SpeedVariant(True, s.ce_chunk, "trunk")
-        v["lowrank_loss_compiled"] = SpeedVariant(True, 0, "loss")
+        # cheapest compilation first: a lease cut short keeps the finished variants
+        v["lowrank_blocks_compiled"] = SpeedVariant(True, 0, "blocks")
+        v["lowrank_blocks_compiled_2x_batch"] = SpeedVariant(True, 0, "blocks", 2)
         v["lowrank_loss_compiled_2x_batch"] = SpeedVariant(True, 0, "loss", 2)
+        v["lowrank_loss_compiled"] = SpeedVariant(True, 0, "loss")
     return v
 
 
-def _time_variant(s: SpeedSettings, v: SpeedVariant, seed: int, device: torch.device) -> dict:
+def _stepper(s: SpeedSettings, v: SpeedVariant, seed: int, device: torch.device, n_batches: int
+             ) -> tuple[Callable[[int], None], int]:
+    """``(step, B)``: ``step(k)`` runs one optimiser step of ``v`` on the ``k``-th of ``n_batches``
+    fixed batches of ``B`` sequences (the same draws for every variant of a run)."""
     cuda = device.type == "cuda"
     B = s.batch * v.batch_scale
     g = torch.Generator().manual_seed(seed)
-    batches = [torch.randint(0, s.vocab, (B, s.block_len), generator=g).to(device) for _ in range(s.warmup + s.steps)]
+    batches = [torch.randint(0, s.vocab, (B, s.block_len), generator=g).to(device) for _ in range(n_batches)]
     torch.manual_seed(seed)
     model = DiT(DiTConfig(vocab_size=s.vocab, block_len=s.block_len, dim=s.dim, depth=s.depth, heads=s.heads)).to(device)
     module = FLMModule(model, FLMConfig(fast_input=v.fast_input, ce_chunk=v.ce_chunk, seed=seed))
     loss_fn = module.loss_from_draws
     if v.compile != "none":
         torch._dynamo.reset()  # a fresh cache: static shapes, no recompile limit from an earlier variant
-    if v.compile == "trunk":
-        model.trunk = torch.compile(model.trunk)
+    if v.compile == "blocks":
+        for block in model.blocks:
+            block.compile()
     elif v.compile == "loss":
         loss_fn = torch.compile(loss_fn)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     gen = torch.Generator(device=device).manual_seed(seed)
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
     def step(k: int) -> None:
         gamma, noise = module.draw(batches[k], gen)
@@ -100,6 +105,15 @@ def _time_variant(s: SpeedSettings, v: SpeedVariant, seed: int, device: torch.de
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step, B
+
+
+def _time_variant(s: SpeedSettings, v: SpeedVariant, seed: int, device: torch.device) -> dict:
+    cuda = device.type == "cuda"
+    step, B = _stepper(s, v, seed, device, s.warmup + s.steps)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for k in range(s.warmup):
         step(k)
@@ -115,6 +129,26 @@ def _time_variant(s: SpeedSettings, v: SpeedVariant, seed: int, device: torch.de
     if cuda:
         out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return out
+
+
+def profile_step(s: SpeedSettings, v: SpeedVariant, seed: int, rows: int = 30) -> str:
+    """The operators of ``v``'s training step by device time (``torch.profiler`` over two
+    steps after ``s.warmup`` untimed ones), as a table: where the time of a step goes."""
+    device = torch.device(s.device)
+    step, _ = _stepper(s, v, seed, device, s.warmup + 2)
+    for k in range(s.warmup):
+        step(k)
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        for k in range(s.warmup, s.warmup + 2):
+            step(k)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
 def training_throughput(s: SpeedSettings, seed: int, compiled: bool = True,

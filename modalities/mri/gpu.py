@@ -105,9 +105,11 @@ def _reset_peak(device: torch.device) -> None:
 
 
 def time_steps(v: Variant, unet: UNetConfig, shape: tuple[int, int, int], batch: int, repeats: int,
-               device: torch.device, allow_compile: bool = True, seed: int = 0) -> StepTiming:
+               device: torch.device, allow_compile: bool = True, seed: int = 0,
+               progress: Callable[[str], None] | None = None) -> StepTiming:
     """Time ``v``'s training and sampling steps on ``batch`` volumes of ``shape`` (same
-    inputs for every variant: drawn from ``seed``)."""
+    inputs for every variant: drawn from ``seed``). ``progress(message)`` hears of the
+    training step before the sampling step is compiled and timed."""
     net = build_variant(v, unet, device, allow_compile)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(seed)
@@ -149,6 +151,8 @@ def time_steps(v: Variant, unet: UNetConfig, shape: tuple[int, int, int], batch:
     _sync(device)
     first = time.perf_counter() - start
     train_s, train_peak = timed(train_step)
+    if progress is not None:
+        progress(f"{v.name} train: first step {first:.1f} s, {train_s / batch:.4f} s/volume, peak {train_peak} GB")
     net.eval()
     sample_step()
     sample_s, sample_peak = timed(sample_step)
@@ -157,14 +161,16 @@ def time_steps(v: Variant, unet: UNetConfig, shape: tuple[int, int, int], batch:
 
 def compare_variants(unet: UNetConfig, shape: tuple[int, int, int], repeats: int, device: torch.device,
                      allow_compile: bool = True, variants: tuple[Variant, ...] = VARIANTS,
-                     report: Callable[[str, StepTiming], None] | None = None
+                     report: Callable[[str, StepTiming], None] | None = None,
+                     progress: Callable[[str], None] | None = None
                      ) -> tuple[dict[str, StepTiming], dict[str, float], dict[str, float], list[str]]:
     """Time each of ``variants`` (``stock`` first, which must succeed) at batch 1 and compare
     with stock MONAI. Returns ``(timings per variant, metrics, stock baseline, notes)``:
     metrics ``gpu_path.<variant>.{train_s_per_volume, train_time_ratio, sample_time_ratio,
     volume_s_4_nfe, train_memory_ratio, sample_memory_ratio}`` (memory only on CUDA); the
     baseline ``{train_s_per_volume, sample_s_per_volume, volume_s_ddim64[, peaks]}``. A failing
-    fast variant is named in the notes; ``report(name, timing)`` runs as each one finishes."""
+    fast variant is named in the notes; ``report(name, timing)`` runs as each one finishes and
+    ``progress`` (:func:`time_steps`) after each training step's timing."""
     if variants[0].name != "stock":
         raise ValueError(f"the first variant must be the stock reference; got {variants[0].name!r}")
     res: dict[str, StepTiming] = {}
@@ -172,7 +178,7 @@ def compare_variants(unet: UNetConfig, shape: tuple[int, int, int], repeats: int
     for v in variants:
         try:
             res[v.name] = time_steps(v, unet, shape, batch=1, repeats=repeats, device=device,
-                                     allow_compile=allow_compile)
+                                     allow_compile=allow_compile, progress=progress)
         except Exception as e:  # an optional fast path; the stock reference re-raises
             if v.name == "stock":
                 raise

@@ -26,6 +26,24 @@ def test_tiny_parts_write_ratios_against_their_baselines(tmp_path, capsys) -> No
     assert "| language | train.dense_eager_tokens_per_s |" in gpu_speed.table(res)
 
 
+def test_language_profile_names_the_step_operators(tmp_path) -> None:
+    res = gpu_speed.run_parts(["language_profile"], tmp_path, tiny=True)
+    table = res["language_profile"]["profile"]
+    assert "aten::mm" in table or "aten::addmm" in table  # the projections and the head
+    assert "Self CPU time total" in table
+    assert json.loads((tmp_path / "gpu_speed.json").read_text())["language_profile"]["profile"] == table
+
+
+def test_mri_progress_reports_the_training_step_before_sampling() -> None:
+    from modaflow.modalities.mri.gpu import VARIANTS, compare_variants
+    from modaflow.modalities.mri.models import UNetConfig
+
+    heard: list[str] = []
+    unet = UNetConfig(channels=(4, 8), attention_levels=(False, True), num_res_blocks=1, norm_num_groups=4)
+    compare_variants(unet, (8, 8, 8), 1, torch.device("cpu"), variants=VARIANTS[:1], progress=heard.append)
+    assert len(heard) == 1 and heard[0].startswith("stock train: first step")
+
+
 def test_a_failing_part_is_recorded_and_the_next_runs(tmp_path, monkeypatch) -> None:
     def broken(tiny: bool, compiled: bool) -> dict:
         raise RuntimeError("planted")
