@@ -3,7 +3,7 @@
 # speed measurement (python -m modaflow.benchmarks.gpu_speed), each part under its own time
 # limit so that a slow part cannot starve the next. Usage, from the repo root on the GPU machine:
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh language   # <= 5 min: FLM step profile, every throughput variant
-#   OUT=/some/dir bash benchmarks/gpu_lease.sh mri        # <= 5 min: MedForj UNet, stock vs compiled variants
+#   OUT=/some/dir bash benchmarks/gpu_lease.sh mri        # <= 5.5 min: MedForj UNet, stock vs compiled variants
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh tests      # ~1 min: CUDA tests, the captured samplers
 # Wheels in .whl/ (modaflow itself, monai, nibabel, nilearn) are installed to /tmp/site first
 # when present (a bare machine with torch but without the imaging libraries).
@@ -26,7 +26,7 @@ run_part() {  # name, seconds
 }
 case "$STAGE" in
   language) run_part language_profile 60; run_part language 240 ;;
-  mri) run_part mri 290 ;;
+  mri) run_part mri 320 ;;
   toy) run_part toy 120 ;;
   tests) timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/core/test_graph.py tests/benchmarks/test_gpu_speed.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -3 ;;
   *) echo "unknown stage $STAGE (language, mri, tests, toy)"; exit 2 ;;

@@ -76,3 +76,27 @@ def test_mri_comparison_needs_the_stock_reference_first() -> None:
 
     with pytest.raises(ValueError, match="stock reference"):
         compare_variants(UNetConfig(), (8, 8, 8), 1, torch.device("cpu"), variants=VARIANTS[1:])
+
+
+def test_resnet_checkpointing_keeps_outputs_and_gradients_exact() -> None:
+    from modaflow.modalities.mri.gpu import checkpoint_resnets
+    from modaflow.modalities.mri.models import Checkpointed, UNet3D, UNetConfig
+
+    unet = UNetConfig(channels=(4, 8), attention_levels=(False, True), num_res_blocks=1, norm_num_groups=4)
+    torch.manual_seed(0)
+    plain = UNet3D(unet).double()
+    ckpt = UNet3D(unet).double()
+    ckpt.load_state_dict(plain.state_dict())
+    assert checkpoint_resnets(ckpt) == 8  # 2 down, 2 middle, 4 up (num_res_blocks + 1 per up level)
+    assert sum(isinstance(m, Checkpointed) for m in ckpt.modules()) == 8
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 1, 8, 8, 8, generator=g, dtype=torch.float64), torch.rand(2, generator=g, dtype=torch.float64)
+    outs = []
+    for net in (plain, ckpt):
+        net.train()
+        y = net(x, t)
+        y.square().mean().backward()
+        outs.append((y.detach(), [p.grad.clone() for p in net.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=0)
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
