@@ -54,7 +54,7 @@ class LanguageProfile:
     ar_steps: int
     """Training steps of the evaluator LM."""
     n_eval: int
-    """Samples per (method, steps) cell."""
+    """Samples per (method, steps) cell, drawn as ``sample_seeds`` seeds of ``n_eval / sample_seeds``."""
     flm_steps: tuple[int, ...]
     """FLM sampler steps."""
     fmlm_steps: tuple[int, ...]
@@ -68,6 +68,13 @@ class LanguageProfile:
     fmlm_variants: tuple[str, ...] = ()
     """Other core flow-map losses to distil the same FLM with (Shakespeare), beside progressive:
     teacher (CE objective), lagrangian / eulerian (MSE objective); rows ``fmlm-<loss>``."""
+    sample_seeds: int = 2
+    """Sampling seeds per cell: rows report the pooled metrics and the half-range of the seeds' values."""
+    match_steps: int = 32
+    """MDLM steps of the matched-entropy comparison (the goal's MDLM@32)."""
+    match_temperatures: tuple[float, ...] = ()
+    """Extra MDLM temperatures at ``match_steps`` (besides 1): their gen PPL vs entropy points give
+    MDLM's gen PPL at FMLM@4's entropy by interpolation (rows ``mdlm-t<T>``)."""
     threads: int = 1
     """torch threads (0: torch's default)."""
     device: str = "cpu"
@@ -97,15 +104,16 @@ PROFILES: dict[str, LanguageProfile] = {
         text=_cfg("shakespeare", "char", 0, 32, 32, 1, 2, 25, 16, max_chars=15_000),
         markov=_cfg("markov", "char", 0, 32, 32, 1, 2, 25, 16, markov_vocab=64, markov_train=128),
         text_fmlm_steps=8, markov_fmlm_steps=8,
-        ar_steps=25, n_eval=8, flm_steps=(8, 16), fmlm_steps=(1, 2), mdlm_steps=(1, 8), markov_methods=("flm",), fmlm_variants=("teacher",),
+        ar_steps=25, n_eval=8, flm_steps=(8, 16), fmlm_steps=(1, 4), mdlm_steps=(1, 8), markov_methods=("flm",), fmlm_variants=("teacher",),
+        match_steps=8, match_temperatures=(0.8,),
         speed=SpeedSettings(vocab=512, block_len=32, dim=32, depth=1, heads=2, batch=8, steps=2, warmup=1),
     ),
     "quick": LanguageProfile(
         text=_cfg("shakespeare", "bpe", 512, 64, 64, 2, 4, 480, 32, max_chars=1_500_000, lr=2e-3),
         markov=_cfg("markov", "char", 0, 64, 64, 2, 4, 250, 32, markov_vocab=128, markov_train=2048, lr=2e-3),
         text_fmlm_steps=120, markov_fmlm_steps=80,
-        ar_steps=300, n_eval=32, flm_steps=(8, 32, 128), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
-        markov_methods=_ALL,
+        ar_steps=300, n_eval=64, flm_steps=(8, 32, 128), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
+        markov_methods=_ALL, match_temperatures=(0.7, 0.8, 0.9),
         speed=SpeedSettings(vocab=4096, block_len=64, dim=96, depth=2, heads=4, batch=16, steps=5),
     ),
     "full": LanguageProfile(
@@ -113,7 +121,7 @@ PROFILES: dict[str, LanguageProfile] = {
         markov=_cfg("markov", "char", 0, 128, 128, 4, 4, 5000, 64, markov_vocab=256, markov_train=16384, lr=1e-3),
         text_fmlm_steps=5000, markov_fmlm_steps=2000,
         ar_steps=10_000, n_eval=128, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
-        markov_methods=_ALL, threads=0, fmlm_variants=("teacher", "lagrangian"),
+        markov_methods=_ALL, threads=0, match_temperatures=(0.6, 0.7, 0.8, 0.9), fmlm_variants=("teacher", "lagrangian"),
         speed=SpeedSettings(vocab=8192, block_len=128, dim=256, depth=4, heads=8, batch=16, steps=5),
     ),
     "gpu": LanguageProfile(
@@ -121,7 +129,7 @@ PROFILES: dict[str, LanguageProfile] = {
         markov=_cfg("markov", "char", 0, 128, 256, 6, 8, 10_000, 128, markov_vocab=512, markov_train=65536, lr=5e-4),
         text_fmlm_steps=5000, markov_fmlm_steps=3000,
         ar_steps=10_000, n_eval=256, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
-        markov_methods=_ALL, threads=0, device="cuda", fmlm_variants=("teacher", "lagrangian"),
+        markov_methods=_ALL, threads=0, device="cuda", match_temperatures=(0.6, 0.7, 0.8, 0.9), fmlm_variants=("teacher", "lagrangian"),
         speed=SpeedSettings(vocab=50_257, block_len=128, dim=768, depth=12, heads=12, batch=128, steps=20, warmup=5, device="cuda"),
     ),
 }
@@ -152,15 +160,33 @@ def _train_all(p: LanguageProfile, cfg: LanguageConfig, fmlm_steps: int, methods
     return res
 
 
-def _sample(cfg, net, n: int, steps: int, seed: int, device: str) -> tuple[torch.Tensor, float]:
+def _sample(cfg, net, n: int, steps: int, seed: int, device: str, seeds: int = 1,
+            options: SampleOptions | None = None) -> tuple[list[torch.Tensor], float]:
+    """``seeds`` draws of ``n // seeds`` samples (seeds ``seed + 1000 i``) and samples/s overall."""
     net = net.to(device)
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    x = generate(cfg, net, n, steps, seed, SampleOptions())
+    xs = [generate(cfg, net, n // seeds, steps, seed + 1000 * i, options or SampleOptions()) for i in range(seeds)]
     if device == "cuda":
         torch.cuda.synchronize()
-    return x.cpu(), n / (time.perf_counter() - t0)
+    return [x.cpu() for x in xs], seeds * (n // seeds) / (time.perf_counter() - t0)
+
+
+def _text_row(xs: list[torch.Tensor], ev, test: torch.Tensor, rate: float) -> dict:
+    """Metrics of the pooled samples; ``*_spread``: half the range of the per-seed gen PPL / entropy."""
+    x = torch.cat(xs)
+    mask, nll = first_eos_mask(x, EOS), token_nll(ev, x)
+    row = {"gen_ppl": gen_ppl(nll, mask), "entropy": sample_entropy(x, mask), "js_2gram": ngram_js(x, test, 2),
+           "js_4gram": ngram_js(x, test, 4), "self_bleu": self_bleu(x, 4, mask), "samples_per_s": rate}
+    parts, i = [], 0
+    for xi in xs:
+        sl = slice(i, i + xi.shape[0])
+        parts.append((gen_ppl(nll[sl], mask[sl]), sample_entropy(x[sl], mask[sl])))
+        i += xi.shape[0]
+    row["gen_ppl_spread"] = (max(p[0] for p in parts) - min(p[0] for p in parts)) / 2
+    row["entropy_spread"] = (max(p[1] for p in parts) - min(p[1] for p in parts)) / 2
+    return row
 
 
 def _grid(p: LanguageProfile, methods: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -190,14 +216,16 @@ def _eval_text(p: LanguageProfile, out: Path, seed: int) -> dict:
     nets = {m: restore(runs / f"{key}-{m}") for m in methods}
     for m, k in progress(_grid(p, methods), "sample text"):
         c, _, net = nets[m]
-        x, rate = _sample(c, net, p.n_eval, k, seed, p.device)
-        mask = first_eos_mask(x, EOS)
-        rows[(m, k)] = {"gen_ppl": gen_ppl(token_nll(ev, x), mask), "entropy": sample_entropy(x, mask),
-                        "js_2gram": ngram_js(x, test, 2), "js_4gram": ngram_js(x, test, 4),
-                        "self_bleu": self_bleu(x, 4, mask), "samples_per_s": rate}
-        texts[(m, k)] = decode(tok, x[:3])
+        xs, rate = _sample(c, net, p.n_eval, k, seed, p.device, p.sample_seeds)
+        rows[(m, k)] = _text_row(xs, ev, test, rate)
+        texts[(m, k)] = decode(tok, xs[0][:3])
+    match_rows = {}  # MDLM at match_steps and lower temperatures: its gen PPL vs entropy curve
+    for temp in progress(p.match_temperatures, "sample mdlm temperatures"):
+        c, _, net = nets["mdlm"]
+        xs, rate = _sample(c, net, p.n_eval, p.match_steps, seed, p.device, p.sample_seeds, SampleOptions(temperature=temp))
+        match_rows[(f"mdlm-t{temp:g}", p.match_steps)] = _text_row(xs, ev, test, rate)
     texts[("real", 0)] = decode(tok, real[:3])
-    return {**res, "rows": rows, "ref": ref_line, "texts": texts, "vocab": cfg0.vocab}
+    return {**res, "rows": rows, "match_rows": match_rows, "ref": ref_line, "texts": texts, "vocab": cfg0.vocab}
 
 
 def _eval_markov(p: LanguageProfile, out: Path, seed: int) -> dict:
@@ -209,7 +237,8 @@ def _eval_markov(p: LanguageProfile, out: Path, seed: int) -> dict:
     rows = {}
     for m, k in progress(_grid(p, methods), "sample markov"):
         c, _, net = restore(out / "runs" / f"{key}-{m}")
-        x, rate = _sample(c, net, p.n_eval, k, seed, p.device)
+        xs, rate = _sample(c, net, p.n_eval, k, seed, p.device)
+        x = xs[0]
         rows[(m, k)] = {"true_nll": float(src.nll(x).mean()), "entropy": sample_entropy(x), "samples_per_s": rate}
     ref_line = {"expected_true_nll": src.expected_nll(p.markov.block_len), "entropy_rate": src.entropy_rate(),
                 "real_true_nll": float(src.nll(real).mean()), "data_entropy": sample_entropy(real)}

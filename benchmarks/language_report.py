@@ -4,12 +4,13 @@ Markdown tables and sample text appended to ``report.md``."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from . import report as R
 from .harness import BenchResult
 
-__all__ = ["assemble", "PUBLISHED"]
+__all__ = ["assemble", "PUBLISHED", "interpolate_at_entropy"]
 
 PUBLISHED = {
     "FLM LM1B (GPT-2-Large evaluator), gen PPL / entropy": {8: (243.4, 2.41), 32: (152.0, 4.40), 128: (112.5, 4.34), 1024: (96.9, 4.29)},
@@ -18,7 +19,7 @@ PUBLISHED = {
 """Published numbers (REFERENCE §3; LM1B, GPT-2-Large evaluator): not comparable to ours
 (other data, evaluator and model size); shown beside them as published."""
 
-_TEXT_METRICS = ("gen_ppl", "entropy", "js_2gram", "js_4gram", "self_bleu", "samples_per_s")
+_TEXT_METRICS = ("gen_ppl", "gen_ppl_spread", "entropy", "entropy_spread", "js_2gram", "js_4gram", "self_bleu", "samples_per_s")
 _MARKOV_METRICS = ("true_nll", "entropy", "samples_per_s")
 
 
@@ -33,14 +34,33 @@ def _split(rows: dict, prefix: str) -> tuple[dict, dict]:
     return metrics, baselines
 
 
-def _goals(rows: dict, data_entropy: float) -> dict:
+def interpolate_at_entropy(points: list[tuple[float, float]], entropy: float) -> float:
+    """Gen PPL at ``entropy`` on the curve through ``(entropy, gen PPL)`` points (sorted by
+    entropy; log gen PPL linear in entropy between the two neighbours); NaN outside their
+    range (no extrapolation: then the entropies are not matched)."""
+    pts = sorted(points)
+    for (h0, p0), (h1, p1) in zip(pts, pts[1:]):
+        if h0 <= entropy <= h1:
+            w = (entropy - h0) / (h1 - h0) if h1 > h0 else 0.0
+            return math.exp((1 - w) * math.log(p0) + w * math.log(p1))
+    return math.nan
+
+
+def _goals(rows: dict, match_rows: dict, data_entropy: float, match_steps: int) -> dict:
     g = {}
     if ("fmlm", 1) in rows and ("flm", 8) in rows:
         g["goal.fmlm1_over_flm8_gen_ppl_ratio"] = rows[("fmlm", 1)]["gen_ppl"] / rows[("flm", 8)]["gen_ppl"]
         g["goal.fmlm1_entropy_rel_gap"] = abs(rows[("fmlm", 1)]["entropy"] - data_entropy) / data_entropy
-    if ("fmlm", 4) in rows and ("mdlm", 32) in rows:
-        g["goal.fmlm4_over_mdlm32_gen_ppl_ratio"] = rows[("fmlm", 4)]["gen_ppl"] / rows[("mdlm", 32)]["gen_ppl"]
-        g["goal.fmlm4_minus_mdlm32_entropy"] = rows[("fmlm", 4)]["entropy"] - rows[("mdlm", 32)]["entropy"]
+    key = ("mdlm", match_steps)
+    if ("fmlm", 4) in rows and key in rows:
+        f4 = rows[("fmlm", 4)]
+        g[f"goal.fmlm4_over_mdlm{match_steps}_gen_ppl_ratio"] = f4["gen_ppl"] / rows[key]["gen_ppl"]
+        g[f"goal.fmlm4_minus_mdlm{match_steps}_entropy"] = f4["entropy"] - rows[key]["entropy"]
+        # matched entropy: MDLM@match_steps at temperatures 1 and match_temperatures traces gen PPL vs entropy;
+        # its gen PPL at FMLM@4's entropy (interpolated; NaN when outside the traced range)
+        pts = [(v["entropy"], v["gen_ppl"]) for (m, k), v in {**rows, **match_rows}.items()
+               if k == match_steps and (m == "mdlm" or m.startswith("mdlm-t"))]
+        g[f"goal.fmlm4_over_mdlm{match_steps}_gen_ppl_at_matched_entropy"] = f4["gen_ppl"] / interpolate_at_entropy(pts, f4["entropy"])
     return g
 
 
@@ -81,11 +101,11 @@ def _table(rows: dict, names: tuple[str, ...], ref: dict, ref_names: dict[str, s
 
 def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, out: Path) -> tuple[BenchResult, str]:
     """``(BenchResult, Markdown appended to report.md)``."""
-    metrics, baselines = _split(text["rows"], "text")
+    metrics, baselines = _split({**text["rows"], **text["match_rows"]}, "text")
     m2, b2 = _split(markov["rows"], "markov")
     metrics.update(m2)
     baselines.update(b2)
-    metrics.update(_goals(text["rows"], text["ref"]["data_entropy"]))
+    metrics.update(_goals(text["rows"], text["match_rows"], text["ref"]["data_entropy"], p.match_steps))
     baselines["text.reference"] = dict(text["ref"])
     baselines["markov.reference"] = dict(markov["ref"])
     baselines["published (LM1B, not comparable)"] = {
@@ -96,6 +116,16 @@ def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, 
     curves = _curves(text["rows"], ("gen_ppl", "entropy", "js_4gram", "self_bleu"), "text", text_ref)
     curves.update(_curves(markov["rows"], ("true_nll",), "markov", {"true_nll": markov["ref"]["expected_true_nll"]}))
     plots = _plot(out, curves)
+    frontier = {}
+    for (m, k), v in {**text["rows"], **text["match_rows"]}.items():
+        name = "MDLM@%d (T = 1, %s)" % (p.match_steps, ", ".join(f"{t:g}" for t in p.match_temperatures)) \
+            if k == p.match_steps and (m == "mdlm" or m.startswith("mdlm-t")) else m.upper()
+        frontier.setdefault(name, []).append((v["entropy"], v["gen_ppl"]))
+    series = {name: tuple(zip(*sorted(pts))) for name, pts in frontier.items()}
+    series["data entropy"] = ([text["ref"]["data_entropy"]] * 2,
+                              [min(v["gen_ppl"] for v in text["rows"].values()), max(v["gen_ppl"] for v in text["rows"].values())])
+    plots.append(R.plot_curves(out / "text.gen_ppl_vs_entropy.png", series, "gen PPL vs entropy (all cells)",
+                               "entropy (nats)", "gen PPL", log=False).name)
     losses = {**text["losses"], **markov["losses"]}
     plots.append(R.plot_loss(out / "loss.png", {k: v for k, v in losses.items() if v[0]}, "training loss").name)
     cfg = p.text
@@ -107,6 +137,12 @@ def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, 
         "gen PPL: exp of the token-weighted mean NLL under the in-suite causal LM, tokens after the first <eos> masked; "
         "entropy: per-sample unigram entropy (nats); js_n: Jensen-Shannon (nats) of n-gram frequencies to held-out text",
         "FLM/FMLM take the argmax at the last step; MDLM draws at temperature 1 (carry-over unmasking)",
+        f"each cell pools {p.sample_seeds} sampling seeds of {p.n_eval // p.sample_seeds} samples; *_spread = half the range "
+        "of the seeds' values (sampling spread only: the models are one training seed each)",
+        f"matched entropy: MDLM@{p.match_steps} is also sampled at temperatures {list(p.match_temperatures)} (rows mdlm-t<T>); "
+        f"goal.fmlm4_over_mdlm{p.match_steps}_gen_ppl_at_matched_entropy divides FMLM@4's gen PPL by MDLM's at FMLM@4's "
+        "entropy, log gen PPL interpolated linearly in entropy between the two nearest MDLM points (NaN when FMLM@4's "
+        "entropy is outside their range: not matched); text.gen_ppl_vs_entropy.png shows every cell",
         f"markov: V = {p.markov.markov_vocab}, L = {p.markov.block_len}; true_nll = the true chain's NLL per token",
         "published numbers are LM1B with a GPT-2-Large evaluator and a far larger model: shown as published, not comparable",
         "budget: FLM and MDLM get the same steps, batch and DiT; FLM learns context later (V = 64 Markov, L = 32, d = 64, "
@@ -120,7 +156,7 @@ def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, 
     result = BenchResult.create("language", profile, seed, metrics=metrics, baselines=baselines, timings=timings,
                                 curves=curves, plots=plots, notes=notes)
     md = ["## Tables", "", "### Shakespeare (in-suite evaluator)", ""]
-    md += _table(text["rows"], _TEXT_METRICS, text["ref"],
+    md += _table({**text["rows"], **text["match_rows"]}, _TEXT_METRICS, text["ref"],
                  {"gen_ppl": "evaluator_test_ppl", "entropy": "data_entropy", "js_2gram": "data_js_2gram",
                   "js_4gram": "data_js_4gram", "self_bleu": "data_self_bleu"})
     md += ["", "### Exact tier: Markov chain (true NLL per token)", ""]

@@ -13,7 +13,8 @@ Training (:class:`FMLMModule`, a core :class:`~modaflow.core.training.FlowMapMod
 student starts as a copy of the trained FLM (the two-time branch is zero-initialised). Per step:
 
 * diagonal: FLM's clean-token cross-entropy at ``s = t = gamma``;
-* off-diagonal, ``(s, t)`` uniform in the reparameterized time, ``x_s`` on the path: the core's
+* off-diagonal, ``(s, t)`` uniform in the reparameterized time (a ``grid_fraction`` of them on
+  the 1-8 step samplers' grids instead), ``x_s`` on the path: the core's
   flow-map residual (:func:`modaflow.core.flow_map_losses.flow_map_residual`) of
   ``cfg.loss``. With ``objective="ce"`` (``progressive`` and ``teacher`` only) its detached
   target ``u*`` becomes the distribution ``D* = x + (1 - s) u*`` (for the two-hop target of
@@ -50,9 +51,19 @@ class FMLMConfig(FlowMapConfig):
     objective: Literal["ce", "mse"] = "ce"
     """ce: KL from the detached target distribution D* = x + (1-s) u* (progressive, teacher);
     mse: (1-s)^2 |u - u*|^2 summed over the vocabulary (any loss)."""
+    grid_fraction: float = 0.0
+    """Share of the off-diagonal pairs drawn on the samplers' grids instead of uniformly: ``n``
+    from ``grid_steps``, ``(s, t) = (k/n, (k+1)/n)`` in the reparameterized time, ``r`` their
+    midpoint (the shortcut models' dyadic self-consistency, Frans et al. 2024, arXiv 2410.12557,
+    eq. 5). Uniform pairs rarely have the gap of a 1- or 2-step sampler's jumps."""
+    grid_steps: tuple[int, ...] = (1, 2, 4, 8)
+    """Step counts of the sampler grids used by ``grid_fraction``."""
 
     def validate(self) -> None:
         super().validate()
+        self._require(0.0 <= self.grid_fraction <= 1.0, "grid_fraction", "a number in [0, 1]")
+        self._require(len(self.grid_steps) > 0 and all(n >= 1 for n in self.grid_steps), "grid_steps",
+                      "a non-empty tuple of integers >= 1")
         if self.objective == "ce":
             self._require(self.loss in ("progressive", "teacher"), "objective",
                           "'mse' for the lagrangian and eulerian losses (their targets are not distributions)")
@@ -108,8 +119,17 @@ class FMLMModule(FlowMapModule):
         g = dit.reparam.gamma_of_t(lo + width * self.time_sampler(B, dtype=torch.float32, **kw))
         diag = one_hot_cross_entropy(dit(noisy_onehot(tokens, g, eps), g, g).float(), tokens)
         # off-diagonal: (s, t) uniform on s <= t in the reparameterized time, r between them
-        ts, tt = (lo + width * torch.rand(2, B, **kw)).sort(dim=0).values
-        tr = ts + (torch.rand(B, **kw) if cfg.intermediate == "uniform" else 0.5) * (tt - ts)
+        u_s, u_t = torch.rand(2, B, **kw).sort(dim=0).values
+        frac = torch.rand(B, **kw) if cfg.intermediate == "uniform" else torch.full((B,), 0.5, device=tokens.device)
+        if cfg.grid_fraction > 0:  # adjacent points of an n-step sampler grid, r at their midpoint (arXiv 2410.12557, eq. 5)
+            on = torch.rand(B, **kw) < cfg.grid_fraction
+            n = torch.tensor(cfg.grid_steps, dtype=torch.float32, device=tokens.device)[
+                torch.randint(len(cfg.grid_steps), (B,), **kw)]
+            k = torch.floor(torch.rand(B, **kw) * n)
+            u_s, u_t = torch.where(on, k / n, u_s), torch.where(on, (k + 1) / n, u_t)
+            frac = torch.where(on, torch.full_like(frac, 0.5), frac)
+        ts, tt = lo + width * u_s, lo + width * u_t
+        tr = ts + frac * (tt - ts)
         s, t, r = (dit.reparam.gamma_of_t(v) for v in (ts, tt, tr))
         x_s = noisy_onehot(tokens, s, eps)
         return cfg.diagonal_weight * diag + self.off_diagonal(x_s, s, t, r)

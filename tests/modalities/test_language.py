@@ -58,6 +58,50 @@ def test_reparam_inverse_and_range(K: int) -> None:
         assert 0.6 < float(r.gamma_of_t(torch.tensor(0.01))) and float(r.gamma_of_t(torch.tensor(0.99))) < 0.9
 
 
+def test_embedded_table_matches_ml_decoding_from_the_projection() -> None:
+    """x_gamma W (K = 512, d = 64) keeps d/K of the one-hot's SNR: the maximum-likelihood
+    decoding accuracy of the token from the projection is q at a_eff = sqrt(d/K) a, far below
+    the one-hot table's q."""
+    torch.manual_seed(0)
+    K, d, n = 512, 64, 3000
+    W = torch.randn(K, d, dtype=torch.float64) / K**0.5
+    Li = torch.linalg.inv(torch.linalg.cholesky(W.T @ W))  # whitens the noise eps W
+    Ww = W @ Li.T
+    for gamma in (0.8, 0.9):
+        a = gamma / (1 - gamma)
+        k = torch.randint(K, (n,))
+        hw = (a * W[k] + torch.randn(n, K, dtype=torch.float64) @ W) @ Li.T
+        acc = float(((hw @ Ww.T * a - 0.5 * a * a * (Ww**2).sum(1)).argmax(1) == k).double().mean())
+        q_eff = float(argmax_probability(np.array([gamma]), K, snr_scale=d / K)[0])
+        q_onehot = float(argmax_probability(np.array([gamma]), K)[0])
+        assert abs(acc - q_eff) < 0.06, (gamma, acc, q_eff)
+        assert q_onehot - acc > 0.4
+
+
+def test_dit_time_table_scale() -> None:
+    assert _dit(K=512, d=64, time_table="embedded").reparam.snr_scale == pytest.approx(64 / 512)
+    assert _dit(K=512, d=64).reparam.snr_scale == 1.0  # the default: the paper's one-hot table
+    assert _dit(K=12, d=16, time_table="embedded").reparam.snr_scale == 1.0  # K <= d: the projection keeps everything
+    r = _dit(K=512, d=64, time_table="embedded").reparam
+    t = torch.linspace(0.01, 0.99, 50, dtype=torch.float64)
+    g = r.gamma_of_t(t)
+    assert torch.all(g.diff() > 0) and torch.allclose(r.t_of_gamma(g), t, atol=1e-4)
+    assert r.gamma_of_t(torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist() == [0.0, 1.0]
+    assert torch.all(g > TimeReparam(512).gamma_of_t(t))  # a weaker signal: each t needs a larger gamma
+    with pytest.raises(ValueError, match="snr_scale"):
+        TimeReparam(8, snr_scale=0.0)
+    # the recipe passes the table to FLM and FMLM networks; the student keeps its teacher's
+    from modaflow.modalities.language.recipe import _SHAPE, LanguageConfig, build_network
+
+    assert "time_table" in _SHAPE  # an fmlm run copies it from its teacher
+    for method in ("flm", "fmlm"):
+        net = build_network(LanguageConfig(vocab=512, dim=64, depth=1, heads=2, block_len=8, method=method, teacher="x",
+                                           time_table="embedded"))
+        dit = net if method == "flm" else net.net.dit
+        assert dit.reparam.snr_scale == pytest.approx(64 / 512)
+    assert student_from_flm(_dit(K=512, d=64, time_table="embedded")).net.dit.reparam.snr_scale == pytest.approx(64 / 512)
+
+
 # --- tokenizers --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["bpe", "char"])
@@ -249,6 +293,34 @@ def test_pick_tokens_argmax_and_nucleus(gen) -> None:
     assert abs(frac - 0.5 / 0.8) < 4 * math.sqrt(0.25 / 4000)
     full = pick_tokens(logits, 1.0, 1.0, gen)
     assert abs(float((full == 3).float().mean()) - 0.05) < 0.02
+
+
+def test_fmlm_grid_pairs_are_the_samplers_jumps() -> None:
+    flm = _dit(K=20)
+    fmap = student_from_flm(flm)
+    seen = []
+
+    def capture(x, s, t, r):
+        seen.append((s.clone(), t.clone(), r.clone()))
+        return x.sum() * 0
+
+    r_ = flm.reparam
+    for steps in ((1,), (4,)):
+        module = FMLMModule(fmap, FMLMConfig(loss="progressive", objective="ce", grid_fraction=1.0, grid_steps=steps))
+        module.off_diagonal = capture
+        module.compute_loss(torch.randint(0, 20, (64, 12)), 0)
+        s, t, r = seen[-1]
+        ts, tt, tr = (r_.t_of_gamma(v.double()) for v in (s, t, r))
+        n = steps[0]
+        assert torch.allclose(tt - ts, torch.full_like(ts, 1 / n), atol=1e-3)  # adjacent points of the n-step grid
+        assert torch.allclose(ts * n, (ts * n).round(), atol=1e-3) and torch.allclose(tr, (ts + tt) / 2, atol=1e-3)
+    module = FMLMModule(fmap, FMLMConfig(loss="progressive", objective="ce", grid_fraction=0.0))
+    module.off_diagonal = capture
+    module.compute_loss(torch.randint(0, 20, (64, 12)), 0)
+    s, t, _ = seen[-1]
+    assert (r_.t_of_gamma(t.double()) - r_.t_of_gamma(s.double())).std() > 0.05  # uniform pairs: varied gaps
+    with pytest.raises(ConfigError, match="grid_fraction"):
+        FMLMConfig(grid_fraction=1.5)
 
 
 def test_fmlm_student_starts_as_flm_and_its_target_is_a_distribution() -> None:

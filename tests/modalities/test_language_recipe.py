@@ -3,6 +3,7 @@ sample through the CLI (decoded text printed), evaluate, finetune keeping the to
 the bad-input errors; the smoke benchmark's result."""
 
 import json
+import math
 import logging
 import warnings
 
@@ -128,3 +129,13 @@ def test_gpu_profile_needs_cuda(tmp_path) -> None:
 
     with pytest.raises(RuntimeError, match="profile 'gpu' needs a CUDA device"):
         run("gpu", tmp_path, 0)
+
+
+def test_matched_entropy_interpolation() -> None:
+    from modaflow.benchmarks.language_report import interpolate_at_entropy
+
+    pts = [(3.4, 200.0), (3.0, 100.0), (2.6, 80.0)]  # unsorted on purpose
+    assert interpolate_at_entropy(pts, 3.2) == pytest.approx(math.sqrt(100.0 * 200.0))  # log-linear in entropy
+    assert interpolate_at_entropy(pts, 3.0) == pytest.approx(100.0)
+    assert math.isnan(interpolate_at_entropy(pts, 3.5)) and math.isnan(interpolate_at_entropy(pts, 2.5))  # no extrapolation
+    assert math.isnan(interpolate_at_entropy(pts[:1], 3.4 + 1e-9))
