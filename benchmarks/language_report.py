@@ -152,6 +152,10 @@ def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, 
         "Markov denoiser (tests/modalities/test_language_flm_oracle.py)",
         "FLM's training time t (reparameterized) is logit-normal(0, 1), MDLM's uniform (its NELBO): chosen on a "
         "validation split of the train blocks (benchmarks/language_flm_probe.py)",
+        f"FLM's time table: {cfg.time_table} (the paper's one-hot table; a table for the embedded input's "
+        "signal-to-noise ratio, d/K of the one-hot's, was worse on validation, see LanguageConfig.time_table)",
+        f"FMLM: {cfg.fmlm_grid_fraction:g} of the off-diagonal (s, t) pairs on the 1/2/4/8-step sampler grids "
+        "(validation choice, LanguageConfig.fmlm_grid_fraction)",
     ]
     result = BenchResult.create("language", profile, seed, metrics=metrics, baselines=baselines, timings=timings,
                                 curves=curves, plots=plots, notes=notes)
