@@ -138,6 +138,11 @@ def rollout(policy: Policy, cfg: RolloutConfig, seeds: list[int], capture: tuple
                    np.array([e.t for e in envs]), stats, frames)
     for e in envs:
         _POOL.setdefault(_pool_key(e), []).append(e)
+    if n_frames:
+        # MuJoCo registers its EGL teardown at exit when the first renderer is made; atexit runs
+        # callbacks last-in first-out, so registering again puts closing the pool before it
+        atexit.unregister(close_pool)
+        atexit.register(close_pool)
     return out
 
 

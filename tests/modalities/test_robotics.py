@@ -253,3 +253,20 @@ def test_pusht_planner_brings_the_block_towards_the_goal():
     while not done:
         o, done, info = env.step(expert.act(o))
     assert expert._pose_cost(expert._state(o)) < 0.9 * start and 0 <= info["coverage"] <= 1
+
+
+def test_a_rendered_rollout_exits_without_teardown_errors():
+    """Frames come from MuJoCo's EGL renderer; at exit the pooled environments must close
+    before MuJoCo tears EGL down (else every run ended in 'Exception ignored' tracebacks)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from modaflow.modalities.robotics.policies import build_policy; "
+            "from modaflow.modalities.robotics.rollout import RolloutConfig, rollout; "
+            "p = build_policy('flow', 28, 4, 2, 8, 32, 1).eval(); "
+            "r = rollout(p, RolloutConfig('fetch-push', steps=2, execute=4, episode_steps=4), [0], n_frames=2); "
+            "print('frames', len(r.frames))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "frames 2" in run.stdout
+    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-2000:]
