@@ -21,7 +21,7 @@ from .cohort import cohort_affine, make_cohort
 from .nifti import NiftiError, ObliquePolicy, find_source, parse_source
 from .transforms import KEY, ToTensor, augment_transforms, canonical_affine, preprocess_transforms
 
-__all__ = ["SourceSpec", "EMBEDDED_SIZES", "split_files", "VolumeSet", "load_volumes", "build_dataset",
+__all__ = ["SourceSpec", "EMBEDDED_SIZES", "split_files", "voxel_sizes", "VolumeSet", "load_volumes", "build_dataset",
            "MRIDataModule", "embedded_dataset"]
 
 EMBEDDED_SIZES = {"train": 48, "test": 16}
@@ -67,6 +67,11 @@ class SourceSpec:
         return canonical_affine(self.spacing, self.fov)
 
 
+def voxel_sizes(spec: SourceSpec) -> tuple[float, float, float]:
+    """Voxel sizes (mm) of the source's grid (the column norms of its affine)."""
+    return tuple(float(v) for v in np.linalg.norm(spec.affine[:3, :3], axis=0))
+
+
 def split_files(files: Sequence[Path], split: str) -> list[Path]:
     """The ``split`` (train/test) of a sorted file list (module docstring)."""
     files = sorted(files)
@@ -83,11 +88,12 @@ def split_files(files: Sequence[Path], split: str) -> list[Path]:
 class VolumeSet(Dataset):
     """Preprocessed volumes ``(N, 1, X, Y, Z)`` in memory, optionally augmented per item."""
 
-    def __init__(self, volumes: torch.Tensor, augment: bool = False, seed: int = 0) -> None:
+    def __init__(self, volumes: torch.Tensor, augment: bool = False, seed: int = 0,
+                 spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
         if volumes.ndim != 5 or volumes.shape[1] != 1:
             raise ValueError(f"volumes must have shape (N, 1, X, Y, Z); got {tuple(volumes.shape)}")
         self.volumes = volumes.float()
-        self.aug = augment_transforms() if augment else None
+        self.aug = augment_transforms(spacing=spacing) if augment else None  # shifts in mm (augment_transforms)
         if self.aug is not None:
             self.aug.set_random_state(seed)
 
@@ -104,7 +110,7 @@ def _cache_dataset(files: list[Path], spec: SourceSpec, augment: bool, num_worke
     from monai.transforms import Compose
 
     pre = preprocess_transforms(spec.spacing, spec.fov, oblique=spec.oblique, max_anisotropy=spec.max_anisotropy)
-    post = augment_transforms() if augment else Compose([ToTensor()])
+    post = augment_transforms(spacing=spec.spacing) if augment else Compose([ToTensor()])
     try:
         return CacheDataset([{KEY: str(f)} for f in files], Compose([*pre.transforms, *post.transforms]),
                             cache_rate=1.0, num_workers=num_workers, progress=False)
@@ -123,7 +129,8 @@ def build_dataset(spec: SourceSpec, split: str, augment: bool = False, num_worke
     kind, _ = parse_source(spec.data)
     if kind == "embedded":
         n = spec.n_train if split == "train" else spec.n_test
-        return VolumeSet(torch.from_numpy(make_cohort(n, spec.size, split, spec.seed)), augment, spec.seed)
+        return VolumeSet(torch.from_numpy(make_cohort(n, spec.size, split, spec.seed)), augment, spec.seed,
+                         spacing=voxel_sizes(spec))
     files = split_files(find_source(spec.data), split)
     if not files:
         raise NiftiError(f"{spec.data}: the {split} split is empty (found too few NIfTI files)")

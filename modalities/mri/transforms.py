@@ -8,7 +8,8 @@ morphology) -> ``CropToBraind`` (crop/pad to the field of view, centred on the m
 bounding box) -> ``ScaleIntensityRanged`` ([0, 1] -> [-1, 1]).
 
 Augmentation (random, after the cache; MedForj, arXiv 2510.26834: left-right flip, +-5 degree
-rotations, +-5 voxel shifts): ``RandFlipd`` on the left-right axis and ``RandAffined``.
+rotations, +-5 voxel shifts at 1 mm, i.e. +-5 mm, converted to voxels of the data's spacing):
+``RandFlipd`` on the left-right axis and ``RandAffined``.
 """
 
 from __future__ import annotations
@@ -173,15 +174,22 @@ def preprocess_transforms(
     ])
 
 
-def augment_transforms(rotate_deg: float = 5.0, shift_vox: float = 5.0, flip_prob: float = 0.5,
-                       to_tensor: bool = True) -> Compose:
+def augment_transforms(rotate_deg: float = 5.0, shift_mm: float = 5.0, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                       flip_prob: float = 0.5, to_tensor: bool = True) -> Compose:
     """MedForj's augmentation: left-right flip (axis 0 of RAS) with ``flip_prob``,
     rotations uniform in +-``rotate_deg`` about each axis and shifts uniform in
-    +-``shift_vox`` voxels (trilinear, border padding, so the background stays -1)."""
+    +-``shift_mm`` millimetres, i.e. +-``shift_mm / spacing`` voxels per axis (trilinear,
+    border padding, so the background stays -1). MedForj's +-5 voxels are at 1 mm, so the
+    default is 5 mm: at 1 mm that is 5 voxels; on the 8 mm voxels of the 24^3 embedded
+    cohort it is 0.6 voxel (5 voxels there would move the brain by 40 mm, a fifth of the
+    field of view, and the model learns those displaced brains)."""
+    if len(spacing) != 3 or any(float(v) <= 0 for v in spacing):
+        raise ValueError(f"spacing must be three voxel sizes > 0 (mm); got {tuple(spacing)}")
     r = math.radians(rotate_deg)
+    shift = tuple(shift_mm / float(v) for v in spacing)  # mm -> voxels per axis
     ts: list = [
         RandFlipd(keys=[KEY], prob=flip_prob, spatial_axis=0),
-        RandAffined(keys=[KEY], prob=1.0, rotate_range=(r, r, r), translate_range=(shift_vox,) * 3,
+        RandAffined(keys=[KEY], prob=1.0, rotate_range=(r, r, r), translate_range=shift,
                     mode="bilinear", padding_mode="border"),
     ]
     if to_tensor:

@@ -15,6 +15,7 @@ from modaflow.modalities.mri import nifti as N  # noqa: E402
 from modaflow.modalities.mri import transforms as T  # noqa: E402
 from modaflow.modalities.mri.cohort import make_cohort  # noqa: E402
 from modaflow.modalities.mri.data import SourceSpec, build_dataset, load_volumes, split_files  # noqa: E402
+from modaflow.modalities.mri import data as D  # noqa: E402
 from modaflow.modalities.mri.sampling import write_volumes  # noqa: E402
 
 
@@ -175,12 +176,34 @@ def test_pipeline_canonical_orientation_spacing_fov_range(tmp_path) -> None:
 
 def test_augmentation_flip_is_exact_and_shapes_hold() -> None:
     x = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(1, 4, 5, 6)
-    flip = T.augment_transforms(rotate_deg=0.0, shift_vox=0.0, flip_prob=1.0)
+    flip = T.augment_transforms(rotate_deg=0.0, shift_mm=0.0, flip_prob=1.0)
     torch.testing.assert_close(flip({"image": x}), x.flip(1))
     aug = T.augment_transforms()
     aug.set_random_state(0)
     y = aug({"image": x})
     assert y.shape == x.shape and not torch.equal(y, x)
+
+
+def test_augmentation_shifts_are_in_millimetres() -> None:
+    """MedForj's +-5 voxel shifts are at 1 mm: 5 voxels at 1 mm, 0.625 voxel on 8 mm voxels
+    (the 24^3 embedded cohort), never 5 voxels there."""
+    x = -torch.ones(1, 24, 24, 24)
+    x[:, 10:14, 10:14, 10:14] = 1.0
+    grid = torch.stack(torch.meshgrid(*[torch.arange(24.0)] * 3, indexing="ij"))
+
+    def centre(v):
+        w = (v[0] + 1.0).clamp(min=0.0)
+        return (grid * w).sum(dim=(1, 2, 3)) / w.sum()
+
+    c0 = centre(x)
+    for spacing, limit in ((1.0, 5.0), (8.0, 0.625)):
+        aug = T.augment_transforms(rotate_deg=0.0, spacing=(spacing,) * 3, flip_prob=0.0)
+        aug.set_random_state(0)
+        moved = max(float((centre(aug({"image": x})) - c0).abs().max()) for _ in range(20))
+        assert moved <= limit + 0.05
+        assert moved > 0.4 * limit  # it does shift, on the scale of the limit
+    assert D.voxel_sizes(SourceSpec(size=24)) == (8.0, 8.0, 8.0)
+    assert D.voxel_sizes(SourceSpec(data="folder:/x", spacing=(1.0, 1.0, 2.0), fov=(16, 16, 16))) == (1.0, 1.0, 2.0)
 
 
 def test_folder_dataset_is_cached_and_loads(tmp_path) -> None:
