@@ -10,7 +10,16 @@ sec. 3: schedules with one SNR share one ODE up to scaling). From the teacher's
 (:class:`LinearPathTeacher`). DDIM on the DDPM path is Euler on this ODE.
 
 The student is :class:`~modaflow.core.flow_maps.FlowMap` around a
-:class:`~.models.TwoTimeUNet3D` initialised from the teacher's UNet, trained with the core
+:class:`~.models.TwoTimeUNet3D` initialised from the teacher's UNet. With
+``student="teacher"`` (default) the UNet keeps the teacher's input scaling, time
+conditioning and output target, and its output is converted to the linear-path velocity
+exactly as the teacher's is (:class:`LinearPathStudent`); the gap embedding starts at zero, so
+the initial map's diagonal IS the teacher's velocity and ``X(s, t, x)`` starts as one Euler
+(= DDIM) step of the teacher's ODE (initialising the map at the teacher, as consistency
+distillation does: Song et al. 2023, arXiv 2303.01469, sec. 4; Sabour et al. 2025, arXiv
+2506.14603). ``student="linear"`` is the earlier student: the teacher's weights in a UNet
+fed the linear-path state and RFlow time and read as the linear velocity (another function
+than the teacher's at initialisation). It is trained with the core
 :class:`~modaflow.core.training.flow_map_module.FlowMapModule` (``loss="teacher"``: regress
 ``X(s, t, x_s)`` on the teacher's ODE solution from s to t; Boffi, Albergo &
 Vanden-Eijnden 2025, arXiv 2505.18825) and sampled with
@@ -42,9 +51,9 @@ from ..runs import load_weights
 from .data import MRIDataModule, build_dataset
 from .models import TwoTimeUNet3D
 from .recipe import MRIConfig, restore
-from .targets import core_kind
+from .targets import core_kind, make_path, medforj_to_data_noise
 
-__all__ = ["DistillConfig", "LinearPathTeacher", "DISTILL_FILE", "distill", "is_flow_map_run", "restore_flow_map"]
+__all__ = ["DistillConfig", "LinearPathTeacher", "LinearPathStudent", "initial_flow_map", "DISTILL_FILE", "distill", "is_flow_map_run", "restore_flow_map"]
 
 DISTILL_FILE = "distill.json"
 
@@ -70,6 +79,9 @@ class DistillConfig(Config):
     """ODE method of the teacher solve."""
     ema_decay: float = 0.99
     """EMA of the student's weights."""
+    student: Literal["teacher", "linear"] = "teacher"
+    """teacher: the student starts as the teacher (its diagonal is the teacher's velocity;
+    :class:`LinearPathStudent`); linear: the earlier student (module docstring)."""
     seed: int = 0
     """Seed of the training noise."""
 
@@ -77,6 +89,10 @@ class DistillConfig(Config):
         for name in ("max_steps", "batch_size", "teacher_steps"):
             self._require(getattr(self, name) >= 1, name, "an integer >= 1")
         self._require(self.lr > 0, "lr", "a number > 0")
+        # the eulerian loss differentiates u in s; the teacher-parametrised student maps s to the
+        # DDPM time by bisection, which has no derivative
+        self._require(not (self.loss == "eulerian" and self.student == "teacher"), "loss",
+                      "teacher or lagrangian with student='teacher' (eulerian needs student='linear')")
 
 
 class LinearPathTeacher(nn.Module):
@@ -95,15 +111,43 @@ class LinearPathTeacher(nn.Module):
         else:
             raise TypeError(f"teacher path must be a DiscreteVPPath or the LinearPath; got {path!r}")
 
-    def forward(self, x: Tensor, tau: Tensor) -> Tensor:
+    def to_path(self, x: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x_path, t)``: the teacher path's state and time with the SNR of the linear-path
+        state ``x`` at ``tau`` (module docstring)."""
         if isinstance(self.path, LinearPath):
-            x1, eps = to_data_noise(self.model(x, tau).to(x.dtype), self.kind, x, tau, self.path)
-            return x1 - eps
+            return x, tau
         tau_c = tau.clamp(self.tau_min, 1.0 - 1e-4)
         t = edm_sigma_to_time((1.0 - tau_c) / tau_c, self.path, iterations=self.iterations)  # same SNR
-        x_vp = x * expand_t(self.path.alpha(t) / tau_c, x)
-        x1, eps = to_data_noise(self.model(x_vp, t).to(x.dtype), self.kind, x_vp, t, self.path)
+        return x * expand_t(self.path.alpha(t) / tau_c, x), t
+
+    def forward(self, x: Tensor, tau: Tensor) -> Tensor:
+        x_p, t = self.to_path(x, tau)
+        x1, eps = to_data_noise(self.model(x_p, t).to(x.dtype), self.kind, x_p, t, self.path)
         return x1 - eps  # d/dtau (tau x1 + (1 - tau) eps)
+
+
+class LinearPathStudent(nn.Module):
+    """A flow map's average velocity ``u(x_lin, s, t)`` on the linear path, computed in the
+    teacher's parametrization: the linear state at ``s`` goes to the teacher path's state and
+    time of equal SNR (:meth:`LinearPathTeacher.to_path`), ``net`` (a :class:`TwoTimeUNet3D`
+    with the teacher's time scale) predicts the MedForj ``target`` there with the gap
+    embedding of ``t - s``, and the prediction becomes ``x1_hat - eps_hat`` by MedForj's
+    inversions (:func:`~.targets.medforj_to_data_noise`). With the teacher's weights and a zero
+    gap embedding, ``u(x, s, s)`` equals ``LinearPathTeacher(x, s)`` exactly."""
+
+    def __init__(self, net: TwoTimeUNet3D, target: str, path: AffinePath, iterations: int = 40) -> None:
+        super().__init__()
+        self.net, self.target = net, target
+        self.cfg = net.cfg
+        self._map = LinearPathTeacher(nn.Identity(), "data", path, iterations)  # the time / scale map only
+
+    def forward(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        path = self._map.path
+        x_p, tp = self._map.to_path(x, s)
+        pred = self.net.with_gap(x_p, tp, t - s).to(x.dtype)
+        a, sg = expand_t(path.alpha(tp), x).to(x.dtype), expand_t(path.sigma(tp), x).to(x.dtype)
+        x1, eps = medforj_to_data_noise(self.target, pred, x_p, a, sg)
+        return x1 - eps
 
 
 def is_flow_map_run(ckpt_dir: str | Path) -> bool:
@@ -111,9 +155,18 @@ def is_flow_map_run(ckpt_dir: str | Path) -> bool:
     return (Path(ckpt_dir) / DISTILL_FILE).is_file()
 
 
-def _student(cfg: MRIConfig) -> FlowMap:
-    unet = cfg.unet.replace(timestep_scale="rflow", num_train_timesteps=cfg.fm.ddpm_steps)
-    return FlowMap(TwoTimeUNet3D(unet))
+def _student(cfg: MRIConfig, student: str = "teacher") -> FlowMap:
+    if student == "linear":
+        unet = cfg.unet.replace(timestep_scale="rflow", num_train_timesteps=cfg.fm.ddpm_steps)
+        return FlowMap(TwoTimeUNet3D(unet))
+    scale = "rflow" if cfg.target == "rflow" else "ddpm"
+    net = TwoTimeUNet3D(cfg.unet.replace(timestep_scale=scale, num_train_timesteps=cfg.fm.ddpm_steps))
+    return FlowMap(LinearPathStudent(net, cfg.target, make_path(cfg.target, cfg.fm.ddpm_steps)))
+
+
+def _two_time(flow_map: FlowMap) -> TwoTimeUNet3D:
+    net = flow_map.net
+    return net.net if isinstance(net, LinearPathStudent) else net
 
 
 def _flow_map_cfg(d: DistillConfig, batch_size: int) -> FlowMapConfig:
@@ -121,6 +174,17 @@ def _flow_map_cfg(d: DistillConfig, batch_size: int) -> FlowMapConfig:
                          teacher_steps=d.teacher_steps, teacher_method=d.teacher_method, lr=d.lr,
                          batch_size=batch_size, max_steps=d.max_steps, ema_decay=d.ema_decay, seed=d.seed,
                          log_every=10, ckpt_every=max(d.max_steps // 2, 1), t_max=1.0)
+
+
+def initial_flow_map(teacher_dir: str | Path, student: str = "teacher") -> FlowMap:
+    """The student of :func:`distill` before any training step (eval mode): with
+    ``student="teacher"``, ``X(s, t, x)`` is one Euler step of the teacher's linear-path ODE
+    (= a DDIM step between the DDPM times of equal SNR), the few-step baseline that
+    distillation must beat."""
+    cfg, _, teacher_model = restore(teacher_dir)
+    flow_map = _student(cfg, student)
+    _two_time(flow_map).load_one_time(teacher_model.net)
+    return flow_map.eval()
 
 
 def distill(d: DistillConfig, out_dir: str | Path | None, trainer_args: TrainerArgs | None = None,
@@ -134,8 +198,10 @@ def distill(d: DistillConfig, out_dir: str | Path | None, trainer_args: TrainerA
     out = Path(out_dir)
     cfg, path, teacher_model = restore(d.teacher)
     teacher = LinearPathTeacher(teacher_model, core_kind(cfg.target), path)
-    flow_map = _student(cfg)
-    flow_map.net.load_one_time(teacher_model.net)
+    with torch.random.fork_rng(devices=[]):  # the gap embedding's initialisation from d.seed
+        torch.manual_seed(d.seed)
+        flow_map = _student(cfg, d.student)
+    _two_time(flow_map).load_one_time(teacher_model.net)
     ds = build_dataset(cfg.source, "train", augment=cfg.augment)
     batch = min(d.batch_size, len(ds))
     module = FlowMapModule(flow_map, LinearPath(), _flow_map_cfg(d, batch), teacher=teacher)
@@ -152,6 +218,7 @@ def restore_flow_map(ckpt_dir: str | Path) -> tuple[MRIConfig, FlowMap]:
     from ..runs import load_recipe
 
     cfg = load_recipe(ckpt_dir, "mri", MRIConfig)
-    flow_map = _student(cfg)
+    d = DistillConfig.from_dict(json.loads((Path(ckpt_dir) / DISTILL_FILE).read_text()))
+    flow_map = _student(cfg, d.student)
     load_weights(ckpt_dir, flow_map, use_ema=True)
     return cfg, flow_map.eval()

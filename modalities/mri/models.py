@@ -131,7 +131,12 @@ class TwoTimeUNet3D(nn.Module):
         self.unet.class_embedding = _GapEmbedding(width, self.unet.time_embed[-1].out_features)
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
-        return self.unet(x, _timesteps(self.cfg, s), class_labels=t - s)
+        return self.with_gap(x, s, t - s)
+
+    def with_gap(self, x: Tensor, time: Tensor, gap: Tensor) -> Tensor:
+        """The UNet at ``time`` (converted by ``cfg.timestep_scale``) with the gap embedding of
+        ``gap`` (``forward(x, s, t) = with_gap(x, s, t - s)``)."""
+        return self.unet(x, _timesteps(self.cfg, time), class_labels=gap)
 
     def load_one_time(self, net: UNet3D) -> None:
         """Start from a trained one-time UNet's weights (the gap embedding stays zero)."""

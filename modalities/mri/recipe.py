@@ -119,9 +119,13 @@ def _unet_cfg(cfg: MRIConfig) -> UNetConfig:
 
 
 def build(cfg: MRIConfig) -> tuple[AffinePath, DataPredictor, MedForjModule]:
-    """``(path, wrapped network, training module)`` of the recipe (GPU options applied)."""
+    """``(path, wrapped network, training module)`` of the recipe (GPU options applied); the
+    network's initial weights depend on ``cfg.fm.seed`` only (so every target of a benchmark
+    starts from the same weights, whatever ran before)."""
     path = make_path(cfg.target, cfg.fm.ddpm_steps)
-    net = UNet3D(_unet_cfg(cfg))
+    with torch.random.fork_rng(devices=[]):  # the initialisation is drawn from fm.seed, not the global RNG
+        torch.manual_seed(cfg.fm.seed)
+        net = UNet3D(_unet_cfg(cfg))
     apply_gpu_options(net, cfg.channels_last, cfg.activation_checkpointing)
     model = DataPredictor(net, cfg.target, path)
     module = MedForjModule(model, path, _fm(cfg), channels_last=cfg.channels_last)

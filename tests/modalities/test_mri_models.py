@@ -13,7 +13,7 @@ from modaflow.core.parametrizations import convert  # noqa: E402
 from modaflow.core.paths import DiscreteVPPath  # noqa: E402
 from modaflow.core.tensors import expand_t  # noqa: E402
 from modaflow.modalities.mri import targets as TG  # noqa: E402
-from modaflow.modalities.mri.distill import LinearPathTeacher  # noqa: E402
+from modaflow.modalities.mri.distill import LinearPathStudent, LinearPathTeacher, _student, _two_time  # noqa: E402
 from modaflow.modalities.mri.gpu import VARIANTS, time_steps  # noqa: E402
 from modaflow.modalities.mri.models import TwoTimeUNet3D, UNet3D, UNetConfig, apply_gpu_options  # noqa: E402
 
@@ -95,6 +95,36 @@ def test_ddim_equals_euler_on_the_linear_path_of_the_teacher(gen) -> None:
     teacher = LinearPathTeacher(model, "data", DDPM)
     euler = solve_ode(teacher, x0 / (a[0] + s[0]), tau, method="euler").x
     torch.testing.assert_close(euler * (a[-1] + s[-1]), ddim, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("target", ["sample", "velocity", "flow", "rflow"])
+def test_flow_map_student_starts_as_the_teacher(target) -> None:
+    """The default student (:class:`LinearPathStudent`) at initialisation: ``u(x, s, t)`` equals
+    the teacher's linear-path velocity at ``s`` for every ``t`` (zero gap embedding), so
+    ``X(s, t, x)`` is one Euler (= DDIM) step of the teacher's ODE."""
+    from modaflow.modalities.mri.recipe import MRIConfig, build
+
+    torch.manual_seed(0)
+    cfg = MRIConfig(size=16, target=target)
+    path, model, _ = build(cfg)
+    with torch.no_grad():
+        for p in model.parameters():  # MONAI zero-initialises the output conv: make the net non-trivial
+            p.add_(0.05 * torch.randn_like(p))
+    teacher = LinearPathTeacher(model.eval(), TG.core_kind(target), path)
+    fm = _student(cfg)
+    assert isinstance(fm.net, LinearPathStudent)
+    _two_time(fm).load_one_time(model.net)
+    x = torch.randn(3, 1, 16, 16, 16)
+    s, t = torch.tensor([0.0, 0.3, 0.8]), torch.tensor([0.5, 0.3, 1.0])
+    with torch.no_grad():
+        v = teacher(x, s)
+        assert float(v.abs().max()) > 0.1
+        torch.testing.assert_close(fm.average_velocity(x, s, t), v, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fm(x, s, t), x + (t - s)[:, None, None, None, None] * v, atol=1e-4, rtol=1e-4)
+    old = _student(cfg, "linear")  # the earlier student: the teacher's weights, another function on DDPM
+    _two_time(old).load_one_time(model.net)
+    with torch.no_grad():
+        assert torch.allclose(old.average_velocity(x, s, t), v, atol=1e-4) == (target == "rflow")
 
 
 def test_unet_wrappers_and_gpu_options() -> None:
