@@ -39,7 +39,7 @@ import torch
 
 from modaflow.core.training import TrainerArgs
 from modaflow.modalities.mri.data import MRIDataModule, SourceSpec, build_dataset
-from modaflow.modalities.mri.distill import DistillConfig, distill, restore_flow_map
+from modaflow.modalities.mri.distill import DistillConfig, distill, initial_flow_map, restore_flow_map
 from modaflow.modalities.mri.evaluation import RealReference, evaluate_volumes
 from modaflow.modalities.mri.features import FeatureConfig
 from modaflow.modalities.mri.gpu import compare_variants
@@ -94,6 +94,12 @@ class MRIProfile:
     """UNet of the step timing."""
     timing_repeats: int
     """Timed repeats per variant."""
+    eval_seeds: int = 1
+    """Noise draws (``eval_n`` volumes each, the same for every generator) of the rows the
+    goals compare: the top DDIM of each target and the flow-map rows; their metrics are means
+    over draws and ``fid3d_sd`` is the spread."""
+    teacher_steps: int = 4
+    """Heun steps of the teacher's ODE solve per distillation target."""
     device: str = "cpu"
     """Where everything runs."""
     threads: int = 1
@@ -105,22 +111,22 @@ PROFILES: dict[str, MRIProfile] = {
     "smoke": MRIProfile(size=16, n_train=4, n_test=4, targets=("sample", "velocity"), unet=_TINY, train_steps=2,
                         batch_size=2, lr=1e-3, eval_n=2, ddim_steps=(2,), distill_steps=1, flowmap_steps=(1,),
                         features=FeatureConfig(width=4, steps=3, batch_size=4), timing_shape=(16, 16, 16),
-                        timing_unet=_TINY, timing_repeats=1),
+                        timing_unet=_TINY, timing_repeats=1, teacher_steps=1),
     "quick": MRIProfile(size=24, n_train=48, n_test=16, targets=("sample", "velocity", "flow"), unet=_TINY,
                         train_steps=100, batch_size=4, lr=2e-3, eval_n=8, ddim_steps=(4, 16, 32), distill_steps=40,
                         flowmap_steps=(1, 2, 4), features=FeatureConfig(width=8, steps=150, batch_size=8),
-                        timing_shape=(32, 32, 32), timing_unet=_TINY, timing_repeats=3),
+                        timing_shape=(32, 32, 32), timing_unet=_TINY, timing_repeats=3, eval_seeds=3),
     "full": MRIProfile(size=48, n_train=96, n_test=32, targets=("sample", "velocity", "flow", "noise", "rflow"),
                        unet=UNetConfig(channels=(16, 32, 64), attention_levels=(False, False, True), num_res_blocks=2,
                                        norm_num_groups=16),
                        train_steps=3000, batch_size=4, lr=1e-3, eval_n=32, ddim_steps=(4, 8, 16, 32, 64),
                        distill_steps=1500, flowmap_steps=(1, 2, 4, 8), features=FeatureConfig(width=8, steps=600),
-                       timing_shape=(48, 48, 48), timing_unet=_TINY, timing_repeats=5, threads=0),
+                       timing_shape=(48, 48, 48), timing_unet=_TINY, timing_repeats=5, threads=0, eval_seeds=3),
     "gpu": MRIProfile(size=64, n_train=128, n_test=32, targets=("sample", "velocity", "flow"),
                       unet=UNetConfig.medforj(), train_steps=2000, batch_size=4, lr=1e-4, eval_n=32,
                       ddim_steps=(4, 16, 64), distill_steps=1000, flowmap_steps=(1, 2, 4),
                       features=FeatureConfig(width=16, steps=1000), timing_shape=(192, 224, 192),
-                      timing_unet=UNetConfig.medforj(), timing_repeats=5, device="cuda", threads=0),
+                      timing_unet=UNetConfig.medforj(), timing_repeats=5, device="cuda", threads=0, eval_seeds=3),
 }
 
 
@@ -157,12 +163,23 @@ def _loader_rate(spec: SourceSpec, batch: int, seed: int, volumes: int) -> float
     return seen / (time.perf_counter() - start)
 
 
-def _evaluate(name: str, x: torch.Tensor, ref: RealReference, seconds: float, metrics: dict, rows: dict) -> None:
-    m = evaluate_volumes(x, ref)
+def _evaluate(name: str, xs: list[torch.Tensor], ref: RealReference, seconds: float, metrics: dict, rows: dict) -> None:
+    """Metrics of the volumes of each noise draw in ``xs``, averaged over draws (``fid3d_sd``:
+    their standard deviation, 0 for one draw)."""
+    ms = [evaluate_volumes(x, ref) for x in xs]
+    m = {k: float(np.mean([d[k] for d in ms])) for k in ms[0]}
+    m["fid3d_sd"] = float(np.std([d["fid3d"] for d in ms], ddof=1)) if len(ms) > 1 else 0.0
     rows[name] = m
-    for k in EVAL_KEYS:
+    for k in (*EVAL_KEYS, "fid3d_sd"):
         metrics[f"{name}.{k}"] = m[k]
     metrics[f"{name}.seconds_per_volume"] = seconds
+    metrics[f"{name}.draws"] = len(xs)
+
+
+def _draws(gen, noises: list[torch.Tensor], n: int) -> tuple[list[torch.Tensor], float]:
+    """``gen(noise)`` for the first ``n`` noise draws; ``(volumes per draw, seconds per volume)``."""
+    start, xs = time.perf_counter(), [gen(z) for z in noises[:n]]
+    return xs, (time.perf_counter() - start) / sum(x.shape[0] for x in xs)
 
 
 def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
@@ -183,8 +200,9 @@ def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
     timings["data_and_features_s"] = time.perf_counter() - t0
     timings["loader_volumes_per_s"] = _loader_rate(spec, p.batch_size, seed, max(2 * p.batch_size, min(32, p.n_train)))
     baselines["real_vs_real"] = dict(ref.values)
+    baselines["real_vs_real"].update({f"fid3d_real_n{p.eval_n}.{k}": v for k, v in ref.fid3d_real_at(p.eval_n).items()})
     metrics["feature_net_accuracy"] = ref.feature_accuracy
-    noise = draw_noise(p.eval_n, spec.shape, seed + 1000)
+    noises = [draw_noise(p.eval_n, spec.shape, seed + 1000 * (i + 1)) for i in range(p.eval_seeds)]
     samples: dict[str, torch.Tensor] = {"real (held-out)": ref.test}
     losses, nfe_curves = {}, {}
     top = p.ddim_steps[-1]
@@ -200,17 +218,23 @@ def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
         model.to(dev)
         ys = []
         for k in p.ddim_steps:
-            start = time.perf_counter()
-            x = generate(model, core_kind(target), path, noise, k, "ddim", batch_size=4)
-            sec = (time.perf_counter() - start) / p.eval_n
-            _evaluate(f"{target}.ddim{k}", x, ref, sec, metrics, rows)
+            xs, sec = _draws(lambda z: generate(model, core_kind(target), path, z, k, "ddim", batch_size=4), noises,
+                             p.eval_seeds if k == top else 1)
+            _evaluate(f"{target}.ddim{k}", xs, ref, sec, metrics, rows)
             ys.append(rows[f"{target}.ddim{k}"]["fid3d"])
         nfe_curves[f"{target} DDIM"] = (list(p.ddim_steps), ys)
-        samples[f"{target} DDIM{top}"] = x
+        samples[f"{target} DDIM{top}"] = xs[0]
     teacher = next(t for t in p.targets if t != "sample")
+    init = initial_flow_map(out / "runs" / teacher).to(dev)  # the student before distillation: teacher Euler steps
+    ys = []
+    for k in p.flowmap_steps:
+        xs, sec = _draws(lambda z: generate(init, "velocity", None, z, k, "flowmap"), noises, p.eval_seeds)
+        _evaluate(f"{teacher}.euler_linear{k}", xs, ref, sec, metrics, rows)
+        ys.append(rows[f"{teacher}.euler_linear{k}"]["fid3d"])
+    nfe_curves[f"{teacher} Euler (linear path)"] = (list(p.flowmap_steps), ys)
     start = time.perf_counter()
     d = distill(DistillConfig(teacher=str(out / "runs" / teacher), max_steps=p.distill_steps, batch_size=p.batch_size,
-                              lr=p.lr, seed=seed, teacher_steps=1 if profile == "smoke" else 4),
+                              lr=p.lr, seed=seed, teacher_steps=p.teacher_steps),
                 out / "runs" / f"{teacher}_flowmap", trainer, progress=False)
     timings["distill_s"] = time.perf_counter() - start
     losses[f"{teacher} flow map"] = ([h[0] for h in d["history"]], [h[1] for h in d["history"]])
@@ -218,12 +242,11 @@ def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
     fm.to(dev)
     ys = []
     for k in p.flowmap_steps:
-        start = time.perf_counter()
-        x = generate(fm, "velocity", None, noise, k, "flowmap", batch_size=4)
-        _evaluate(f"{teacher}.flowmap{k}", x, ref, (time.perf_counter() - start) / p.eval_n, metrics, rows)
+        xs, sec = _draws(lambda z: generate(fm, "velocity", None, z, k, "flowmap"), noises, p.eval_seeds)
+        _evaluate(f"{teacher}.flowmap{k}", xs, ref, sec, metrics, rows)
         ys.append(rows[f"{teacher}.flowmap{k}"]["fid3d"])
     nfe_curves[f"{teacher} flow map"] = (list(p.flowmap_steps), ys)
-    samples[f"{teacher} flow map {p.flowmap_steps[-1]} steps"] = x
+    samples[f"{teacher} flow map {p.flowmap_steps[-1]} steps"] = xs[0]
     baselines[f"{teacher}.ddim{top}"] = {k: rows[f"{teacher}.ddim{top}"][k] for k in EVAL_KEYS}
     if "sample" in p.targets:
         baselines[f"sample.ddim{top}"] = {k: rows[f"sample.ddim{top}"][k] for k in EVAL_KEYS}
@@ -232,6 +255,8 @@ def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
                 metrics[f"goal.fid3d_ratio.{t}_over_sample"] = rows[f"{t}.ddim{top}"]["fid3d"] / rows[f"sample.ddim{top}"]["fid3d"]
     few = max(k for k in p.flowmap_steps if k <= 4)
     metrics[f"goal.fid3d_ratio.flowmap{few}_over_ddim{top}"] = rows[f"{teacher}.flowmap{few}"]["fid3d"] / rows[f"{teacher}.ddim{top}"]["fid3d"]
+    metrics[f"goal.fid3d_ratio.flowmap{few}_over_euler_linear{few}"] = (
+        rows[f"{teacher}.flowmap{few}"]["fid3d"] / rows[f"{teacher}.euler_linear{few}"]["fid3d"])
     timing_notes = _timing(p, dev, metrics, baselines, timings)
     tissue = {"real": ref.test_tissue}
     for name in (f"{t}.ddim{top}" for t in p.targets):
@@ -247,7 +272,12 @@ def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
         f"device {p.device}, torch threads {torch.get_num_threads()}; embedded cohort {p.size}^3 "
         f"({p.n_train} train / {p.n_test} held-out subjects), synthetic from ONE template (data card mri-embedded)",
         f"UNet channels {list(p.unet.channels)}, {p.train_steps} steps x batch {p.batch_size} per target, EMA weights; "
-        f"{p.eval_n} volumes per evaluation from the same noise (seed {seed + 1000})",
+        f"{p.eval_n} volumes per evaluation from the same noise (seed {seed + 1000}); the top DDIM and the flow-map "
+        f"rows average {p.eval_seeds} noise draws (seeds {seed + 1000}, {seed + 2000}, ...; fid3d_sd their spread)",
+        f"real_vs_real.fid3d_real_n{p.eval_n}: FD of {p.eval_n} real training volumes vs held-out (mean, 5-95% over "
+        "50 subsets): the floor at the generated sample size",
+        "euler_linearK: the flow-map student before distillation = K Euler steps of the teacher's linear-path ODE "
+        "(DDIM steps at the DDPM times of equal SNR); flowmapK: after distillation",
         "fid3d: Frechet distance in the feature space of a 3-D CNN trained in this run on the real training volumes "
         "(real vs noise/blur/gamma/shuffled-octant degradations); real_vs_real = train vs held-out",
         "ms_ssim: generated pairs (lower = more diverse); tissue_p: permutation-test p-values of GMM tissue volumes",
