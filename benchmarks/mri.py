@@ -15,16 +15,18 @@ In one run, on the same data, seeds and starting noise:
    sampling step time per volume and peak memory, and their ratios (tiny sizes on CPU, where
    no memory is measured and ``torch.compile`` is skipped; MedForj size on ``gpu``).
 
-Profiles: ``smoke`` (16^3, seconds, for the tests); ``quick`` (the README demo, about 4 min
+Profiles: ``smoke`` (16^3, seconds, for the tests); ``quick`` (the README demo, about 5 min
 of CPU time on one thread): 24^3 cohort (48 train / 16 held-out subjects), tiny UNet
-(8/16/32 channels), 100 steps x batch 4 per target, 8 volumes per evaluation, DDIM at
-4/16/32 steps (32 is its reference), a 40-step flow map sampled in 1/2/4 steps, the
-feature net at 150 steps, GPU-path timing at 32^3 -- sizes chosen by CPU cost (a 32^3
-UNet step costs ~3x a 24^3 one; training, DDIM sampling and distillation are >90% of
-the time, the metrics <5%); its FD values come from 8 volumes, so read the ordering of
-targets and step counts, not small differences; ``full`` (48^3, longer, all five
-targets, DDIM 4..64, 32 volumes); ``gpu`` (CUDA: MedForj's UNet, timing at 192x224x192,
-quality at 64^3, bf16).
+(8/16/32 channels), 100 steps x batch 4 per target, 8 volumes per evaluation (the top DDIM
+and the flow-map rows: 3 noise draws), DDIM at 4/16/32 steps (32 is its reference), the
+undistilled student and a 40-step flow map sampled in 1/2/4 steps, the feature net at 600
+steps (accuracy 0.86 on degraded held-out volumes; 0.70 at 150), GPU-path timing at 32^3 --
+sizes chosen by CPU cost (a 32^3 UNet step costs ~3x a 24^3 one; training, DDIM sampling
+and distillation are >90% of the time, the metrics <5%); its FD values come from 8 volumes:
+compare them with ``fid3d_real_n8`` (real vs real at 8 volumes) and ``fid3d_sd`` (spread
+over noise draws), not with the 48-volume floor; ``full`` (48^3, longer, all five targets,
+DDIM 4..64, 32 volumes); ``gpu`` (CUDA: MedForj's UNet, timing at 192x224x192, quality at
+64^3, bf16).
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ PROFILES: dict[str, MRIProfile] = {
                         timing_unet=_TINY, timing_repeats=1, teacher_steps=1),
     "quick": MRIProfile(size=24, n_train=48, n_test=16, targets=("sample", "velocity", "flow"), unet=_TINY,
                         train_steps=100, batch_size=4, lr=2e-3, eval_n=8, ddim_steps=(4, 16, 32), distill_steps=40,
-                        flowmap_steps=(1, 2, 4), features=FeatureConfig(width=8, steps=150, batch_size=8),
+                        flowmap_steps=(1, 2, 4), features=FeatureConfig(width=8, steps=600, batch_size=8),
                         timing_shape=(32, 32, 32), timing_unet=_TINY, timing_repeats=3, eval_seeds=3),
     "full": MRIProfile(size=48, n_train=96, n_test=32, targets=("sample", "velocity", "flow", "noise", "rflow"),
                        unet=UNetConfig(channels=(16, 32, 64), attention_levels=(False, False, True), num_res_blocks=2,

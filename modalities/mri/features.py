@@ -34,14 +34,15 @@ class FeatureConfig:
 
     Attributes:
         width: channels of the first convolution (doubling per layer; features = 8 * width).
-        steps: optimiser steps.
+        steps: optimiser steps (600: accuracy on degraded held-out volumes 0.86 at 24^3, against
+            0.70 after 150 steps, when the FD ranked blur against noise more than quality).
         batch_size: volumes per step (each degraded in a random way).
         lr: Adam learning rate.
         seed: seed of the initialisation and the degradations.
     """
 
     width: int = 8
-    steps: int = 150
+    steps: int = 600
     batch_size: int = 8
     lr: float = 2e-3
     seed: int = 0
