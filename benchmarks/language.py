@@ -19,7 +19,7 @@ and DiT), ``full`` (hours on CPU), ``gpu`` (CUDA; GPT-2-small-size throughput, V
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -247,8 +247,10 @@ def _eval_markov(p: LanguageProfile, out: Path, seed: int) -> dict:
 
 def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
     """Run the language benchmark ``profile`` into ``out_dir``: ``results.json``, ``report.md``
-    and PNG plots. Returns the result."""
+    and PNG plots. ``seed`` seeds training (every run's ``fm.seed``) and sampling. Returns the result."""
     p = select_profile(PROFILES, profile)
+    # the seed also seeds training (every run's fm.seed; 0 is the profiles' own), so --seed draws new models
+    p = replace(p, text=p.text.replace(fm=p.text.fm.replace(seed=seed)), markov=p.markov.replace(fm=p.markov.fm.replace(seed=seed)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with torch_threads(p.threads):
