@@ -6,7 +6,8 @@ Stages (each resumes: a stage whose file exists in the run folder is loaded, not
 2. NeuroVAE on the z-scored training trials (MSE + beta KL + ``vae_align`` times the
    squared distance of its mean to the stimulus's standardised visual latent),
    ``neurovae.safetensors``; a ``vae_val_fraction`` of the training stimuli is held out and
-   the weights of the step with the lowest validation loss are kept (early stopping);
+   the weights of the step with the lowest validation loss are kept (early stopping), of an
+   exponential moving average of the iterates when ``vae_ema > 0``;
 3. XFM on paired standardised latents ``(x0 = z_neu, x1 = z_vis)`` with the core's
    :class:`~modaflow.core.training.FlowMatchingModule` and ``fit`` on
    ``bridge(LinearPath | VPCosinePath, noise, "quadratic")`` (noise ``s * t (1 - t)``;
@@ -108,6 +109,16 @@ class FMRIConfig(Config):
     -> 0.977, encoding top-1 0.75 -> 0.67."""
     vae_val_every: int = 50
     """Steps between two validation losses of the NeuroVAE."""
+    vae_ema: float = 0.99
+    """Decay of an exponential moving average of the NeuroVAE weights (Polyak & Juditsky
+    1992, SIAM J. Control Optim. 30, 838: averaging the SGD iterates lowers their variance);
+    the average is what early stopping validates and keeps (0 = the raw iterates). Evidence
+    (170 validation stimuli of the training set, quick sizes, encoding path decode(z_vis)
+    scored by median voxel r against the simulator's noise-free responses, step chosen by
+    validation loss): raw iterates 0.905 (step 500; peak 0.910, 0.879 at 1400); EMA 0.99
+    0.913 (step 550; peak 0.915), without the warm-up 0.915, decay 0.995 0.915; decoder
+    dropout 0.2 instead: 0.913. The visual AE's reconstructions bound any path through the
+    32-d latent at 0.971, so the latent is not the limit."""
     align_weight: float = 1.0
     """finetune: weight of the term pulling a new subject's latents onto the XFM's."""
     xfm_hidden: int = 256
@@ -140,6 +151,7 @@ class FMRIConfig(Config):
             self._require(getattr(self, name) >= 0, name, "a number >= 0")
         self._require(0 <= self.vae_val_fraction < 1, "vae_val_fraction", "a fraction in [0, 1)")
         self._require(self.vae_val_every >= 1, "vae_val_every", "an integer >= 1")
+        self._require(0 <= self.vae_ema < 1, "vae_ema", "a decay in [0, 1)")
         self._require(0 <= self.vae_dropout < 1, "vae_dropout", "a probability in [0, 1)")
 
 
@@ -257,7 +269,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
         fit_rows, val_rows = validation_split(prep.train_img, cfg.vae_val_fraction, seed + 1)
         val = tuple(t[val_rows] for t in tensors) if len(val_rows) else None
         m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, cfg.vae_align, seed=seed + 1, val=val,
-                              val_every=cfg.vae_val_every)
+                              val_every=cfg.vae_val_every, ema_decay=cfg.vae_ema)
         s = fit_autoencoder(m, tuple(t[fit_rows] for t in tensors), cfg.fm.batch_size, cfg.vae_steps, trainer_args,
                             out / VAE_FILE, seed + 1, progress)
         return m.model, s

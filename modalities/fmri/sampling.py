@@ -184,7 +184,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     ckpt_dir, out = Path(ckpt_dir), Path(out_dir)
     base = load_recipe(ckpt_dir, NAME, FMRIConfig)
     allowed = {"sim", "glm", "glm_noise_model", "mask", "vae_hidden", "vae_steps", "vae_lr", "vae_beta", "vae_dropout",
-               "vae_val_fraction", "vae_val_every", "align_weight", "steps", "solver"}
+               "vae_val_fraction", "vae_val_every", "vae_ema", "align_weight", "steps", "solver"}
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ConfigError(f"finetune cannot change {bad}: the visual AE and XFM are shared (allowed: {sorted(allowed)})")
@@ -216,7 +216,8 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     tensors = (torch.as_tensor(prep.train_x), target)
     fit_rows, val_rows = validation_split(prep.train_img, cfg.vae_val_fraction, cfg.fm.seed + 2)  # early stopping
     val = tuple(t[val_rows] for t in tensors) if len(val_rows) else None
-    module = AutoencoderModule(vae, cfg.vae_lr, cfg.align_weight, seed=cfg.fm.seed + 2, val=val, val_every=cfg.vae_val_every)
+    module = AutoencoderModule(vae, cfg.vae_lr, cfg.align_weight, seed=cfg.fm.seed + 2, val=val, val_every=cfg.vae_val_every,
+                               ema_decay=cfg.vae_ema)
     summary = fit_autoencoder(module, tuple(t[fit_rows] for t in tensors), cfg.fm.batch_size, cfg.vae_steps,
                               trainer_args, out / VAE_FILE, cfg.fm.seed + 2, progress)
     stats = {**model.stats, "vox_mean": torch.as_tensor(prep.mean), "vox_std": torch.as_tensor(prep.std)}

@@ -7,10 +7,14 @@ latents for a new subject's head, see :func:`align_loss`). :func:`fit_autoencode
 ``max_steps`` AdamW steps and writes ``path`` (weights + the network's config); given
 validation tensors it keeps the weights of the step with the lowest validation loss
 (:func:`validation_loss`; early stopping, Prechelt 1998, "Early stopping - but when?").
+With ``ema_decay > 0`` the weights it validates and keeps are an exponential moving average
+of the iterates (Polyak & Juditsky 1992, SIAM J. Control Optim. 30, 838; the core's
+:class:`~modaflow.core.training.EMA`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import lightning as L
@@ -18,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from modaflow.core.training import TrainerArgs, quiet_lightning, save_checkpoint
+from modaflow.core.training import EMA, TrainerArgs, quiet_lightning, save_checkpoint
 
 from .models import NeuroVAE
 
@@ -64,29 +68,49 @@ class AutoencoderModule(L.LightningModule):
 
     With ``val`` tensors (same layout as a batch), :func:`validation_loss` is computed every
     ``val_every`` steps and at the last step; ``best_state`` keeps the weights of the lowest
-    one (``val_history``: ``(step, loss)``, ``best_step``)."""
+    one (``val_history``: ``(step, loss)``, ``best_step``).
+
+    ``ema_decay`` ``d > 0``: after the ``n``-th optimiser step ``theta_ema <- d_n theta_ema +
+    (1 - d_n) theta`` with the core's warm-up ``d_n = min(d, (1 + n) / (10 + n))`` (Polyak &
+    Juditsky 1992; the warm-up keeps short runs from remembering the initialisation);
+    validation, ``best_state`` and the final weights are then the average's, not the last
+    iterate's."""
 
     def __init__(self, model: nn.Module, lr: float, align_weight: float = 0.0, seed: int = 0, log_every: int = 25,
-                 val: tuple[Tensor, ...] | None = None, val_every: int = 50) -> None:
+                 val: tuple[Tensor, ...] | None = None, val_every: int = 50, ema_decay: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1); got {ema_decay}")
         self.model, self.lr, self.align_weight, self.seed, self.log_every = model, lr, align_weight, seed, log_every
+        self.ema = EMA(model, ema_decay, warmup=True) if ema_decay > 0 else None
         self.history: list[tuple[int, float]] = []
         self.val, self.val_every = val, max(1, val_every)
         self.val_history: list[tuple[int, float]] = []
         self.best_state: dict[str, Tensor] | None = None
         self.best_step, self.best_val = 0, float("inf")
 
+    def final_weights(self) -> None:
+        """Put the weights to keep into ``model``: the best validation step's, else the EMA's,
+        else leave the last iterate."""
+        if self.best_state is not None:  # early stopping: the weights of the best validation step
+            self.model.load_state_dict(self.best_state)
+        elif self.ema is not None:
+            self.ema.copy_to(self.model)
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
         if self.val is None:
             return
         step = self.global_step
         if step % self.val_every and step < (self.trainer.max_steps or 0):
             return
-        loss = validation_loss(self.model, tuple(v.to(self.device) for v in self.val), self.align_weight)
-        self.val_history.append((step, loss))
-        if loss < self.best_val:
-            self.best_val, self.best_step = loss, step
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        with self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext():
+            loss = validation_loss(self.model, tuple(v.to(self.device) for v in self.val), self.align_weight)
+            self.val_history.append((step, loss))
+            if loss < self.best_val:
+                self.best_val, self.best_step = loss, step
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         g = torch.Generator(batch[0].device).manual_seed(self.seed * 1_000_003 + self.global_step)
@@ -118,8 +142,7 @@ def fit_autoencoder(module: AutoencoderModule, tensors: tuple[Tensor, ...], batc
                             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
                             gradient_clip_val=1.0, default_root_dir=str(Path(path).parent))
         trainer.fit(module, loader)
-    if module.best_state is not None:  # early stopping: the weights of the best validation step
-        module.model.load_state_dict(module.best_state)
+    module.final_weights()
     module.model.cpu().eval()
     cfg = getattr(module.model, "cfg", None)
     extra = {"history": module.history}

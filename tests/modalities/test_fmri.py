@@ -192,3 +192,41 @@ def test_early_stopping_keeps_the_best_validation_step(tmp_path) -> None:
     assert steps[-1] == 200 and steps[0] == 10
     assert s["best_val_loss"] == min(v for _, v in s["val_history"])
     assert validation_loss(vae, (xv, tv), 1.0) == pytest.approx(s["best_val_loss"], rel=1e-5)  # the best weights are kept
+
+
+def test_ema_weights_are_the_ones_validated_and_kept(tmp_path) -> None:
+    """Known answer: the kept NeuroVAE weights are the hand-computed moving average
+    ``theta_ema <- d_n theta_ema + (1 - d_n) theta``, ``d_n = min(d, (1 + n) / (10 + n))``, of
+    the recorded iterates at the best validation step (not the iterate itself), and without
+    validation the final average."""
+    from modaflow.modalities.fmri.models import NeuroVAE, NeuroVAEConfig
+    from modaflow.modalities.fmri.training import AutoencoderModule, fit_autoencoder, validation_loss
+
+    class Recording(AutoencoderModule):
+        def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+            self.iterates.append(torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().clone())
+            super().on_train_batch_end(outputs, batch, batch_idx)
+
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(64, 12, generator=g), torch.randn(64, 4, generator=g)
+    xv, tv = torch.randn(32, 12, generator=g), torch.randn(32, 4, generator=g)
+    with pytest.raises(ValueError, match="ema_decay"):
+        AutoencoderModule(NeuroVAE(NeuroVAEConfig(voxels=12, hidden=16, latent=4)), 1e-2, ema_decay=1.0)
+    for val in ((xv, tv), None):
+        torch.manual_seed(0)
+        vae = NeuroVAE(NeuroVAEConfig(voxels=12, hidden=32, latent=4, dropout=0.0))
+        avg = torch.nn.utils.parameters_to_vector(vae.parameters()).detach().clone()
+        m = Recording(vae, 1e-2, 1.0, seed=0, val=val, val_every=10, ema_decay=0.8)
+        m.iterates = []
+        s = fit_autoencoder(m, (x, t), 16, 60, TrainerArgs(accelerator="cpu"), tmp_path / "v.safetensors", 0)
+        averages = []
+        for n, theta in enumerate(m.iterates):
+            d = min(0.8, (1 + n) / (10 + n))  # warm-up until n = 35, then 0.8
+            avg = d * avg + (1 - d) * theta
+            averages.append(avg.clone())
+        kept = torch.nn.utils.parameters_to_vector(vae.parameters()).detach()
+        step = s.get("best_step", 60)
+        torch.testing.assert_close(kept, averages[step - 1], rtol=1e-4, atol=1e-6)
+        assert not torch.allclose(kept, m.iterates[step - 1], atol=1e-4)  # the average, not the iterate
+        if val is not None:
+            assert validation_loss(vae, val, 1.0) == pytest.approx(s["best_val_loss"], rel=1e-5)
