@@ -218,7 +218,8 @@ def restore_flow_map(ckpt_dir: str | Path) -> tuple[MRIConfig, FlowMap]:
     from ..runs import load_recipe
 
     cfg = load_recipe(ckpt_dir, "mri", MRIConfig)
-    d = DistillConfig.from_dict(json.loads((Path(ckpt_dir) / DISTILL_FILE).read_text()))
-    flow_map = _student(cfg, d.student)
+    saved = json.loads((Path(ckpt_dir) / DISTILL_FILE).read_text())
+    saved.setdefault("student", "linear")  # runs from before the field had only the linear student
+    flow_map = _student(cfg, DistillConfig.from_dict(saved).student)
     load_weights(ckpt_dir, flow_map, use_ema=True)
     return cfg, flow_map.eval()

@@ -116,3 +116,20 @@ def test_initialisation_depends_on_the_seed_only() -> None:
     c = build(cfg.replace(fm=cfg.fm.replace(seed=1)))[1]
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))
+
+
+def test_flow_map_runs_from_before_the_student_field_restore_as_linear(tmp_path) -> None:
+    from modaflow.core.training import TrainerArgs
+    from modaflow.modalities.mri.distill import DistillConfig, LinearPathStudent, distill, restore_flow_map
+
+    run = tmp_path / "run"
+    assert main(["train", "mri", *TINY, "--max-steps", "1", "--out", str(run)]) == 0
+    args = TrainerArgs(accelerator="cpu")
+    for student in ("teacher", "linear"):
+        distill(DistillConfig(teacher=str(run), max_steps=1, batch_size=2, teacher_steps=1, student=student),
+                tmp_path / student, args, progress=False)
+        assert isinstance(restore_flow_map(tmp_path / student)[1].net, LinearPathStudent) == (student == "teacher")
+    saved = json.loads((tmp_path / "linear" / "distill.json").read_text())
+    del saved["student"]  # as written before the field existed
+    (tmp_path / "linear" / "distill.json").write_text(json.dumps(saved))
+    assert not isinstance(restore_flow_map(tmp_path / "linear")[1].net, LinearPathStudent)
