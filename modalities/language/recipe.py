@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from modaflow.core.config import Config, ConfigError
@@ -32,7 +33,7 @@ from .mdlm import MDLMModule
 from .models import DiT, DiTConfig
 from .tokenizer import TokenizerError, TokenizerKind, load_tokenizer, save_tokenizer, train_tokenizer
 
-__all__ = ["LanguageConfig", "SampleOptions", "SOLVERS", "prepare", "markov_source", "build_network", "build_module",
+__all__ = ["LanguageConfig", "SampleOptions", "SOLVERS", "prepare", "markov_source", "build_network", "seeded_network", "build_module",
            "restore", "train", "finetune"]
 
 NAME = "language"
@@ -260,10 +261,18 @@ def train(cfg: LanguageConfig, trainer_args: TrainerArgs, out_dir: str | Path, p
     if tok is not None:
         save_tokenizer(tok, out)
     save_recipe(out, NAME, cfg)
-    net = build_network(cfg)
+    net = seeded_network(cfg)
     if teacher is not None and not checkpoint_path(out).exists():
         net = student_from_flm(teacher)
     return _fit(build_module(cfg, net, teacher), cfg, blocks, trainer_args, out, progress)
+
+
+def seeded_network(cfg: LanguageConfig) -> nn.Module:
+    """:func:`build_network` with its initial weights drawn from ``cfg.fm.seed`` in a forked RNG
+    (the global RNG's state before training, e.g. after tokenizer training, must not change them)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.fm.seed)
+        return build_network(cfg)
 
 
 def _fit(module, cfg: LanguageConfig, blocks: Tensor, trainer_args: TrainerArgs, out: Path, progress: bool) -> dict:
@@ -305,7 +314,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
         save_tokenizer(tok, out)
     save_recipe(out, NAME, cfg)
     teacher = _teacher(cfg)[2] if cfg.method == "fmlm" and cfg.fmlm_loss == "teacher" else None
-    module = build_module(cfg, build_network(cfg), teacher)
+    module = build_module(cfg, seeded_network(cfg), teacher)
     if not checkpoint_path(out).exists():
         load_checkpoint(checkpoint_path(ckpt_dir), module.model, ema=module.ema)
     return _fit(module, cfg, blocks, trainer_args, out, progress)
