@@ -263,7 +263,9 @@ def train(cfg: LanguageConfig, trainer_args: TrainerArgs, out_dir: str | Path, p
     save_recipe(out, NAME, cfg)
     net = seeded_network(cfg)
     if teacher is not None and not checkpoint_path(out).exists():
-        net = student_from_flm(teacher)
+        with torch.random.fork_rng(devices=[]):  # the student's new two-time branch from fm.seed too
+            torch.manual_seed(cfg.fm.seed)
+            net = student_from_flm(teacher)
     return _fit(build_module(cfg, net, teacher), cfg, blocks, trainer_args, out, progress)
 
 

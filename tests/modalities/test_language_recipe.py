@@ -152,3 +152,9 @@ def test_training_is_reproducible_whatever_the_global_rng(tmp_path) -> None:
     assert hist[0] == hist[1]
     w = [restore(tmp_path / str(i))[2].state_dict() for i in range(2)]
     assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
+    distil = cfg.replace(method="fmlm", teacher=str(tmp_path / "0"))  # the student's new branch too
+    for i in range(2):
+        torch.manual_seed(200 + i)
+        train(distil, TrainerArgs(accelerator="cpu"), tmp_path / f"f{i}", progress=False)
+    w = [restore(tmp_path / f"f{i}")[2].state_dict() for i in range(2)]
+    assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
