@@ -27,7 +27,7 @@ from modaflow.modalities.language.evaluator import token_nll
 from modaflow.modalities.language.flm import generate_flm
 from modaflow.modalities.language.fmlm import generate_fmlm, student_from_flm
 from modaflow.modalities.language.metrics import first_eos_mask, gen_ppl, sample_entropy
-from modaflow.modalities.language.recipe import build_module, build_network, prepare, restore
+from modaflow.modalities.language.recipe import build_module, build_network, prepare, restore, seeded_network
 from modaflow.modalities.language.tokenizer import EOS
 
 from .harness import quiet_training
@@ -115,7 +115,7 @@ def main() -> None:
     tok_, blocks, _ = prepare(cfg, tok)
     train_blocks, val = blocks[: -a.val_blocks], blocks[-a.val_blocks:]
     cfg = cfg.replace(vocab=tok.get_vocab_size(), fm=fm)
-    net = build_network(cfg)
+    net = seeded_network(cfg)
     if a.zero_out >= 0:
         if a.zero_out:
             torch.nn.init.zeros_(net.out.weight)
