@@ -29,10 +29,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .models import Checkpointed, UNet3D, UNetConfig, apply_gpu_options
+from .models import UNet3D, UNetConfig, apply_gpu_options
 
-__all__ = ["Variant", "VARIANTS", "StepTiming", "build_variant", "checkpoint_resnets", "time_steps",
-           "compare_variants"]
+__all__ = ["Variant", "VARIANTS", "StepTiming", "build_variant", "time_steps", "compare_variants"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,8 @@ class Variant:
         name: row name.
         channels_last: ``channels_last_3d`` weights and inputs.
         compile: ``torch.compile`` the UNet.
-        activation_checkpointing: recompute each residual block's activations in the backward pass.
+        activation_checkpointing: recompute each residual block's activations in the backward pass
+            (:func:`~.models.apply_gpu_options`).
         cudnn_benchmark: let cuDNN time its convolution algorithms per shape and keep the fastest.
         bf16: bf16 autocast.
         flash_attention: MONAI's SDPA attention.
@@ -84,27 +84,11 @@ class StepTiming:
     first_step_s: float
 
 
-def checkpoint_resnets(model: nn.Module) -> int:
-    """In place: every MONAI residual block (``DiffusionUNetResnetBlock``) inside ``model``
-    wrapped in :class:`~.models.Checkpointed` (Chen et al. 2016, arXiv 1604.06174); returns
-    how many. Only block inputs are kept for the backward pass, each block's inner
-    activations (norms, SiLU, convolutions at full resolution) are recomputed."""
-    wrapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child).__name__ == "DiffusionUNetResnetBlock":
-                setattr(parent, name, Checkpointed(child))
-                wrapped += 1
-    return wrapped
-
-
 def build_variant(v: Variant, unet: UNetConfig, device: torch.device, allow_compile: bool = True) -> nn.Module:
     """A fresh :class:`UNet3D` (seed 0) set up as ``v``."""
     torch.manual_seed(0)
     net = UNet3D(unet.replace(use_flash_attention=v.flash_attention)).to(device)
-    if v.activation_checkpointing:
-        checkpoint_resnets(net)
-    apply_gpu_options(net, v.channels_last, activation_checkpointing=False)
+    apply_gpu_options(net, v.channels_last, v.activation_checkpointing)
     if v.compile and allow_compile:
         torch._dynamo.reset()  # a fresh cache: no guard failures or recompile limit from an earlier variant
         net.unet.compile()

@@ -79,16 +79,18 @@ def test_mri_comparison_needs_the_stock_reference_first() -> None:
 
 
 def test_resnet_checkpointing_keeps_outputs_and_gradients_exact() -> None:
-    from modaflow.modalities.mri.gpu import checkpoint_resnets
-    from modaflow.modalities.mri.models import Checkpointed, UNet3D, UNetConfig
+    from modaflow.modalities.mri.models import Checkpointed, UNet3D, UNetConfig, apply_gpu_options
 
     unet = UNetConfig(channels=(4, 8), attention_levels=(False, True), num_res_blocks=1, norm_num_groups=4)
     torch.manual_seed(0)
     plain = UNet3D(unet).double()
     ckpt = UNet3D(unet).double()
     ckpt.load_state_dict(plain.state_dict())
-    assert checkpoint_resnets(ckpt) == 8  # 2 down, 2 middle, 4 up (num_res_blocks + 1 per up level)
+    apply_gpu_options(ckpt, channels_last=False, activation_checkpointing=True)
+    apply_gpu_options(ckpt, channels_last=False, activation_checkpointing=True)  # idempotent
+    # 2 down, 2 middle, 4 up (num_res_blocks + 1 per up level)
     assert sum(isinstance(m, Checkpointed) for m in ckpt.modules()) == 8
+    assert list(ckpt.state_dict()) == list(plain.state_dict())  # same keys: runs restore either way
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn(2, 1, 8, 8, 8, generator=g, dtype=torch.float64), torch.rand(2, generator=g, dtype=torch.float64)
     outs = []

@@ -133,3 +133,35 @@ def test_flow_map_runs_from_before_the_student_field_restore_as_linear(tmp_path)
     del saved["student"]  # as written before the field existed
     (tmp_path / "linear" / "distill.json").write_text(json.dumps(saved))
     assert not isinstance(restore_flow_map(tmp_path / "linear")[1].net, LinearPathStudent)
+
+
+def test_a_run_trained_with_activation_checkpointing_restores(tmp_path) -> None:
+    """Checkpointing must not rename the weights (it once wrapped blocks, adding ``.block.`` to
+    every key, and ``restore`` could not load such a run)."""
+    import copy
+
+    import torch
+
+    from modaflow.core.training import TrainerArgs
+    from modaflow.modalities.mri.models import Checkpointed, apply_gpu_options
+    from modaflow.modalities.mri.recipe import build, restore
+
+    cfg = MRIConfig(size=16, n_train=4, n_test=4, target="flow", activation_checkpointing=True,
+                    fm=MRIConfig().fm.replace(max_steps=1, batch_size=2))
+    MODALITY.train(cfg, TrainerArgs(accelerator="cpu"), tmp_path / "r", progress=False)
+    _, _, model = restore(tmp_path / "r")
+    _, trained, _ = build(cfg)
+    assert any(isinstance(m, Checkpointed) for m in trained.modules())
+    assert list(trained.state_dict()) == list(model.state_dict())
+    apply_gpu_options(model, channels_last=False, activation_checkpointing=True)  # the restored, trained weights
+    twin = copy.deepcopy(model).train()  # the frozen / EMA copies: their own weights, still checkpointed
+    x, t = torch.randn(1, 1, 16, 16, 16), torch.tensor([0.5])
+    model.train()
+    y = model(x, t)
+    assert y.abs().max() > 0  # one training step moved the zero-initialised output layer
+    torch.testing.assert_close(twin(x, t), y, rtol=0, atol=0)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(1.5)
+    assert not torch.allclose(twin(x, t), y)  # the copy runs its own weights, not the original's
+    assert sum(isinstance(m, Checkpointed) for m in twin.modules()) == sum(isinstance(m, Checkpointed) for m in trained.modules())
