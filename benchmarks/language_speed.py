@@ -85,15 +85,13 @@ def _stepper(s: SpeedSettings, v: SpeedVariant, seed: int, device: torch.device,
     batches = [torch.randint(0, s.vocab, (B, s.block_len), generator=g).to(device) for _ in range(n_batches)]
     torch.manual_seed(seed)
     model = DiT(DiTConfig(vocab_size=s.vocab, block_len=s.block_len, dim=s.dim, depth=s.depth, heads=s.heads)).to(device)
-    module = FLMModule(model, FLMConfig(fast_input=v.fast_input, ce_chunk=v.ce_chunk, seed=seed))
-    loss_fn = module.loss_from_draws
     if v.compile != "none":
         torch._dynamo.reset()  # a fresh cache: static shapes, no recompile limit from an earlier variant
+    module = FLMModule(model, FLMConfig(fast_input=v.fast_input, ce_chunk=v.ce_chunk, seed=seed, compile=v.compile == "loss"))
+    loss_fn = module.step_loss
     if v.compile == "blocks":
         for block in model.blocks:
             block.compile()
-    elif v.compile == "loss":
-        loss_fn = torch.compile(loss_fn)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
     gen = torch.Generator(device=device).manual_seed(seed)
 

@@ -131,7 +131,7 @@ class LanguageConfig(Config):
 
     def distill_config(self) -> FMLMConfig:
         """The core flow-map config of an fmlm run: ``fm``'s optimiser fields plus the fmlm_* ones."""
-        base = {k: v for k, v in self.fm.to_dict().items() if k not in ("fast_input", "ce_chunk")}
+        base = {k: v for k, v in self.fm.to_dict().items() if k not in ("fast_input", "ce_chunk", "compile")}
         return FMLMConfig.from_dict({**base, "loss": self.fmlm_loss, "objective": self.fmlm_objective,
                                      "stop_gradient": self.fmlm_stop_gradient, "teacher_steps": self.fmlm_teacher_steps,
                                      "grid_fraction": self.fmlm_grid_fraction})
