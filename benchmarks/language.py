@@ -124,7 +124,7 @@ PROFILES: dict[str, LanguageProfile] = {
         markov=_cfg("markov", "char", 0, 128, 128, 4, 4, 5000, 64, markov_vocab=256, markov_train=16384, lr=1e-3),
         text_fmlm_steps=5000, markov_fmlm_steps=2000,
         ar_steps=10_000, n_eval=128, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
-        markov_methods=_ALL, threads=0, match_temperatures=(0.6, 0.7, 0.8, 0.9), fmlm_variants=("teacher", "lagrangian"),
+        markov_methods=_ALL, threads=0, match_temperatures=(0.5, 0.6, 0.7, 0.8, 0.9, 1.1), fmlm_variants=("teacher", "lagrangian"),
         speed=SpeedSettings(vocab=8192, block_len=128, dim=256, depth=4, heads=8, batch=16, steps=5),
     ),
     "gpu": LanguageProfile(
@@ -132,7 +132,7 @@ PROFILES: dict[str, LanguageProfile] = {
         markov=_cfg("markov", "char", 0, 128, 256, 6, 8, 10_000, 128, markov_vocab=512, markov_train=65536, lr=5e-4),
         text_fmlm_steps=5000, markov_fmlm_steps=3000,
         ar_steps=10_000, n_eval=256, flm_steps=(8, 32, 128, 1024), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
-        markov_methods=_ALL, threads=0, device="cuda", match_temperatures=(0.6, 0.7, 0.8, 0.9), fmlm_variants=("teacher", "lagrangian"),
+        markov_methods=_ALL, threads=0, device="cuda", match_temperatures=(0.5, 0.6, 0.7, 0.8, 0.9, 1.1), fmlm_variants=("teacher", "lagrangian"),
         speed=SpeedSettings(vocab=50_257, block_len=128, dim=768, depth=12, heads=12, batch=128, steps=20, warmup=5, device="cuda"),
     ),
 }
