@@ -43,6 +43,9 @@ class FMRIProfile:
     """Stimuli simulated (0 = all 1997 digits + faces)."""
     n_test: int
     """Test stimuli (3 repeats each)."""
+    train_repeats: int
+    """Presentations of each training stimulus, each a training trial (3: NSD's design, the
+    simulator's default; see ``SimConfig.train_repeats``)."""
     ae_steps: int
     """Visual AE optimiser steps."""
     vae_steps: int
@@ -62,13 +65,13 @@ class FMRIProfile:
 
 
 PROFILES: dict[str, FMRIProfile] = {
-    "smoke": FMRIProfile(n_stimuli=160, n_test=30, ae_steps=25, vae_steps=25, xfm_steps=25, hidden=64,
+    "smoke": FMRIProfile(n_stimuli=160, n_test=30, train_repeats=3, ae_steps=25, vae_steps=25, xfm_steps=25, hidden=64,
                          ode_steps=(1, 4), threads=1, cosine_variant=False),
-    "quick": FMRIProfile(n_stimuli=0, n_test=300, ae_steps=1500, vae_steps=1500, xfm_steps=2500, hidden=256,
+    "quick": FMRIProfile(n_stimuli=0, n_test=300, train_repeats=3, ae_steps=1500, vae_steps=1500, xfm_steps=2500, hidden=256,
                          ode_steps=(1, 4, 20), threads=1),
-    "full": FMRIProfile(n_stimuli=0, n_test=300, ae_steps=6000, vae_steps=6000, xfm_steps=15000, hidden=512,
+    "full": FMRIProfile(n_stimuli=0, n_test=300, train_repeats=3, ae_steps=6000, vae_steps=6000, xfm_steps=15000, hidden=512,
                         ode_steps=(1, 2, 4, 8, 20, 50), threads=0),
-    "gpu": FMRIProfile(n_stimuli=0, n_test=300, ae_steps=6000, vae_steps=6000, xfm_steps=15000, hidden=512,
+    "gpu": FMRIProfile(n_stimuli=0, n_test=300, train_repeats=3, ae_steps=6000, vae_steps=6000, xfm_steps=15000, hidden=512,
                        ode_steps=(1, 2, 4, 8, 20, 50), threads=0, device="cuda"),
 }
 
@@ -85,7 +88,7 @@ def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
 def _config(p: FMRIProfile, seed: int) -> FMRIConfig:
     fm = FlowMatchingConfig(lr=1e-3, max_steps=p.xfm_steps, batch_size=256, ema_decay=0.995, seed=seed, weight_decay=1e-4,
                             log_every=max(1, p.xfm_steps // 50), ckpt_every=p.xfm_steps)
-    sim = SimConfig(n_stimuli=p.n_stimuli, n_test=p.n_test, sim_seed=seed)
+    sim = SimConfig(n_stimuli=p.n_stimuli, n_test=p.n_test, train_repeats=p.train_repeats, sim_seed=seed)
     return FMRIConfig(sim=sim, ae_hidden=p.hidden, ae_steps=p.ae_steps, vae_hidden=2 * p.hidden, vae_steps=p.vae_steps,
                       xfm_hidden=p.hidden, steps=max(p.ode_steps), fm=fm)
 
@@ -192,7 +195,8 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
     timings["total_s"] = time.perf_counter() - t0
     notes = [
         f"torch threads: {torch.get_num_threads()}; device: {p.device}",
-        f"simulator: {len(sim.images)} stimuli, {int(sim.mask.sum())} voxels, {len(prep.train_x)} training trials, "
+        f"simulator: {len(sim.images)} stimuli, {int(sim.mask.sum())} voxels, {len(prep.train_x)} training trials "
+        f"({len(prep.train_x) // max(cfg.sim.train_repeats, 1)} stimuli x {cfg.sim.train_repeats} repeats, as in NSD), "
         f"{len(prep.test_x)} test stimuli x {cfg.sim.n_repeats} repeats; median noise ceiling r = {float(np.median(ceiling)):.3f}",
         "NeuroFlow: one XFM (linear bridge, Euler) decodes (t 0 -> 1) and encodes (t 1 -> 0); 'neuroflow@k' = k ODE steps; "
         f"the NeuroVAE mean is pulled onto the stimulus's visual latent (vae_align = {cfg.vae_align:g}, chosen on a "

@@ -5,7 +5,8 @@
 * :func:`load_betas` — precomputed responses (NSD-style): an HDF5 file or a folder of NPY
   files with ``responses`` ``(N, V)``, ``stimuli`` ``(S, H, W)`` and optionally
   ``stim_id`` ``(N,)`` (without it each trial has its own image, ``S == N``).
-* :func:`prepare` — the split: test stimuli are those shown at least twice (or given),
+* :func:`prepare` — the split: test stimuli are given, or those shown at least twice when
+  others are shown once, or a random fraction of the stimuli;
   responses are z-scored per voxel with the training trials' mean and standard deviation,
   and test responses are averaged over repeats (their single trials kept for the noise
   ceiling).
@@ -165,13 +166,14 @@ class Prepared:
 
 def prepare(td: TrialData, seed: int = 0, test_fraction: float = 0.1) -> Prepared:
     """Split ``td`` by stimulus (test: ``td.test_stimuli``, else the stimuli shown >= 2
-    times, else a random ``test_fraction`` of stimuli), z-score every voxel with the
-    training trials' statistics and average test repeats."""
+    times when others are shown once, else a random ``test_fraction`` of the stimuli, e.g.
+    when every stimulus is repeated as in NSD), z-score every voxel with the training
+    trials' statistics and average test repeats; training repeats stay separate trials."""
     check_trials(td)
     counts = np.bincount(td.stim_id, minlength=len(td.images))
     if td.test_stimuli is not None:
         test = np.unique(td.test_stimuli)
-    elif (counts >= 2).any():
+    elif (counts >= 2).any() and (counts == 1).any():  # repeats mark the test set only if some stimuli are single
         test = np.flatnonzero(counts >= 2)
     else:
         shown = np.flatnonzero(counts > 0)

@@ -26,7 +26,8 @@ Generative model (every parameter is a field of :class:`SimConfig` and listed on
    with an intercept and Legendre drift regressors up to ``drift_order`` (Mumford et al.
    2012, NeuroImage 59, 2636).
 7. Split: ``n_test`` stimuli are shown ``n_repeats`` times (noise ceiling, test set), the
-   others ``train_repeats`` times; trials are shuffled over runs.
+   others ``train_repeats`` times (3 by default, as in NSD, Allen et al. 2022); trials are
+   shuffled over runs.
 """
 
 from __future__ import annotations
@@ -57,8 +58,14 @@ class SimConfig(Config):
     """Held-out stimuli, each shown n_repeats times."""
     n_repeats: int = 3
     """Presentations of each test stimulus (for the noise ceiling and test averaging)."""
-    train_repeats: int = 1
-    """Presentations of each training stimulus."""
+    train_repeats: int = 3
+    """Presentations of each training stimulus, each a separate training trial. 3 as in the
+    Natural Scenes Dataset (Allen et al. 2022, Nat Neurosci 25, 116: each image shown 3
+    times), whose design this imitates. Evidence (170 validation stimuli of the training
+    set, quick sizes, NeuroVAE encoding path scored by median voxel r against the
+    noise-free responses, NeuroVAE weights chosen by validation loss): 1 / 2 / 3 repeats ->
+    0.912 / 0.920 / 0.923 (2597 / 4294 / 5991 trials; simulation with the GLM 1.5 / 2.0 /
+    2.3 s of CPU; training cost is set by step counts, not trials)."""
     volume: tuple[int, ...] = (12, 12, 6)
     """Grid of the BOLD volume (x, y, z); the mask is the inscribed ellipsoid."""
     voxel_size: float = 2.0

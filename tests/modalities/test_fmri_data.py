@@ -60,7 +60,7 @@ def test_simulator_is_deterministic_and_tracks_the_truth(sim) -> None:
     again = simulate(SMALL)
     np.testing.assert_array_equal(sim.betas, again.betas)
     V = int(sim.mask.sum())
-    assert sim.betas.shape == (100 + 20 * 3, V) and sim.true_beta.shape == (120, V)
+    assert sim.betas.shape == (100 * SMALL.train_repeats + 20 * 3, V) and sim.true_beta.shape == (120, V)
     r = [np.corrcoef(sim.betas[:, v], sim.true_beta[sim.stim_id, v])[0, 1] for v in range(V)]
     assert np.median(r) > 0.5
     noisy = simulate(SMALL.replace(noise_sd=3.0, neural_noise=1.0))
@@ -156,3 +156,21 @@ def test_prepare_zscores_with_training_statistics_and_averages_repeats(sim) -> N
     np.testing.assert_allclose(prep.test_x[0], ((raw - prep.mean) / prep.std).mean(0), atol=1e-5)
     assert prep.test_trials.shape == (20, 3, prep.train_x.shape[1])
     np.testing.assert_array_equal(prep.test_img, sim.images[prep.test_ids])
+
+
+def test_training_repeats_are_separate_trials_and_never_cross_the_split(sim) -> None:
+    assert SMALL.train_repeats == 3  # the default: NSD shows every image 3 times
+    counts = np.bincount(sim.stim_id, minlength=len(sim.images))
+    train = np.setdiff1d(np.arange(len(sim.images)), sim.test_stimuli)
+    assert (counts[train] == 3).all() and (counts[sim.test_stimuli] == 3).all()
+    prep = prepare(_td(sim))
+    np.testing.assert_array_equal(prep.test_ids, sim.test_stimuli)
+    assert prep.train_x.shape[0] == 3 * len(train)
+    # without a given test set, every stimulus repeated: a random fraction is held out, not all
+    td = TrialData(sim.betas, sim.stim_id.astype(np.int64), sim.images, "sim")
+    prep2 = prepare(td, seed=0, test_fraction=0.1)
+    assert len(prep2.test_ids) == 12 and prep2.train_x.shape[0] == len(sim.betas) - 3 * 12
+    single = simulate(SMALL.replace(train_repeats=1))
+    assert len(single.betas) == 100 + 20 * 3
+    np.testing.assert_array_equal(prepare(TrialData(single.betas, single.stim_id.astype(np.int64), single.images,
+                                                    "sim")).test_ids, single.test_stimuli)
