@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from modaflow.core.training import FlowMatchingConfig, TrainerArgs
-from modaflow.modalities.fmri.baselines import ridge_fit_predict, train_one_direction
+from modaflow.modalities.fmri.baselines import ridge_fit_predict, stimulus_means, train_one_direction
 from modaflow.modalities.fmri.evaluation import decoding_metrics, encoding_metrics, score_neuroflow
 from modaflow.modalities.fmri.metrics import noise_ceiling, voxel_r
 from modaflow.modalities.fmri.recipe import FMRIConfig, restore, train
@@ -136,8 +136,11 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         lat_tr = nf.ae.encode(torch.as_tensor(prep.train_img)).numpy()
         lat_te = nf.ae.encode(torch.as_tensor(prep.test_img)).numpy()
     tr = time.perf_counter()
-    enc_px = ridge_fit_predict(px_tr, prep.train_x, px_te)
-    enc_lat = ridge_fit_predict(lat_tr, prep.train_x, lat_te)
+    px_u, y_u = stimulus_means(px_tr, prep.train_x)  # encoding fits the repeat means: leave-one-stimulus-out
+    with torch.no_grad():
+        lat_u = nf.ae.encode(torch.as_tensor(px_u.reshape((-1,) + prep.test_img.shape[1:]))).numpy()
+    enc_px = ridge_fit_predict(px_u, y_u, px_te)
+    enc_lat = ridge_fit_predict(lat_u, y_u, lat_te)
     dec_px = ridge_fit_predict(prep.train_x, px_tr, prep.test_x).reshape(prep.test_img.shape)
     dec_lat = ridge_fit_predict(prep.train_x, lat_tr, prep.test_x)
     with torch.no_grad():

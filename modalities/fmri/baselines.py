@@ -3,7 +3,7 @@
 * Voxel-wise ridge encoding (Naselaris et al. 2011, NeuroImage 56, 400): per voxel,
   ``y_v = w_v^T phi(img)`` with an L2 penalty chosen per voxel by efficient leave-one-out
   (``sklearn.linear_model.RidgeCV``, ``alpha_per_target``); ``phi`` = pixels or the visual
-  AE latent.
+  AE latent; fitted on each training stimulus's mean response (:func:`stimulus_means`).
 * Ridge decoding: responses -> pixels, and responses -> visual latent -> AE decoder.
 * Two one-direction flows (what the unified bridge gains or loses): conditional flow
   matching from Gaussian noise (t = 0) to one latent (t = 1) given the other latent
@@ -25,7 +25,7 @@ from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, Train
 
 from .models import CondVelocity
 
-__all__ = ["ALPHAS", "ridge_fit_predict", "OneDirectionFlow", "train_one_direction"]
+__all__ = ["ALPHAS", "ridge_fit_predict", "stimulus_means", "OneDirectionFlow", "train_one_direction"]
 
 ALPHAS = np.logspace(-2, 5, 15)
 """Ridge penalties searched by leave-one-out."""
@@ -41,6 +41,24 @@ def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarr
     with threadpool_limits(1):
         model = RidgeCV(alphas=ALPHAS, alpha_per_target=per_target).fit((x_train - mu) / sd, y_train)
         return model.predict((x_test - mu) / sd).astype(np.float32)
+
+
+def stimulus_means(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One row per distinct input: ``(x_unique (G, F), mean of y over its rows (G, T))``.
+
+    Encoding ridge fits on these when stimuli repeat: with ``R`` repeats of every stimulus,
+    ``sum_r ||y_ir - W x_i||^2 = R ||ybar_i - W x_i||^2 + const``, so the fit is the
+    single-trial fit with the penalty divided by ``R``, and leave-one-out becomes
+    leave-one-stimulus-out. Leave-one-trial-out on the trials themselves keeps a left-out
+    trial's repeats in the fit and picks too small a penalty (quick sizes, 3 repeats: pixel
+    ridge median voxel r 0.27 on the test stimuli, 0.69 on the stimulus means, as with 1 repeat)."""
+    flat = np.ascontiguousarray(x.reshape(len(x), -1))
+    uniq, first, inv = np.unique(flat, axis=0, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    sums = np.zeros((len(uniq), y.shape[1]), np.float64)
+    np.add.at(sums, inv, y)
+    means = sums / np.bincount(inv, minlength=len(uniq))[:, None]
+    return x[first], means.astype(np.float32)
 
 
 class OneDirectionFlow:

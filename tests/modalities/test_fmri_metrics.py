@@ -91,3 +91,14 @@ def test_noise_ceiling_closed_form() -> None:
     assert noise_ceiling(rng.normal(size=(20000, 3, 2))).max() < 0.2  # pure noise: (almost) no ceiling
     with pytest.raises(ValueError, match="R >= 2"):
         noise_ceiling(trials[:, :1])
+
+
+def test_stimulus_means_average_the_repeats_of_each_input() -> None:
+    from modaflow.modalities.fmri.baselines import stimulus_means
+
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], np.float32)
+    y = np.array([[1.0], [10.0], [3.0], [20.0], [5.0]], np.float32)
+    xu, ym = stimulus_means(x, y)
+    assert xu.shape == (2, 2)
+    got = {tuple(a): float(b[0]) for a, b in zip(xu.tolist(), ym)}
+    assert got == {(1.0, 0.0): 3.0, (0.0, 1.0): 15.0}
