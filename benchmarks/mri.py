@@ -208,6 +208,19 @@ def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
     samples: dict[str, torch.Tensor] = {"real (held-out)": ref.test}
     losses, nfe_curves = {}, {}
     top = p.ddim_steps[-1]
+
+    def nfe_curve(label: str, key: str, steps: tuple[int, ...], make, n_draws) -> torch.Tensor:
+        """Rows ``{key}{k}`` of ``make(noise, k)`` at each NFE ``k`` of ``steps`` over
+        ``n_draws(k)`` noise draws; the FD-vs-NFE curve goes to ``nfe_curves[label]``.
+        Returns the first draw at the last ``k``."""
+        ys = []
+        for k in steps:
+            xs, sec = _draws(lambda z: make(z, k), noises, n_draws(k))
+            _evaluate(f"{key}{k}", xs, ref, sec, metrics, rows)
+            ys.append(rows[f"{key}{k}"]["fid3d"])
+        nfe_curves[label] = (list(steps), ys)
+        return xs[0]
+
     for target in progress(p.targets, "mri targets"):
         run_dir = out / "runs" / target
         start = time.perf_counter()
@@ -218,22 +231,14 @@ def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
         losses[target] = ([h[0] for h in res["history"]], [h[1] for h in res["history"]])
         cfg, path, model = restore(run_dir)
         model.to(dev)
-        ys = []
-        for k in p.ddim_steps:
-            xs, sec = _draws(lambda z: generate(model, core_kind(target), path, z, k, "ddim", batch_size=4), noises,
-                             p.eval_seeds if k == top else 1)
-            _evaluate(f"{target}.ddim{k}", xs, ref, sec, metrics, rows)
-            ys.append(rows[f"{target}.ddim{k}"]["fid3d"])
-        nfe_curves[f"{target} DDIM"] = (list(p.ddim_steps), ys)
-        samples[f"{target} DDIM{top}"] = xs[0]
+        samples[f"{target} DDIM{top}"] = nfe_curve(
+            f"{target} DDIM", f"{target}.ddim", p.ddim_steps,
+            lambda z, k: generate(model, core_kind(target), path, z, k, "ddim", batch_size=4),
+            lambda k: p.eval_seeds if k == top else 1)
     teacher = next(t for t in p.targets if t != "sample")
     init = initial_flow_map(out / "runs" / teacher).to(dev)  # the student before distillation: teacher Euler steps
-    ys = []
-    for k in p.flowmap_steps:
-        xs, sec = _draws(lambda z: generate(init, "velocity", None, z, k, "flowmap"), noises, p.eval_seeds)
-        _evaluate(f"{teacher}.euler_linear{k}", xs, ref, sec, metrics, rows)
-        ys.append(rows[f"{teacher}.euler_linear{k}"]["fid3d"])
-    nfe_curves[f"{teacher} Euler (linear path)"] = (list(p.flowmap_steps), ys)
+    nfe_curve(f"{teacher} Euler (linear path)", f"{teacher}.euler_linear", p.flowmap_steps,
+              lambda z, k: generate(init, "velocity", None, z, k, "flowmap"), lambda k: p.eval_seeds)
     start = time.perf_counter()
     d = distill(DistillConfig(teacher=str(out / "runs" / teacher), max_steps=p.distill_steps, batch_size=p.batch_size,
                               lr=p.lr, seed=seed, teacher_steps=p.teacher_steps),
@@ -242,13 +247,9 @@ def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
     losses[f"{teacher} flow map"] = ([h[0] for h in d["history"]], [h[1] for h in d["history"]])
     _, fm = restore_flow_map(out / "runs" / f"{teacher}_flowmap")
     fm.to(dev)
-    ys = []
-    for k in p.flowmap_steps:
-        xs, sec = _draws(lambda z: generate(fm, "velocity", None, z, k, "flowmap"), noises, p.eval_seeds)
-        _evaluate(f"{teacher}.flowmap{k}", xs, ref, sec, metrics, rows)
-        ys.append(rows[f"{teacher}.flowmap{k}"]["fid3d"])
-    nfe_curves[f"{teacher} flow map"] = (list(p.flowmap_steps), ys)
-    samples[f"{teacher} flow map {p.flowmap_steps[-1]} steps"] = xs[0]
+    samples[f"{teacher} flow map {p.flowmap_steps[-1]} steps"] = nfe_curve(
+        f"{teacher} flow map", f"{teacher}.flowmap", p.flowmap_steps,
+        lambda z, k: generate(fm, "velocity", None, z, k, "flowmap"), lambda k: p.eval_seeds)
     baselines[f"{teacher}.ddim{top}"] = {k: rows[f"{teacher}.ddim{top}"][k] for k in EVAL_KEYS}
     if "sample" in p.targets:
         baselines[f"sample.ddim{top}"] = {k: rows[f"sample.ddim{top}"][k] for k in EVAL_KEYS}
