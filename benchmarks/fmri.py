@@ -207,7 +207,8 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         "the one-direction flows use the same latents",
         f"NeuroVAE early stopping: {cfg.vae_val_fraction:g} of the training stimuli held out, best validation step "
         f"{summary['neurovae'].get('best_step', cfg.vae_steps)} of {cfg.vae_steps} kept"
-        + (f" (weights: EMA of the iterates, decay {cfg.vae_ema:g})" if cfg.vae_ema > 0 else ""),
+        + (f" (weights: EMA of the iterates, decay {cfg.vae_ema:g})" if cfg.vae_ema > 0 else "")
+        + f"; learning rate {cfg.vae_lr:g}, {cfg.vae_lr_schedule} schedule, weight decay {cfg.vae_weight_decay:g}",
         "features for two-way identification / retrieval: the visual AE encoder trained here on the training stimuli",
         f"retrieval: top-1 among min({K}, n_test) candidates; two-way chance 0.5",
         "true_model: the simulator's noise-free responses (the encoding ceiling); goals: enc median r / median ceiling "

@@ -15,7 +15,9 @@ of the iterates (Polyak & Juditsky 1992, SIAM J. Control Optim. 30, 838; the cor
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -26,7 +28,28 @@ from modaflow.core.training import EMA, TrainerArgs, quiet_lightning, save_check
 
 from .models import NeuroVAE
 
-__all__ = ["AutoencoderModule", "fit_autoencoder", "align_loss", "validation_loss"]
+__all__ = ["AutoencoderModule", "fit_autoencoder", "align_loss", "validation_loss", "LRSchedule", "lr_factor"]
+
+LRSchedule = Literal["constant", "cosine", "linear"]
+
+
+def lr_factor(schedule: LRSchedule, step: int, total: int) -> float:
+    """Multiplier of the base learning rate after ``step`` of ``total`` optimiser steps.
+
+    * ``constant``: 1;
+    * ``cosine``: ``(1 + cos(pi * s / T)) / 2``, annealed to 0 at ``T`` without restarts
+      (Loshchilov & Hutter 2017, "SGDR", ICLR, eq. 5 with ``eta_min = 0``);
+    * ``linear``: ``1 - s / T``.
+
+    ``s`` is clamped to ``[0, T]`` (steps past the budget keep the final factor 0)."""
+    if schedule == "constant" or total <= 0:
+        return 1.0
+    s = min(max(step, 0), total) / total
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * s))  # SGDR eq. 5, eta_min = 0
+    if schedule == "linear":
+        return 1.0 - s
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected constant, cosine or linear")
 
 
 def align_loss(vae: NeuroVAE, x: Tensor, target: Tensor, weight: float, generator: torch.Generator | None = None) -> Tensor:
@@ -64,7 +87,9 @@ def validation_loss(model: nn.Module, batch: tuple[Tensor, ...], align_weight: f
 
 class AutoencoderModule(L.LightningModule):
     """``model.loss(x)`` (or :func:`align_loss` when batches carry targets) minimised with
-    AdamW at a constant learning rate ``lr``; ``history`` holds ``(step, loss)``.
+    AdamW (weight decay ``weight_decay``) at learning rate ``lr * lr_factor(lr_schedule,
+    step, max_steps)`` (:func:`lr_factor`; ``max_steps`` is the trainer's); ``history``
+    holds ``(step, loss)``.
 
     With ``val`` tensors (same layout as a batch), :func:`validation_loss` is computed every
     ``val_every`` steps and at the last step; ``best_state`` keeps the weights of the lowest
@@ -77,10 +102,16 @@ class AutoencoderModule(L.LightningModule):
     iterate's."""
 
     def __init__(self, model: nn.Module, lr: float, align_weight: float = 0.0, seed: int = 0, log_every: int = 25,
-                 val: tuple[Tensor, ...] | None = None, val_every: int = 50, ema_decay: float = 0.0) -> None:
+                 val: tuple[Tensor, ...] | None = None, val_every: int = 50, ema_decay: float = 0.0,
+                 lr_schedule: LRSchedule = "constant", weight_decay: float = 1e-4) -> None:
         super().__init__()
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1); got {ema_decay}")
+        if lr_schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}; expected constant, cosine or linear")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0; got {weight_decay}")
+        self.lr_schedule, self.weight_decay = lr_schedule, weight_decay
         self.model, self.lr, self.align_weight, self.seed, self.log_every = model, lr, align_weight, seed, log_every
         self.ema = EMA(model, ema_decay, warmup=True) if ema_decay > 0 else None
         self.history: list[tuple[int, float]] = []
@@ -126,8 +157,13 @@ class AutoencoderModule(L.LightningModule):
             self.history.append((self.global_step, float(loss.detach())))
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=1e-4)
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant":
+            return opt
+        total = int(self.trainer.max_steps or 0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(self.lr_schedule, s, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 
 def fit_autoencoder(module: AutoencoderModule, tensors: tuple[Tensor, ...], batch_size: int, max_steps: int,

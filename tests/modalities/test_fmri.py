@@ -230,3 +230,42 @@ def test_ema_weights_are_the_ones_validated_and_kept(tmp_path) -> None:
         assert not torch.allclose(kept, m.iterates[step - 1], atol=1e-4)  # the average, not the iterate
         if val is not None:
             assert validation_loss(vae, val, 1.0) == pytest.approx(s["best_val_loss"], rel=1e-5)
+
+
+def test_lr_schedule_anneals_the_learning_rate_over_the_budget(tmp_path) -> None:
+    """Known answer: the learning rate the optimiser used at each step is ``lr * (1 +
+    cos(pi s / T)) / 2`` (cosine, SGDR eq. 5 with eta_min = 0), ``lr * (1 - s / T)``
+    (linear) or ``lr`` (constant), over the trainer's ``T = max_steps``; the weight decay
+    reaches AdamW; bad settings are refused."""
+    import math
+
+    from modaflow.modalities.fmri.models import NeuroVAE, NeuroVAEConfig
+    from modaflow.modalities.fmri.training import AutoencoderModule, fit_autoencoder, lr_factor
+
+    class Recording(AutoencoderModule):
+        def on_train_batch_start(self, batch, batch_idx: int) -> None:
+            opt = self.optimizers().optimizer
+            self.lrs.append(opt.param_groups[0]["lr"])
+            self.wds.append(opt.param_groups[0]["weight_decay"])
+
+    assert lr_factor("cosine", 0, 10) == 1.0 and lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert lr_factor("cosine", 10, 10) == pytest.approx(0.0) and lr_factor("cosine", 12, 10) == pytest.approx(0.0)
+    assert lr_factor("linear", 3, 10) == pytest.approx(0.7) and lr_factor("constant", 7, 10) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor("step", 1, 10)
+    with pytest.raises(ValueError, match="schedule"):
+        AutoencoderModule(NeuroVAE(NeuroVAEConfig(voxels=12, hidden=16, latent=4)), 1e-2, lr_schedule="step")
+    with pytest.raises(ValueError, match="weight_decay"):
+        AutoencoderModule(NeuroVAE(NeuroVAEConfig(voxels=12, hidden=16, latent=4)), 1e-2, weight_decay=-1.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 12, generator=g)
+    T = 20
+    expected = {"cosine": [0.5 * (1 + math.cos(math.pi * s / T)) for s in range(T)],
+                "linear": [1 - s / T for s in range(T)], "constant": [1.0] * T}
+    for schedule, factors in expected.items():
+        m = Recording(NeuroVAE(NeuroVAEConfig(voxels=12, hidden=16, latent=4, dropout=0.0)), 1e-2, seed=0,
+                      lr_schedule=schedule, weight_decay=0.05)
+        m.lrs, m.wds = [], []
+        fit_autoencoder(m, (x,), 16, T, TrainerArgs(accelerator="cpu"), tmp_path / f"{schedule}.safetensors", 0)
+        assert m.lrs == pytest.approx([1e-2 * f for f in factors], abs=1e-9), schedule
+        assert set(m.wds) == {0.05}
