@@ -181,7 +181,8 @@ def _text_row(xs: list[torch.Tensor], ev, test: torch.Tensor, rate: float) -> di
     x = torch.cat(xs)
     mask, nll = first_eos_mask(x, EOS), token_nll(ev, x)
     row = {"gen_ppl": gen_ppl(nll, mask), "entropy": sample_entropy(x, mask), "js_2gram": ngram_js(x, test, 2),
-           "js_4gram": ngram_js(x, test, 4), "self_bleu": self_bleu(x, 4, mask), "samples_per_s": rate}
+           "js_4gram": ngram_js(x, test, 4), "self_bleu": self_bleu(x, 4, mask), "samples_per_s": rate,
+           "prefix_len": float(mask.sum(1).float().mean())}  # tokens before the first <eos>: the entropy's support
     parts, i = [], 0
     for xi in xs:
         sl = slice(i, i + xi.shape[0])
@@ -210,6 +211,7 @@ def _eval_text(p: LanguageProfile, out: Path, seed: int) -> dict:
     ref_line = {
         "evaluator_test_ppl": gen_ppl(token_nll(ev, test), first_eos_mask(test, EOS)),
         "data_entropy": sample_entropy(test, first_eos_mask(test, EOS)),
+        "data_prefix_len": float(first_eos_mask(test, EOS).sum(1).float().mean()),
         "data_js_2gram": ngram_js(real, test, 2), "data_js_4gram": ngram_js(real, test, 4),
         "data_self_bleu": self_bleu(real, 4, real_mask),
         "data_train_block_ppl": gen_ppl(token_nll(ev, real), real_mask),

@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--fmlm_steps", type=int, default=0, help="> 0: distil an FMLM from the EMA FLM and score 1 and 4 steps")
     ap.add_argument("--fmlm_loss", default="progressive", choices=("progressive", "teacher"))
     ap.add_argument("--fmlm_grid", type=float, default=0.0, help="FMLM grid_fraction")
+    ap.add_argument("--fmlm_grid_steps", default="1,2,4,8", help="FMLM grid_steps (comma-separated; repeats weight a grid)")
+    ap.add_argument("--fmlm_hard_final", type=int, default=0, help="1: FMLM hard_final")
     ap.add_argument("--fmlm_lr_mult", type=float, default=1 / 3, help="distillation lr as a multiple of the FLM's")
     ap.add_argument("--save_flm", default="", help="save the EMA FLM's state dict here")
     ap.add_argument("--load_flm", default="", help="skip FLM training: load this EMA state dict (same settings)")
@@ -150,6 +152,7 @@ def main() -> None:
            "val_raw": raw, "val_ema": ema, "flm8": _gen_scores(generate_flm, ema_net.eval(), a.n_gen, cfg.block_len, 8, ev)}
     if a.fmlm_steps > 0:
         fcfg = cfg.replace(method="fmlm", teacher="probe", fmlm_loss=a.fmlm_loss, fmlm_grid_fraction=a.fmlm_grid,
+                           fmlm_grid_steps=tuple(int(v) for v in a.fmlm_grid_steps.split(",")), fmlm_hard_final=bool(a.fmlm_hard_final),
                            fm=fm.replace(max_steps=a.fmlm_steps, lr=fm.lr * a.fmlm_lr_mult, warmup_steps=0, ckpt_every=a.fmlm_steps))
         student = student_from_flm(ema_net)
         fmod = build_module(fcfg, student, teacher=ema_net if a.fmlm_loss == "teacher" else None)

@@ -19,7 +19,7 @@ PUBLISHED = {
 """Published numbers (REFERENCE §3; LM1B, GPT-2-Large evaluator): not comparable to ours
 (other data, evaluator and model size); shown beside them as published."""
 
-_TEXT_METRICS = ("gen_ppl", "gen_ppl_spread", "entropy", "entropy_spread", "js_2gram", "js_4gram", "self_bleu", "samples_per_s")
+_TEXT_METRICS = ("gen_ppl", "gen_ppl_spread", "entropy", "entropy_spread", "js_2gram", "js_4gram", "self_bleu", "samples_per_s", "prefix_len")
 _MARKOV_METRICS = ("true_nll", "entropy", "samples_per_s")
 
 
@@ -135,7 +135,8 @@ def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, 
         f"steps ({cfg.fmlm_loss}, objective {cfg.fmlm_objective}) from the FLM, evaluator {p.ar_steps} steps; "
         f"{p.n_eval} samples per cell, seed {seed}",
         "gen PPL: exp of the token-weighted mean NLL under the in-suite causal LM, tokens after the first <eos> masked; "
-        "entropy: per-sample unigram entropy (nats); js_n: Jensen-Shannon (nats) of n-gram frequencies to held-out text",
+        "entropy: per-sample unigram entropy (nats) of the tokens before the first <eos> (prefix_len: their mean number; "
+        "a short prefix caps the entropy at log prefix_len); js_n: Jensen-Shannon (nats) of n-gram frequencies to held-out text",
         "FLM/FMLM take the argmax at the last step; MDLM draws at temperature 1 (carry-over unmasking)",
         f"each cell pools {p.sample_seeds} sampling seeds of {p.n_eval // p.sample_seeds} samples; *_spread = half the range "
         "of the seeds' values (sampling spread only: the models are one training seed each)",

@@ -57,7 +57,13 @@ class FMLMConfig(FlowMapConfig):
     midpoint (the shortcut models' dyadic self-consistency, Frans et al. 2024, arXiv 2410.12557,
     eq. 5). Uniform pairs rarely have the gap of a 1- or 2-step sampler's jumps."""
     grid_steps: tuple[int, ...] = (1, 2, 4, 8)
-    """Step counts of the sampler grids used by ``grid_fraction``."""
+    """Step counts of the sampler grids used by ``grid_fraction`` (drawn uniformly from the tuple,
+    so a repeated count is drawn more often)."""
+    hard_final: bool = False
+    """ce objective: on pairs that end at ``t = 1`` (the samplers' last jump) fit the student to the
+    target's argmax token instead of the distribution ``D*`` (sequence-level distillation, Kim and
+    Rush 2016, arXiv 1606.07947, eq. 9): the argmax samplers output ``argmax D*``, so the student
+    matches the distribution of the multi-step sampler's tokens rather than their mean ``D*``."""
 
     def validate(self) -> None:
         super().validate()
@@ -148,6 +154,10 @@ class FMLMModule(FlowMapModule):
             _, target = flow_map_residual(cfg.loss, self.model, x, s, t, **kw)
             d_star = (x + w * target).float().clamp_min(0)
             d_star = d_star / d_star.sum(-1, keepdim=True)
+            if cfg.hard_final:  # the last jump: the multi-step sampler's token argmax D* (arXiv 1606.07947, eq. 9)
+                final = (t >= 1 - 1e-6)[:, None, None]
+                hard = torch.zeros_like(d_star).scatter_(-1, d_star.argmax(-1, keepdim=True), 1.0)
+                d_star = torch.where(final, hard, d_star)
         logp = torch.log_softmax(self.dit(x, s, t).float(), -1)
         return (torch.xlogy(d_star, d_star) - d_star * logp).sum(-1).mean()  # KL(D* || p)
 

@@ -118,6 +118,11 @@ class LanguageConfig(Config):
     quick text, one FLM, 120 progressive steps, 64 samples; gen PPL / entropy): 0 -> FMLM@1
     655 / 2.71, FMLM@4 643 / 3.07; 0.25 -> 711 / 2.92, 642 / 3.02; 0.5 -> 700 / 2.99, 628 / 3.06;
     1 -> 727 / 2.76, 710 / 2.87 (FLM@8 685 / 3.17)."""
+    fmlm_grid_steps: tuple[int, ...] = (1, 2, 4, 8)
+    """fmlm: step counts of the grids of fmlm_grid_fraction (FMLMConfig.grid_steps; a repeated count
+    is drawn more often)."""
+    fmlm_hard_final: bool = False
+    """fmlm, ce objective: fit the last jump (t = 1) to the target's argmax token (FMLMConfig.hard_final)."""
     fm: FLMConfig = field(default_factory=_default_fm)
     """Training setup (optimiser, steps, batch, seed; FLM's fast input and chunked CE) of
     every method; for fmlm it is the distillation run's."""
@@ -134,7 +139,8 @@ class LanguageConfig(Config):
         base = {k: v for k, v in self.fm.to_dict().items() if k not in ("fast_input", "ce_chunk", "compile")}
         return FMLMConfig.from_dict({**base, "loss": self.fmlm_loss, "objective": self.fmlm_objective,
                                      "stop_gradient": self.fmlm_stop_gradient, "teacher_steps": self.fmlm_teacher_steps,
-                                     "grid_fraction": self.fmlm_grid_fraction})
+                                     "grid_fraction": self.fmlm_grid_fraction, "grid_steps": tuple(self.fmlm_grid_steps),
+                                     "hard_final": self.fmlm_hard_final})
 
     def validate(self) -> None:
         self._require(bool(self.data), "data", "shakespeare, markov or a path")

@@ -323,6 +323,29 @@ def test_fmlm_grid_pairs_are_the_samplers_jumps() -> None:
         FMLMConfig(grid_fraction=1.5)
 
 
+def test_fmlm_hard_final_fits_the_last_jump_to_the_targets_argmax() -> None:
+    from modaflow.core.flow_map_losses import flow_map_residual
+
+    torch.manual_seed(0)
+    flm = _dit(K=20).eval()
+    fmap = student_from_flm(flm).eval()
+    x, s, t = torch.softmax(torch.randn(2, 12, 20), -1), torch.tensor([0.0, 0.2]), torch.tensor([1.0, 0.7])
+    r = 0.5 * (s + t)
+    soft = FMLMModule(fmap, FMLMConfig(loss="progressive", objective="ce"))
+    hard = FMLMModule(fmap, FMLMConfig(loss="progressive", objective="ce", hard_final=True))
+    with torch.no_grad():
+        _, target = flow_map_residual("progressive", fmap, x, s, t, r=r)
+        d_star = (x + (1 - s)[:, None, None] * target).clamp_min(0)
+        d_star = d_star / d_star.sum(-1, keepdim=True)
+        logp = torch.log_softmax(fmap.net.dit(x, s, t), -1)
+        kl = (torch.xlogy(d_star, d_star) - d_star * logp).sum(-1)  # (2, 12)
+        ce_hard = -logp.gather(-1, d_star.argmax(-1, keepdim=True)).squeeze(-1)
+        # row 0 ends at t = 1: cross-entropy to argmax D*; row 1 (t < 1): the KL to D* as without the option
+        assert torch.allclose(hard.off_diagonal(x, s, t, r), torch.stack([ce_hard[0], kl[1]]).mean(), atol=1e-5)
+        assert torch.allclose(soft.off_diagonal(x, s, t, r), kl.mean(), atol=1e-5)
+        assert not torch.allclose(ce_hard[0], kl[0], atol=1e-3)
+
+
 def test_fmlm_student_starts_as_flm_and_its_target_is_a_distribution() -> None:
     flm = _dit(K=20).eval()
     fmap = student_from_flm(flm).eval()
