@@ -32,7 +32,6 @@ DDIM 4..64, 32 volumes); ``gpu`` (CUDA: MedForj's UNet, timing at 192x224x192, q
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +52,7 @@ from modaflow.modalities.mri.targets import core_kind
 
 from . import mri_plots as P
 from . import report as R
-from .harness import BenchResult, progress, select_profile
+from .harness import BenchResult, progress, quiet_training, select_profile
 
 __all__ = ["MRIProfile", "PROFILES", "run"]
 
@@ -141,8 +140,7 @@ def run(profile: str, out_dir: str | Path, seed: int = 0) -> BenchResult:
     if p.threads:
         torch.set_num_threads(p.threads)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module="lightning")
+        with quiet_training():  # Lightning's banners ("GPU available", tips, "fit stopped") off, as in the other benchmarks
             return _run(profile, p, out, seed)
     finally:
         torch.set_num_threads(threads)
