@@ -180,13 +180,15 @@ def _text_row(xs: list[torch.Tensor], ev, test: torch.Tensor, rate: float) -> di
     """Metrics of the pooled samples; ``*_spread``: half the range of the per-seed gen PPL / entropy."""
     x = torch.cat(xs)
     mask, nll = first_eos_mask(x, EOS), token_nll(ev, x)
-    row = {"gen_ppl": gen_ppl(nll, mask), "entropy": sample_entropy(x, mask), "js_2gram": ngram_js(x, test, 2),
-           "js_4gram": ngram_js(x, test, 4), "self_bleu": self_bleu(x, 4, mask), "samples_per_s": rate,
-           "prefix_len": float(mask.sum(1).float().mean())}  # tokens before the first <eos>: the entropy's support
+    # entropy: of all generated token ids, as REFERENCE §3 defines it (gen PPL alone masks after the first
+    # <eos>); entropy_prefix: of the tokens up to the first <eos> only, the definition used before 2026-11-26
+    row = {"gen_ppl": gen_ppl(nll, mask), "entropy": sample_entropy(x), "entropy_prefix": sample_entropy(x, mask),
+           "js_2gram": ngram_js(x, test, 2), "js_4gram": ngram_js(x, test, 4), "self_bleu": self_bleu(x, 4, mask),
+           "samples_per_s": rate, "prefix_len": float(mask.sum(1).float().mean())}  # tokens up to the first <eos>
     parts, i = [], 0
     for xi in xs:
         sl = slice(i, i + xi.shape[0])
-        parts.append((gen_ppl(nll[sl], mask[sl]), sample_entropy(x[sl], mask[sl])))
+        parts.append((gen_ppl(nll[sl], mask[sl]), sample_entropy(x[sl])))
         i += xi.shape[0]
     row["gen_ppl_spread"] = (max(p[0] for p in parts) - min(p[0] for p in parts)) / 2
     row["entropy_spread"] = (max(p[1] for p in parts) - min(p[1] for p in parts)) / 2
@@ -210,7 +212,7 @@ def _eval_text(p: LanguageProfile, out: Path, seed: int) -> dict:
     real_mask = first_eos_mask(real, EOS)
     ref_line = {
         "evaluator_test_ppl": gen_ppl(token_nll(ev, test), first_eos_mask(test, EOS)),
-        "data_entropy": sample_entropy(test, first_eos_mask(test, EOS)),
+        "data_entropy": sample_entropy(test), "data_entropy_prefix": sample_entropy(test, first_eos_mask(test, EOS)),
         "data_prefix_len": float(first_eos_mask(test, EOS).sum(1).float().mean()),
         "data_js_2gram": ngram_js(real, test, 2), "data_js_4gram": ngram_js(real, test, 4),
         "data_self_bleu": self_bleu(real, 4, real_mask),

@@ -19,7 +19,8 @@ PUBLISHED = {
 """Published numbers (REFERENCE §3; LM1B, GPT-2-Large evaluator): not comparable to ours
 (other data, evaluator and model size); shown beside them as published."""
 
-_TEXT_METRICS = ("gen_ppl", "gen_ppl_spread", "entropy", "entropy_spread", "js_2gram", "js_4gram", "self_bleu", "samples_per_s", "prefix_len")
+_TEXT_METRICS = ("gen_ppl", "gen_ppl_spread", "entropy", "entropy_spread", "entropy_prefix", "js_2gram", "js_4gram", "self_bleu",
+                 "samples_per_s", "prefix_len")
 _MARKOV_METRICS = ("true_nll", "entropy", "samples_per_s")
 
 
@@ -46,11 +47,16 @@ def interpolate_at_entropy(points: list[tuple[float, float]], entropy: float) ->
     return math.nan
 
 
-def _goals(rows: dict, match_rows: dict, data_entropy: float, match_steps: int) -> dict:
+def _goals(rows: dict, match_rows: dict, data_entropy: float, match_steps: int, data_entropy_prefix: float | None = None
+           ) -> dict:
     g = {}
     if ("fmlm", 1) in rows and ("flm", 8) in rows:
         g["goal.fmlm1_over_flm8_gen_ppl_ratio"] = rows[("fmlm", 1)]["gen_ppl"] / rows[("flm", 8)]["gen_ppl"]
         g["goal.fmlm1_entropy_rel_gap"] = abs(rows[("fmlm", 1)]["entropy"] - data_entropy) / data_entropy
+        if data_entropy_prefix is not None and "entropy_prefix" in rows[("fmlm", 1)]:
+            # the same gap on the tokens up to the first <eos> (the definition used before 2026-11-26)
+            g["goal.fmlm1_entropy_prefix_rel_gap"] = (abs(rows[("fmlm", 1)]["entropy_prefix"] - data_entropy_prefix)
+                                                      / data_entropy_prefix)
     key = ("mdlm", match_steps)
     if ("fmlm", 4) in rows and key in rows:
         f4 = rows[("fmlm", 4)]
@@ -105,7 +111,8 @@ def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, 
     m2, b2 = _split(markov["rows"], "markov")
     metrics.update(m2)
     baselines.update(b2)
-    metrics.update(_goals(text["rows"], text["match_rows"], text["ref"]["data_entropy"], p.match_steps))
+    metrics.update(_goals(text["rows"], text["match_rows"], text["ref"]["data_entropy"], p.match_steps,
+                          text["ref"].get("data_entropy_prefix")))
     baselines["text.reference"] = dict(text["ref"])
     baselines["markov.reference"] = dict(markov["ref"])
     baselines["published (LM1B, not comparable)"] = {

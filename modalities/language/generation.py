@@ -70,9 +70,11 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
 
 
 def score(tokens: Tensor, ref: Tensor, eos: int | None) -> dict[str, float]:
-    """Entropy, 2-gram/4-gram Jensen-Shannon to ``ref`` and Self-BLEU of ``tokens``."""
+    """Entropy (of all token ids, REFERENCE §3) and ``entropy_prefix`` (of the tokens up to the
+    first ``<eos>``), 2-gram/4-gram Jensen-Shannon to ``ref`` and Self-BLEU of ``tokens``."""
     mask = first_eos_mask(tokens, eos)
-    out = {"entropy": sample_entropy(tokens, mask), "js_2gram": ngram_js(tokens, ref, 2), "js_4gram": ngram_js(tokens, ref, 4)}
+    out = {"entropy": sample_entropy(tokens), "entropy_prefix": sample_entropy(tokens, mask),
+           "js_2gram": ngram_js(tokens, ref, 2), "js_4gram": ngram_js(tokens, ref, 4)}
     if tokens.shape[0] >= 2:
         out["self_bleu"] = self_bleu(tokens, 4, mask)
     return out
@@ -89,7 +91,8 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     _, _, ref = prepare(ref_cfg, tok)
     x = generate(cfg, net, n, steps or cfg.steps, seed, o)
     eos = None if tok is None else EOS
-    out = {**score(x, ref, eos), "data_entropy": sample_entropy(ref, first_eos_mask(ref, eos)), "n_samples": n}
+    out = {**score(x, ref, eos), "data_entropy": sample_entropy(ref),
+           "data_entropy_prefix": sample_entropy(ref, first_eos_mask(ref, eos)), "n_samples": n}
     if cfg.data == "markov":
         src = markov_source(cfg)
         out["true_nll"] = float(src.nll(x).mean())

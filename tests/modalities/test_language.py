@@ -464,3 +464,14 @@ def test_markov_source_nll_and_entropy_rate() -> None:
     assert torch.allclose(nll[:3].sum(1), torch.tensor(slow, dtype=torch.float64))
     per_seq = nll.mean(1)
     assert abs(float(per_seq.mean()) - src.expected_nll(10)) < 4 * float(per_seq.std()) / math.sqrt(4000)
+
+
+def test_entropy_counts_every_generated_token_and_the_prefix_variant_stops_at_eos() -> None:
+    """REFERENCE §3: entropy is the per-sample unigram entropy of the generated token ids (only
+    gen PPL masks after the first <eos>); ``entropy_prefix`` keeps the tokens up to the first <eos>."""
+    from modaflow.modalities.language.generation import score
+
+    x = torch.tensor([[5, 1, 2, 3], [4, 4, 4, 4]])  # <eos> = 1 at position 1 of the first sample
+    out = score(x, x, eos=1)
+    assert math.isclose(out["entropy"], (math.log(4) + 0.0) / 2, rel_tol=1e-6)
+    assert math.isclose(out["entropy_prefix"], (math.log(2) + 0.0) / 2, rel_tol=1e-6)
