@@ -1,6 +1,7 @@
 """MRI training on two processes through Lightning's DDP strategy (gloo on the CPU), from the
 CLI as a user runs it: both ranks train, rank 0 writes the checkpoint atomically, and the
-run restores. (FSDP needs GPUs; it goes through the same ``--strategy`` option.)"""
+run restores. (Sharded strategies such as FSDP are refused by ``TrainerArgs``: the EMA and the
+checkpoints need whole parameters; see ``SHARDED_STRATEGIES``.)"""
 
 from __future__ import annotations
 
