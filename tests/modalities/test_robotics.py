@@ -177,7 +177,6 @@ def test_rollout_paired_and_captures_every_step():
 def test_train_evaluate_sample_finetune_steer(tmp_path, demos):
     from modaflow.modalities.robotics import MODALITY
     from modaflow.modalities.robotics.commands import SteerOptions
-    from modaflow.modalities.robotics.study import StudyConfig
 
     path = D.save_demos(tmp_path / "d.npz", demos)
     cfg = RoboticsConfig(data=str(path), env="fetch-pick", policy="flow", width=16, depth=1, steps=2, episode_steps=8)
@@ -248,7 +247,7 @@ def test_pusht_planner_brings_the_block_towards_the_goal():
     env = make_env("pusht", max_steps=60)
     expert = make_expert(env, 0.0, 0)
     o = env.reset(1)
-    start = expert._pose_cost(expert._state(o))  # |position error| in px + 60 x |angle error| in rad
+    start = expert._pose_cost(expert._state(o))  # keypoint distance to the goal pose in px
     done = False
     while not done:
         o, done, info = env.step(expert.act(o))
