@@ -23,7 +23,7 @@ DATASET_EPISODES = {"train": 10, "test": 4}
 """Expert episodes per split of the registered Fetch datasets (50 steps each)."""
 
 PUSHT_EPISODES = {"train": 2, "test": 1}
-"""Expert episodes per split of the registered PushT dataset (up to 300 steps each, ~2 s of
+"""Expert episodes per split of the registered PushT dataset (up to 300 steps each, ~3 s of
 planning per episode: kept small so the data-card test stays fast; record more with
 ``modaflow collect robotics --env pusht``)."""
 
@@ -51,7 +51,7 @@ MODALITY = Modality(
     name="robotics",
     summary="COAST: conceptor steering of flow / diffusion / autoregressive policies (PushT, Fetch)",
     datasets={
-        "pusht": DatasetInfo("pusht", "robotics-pusht", "PushT expert demonstrations (sampling planner, state observations)",
+        "pusht": DatasetInfo("pusht", "robotics-pusht", "PushT expert demonstrations (push planner, state observations)",
                              partial(_load, "pusht")),
         "fetch-push": DatasetInfo("fetch-push", "robotics-fetch-push", "FetchPush expert demonstrations (3-phase script)",
                                   partial(_load, "fetch-push")),
