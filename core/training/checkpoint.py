@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..config import Config, ConfigError
+from .sharding import reshard_optimizer_state
 from ..io import atomic_write, atomic_write_text
 from .ema import EMA
 
@@ -117,21 +118,23 @@ def _cpu_unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def save_checkpoint(
     path: str | Path,
-    model: nn.Module,
+    model: nn.Module | dict[str, Tensor],
     *,
     step: int,
-    ema: EMA | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
+    ema: EMA | dict[str, Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | dict[str, Any] | None = None,
     config: Config | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``path`` (``.safetensors``; a directory means ``<dir>/last.safetensors``) and
-    its sidecar ``.json``, each atomically. Returns the ``.safetensors`` path."""
+    its sidecar ``.json``, each atomically. Returns the ``.safetensors`` path. ``model``,
+    ``ema`` and ``optimizer`` may also be their state dicts (e.g. gathered from FSDP shards)."""
     path = _resolve(path)
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in (model if isinstance(model, dict) else model.state_dict()).items()}
     if ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    opt_structure = None if optimizer is None else _flatten(optimizer.state_dict(), "optimizer", tensors)
+        tensors.update({f"ema.{k}": v for k, v in (ema if isinstance(ema, dict) else ema.state_dict()).items()})
+    opt_state = optimizer if optimizer is None or isinstance(optimizer, dict) else optimizer.state_dict()
+    opt_structure = None if opt_state is None else _flatten(opt_state, "optimizer", tensors)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -258,6 +261,7 @@ def apply_checkpoint(
             optimizer.load_state_dict(ckpt.optimizer)
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{ckpt.path}: optimizer state does not fit this optimizer ({e})") from None
+        reshard_optimizer_state(optimizer)  # whole moments -> this rank's shards under FSDP
 
 
 def load_checkpoint(

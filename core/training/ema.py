@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from .sharding import is_dtensor, shard_like
+
 __all__ = ["EMA"]
 
 
@@ -52,6 +54,8 @@ class EMA:
             raise KeyError(f"EMA: the model lacks parameters {missing[:5]}{'...' if len(missing) > 5 else ''}")
         for name, s in self.shadow.items():  # follow the model across devices and dtypes (Lightning moves it)
             p = params[name]
+            if is_dtensor(p) and not is_dtensor(s):  # FSDP sharded the model: keep this rank's shard of the average
+                self.shadow[name] = s = shard_like(s, p)
             if s.device != p.device or s.dtype != p.dtype:
                 self.shadow[name] = s.to(device=p.device, dtype=p.dtype)
         return [(self.shadow[name], params[name]) for name in self.shadow]
@@ -91,7 +95,8 @@ class EMA:
         return self
 
     def state_dict(self) -> dict[str, Tensor]:
-        """``{"num_updates": 0-d int64, "shadow.<param name>": tensor, ...}``."""
+        """``{"num_updates": 0-d int64, "shadow.<param name>": tensor, ...}`` (shards as
+        ``DTensor`` s under FSDP: :func:`~modaflow.core.training.sharding.gather` makes them whole)."""
         state = {"num_updates": torch.tensor(self.num_updates, dtype=torch.int64)}
         state.update({f"shadow.{k}": v for k, v in self.shadow.items()})
         return state

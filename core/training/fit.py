@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from ..io import atomic_write_text
 from .checkpoint import Checkpoint, apply_checkpoint, read_checkpoint, save_checkpoint
+from .sharding import gather, is_sharded
 from .config import FlowMatchingConfig, TrainerArgs
 from .module import FlowMatchingModule, NonFiniteLossError
 
@@ -92,13 +93,17 @@ class _Checkpointer(Callback):
     def save(self, trainer: L.Trainer, module: FlowMatchingModule) -> None:
         module.check_finite_loss()  # never write a model that saw a NaN/Inf loss
         step = module.steps_done
+        states = (module.model.state_dict(), module.ema.state_dict(), trainer.optimizers[0].state_dict())
+        if is_sharded(module.model):  # FSDP: every rank joins the all-gathers, rank 0 writes whole tensors
+            states = gather(states)
         if trainer.is_global_zero:
+            model_state, ema_state, optimizer_state = states
             save_checkpoint(
                 checkpoint_path(self.out_dir),
-                module.model,
+                model_state,
                 step=step,
-                ema=module.ema,
-                optimizer=trainer.optimizers[0],
+                ema=ema_state,
+                optimizer=optimizer_state,
                 config=module.cfg,
                 extra={"history": self.history, "model_config": _model_config(module)},
             )

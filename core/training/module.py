@@ -200,6 +200,16 @@ class FlowMatchingModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=self.unpack(batch)[0].shape[0])
         return loss
 
+    def configure_model(self) -> None:
+        """Under ``TrainerArgs(strategy="fsdp")`` shard the network (once) over the data-parallel
+        mesh (:func:`~modaflow.core.training.sharding.apply_fsdp`); nothing otherwise."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        from .sharding import apply_fsdp, is_sharded
+
+        if isinstance(self.trainer.strategy, ModelParallelStrategy) and not is_sharded(self.model):
+            apply_fsdp(self.model, self.device_mesh["data_parallel"])
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 

@@ -98,6 +98,9 @@ class DataPredictor(nn.Module):
     sample / velocity / flow, the raw output for noise and rflow. ``raw`` gives the
     network's own output (the training loss regresses it)."""
 
+    fsdp_forward_methods = ("raw",)
+    """Training calls ``raw``: under FSDP it gathers the parameters as ``forward`` does."""
+
     def __init__(self, net: nn.Module, target: str, path: AffinePath) -> None:
         super().__init__()
         if target not in TARGETS:

@@ -1,0 +1,133 @@
+"""Fully sharded data-parallel training (FSDP2, ``torch.distributed.fsdp.fully_shard``) through
+Lightning's ``ModelParallelStrategy``, with whole parameters wherever modaflow needs them.
+
+``TrainerArgs(strategy="fsdp")`` selects it (:func:`fsdp_strategy`: a data-parallel mesh over
+every rank, no tensor parallelism). :meth:`FlowMatchingModule.configure_model` then shards the
+network with :func:`apply_fsdp`: every child of an ``nn.ModuleList`` is one FSDP unit (a
+transformer block, a UNet level or residual block), inner units first, then the network itself
+(Zhao et al. 2023, "PyTorch FSDP", arXiv 2304.11277: one all-gather per unit in the forward
+and backward, gradients reduce-scattered, each rank keeping ``1 / world`` of the parameters,
+gradients and optimiser moments).
+
+After sharding, each parameter is a ``DTensor`` holding this rank's shard. The rest of the
+core keeps whole tensors, converted here:
+
+* :func:`shard_like` cuts a whole tensor into this rank's shard of a ``DTensor`` parameter,
+  locally (every rank holds the same whole tensor: the EMA's average, a loaded optimiser state).
+* :func:`gather` turns every ``DTensor`` of a (nested) state dict into the whole tensor; it is a
+  collective, so every rank calls it in the same order. Checkpoints therefore hold whole
+  tensors in the single-device layout: a run trained with FSDP resumes on one device and back.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["apply_fsdp", "fsdp_strategy", "gather", "is_dtensor", "is_sharded", "reshard_optimizer_state", "shard_like", "shard_units"]
+
+
+@functools.cache
+def _dtensor_cls() -> type | None:
+    """``torch.distributed.tensor.DTensor``, or None in a torch built without distributed."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a ``DTensor`` (a shard of a parameter, its gradient or moments under FSDP)."""
+    cls = _dtensor_cls()
+    return cls is not None and isinstance(t, cls)
+
+
+def fsdp_strategy(world_size: int):  # -> lightning.pytorch.strategies.ModelParallelStrategy
+    """Lightning's ``ModelParallelStrategy`` as pure FSDP: ``world_size`` data-parallel ranks,
+    tensor-parallel size 1; Lightning's own checkpointing stays off (modaflow writes safetensors)."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return ModelParallelStrategy(data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=False)
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The FSDP units of ``model``: every child of an ``nn.ModuleList`` that holds parameters,
+    in post-order (a unit's inner units come before it, as ``fully_shard`` requires)."""
+    units = []
+
+    def visit(module: nn.Module, in_list: bool) -> None:
+        for child in module.children():
+            visit(child, isinstance(module, nn.ModuleList))
+        if in_list and any(True for _ in module.parameters()):
+            units.append(module)
+
+    visit(model, False)
+    return units
+
+
+FORWARD_METHODS_ATTR = "fsdp_forward_methods"
+"""Class attribute naming the methods besides ``forward`` that training calls on a network (e.g.
+MRI's ``DataPredictor.raw``): FSDP gathers the root's parameters only around calls it hooks."""
+
+
+def apply_fsdp(model: nn.Module, mesh) -> None:
+    """Shard ``model`` in place over the 1-D device mesh ``mesh`` (:func:`shard_units`, then
+    the root for the parameters outside every unit), hooking the root's
+    :data:`FORWARD_METHODS_ATTR` methods like ``forward``."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    for unit in shard_units(model):
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    for name in getattr(model, FORWARD_METHODS_ATTR, ()):
+        register_fsdp_forward_method(model, name)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` is a ``DTensor`` (FSDP has sharded it)."""
+    return any(is_dtensor(p) for p in model.parameters())
+
+
+def shard_like(whole: Tensor, like: Tensor) -> Tensor:
+    """``whole`` (the full tensor, the same on every rank) as a ``DTensor`` laid out like the
+    ``DTensor`` ``like``, cut locally without communication; ``whole`` itself if ``like`` is
+    a plain tensor."""
+    if not is_dtensor(like) or is_dtensor(whole):
+        return whole
+    from torch.distributed.tensor import distribute_tensor
+
+    if tuple(whole.shape) != tuple(like.shape):
+        raise ValueError(f"shard_like: a whole tensor of shape {tuple(whole.shape)} cannot take the layout of a "
+                         f"parameter of shape {tuple(like.shape)}")
+    whole = whole.to(device=like.device, dtype=like.dtype)
+    return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)
+
+
+def gather(obj: Any) -> Any:
+    """``obj`` (tensors in nested dicts, lists and tuples) with every ``DTensor`` replaced by
+    its whole tensor; a collective when ``obj`` holds ``DTensor`` s, so every rank must call it
+    on the same structure."""
+    if isinstance(obj, Tensor):
+        return obj.full_tensor() if is_dtensor(obj) else obj
+    if isinstance(obj, dict):
+        return {k: gather(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(gather(v) for v in obj)
+    return obj
+
+
+def reshard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """After ``optimizer.load_state_dict`` of whole tensors (a checkpoint): cut every state
+    tensor shaped like its ``DTensor`` parameter (Adam's moments) into this rank's shard."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value.dim() > 0 and tuple(value.shape) == tuple(p.shape):
+                    state[key] = shard_like(value, p)
