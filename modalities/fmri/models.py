@@ -113,13 +113,17 @@ class NeuroVAE(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z)
 
-    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``MSE(x, decode(z)) + beta KL / V`` with ``z = mu + e^{logvar/2} eps``
-        (reparameterisation, Kingma & Welling 2014, eq. 10)."""
+    def loss(self, x: Tensor, generator: torch.Generator | None = None, target: Tensor | None = None) -> Tensor:
+        """``MSE(y, decode(z)) + beta KL / V`` with ``z = mu(x) + e^{logvar(x)/2} eps``
+        (reparameterisation, Kingma & Welling 2014, eq. 10) and ``y = target`` (default
+        ``x``). A ``target`` that is another trial of ``x``'s stimulus makes it a
+        Noise2Noise objective (Lehtinen et al. 2018, ICML, eq. 2: the two trials' noise is
+        independent, so the expected target is the noise-free response)."""
         mu, logvar = self.encode(x)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + (0.5 * logvar).exp() * eps
-        rec = ((self.decode(z) - x) ** 2).mean()
+        y = x if target is None else target
+        rec = ((self.decode(z) - y) ** 2).mean()  # Noise2Noise (Lehtinen et al. 2018, eq. 2) when y is another trial
         return rec + self.cfg.beta * kl_standard_normal(mu, logvar).mean() / self.cfg.voxels
 
 

@@ -31,7 +31,7 @@ from ..runs import load_recipe, save_recipe
 from .data import prepare
 from .models import NeuroVAE, NeuroVAEConfig
 from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, save_stats
-from .recipe import NAME, FMRIConfig, load_prepared, load_trials, restore, validation_split
+from .recipe import NAME, FMRIConfig, load_prepared, load_trials, restore, vae_partners, validation_split
 from .training import AutoencoderModule, fit_autoencoder
 
 __all__ = ["SampleOptions", "sample", "finetune", "read_images", "read_responses", "save_image_grid"]
@@ -216,10 +216,11 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     tensors = (torch.as_tensor(prep.train_x), target)
     fit_rows, val_rows = validation_split(prep.train_img, cfg.vae_val_fraction, cfg.fm.seed + 2)  # early stopping
     val = tuple(t[val_rows] for t in tensors) if len(val_rows) else None
+    partners = vae_partners(cfg, prep.train_img[fit_rows])  # Noise2Noise targets (cfg.vae_target)
     module = AutoencoderModule(vae, cfg.vae_lr, cfg.align_weight, seed=cfg.fm.seed + 2, val=val, val_every=cfg.vae_val_every,
-                               ema_decay=cfg.vae_ema)
+                               ema_decay=cfg.vae_ema, cross_trial=partners is not None)
     summary = fit_autoencoder(module, tuple(t[fit_rows] for t in tensors), cfg.fm.batch_size, cfg.vae_steps,
-                              trainer_args, out / VAE_FILE, cfg.fm.seed + 2, progress)
+                              trainer_args, out / VAE_FILE, cfg.fm.seed + 2, progress, partners=partners)
     stats = {**model.stats, "vox_mean": torch.as_tensor(prep.mean), "vox_std": torch.as_tensor(prep.std)}
     save_stats(out / STATS_FILE, stats)
     new = NeuroFlow(model.ae, vae.eval(), model.xfm, stats, cfg.solver)

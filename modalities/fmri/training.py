@@ -7,6 +7,9 @@ latents for a new subject's head, see :func:`align_loss`). :func:`fit_autoencode
 ``max_steps`` AdamW steps and writes ``path`` (weights + the network's config); given
 validation tensors it keeps the weights of the step with the lowest validation loss
 (:func:`validation_loss`; early stopping, Prechelt 1998, "Early stopping - but when?").
+With ``partners`` (:func:`repeat_partners`: the other trials of each row's stimulus) the
+NeuroVAE reconstructs a random other trial of the same stimulus, not its input
+(:class:`CrossTrialDataset`; Noise2Noise, Lehtinen et al. 2018, ICML).
 With ``ema_decay > 0`` the weights it validates and keeps are an exponential moving average
 of the iterates (Polyak & Juditsky 1992, SIAM J. Control Optim. 30, 838; the core's
 :class:`~modaflow.core.training.EMA`).
@@ -20,15 +23,17 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from modaflow.core.training import EMA, TrainerArgs, quiet_lightning, save_checkpoint
 
 from .models import NeuroVAE
 
-__all__ = ["AutoencoderModule", "fit_autoencoder", "align_loss", "validation_loss", "LRSchedule", "lr_factor"]
+__all__ = ["AutoencoderModule", "fit_autoencoder", "align_loss", "validation_loss", "LRSchedule", "lr_factor",
+           "repeat_partners", "CrossTrialDataset"]
 
 LRSchedule = Literal["constant", "cosine", "linear"]
 
@@ -52,12 +57,61 @@ def lr_factor(schedule: LRSchedule, step: int, total: int) -> float:
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected constant, cosine or linear")
 
 
-def align_loss(vae: NeuroVAE, x: Tensor, target: Tensor, weight: float, generator: torch.Generator | None = None) -> Tensor:
-    """NeuroVAE loss plus ``weight * ||mu(x) - target||^2`` (mean over latent dims): a new
-    subject's head learns to land on the latents the shared XFM produces for the same
-    stimuli, so the frozen XFM serves it unchanged."""
+def repeat_partners(stim: np.ndarray) -> np.ndarray:
+    """For trials showing stimuli ``stim`` ``(N,)``, the rows of the *other* trials of the
+    same stimulus: ``(N, R - 1)`` int64 (``R``: the most repeats of a stimulus), padded with
+    -1; a stimulus shown once has no partner (its row is all -1)."""
+    stim = np.asarray(stim).reshape(-1)
+    order = np.argsort(stim, kind="stable")
+    _, starts, counts = np.unique(stim[order], return_index=True, return_counts=True)
+    out = np.full((len(stim), max(int(counts.max()) - 1, 0) if len(stim) else 0), -1, np.int64)
+    for start, count in zip(starts, counts):
+        rows = order[start:start + count]
+        for k, r in enumerate(rows):
+            others = np.delete(rows, k)
+            out[r, :len(others)] = others
+    return out
+
+
+class CrossTrialDataset(Dataset):
+    """Items ``(*tensors[i], y_i)`` where ``y_i`` is ``tensors[0][j]`` for a ``j`` drawn
+    uniformly, anew at every access, from ``partners[i]`` (the other trials of row ``i``'s
+    stimulus, :func:`repeat_partners`), or ``tensors[0][i]`` when row ``i`` has none. As
+    the reconstruction target of a NeuroVAE fed ``tensors[0][i]`` this is Noise2Noise
+    (Lehtinen et al. 2018, ICML): the trials' noise is independent given the stimulus, so
+    ``E[y_i | stimulus]`` is the noise-free response and the decoder gains nothing by
+    reproducing its input's noise; with no repeats it falls back to the plain VAE."""
+
+    def __init__(self, tensors: tuple[Tensor, ...], partners: np.ndarray, seed: int) -> None:
+        if partners.ndim != 2 or len(partners) != len(tensors[0]):
+            raise ValueError(f"partners must be (N, R-1) for the {len(tensors[0])} rows; got {partners.shape}")
+        self.tensors = tensors
+        self.partners = torch.as_tensor(partners, dtype=torch.long)
+        self.n_partners = (self.partners >= 0).sum(1)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def partner(self, i: int) -> int:
+        """A uniformly drawn other trial of row ``i``'s stimulus, or ``i`` itself without one."""
+        n = int(self.n_partners[i])
+        if n == 0:
+            return i
+        return int(self.partners[i, int(torch.randint(n, (1,), generator=self.generator))])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        return (*(t[i] for t in self.tensors), self.tensors[0][self.partner(i)])
+
+
+def align_loss(vae: NeuroVAE, x: Tensor, target: Tensor, weight: float, generator: torch.Generator | None = None,
+               recon_target: Tensor | None = None) -> Tensor:
+    """NeuroVAE loss (reconstructing ``recon_target``, default ``x``) plus ``weight *
+    ||mu(x) - target||^2`` (mean over latent dims): a new subject's head learns to land on
+    the latents the shared XFM produces for the same stimuli, so the frozen XFM serves it
+    unchanged."""
     mu, _ = vae.encode(x)
-    return vae.loss(x, generator) + weight * ((mu - target) ** 2).mean()
+    return vae.loss(x, generator, recon_target) + weight * ((mu - target) ** 2).mean()
 
 
 @torch.no_grad()
@@ -99,11 +153,15 @@ class AutoencoderModule(L.LightningModule):
     (1 - d_n) theta`` with the core's warm-up ``d_n = min(d, (1 + n) / (10 + n))`` (Polyak &
     Juditsky 1992; the warm-up keeps short runs from remembering the initialisation);
     validation, ``best_state`` and the final weights are then the average's, not the last
-    iterate's."""
+    iterate's.
+
+    ``cross_trial``: the last tensor of every training batch is the NeuroVAE's
+    reconstruction target (:class:`CrossTrialDataset`), the others are as above; validation
+    batches are unchanged."""
 
     def __init__(self, model: nn.Module, lr: float, align_weight: float = 0.0, seed: int = 0, log_every: int = 25,
                  val: tuple[Tensor, ...] | None = None, val_every: int = 50, ema_decay: float = 0.0,
-                 lr_schedule: LRSchedule = "constant", weight_decay: float = 1e-4) -> None:
+                 lr_schedule: LRSchedule = "constant", weight_decay: float = 1e-4, cross_trial: bool = False) -> None:
         super().__init__()
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1); got {ema_decay}")
@@ -111,7 +169,9 @@ class AutoencoderModule(L.LightningModule):
             raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}; expected constant, cosine or linear")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0; got {weight_decay}")
-        self.lr_schedule, self.weight_decay = lr_schedule, weight_decay
+        if cross_trial and not isinstance(model, NeuroVAE):
+            raise ValueError(f"cross_trial targets need a NeuroVAE; got {type(model).__name__}")
+        self.lr_schedule, self.weight_decay, self.cross_trial = lr_schedule, weight_decay, cross_trial
         self.model, self.lr, self.align_weight, self.seed, self.log_every = model, lr, align_weight, seed, log_every
         self.ema = EMA(model, ema_decay, warmup=True) if ema_decay > 0 else None
         self.history: list[tuple[int, float]] = []
@@ -145,10 +205,13 @@ class AutoencoderModule(L.LightningModule):
 
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         g = torch.Generator(batch[0].device).manual_seed(self.seed * 1_000_003 + self.global_step)
+        recon = None
+        if self.cross_trial:  # Noise2Noise target: another trial of the same stimulus (CrossTrialDataset)
+            *batch, recon = batch
         if len(batch) == 2:
-            loss = align_loss(self.model, batch[0], batch[1], self.align_weight, g)
+            loss = align_loss(self.model, batch[0], batch[1], self.align_weight, g, recon)
         elif isinstance(self.model, NeuroVAE):
-            loss = self.model.loss(batch[0], g)
+            loss = self.model.loss(batch[0], g, recon)
         else:
             loss = self.model.loss(batch[0])
         if not torch.isfinite(loss):
@@ -167,11 +230,18 @@ class AutoencoderModule(L.LightningModule):
 
 
 def fit_autoencoder(module: AutoencoderModule, tensors: tuple[Tensor, ...], batch_size: int, max_steps: int,
-                    trainer_args: TrainerArgs, path: str | Path, seed: int, progress: bool = False) -> dict:
+                    trainer_args: TrainerArgs, path: str | Path, seed: int, progress: bool = False,
+                    partners: np.ndarray | None = None) -> dict:
     """Train ``module`` for ``max_steps`` on shuffled mini-batches of ``tensors`` and write
-    ``path`` (``.safetensors`` + ``.json`` with the network's config). Returns a summary."""
+    ``path`` (``.safetensors`` + ``.json`` with the network's config). Returns a summary.
+
+    ``partners`` (:func:`repeat_partners` of the rows of ``tensors``; needs a module built
+    with ``cross_trial=True``): batches end with a random other trial of each row's stimulus
+    (:class:`CrossTrialDataset`)."""
+    if (partners is not None) != bool(getattr(module, "cross_trial", False)):
+        raise ValueError("partners and AutoencoderModule(cross_trial=True) go together")
     g = torch.Generator().manual_seed(seed)
-    ds = TensorDataset(*tensors)
+    ds = TensorDataset(*tensors) if partners is None else CrossTrialDataset(tensors, partners, seed + 7)
     loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=len(ds) >= batch_size, generator=g)
     with quiet_lightning():
         trainer = L.Trainer(**trainer_args.trainer_kwargs(), max_steps=max_steps, enable_checkpointing=False, logger=False,

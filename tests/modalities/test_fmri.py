@@ -269,3 +269,71 @@ def test_lr_schedule_anneals_the_learning_rate_over_the_budget(tmp_path) -> None
         fit_autoencoder(m, (x,), 16, T, TrainerArgs(accelerator="cpu"), tmp_path / f"{schedule}.safetensors", 0)
         assert m.lrs == pytest.approx([1e-2 * f for f in factors], abs=1e-9), schedule
         assert set(m.wds) == {0.05}
+
+
+def test_cross_trial_targets_pair_each_trial_with_another_trial_of_its_stimulus() -> None:
+    """Noise2Noise pairing: every partner shows the same stimulus on a different trial;
+    all partners get drawn; a stimulus shown once (or data with no repeats at all) falls
+    back to its own trial; the config picks the pairing from identical stimulus images."""
+    from modaflow.modalities.fmri.recipe import stimulus_ids, vae_partners
+    from modaflow.modalities.fmri.training import CrossTrialDataset, repeat_partners
+
+    stim = np.array([3, 1, 3, 7, 3, 1])  # stimulus 3 three times, 1 twice, 7 once
+    p = repeat_partners(stim)
+    assert p.shape == (6, 2)
+    for i, row in enumerate(p):
+        others = row[row >= 0]
+        assert set(others) == {j for j in range(6) if j != i and stim[j] == stim[i]}
+    assert (p[3] == -1).all()
+    assert repeat_partners(np.arange(4)).shape == (4, 0)  # one repeat each: no partners
+    x = torch.arange(6, dtype=torch.float32)[:, None].repeat(1, 5)  # row i holds the value i
+    t = torch.randn(6, 2)
+    ds = CrossTrialDataset((x, t), p, seed=0)
+    drawn: dict[int, set[int]] = {i: set() for i in range(6)}
+    for _ in range(60):
+        for i in range(6):
+            xi, ti, yi = ds[i]
+            assert torch.equal(xi, x[i]) and torch.equal(ti, t[i])
+            j = int(yi[0])
+            assert stim[j] == stim[i] and (j != i or i == 3)
+            drawn[i].add(j)
+    assert drawn[0] == {2, 4} and drawn[1] == {5} and drawn[3] == {3}
+    single = CrossTrialDataset((x,), repeat_partners(np.arange(6)), seed=0)
+    assert all(torch.equal(single[i][1], x[i]) for i in range(6))
+    with pytest.raises(ValueError, match="partners"):
+        CrossTrialDataset((x,), p[:3], seed=0)
+    imgs = np.stack([np.full((2, 2), s, np.float32) for s in stim])
+    np.testing.assert_array_equal(stimulus_ids(imgs)[[0, 2, 4]], stimulus_ids(imgs)[0])
+    np.testing.assert_array_equal(vae_partners(_cfg(), imgs), p)
+    assert vae_partners(_cfg(vae_target="input"), imgs) is None
+    with pytest.raises(ConfigError, match="vae_target"):
+        _cfg(vae_target="mean")
+
+
+def test_cross_trial_training_reconstructs_the_partner_not_the_input(tmp_path) -> None:
+    """Known answer: with cross-trial targets the step's loss is the NeuroVAE loss against
+    the drawn partner trial; partners and ``cross_trial`` must come together."""
+    from modaflow.modalities.fmri.models import NeuroVAE, NeuroVAEConfig
+    from modaflow.modalities.fmri.training import AutoencoderModule, fit_autoencoder, repeat_partners
+
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(8, 12, generator=g), torch.randn(8, 4, generator=g)
+    y = torch.randn(8, 12, generator=g)
+    vae = NeuroVAE(NeuroVAEConfig(voxels=12, hidden=16, latent=4, dropout=0.0))
+    m = AutoencoderModule(vae, 1e-2, 1.0, seed=0, cross_trial=True)
+    got = m.training_step([x, t, y], 0).detach()
+    g2 = torch.Generator().manual_seed(0)  # the module's generator at step 0
+    mu, _ = vae.encode(x)
+    want = (vae.loss(x, g2, y) + ((mu - t) ** 2).mean()).detach()
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    plain = vae.loss(x, torch.Generator().manual_seed(0)) + ((mu - t) ** 2).mean()
+    assert float(got) != pytest.approx(float(plain.detach()))
+    stim = np.repeat(np.arange(4), 2)
+    with pytest.raises(ValueError, match="go together"):
+        fit_autoencoder(AutoencoderModule(vae, 1e-2, 1.0), (x, t), 4, 2, TrainerArgs(accelerator="cpu"),
+                        tmp_path / "a.safetensors", 0, partners=repeat_partners(stim))
+    with pytest.raises(ValueError, match="NeuroVAE"):
+        AutoencoderModule(torch.nn.Linear(2, 2), 1e-2, cross_trial=True)
+    s = fit_autoencoder(m, (x, t), 4, 4, TrainerArgs(accelerator="cpu"), tmp_path / "b.safetensors", 0,
+                        partners=repeat_partners(stim))
+    assert s["steps"] == 4 and np.isfinite(s["final_loss"])
