@@ -141,6 +141,8 @@ class CollectOptions(Config):
     """First reset seed (keep >= 100000 so evaluation seeds stay unseen)."""
     only_success: bool = False
     """Keep successful episodes only."""
+    clean_labels: bool = False
+    """Record the expert's action before the noise (DART) instead of the executed one."""
 
     def validate(self) -> None:
         self._require(self.n_episodes >= 1, "n_episodes", "an integer >= 1")
@@ -155,7 +157,8 @@ def collect_demos(opts: CollectOptions, out_dir: Path | None) -> dict:
     check_env_name(opts.env)
     if out_dir is None:
         raise ConfigError("collect needs --out DIR (the .npz is written there)")
-    demos = collect(opts.env, opts.n_episodes, opts.seed, opts.noise, only_success=opts.only_success)
+    demos = collect(opts.env, opts.n_episodes, opts.seed, opts.noise, only_success=opts.only_success,
+                    clean_labels=opts.clean_labels)
     path = save_demos(Path(out_dir) / f"{opts.env}.npz", demos)
     return {"path": str(path), "episodes": demos.n_episodes, "steps": int(demos.obs.shape[0]),
             "expert_success": float(demos.success.mean())}

@@ -65,10 +65,13 @@ class Demos:
 
 
 def collect(env_name: str, n_episodes: int, seed: int = 0, noise: float = 0.0, max_steps: int | None = None,
-            only_success: bool = False) -> Demos:
+            only_success: bool = False, clean_labels: bool = False) -> Demos:
     """Roll out the scripted expert of ``env_name`` from reset seeds ``seed, seed + 1, ...``;
     ``only_success`` keeps successful episodes only, trying further seeds until
-    ``n_episodes`` are kept (at most ``4 n_episodes`` tries)."""
+    ``n_episodes`` are kept (at most ``4 n_episodes`` tries). ``clean_labels`` records the
+    expert's action before the noise while executing the noisy one (DART, Laskey et al. 2017,
+    "DART: Noise Injection for Robust Imitation Learning", CoRL): the noise widens the visited
+    states, the labels stay the expert's."""
     env = make_env(env_name, max_steps)
     expert = make_expert(env, noise, seed)
     obs, acts, ends, succ, seeds = [], [], [], [], []
@@ -80,7 +83,7 @@ def collect(env_name: str, n_episodes: int, seed: int = 0, noise: float = 0.0, m
         while not done:
             a = expert.act(o)
             ep_o.append(o)
-            ep_a.append(a)
+            ep_a.append(expert.clean_action if clean_labels else a)
             o, done, info = env.step(a)
         s += 1
         if only_success and not info["success"]:

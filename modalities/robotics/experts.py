@@ -34,6 +34,7 @@ class _Noisy:
         self.rng = np.random.default_rng(seed)
 
     def _out(self, a: np.ndarray) -> np.ndarray:
+        self.clean_action = np.clip(a, -1.0, 1.0).astype(np.float32)  # the action before noise (DART labels)
         if self.noise > 0:
             a = a + self.noise * self.rng.standard_normal(a.shape)
         return np.clip(a, -1.0, 1.0).astype(np.float32)

@@ -145,6 +145,7 @@ class PushTExpert:
 
     def _out(self, target: np.ndarray) -> np.ndarray:
         a = (np.asarray(target, np.float64) - 256.0) / 256.0
+        self.clean_action = np.clip(a, -1.0, 1.0).astype(np.float32)  # the action before noise (DART labels)
         if self.noise > 0:
             a = a + self.noise * self.rng.standard_normal(a.shape)
         return np.clip(a, -1.0, 1.0).astype(np.float32)

@@ -70,3 +70,13 @@ def test_pusht_expert_actions_are_valid_and_it_solves_a_fixed_seed():
     assert len(pushes) >= 2 and pushes[-1]["fine"] and not pushes[0]["fine"]  # coarse, then fine alignment
     for d, after in zip(expert.decisions, costs[1:]):
         assert abs(d["predicted"] - after) < 0.5, (d, after)  # lookahead matches the real physics
+
+
+def test_clean_labels_record_the_expert_action_before_the_noise():
+    """DART labels: the same noisy rollout (same observations), but the recorded actions are
+    the expert's own, so they differ from the executed ones by the noise."""
+    noisy = D.collect("pusht", 1, seed=100_000, noise=0.05, max_steps=10)
+    clean = D.collect("pusht", 1, seed=100_000, noise=0.05, max_steps=10, clean_labels=True)
+    assert np.array_equal(noisy.obs, clean.obs)
+    diff = noisy.actions - clean.actions
+    assert np.abs(clean.actions).max() <= 1.0 and 0.01 < diff.std() < 0.1  # N(0, 0.05^2), clipped
