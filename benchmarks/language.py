@@ -27,6 +27,8 @@ import torch
 from modaflow.core.io import atomic_write_text
 from modaflow.core.training import TrainerArgs
 from modaflow.modalities.language.evaluator import token_nll
+from modaflow.modalities.language.flm import final_logits_flm, pick_tokens
+from modaflow.modalities.language.fmlm import final_logits_fmlm
 from modaflow.modalities.language.metrics import first_eos_mask, gen_ppl, ngram_js, sample_entropy, self_bleu
 from modaflow.modalities.language.generation import decode, generate
 from modaflow.modalities.language.recipe import LanguageConfig, SampleOptions, markov_source, prepare, restore, train
@@ -36,7 +38,7 @@ from . import report as R
 from .harness import BenchResult, progress, quiet_training, select_profile, torch_threads
 from .language_speed import SpeedSettings, training_throughput
 
-__all__ = ["LanguageProfile", "PROFILES", "run"]
+__all__ = ["LanguageProfile", "PROFILES", "run", "closest_entropy"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class LanguageProfile:
     fmlm_variants: tuple[str, ...] = ()
     """Other core flow-map losses to distil the same FLM with (Shakespeare), beside progressive:
     teacher (CE objective), lagrangian / eulerian (MSE objective); rows ``fmlm-<loss>``."""
+    text_fmlm_lr_mult: float = 1 / 3
+    """Learning rate of the Shakespeare FMLM's distillation, as a multiple of its FLM's."""
     sample_seeds: int = 2
     """Sampling seeds per cell: rows report the pooled metrics and the half-range of the seeds' values."""
     match_steps: int = 32
@@ -76,15 +80,24 @@ class LanguageProfile:
     """Extra MDLM temperatures at ``match_steps`` (besides 1; MDLM's entropy at a temperature varies by seed, so the
     grid is wide): their gen PPL vs entropy points give
     MDLM's gen PPL at FMLM@4's entropy by interpolation (rows ``mdlm-t<T>``)."""
+    calibrate_temperatures: tuple[float, ...] = ()
+    """Last-step temperatures of the validation rule (empty: off). Fixed in advance and applied to every method
+    alike: each FLM / FMLM cell, and MDLM at ``match_steps`` (its temperature acts at every reveal; grid 1 and
+    ``match_temperatures``), gets the temperature whose entropy on calibration draws (sampling seeds ``5000 + seed
+    + 1000 i``, not the reported ones) is closest to the validation blocks' (the last ``val_blocks`` train blocks);
+    rows ``<method>-cal`` redraw the reported cells' final logits at it (issue 8: "temperature and top-p options
+    for the last step")."""
+    val_blocks: int = 256
+    """Validation blocks of the calibration rule: the last ones of the train split (never the test split)."""
     threads: int = 1
     """torch threads (0: torch's default)."""
     device: str = "cpu"
     """Where training and sampling run."""
 
 
-def _distill(cfg: LanguageConfig, steps: int, teacher: str) -> LanguageConfig:
-    """The fmlm run of ``cfg``: ``steps`` distillation steps at a third of the learning rate."""
-    fm = cfg.fm.replace(max_steps=steps, lr=cfg.fm.lr / 3, warmup_steps=0, log_every=max(1, steps // 40), ckpt_every=steps)
+def _distill(cfg: LanguageConfig, steps: int, teacher: str, lr_mult: float = 1 / 3) -> LanguageConfig:
+    """The fmlm run of ``cfg``: ``steps`` distillation steps at ``lr_mult`` times the learning rate."""
+    fm = cfg.fm.replace(max_steps=steps, lr=cfg.fm.lr * lr_mult, warmup_steps=0, log_every=max(1, steps // 40), ckpt_every=steps)
     return cfg.replace(method="fmlm", teacher=teacher, fm=fm)
 
 
@@ -106,17 +119,20 @@ PROFILES: dict[str, LanguageProfile] = {
         markov=_cfg("markov", "char", 0, 32, 32, 1, 2, 25, 16, markov_vocab=64, markov_train=128),
         text_fmlm_steps=8, markov_fmlm_steps=8,
         ar_steps=25, n_eval=8, flm_steps=(8, 16), fmlm_steps=(1, 4), mdlm_steps=(1, 8), markov_methods=("flm",), fmlm_variants=("teacher",),
-        match_steps=8, match_temperatures=(0.8,),
+        match_steps=8, match_temperatures=(0.8,), calibrate_temperatures=(0.0, 1.0),
         speed=SpeedSettings(vocab=512, block_len=32, dim=32, depth=1, heads=2, batch=8, steps=2, warmup=1),
     ),
     "quick": LanguageProfile(
         text=_cfg("shakespeare", "bpe", 512, 64, 64, 2, 4, 480, 32, max_chars=1_500_000, lr=2e-3),
         markov=_cfg("markov", "char", 0, 64, 64, 2, 4, 250, 32, markov_vocab=128, markov_train=2048, lr=2e-3),
-        # 240 distillation steps (was 120): validation (language_flm_probe, 2 FLM seeds, grid pairs 0.5) FMLM@1
-        # gen PPL / entropy 700 / 2.99 -> 705 / 3.07 and 801 / 3.01 -> 733 / 3.07; FMLM@4 628 -> 606, 751 -> 713
-        text_fmlm_steps=240, markov_fmlm_steps=80,
+        # 480 distillation steps at the FLM's learning rate (was 240 at a third of it): chosen on validation
+        # (calibration noise and the last 256 train blocks, benchmarks/RESULTS.md "language", 2026-11-26):
+        # FMLM@1 gen PPL / entropy 619 / 3.59 -> 507 / 3.60 (seed 0), 746 / 3.61 -> (seed 1, see RESULTS);
+        # at the validation-calibrated temperature FMLM@1 / FLM@8 gen PPL 1.10 -> 0.97 (seed 0)
+        text_fmlm_steps=480, markov_fmlm_steps=80, text_fmlm_lr_mult=1.0,
         ar_steps=300, n_eval=64, flm_steps=(8, 32, 128), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
         markov_methods=_ALL, match_temperatures=(0.5, 0.6, 0.7, 0.8, 0.9, 1.1),
+        calibrate_temperatures=(0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
         speed=SpeedSettings(vocab=4096, block_len=64, dim=96, depth=2, heads=4, batch=16, steps=5),
     ),
     "full": LanguageProfile(
@@ -150,9 +166,10 @@ def _train_all(p: LanguageProfile, cfg: LanguageConfig, fmlm_steps: int, methods
     if with_ar:
         todo.append(("ar", cfg.replace(method="ar", fm=cfg.fm.replace(max_steps=p.ar_steps, ckpt_every=p.ar_steps))))
     if "fmlm" in methods:
-        todo.append(("fmlm", _distill(cfg, fmlm_steps, str(out / "runs" / f"{key}-flm"))))
+        lr_mult = p.text_fmlm_lr_mult if key == "text" else 1 / 3
+        todo.append(("fmlm", _distill(cfg, fmlm_steps, str(out / "runs" / f"{key}-flm"), lr_mult)))
         for loss in variants:
-            c = _distill(cfg, fmlm_steps, str(out / "runs" / f"{key}-flm"))
+            c = _distill(cfg, fmlm_steps, str(out / "runs" / f"{key}-flm"), lr_mult)
             todo.append((f"fmlm-{loss}", c.replace(fmlm_loss=loss, fmlm_objective="ce" if loss == "teacher" else "mse")))
     for name, c in progress(todo, f"train {key}"):
         t0 = time.perf_counter()
@@ -174,6 +191,32 @@ def _sample(cfg, net, n: int, steps: int, seed: int, device: str, seeds: int = 1
     if device == "cuda":
         torch.cuda.synchronize()
     return [x.cpu() for x in xs], seeds * (n // seeds) / (time.perf_counter() - t0)
+
+
+def _final_logits(cfg, net, n: int, steps: int, seed: int, device: str, seeds: int) -> tuple[list[torch.Tensor], float]:
+    """FLM / FMLM: the last network call's logits of ``seeds`` draws of ``n // seeds`` samples (seeds
+    ``seed + 1000 i``, the noise of :func:`_sample`'s) and samples/s; their argmax is ``_sample``'s tokens."""
+    fn = final_logits_flm if cfg.method == "flm" else final_logits_fmlm
+    net = net.to(device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    ls = [fn(net, n // seeds, cfg.block_len, steps, seed + 1000 * i) for i in range(seeds)]
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return ls, seeds * (n // seeds) / (time.perf_counter() - t0)
+
+
+def _draw(logits: list[torch.Tensor], seed: int, temperature: float) -> list[torch.Tensor]:
+    """Tokens from the final logits of the draws ``seed + 1000 i`` at ``temperature`` (0 = argmax), with the
+    generators :func:`~modaflow.modalities.language.flm.generate_flm` would use."""
+    return [pick_tokens(lg, temperature, 1.0, torch.Generator(lg.device).manual_seed(seed + 1000 * i + 1)).cpu()
+            for i, lg in enumerate(logits)]
+
+
+def closest_entropy(entropies: dict[float, float], target: float) -> float:
+    """The calibration rule: the temperature whose entropy is closest to ``target`` (ties: the lower one)."""
+    return min(sorted(entropies), key=lambda temp: abs(entropies[temp] - target))
 
 
 def _text_row(xs: list[torch.Tensor], ev, test: torch.Tensor, rate: float) -> dict:
@@ -218,12 +261,23 @@ def _eval_text(p: LanguageProfile, out: Path, seed: int) -> dict:
         "data_self_bleu": self_bleu(real, 4, real_mask),
         "data_train_block_ppl": gen_ppl(token_nll(ev, real), real_mask),
     }
-    rows, texts = {}, {}
+    val_entropy = sample_entropy(train_blocks[-p.val_blocks:])  # the calibration rule's target (train split only)
+    ref_line["val_entropy"] = val_entropy
+    rows, texts, cal_rows = {}, {}, {}
     methods = _ALL + tuple(f"fmlm-{v}" for v in p.fmlm_variants)
     nets = {m: restore(runs / f"{key}-{m}") for m in methods}
     for m, k in progress(_grid(p, methods), "sample text"):
         c, _, net = nets[m]
-        xs, rate = _sample(c, net, p.n_eval, k, seed, p.device, p.sample_seeds)
+        if c.method == "mdlm":
+            xs, rate = _sample(c, net, p.n_eval, k, seed, p.device, p.sample_seeds)
+        else:  # argmax of the final logits (= generate's tokens); the calibrated row redraws the same logits
+            logits, rate = _final_logits(c, net, p.n_eval, k, seed, p.device, p.sample_seeds)
+            xs = _draw(logits, seed, 0.0)
+            if p.calibrate_temperatures and m in ("flm", "fmlm"):
+                cal = _final_logits(c, net, p.n_eval, k, 5000 + seed, p.device, p.sample_seeds)[0]
+                temp = closest_entropy({t: sample_entropy(torch.cat(_draw(cal, 5000 + seed, t))) for t in p.calibrate_temperatures},
+                                       val_entropy)
+                cal_rows[(f"{m}-cal", k)] = {**_text_row(_draw(logits, seed, temp), ev, test, rate), "temperature": temp}
         rows[(m, k)] = _text_row(xs, ev, test, rate)
         texts[(m, k)] = decode(tok, xs[0][:3])
     match_rows = {}  # MDLM at match_steps and lower temperatures: its gen PPL vs entropy curve
@@ -231,8 +285,18 @@ def _eval_text(p: LanguageProfile, out: Path, seed: int) -> dict:
         c, _, net = nets["mdlm"]
         xs, rate = _sample(c, net, p.n_eval, p.match_steps, seed, p.device, p.sample_seeds, SampleOptions(temperature=temp))
         match_rows[(f"mdlm-t{temp:g}", p.match_steps)] = _text_row(xs, ev, test, rate)
+    if p.calibrate_temperatures:  # MDLM@match_steps: the same rule over its temperatures (1 and match_temperatures)
+        c, _, net = nets["mdlm"]
+        ent = {}
+        for temp in progress((1.0, *p.match_temperatures), "calibrate mdlm"):
+            xs = _sample(c, net, p.n_eval, p.match_steps, 5000 + seed, p.device, p.sample_seeds, SampleOptions(temperature=temp))[0]
+            ent[temp] = sample_entropy(torch.cat(xs))
+        temp = closest_entropy(ent, val_entropy)
+        row = rows[("mdlm", p.match_steps)] if temp == 1.0 else match_rows[(f"mdlm-t{temp:g}", p.match_steps)]
+        cal_rows[("mdlm-cal", p.match_steps)] = {**row, "temperature": temp}  # the reported draws at that temperature
     texts[("real", 0)] = decode(tok, real[:3])
-    return {**res, "rows": rows, "match_rows": match_rows, "ref": ref_line, "texts": texts, "vocab": cfg0.vocab}
+    return {**res, "rows": rows, "match_rows": match_rows, "cal_rows": cal_rows, "ref": ref_line, "texts": texts,
+            "vocab": cfg0.vocab}
 
 
 def _eval_markov(p: LanguageProfile, out: Path, seed: int) -> dict:

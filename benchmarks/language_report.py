@@ -107,12 +107,18 @@ def _table(rows: dict, names: tuple[str, ...], ref: dict, ref_names: dict[str, s
 
 def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, out: Path) -> tuple[BenchResult, str]:
     """``(BenchResult, Markdown appended to report.md)``."""
-    metrics, baselines = _split({**text["rows"], **text["match_rows"]}, "text")
+    cal_rows = text.get("cal_rows", {})
+    metrics, baselines = _split({**text["rows"], **text["match_rows"], **cal_rows}, "text")
     m2, b2 = _split(markov["rows"], "markov")
     metrics.update(m2)
     baselines.update(b2)
     metrics.update(_goals(text["rows"], text["match_rows"], text["ref"]["data_entropy"], p.match_steps,
                           text["ref"].get("data_entropy_prefix")))
+    if cal_rows:  # the same goals with every sampler at its validation-calibrated last-step temperature
+        cal = {(m[: -len("-cal")], k): v for (m, k), v in cal_rows.items()}
+        metrics.update({k.replace("goal.", "goal.calibrated.", 1): v for k, v in _goals(
+            cal, text["match_rows"] | {("mdlm", k): v for (m, k), v in text["rows"].items() if m == "mdlm"},
+            text["ref"]["data_entropy"], p.match_steps).items()})
     baselines["text.reference"] = dict(text["ref"])
     baselines["markov.reference"] = dict(markov["ref"])
     baselines["published (LM1B, not comparable)"] = {
@@ -139,12 +145,16 @@ def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, 
     notes = speed["notes"] + [
         f"text: Shakespeare split by work, {cfg.tokenizer} tokenizer (K = {text['vocab']}), L = {cfg.block_len}, "
         f"DiT d = {cfg.dim}, depth {cfg.depth}; FLM/MDLM {cfg.fm.max_steps} steps, FMLM {p.text_fmlm_steps} distillation "
-        f"steps ({cfg.fmlm_loss}, objective {cfg.fmlm_objective}) from the FLM, evaluator {p.ar_steps} steps; "
+        f"steps ({cfg.fmlm_loss}, objective {cfg.fmlm_objective}, lr {p.text_fmlm_lr_mult:.3g} x the FLM's) from the FLM, evaluator {p.ar_steps} steps; "
         f"{p.n_eval} samples per cell, seed {seed}",
         "gen PPL: exp of the token-weighted mean NLL under the in-suite causal LM, tokens after the first <eos> masked; "
-        "entropy: per-sample unigram entropy (nats) of the tokens before the first <eos> (prefix_len: their mean number; "
-        "a short prefix caps the entropy at log prefix_len); js_n: Jensen-Shannon (nats) of n-gram frequencies to held-out text",
+        "entropy: per-sample unigram entropy (nats) of all generated token ids (REFERENCE §3); entropy_prefix: of the "
+        "tokens before the first <eos> (prefix_len: their mean number); js_n: Jensen-Shannon (nats) of n-gram frequencies to held-out text",
         "FLM/FMLM take the argmax at the last step; MDLM draws at temperature 1 (carry-over unmasking)",
+        "rows <method>-cal and goal.calibrated.*: the last-step temperature of each FLM / FMLM cell (MDLM: at "
+        f"{p.match_steps} steps, its temperature at every reveal) chosen from {list(p.calibrate_temperatures)} by one rule "
+        "fixed in advance: the entropy on calibration draws (other sampling seeds) closest to the validation blocks' "
+        "(the last train blocks; never the test split)",
         f"each cell pools {p.sample_seeds} sampling seeds of {p.n_eval // p.sample_seeds} samples; *_spread = half the range "
         "of the seeds' values (sampling spread only: the models are one training seed each)",
         f"matched entropy: MDLM@{p.match_steps} is also sampled at temperatures {list(p.match_temperatures)} (rows mdlm-t<T>); "
@@ -171,6 +181,12 @@ def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, 
     md += _table({**text["rows"], **text["match_rows"]}, _TEXT_METRICS, text["ref"],
                  {"gen_ppl": "evaluator_test_ppl", "entropy": "data_entropy", "js_2gram": "data_js_2gram",
                   "js_4gram": "data_js_4gram", "self_bleu": "data_self_bleu"})
+    if cal_rows:
+        md += ["", f"### Last-step temperature chosen on validation (entropy closest to the validation blocks', "
+                   f"{text['ref']['val_entropy']:.3f} nats; goal.calibrated.*)", ""]
+        md += _table(cal_rows, ("temperature", *_TEXT_METRICS), text["ref"],
+                     {"gen_ppl": "evaluator_test_ppl", "entropy": "data_entropy", "js_2gram": "data_js_2gram",
+                      "js_4gram": "data_js_4gram", "self_bleu": "data_self_bleu"})
     md += ["", "### Exact tier: Markov chain (true NLL per token)", ""]
     md += _table(markov["rows"], _MARKOV_METRICS, markov["ref"], {"true_nll": "expected_true_nll", "entropy": "data_entropy"})
     md += ["", "### Published (LM1B, GPT-2-Large evaluator; as published, not comparable)", "",

@@ -25,7 +25,7 @@ from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule
 from .models import DiT
 
 __all__ = ["FLMConfig", "FLMModule", "chunked_cross_entropy", "noisy_onehot", "pick_tokens", "flm_velocity",
-           "flm_gamma_grid", "generate_flm"]
+           "flm_gamma_grid", "generate_flm", "final_logits_flm"]
 
 
 @dataclass
@@ -157,6 +157,14 @@ def generate_flm(model: DiT, n: int, length: int, steps: int, seed: int, tempera
     """``n`` token blocks ``(n, length)`` by Euler in ``gamma`` over ``steps`` steps: ``steps - 1``
     Euler steps of :func:`modaflow.core.ode.solve_ode` on the grid ``gamma(k / steps)``, then the
     denoiser at the last grid time gives the tokens (argmax, or :func:`pick_tokens`). NFE = steps."""
+    logits = final_logits_flm(model, n, length, steps, seed)
+    return pick_tokens(logits, temperature, top_p, torch.Generator(logits.device).manual_seed(seed + 1))
+
+
+@torch.no_grad()
+def final_logits_flm(model: DiT, n: int, length: int, steps: int, seed: int) -> Tensor:
+    """The logits ``(n, length, K)`` of the last of :func:`generate_flm`'s ``steps`` network calls
+    (its tokens are their argmax or a :func:`pick_tokens` draw), from the noise of ``seed``."""
     if steps < 1 or n < 1:
         raise ValueError(f"steps and n must be >= 1; got steps={steps}, n={n}")
     device = next(model.parameters()).device
@@ -165,5 +173,4 @@ def generate_flm(model: DiT, n: int, length: int, steps: int, seed: int, tempera
     grid = flm_gamma_grid(model, steps, device)
     if steps > 1:
         x = solve_ode(flm_velocity(model), x, grid[:-1], method="euler").x
-    logits = model(x, grid[-2].expand(n))
-    return pick_tokens(logits, temperature, top_p, torch.Generator(device).manual_seed(seed + 1))
+    return model(x, grid[-2].expand(n))

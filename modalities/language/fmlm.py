@@ -41,7 +41,7 @@ from modaflow.core.training.flow_map_module import FlowMapConfig, FlowMapModule
 from .flm import flm_gamma_grid, flm_velocity, noisy_onehot, pick_tokens
 from .models import DiT
 
-__all__ = ["FMLMConfig", "DenoiserAverageVelocity", "FMLMModule", "student_from_flm", "generate_fmlm"]
+__all__ = ["FMLMConfig", "DenoiserAverageVelocity", "FMLMModule", "student_from_flm", "generate_fmlm", "final_logits_fmlm"]
 
 
 @dataclass
@@ -168,6 +168,14 @@ def generate_fmlm(flow_map: FlowMap, n: int, length: int, steps: int, seed: int,
     """``n`` token blocks ``(n, length)`` in ``steps`` map evaluations on the grid
     ``gamma(k / steps)``: :func:`modaflow.core.flow_maps.sample_flow_map` up to the last grid time,
     then the last jump's denoiser ``softmax(logits(x, gamma_{K-1}, 1))`` gives the tokens."""
+    logits = final_logits_fmlm(flow_map, n, length, steps, seed)
+    return pick_tokens(logits, temperature, top_p, torch.Generator(logits.device).manual_seed(seed + 1))
+
+
+@torch.no_grad()
+def final_logits_fmlm(flow_map: FlowMap, n: int, length: int, steps: int, seed: int) -> Tensor:
+    """The logits ``(n, length, K)`` of the last jump of :func:`generate_fmlm` (its tokens are their
+    argmax or a :func:`~.flm.pick_tokens` draw), from the noise of ``seed``."""
     if steps < 1 or n < 1:
         raise ValueError(f"steps and n must be >= 1; got steps={steps}, n={n}")
     dit: DiT = flow_map.net.dit
@@ -176,5 +184,4 @@ def generate_fmlm(flow_map: FlowMap, n: int, length: int, steps: int, seed: int,
     grid = flm_gamma_grid(dit, steps, device)
     if steps > 1:
         x = sample_flow_map(flow_map, x, grid[:-1]).x
-    logits = dit(x, grid[-2].expand(n), grid[-1].expand(n))
-    return pick_tokens(logits, temperature, top_p, torch.Generator(device).manual_seed(seed + 1))
+    return dit(x, grid[-2].expand(n), grid[-1].expand(n))

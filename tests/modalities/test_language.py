@@ -475,3 +475,23 @@ def test_entropy_counts_every_generated_token_and_the_prefix_variant_stops_at_eo
     out = score(x, x, eos=1)
     assert math.isclose(out["entropy"], (math.log(4) + 0.0) / 2, rel_tol=1e-6)
     assert math.isclose(out["entropy_prefix"], (math.log(2) + 0.0) / 2, rel_tol=1e-6)
+
+
+def test_calibration_rule_and_final_logits_reproduce_the_samplers() -> None:
+    """The bench's calibrated rows redraw the samplers' final logits: argmax = generate's tokens, a draw at T =
+    generate's draw at T (same generators); the rule picks the temperature of the closest entropy."""
+    from modaflow.benchmarks.language import _draw, closest_entropy
+    from modaflow.modalities.language.flm import final_logits_flm
+    from modaflow.modalities.language.fmlm import final_logits_fmlm, generate_fmlm
+
+    assert closest_entropy({0.0: 3.0, 0.5: 3.4, 1.0: 3.9}, 3.5) == 0.5
+    assert closest_entropy({1.0: 3.0, 0.0: 3.0}, 3.0) == 0.0  # tie: the lower temperature
+    torch.manual_seed(0)
+    flm = DiT(DiTConfig(vocab_size=12, block_len=6, dim=16, depth=1, heads=2)).eval()
+    fmap = student_from_flm(flm).eval()
+    for gen_fn, logit_fn, net in ((generate_flm, final_logits_flm, flm), (generate_fmlm, final_logits_fmlm, fmap)):
+        for steps in (1, 3):
+            logits = [logit_fn(net, 4, 6, steps, 7 + 1000 * i) for i in range(2)]
+            for temp in (0.0, 0.8):
+                drawn = _draw(logits, 7, temp)
+                assert all(torch.equal(drawn[i], gen_fn(net, 4, 6, steps, 7 + 1000 * i, temperature=temp)) for i in range(2))

@@ -121,6 +121,10 @@ def test_smoke_benchmark_has_metrics_baselines_plots_and_text(tmp_path) -> None:
     assert all((tmp_path / p).is_file() for p in r.plots)
     report = (tmp_path / "report.md").read_text()
     assert "## Sample text" in report and "| FMLM | 1 |" in report
+    # the validation-calibrated last-step temperature: rows for every FLM / FMLM cell and MDLM at match_steps
+    assert {"text.flm-cal", "text.fmlm-cal", "text.mdlm-cal"} <= set(r.baselines)
+    assert r.baselines["text.fmlm-cal"]["temperature@1"] in (0.0, 1.0) and "goal.calibrated.fmlm1_entropy_rel_gap" in r.metrics
+    assert r.baselines["text.reference"]["val_entropy"] > 0 and "| FMLM-CAL | 1 |" in report
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
@@ -158,3 +162,23 @@ def test_training_is_reproducible_whatever_the_global_rng(tmp_path) -> None:
         train(distil, TrainerArgs(accelerator="cpu"), tmp_path / f"f{i}", progress=False)
     w = [restore(tmp_path / f"f{i}")[2].state_dict() for i in range(2)]
     assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
+
+
+def test_last_step_temperature_sweep_rule(runs, tmp_path) -> None:
+    """language_fmlm_diag --sweep: every sampler's curve over the temperatures and the rule's pick
+    (the temperature whose entropy is closest to the validation blocks')."""
+    from modaflow.benchmarks.language_fmlm_diag import SWEEP_SAMPLERS, closest_entropy_temperature, sweep
+
+    curve = [(0.0, 3.0, 10.0), (0.5, 3.4, 20.0), (1.0, 3.9, 40.0)]
+    assert closest_entropy_temperature(curve, 3.5) == (0.5, 3.4, 20.0)
+    assert closest_entropy_temperature(curve, 9.0) == (1.0, 3.9, 40.0)
+    assert closest_entropy_temperature([(1.0, 3.0, 1.0), (0.0, 3.0, 2.0)], 3.0)[0] == 0.0  # tie: the lower temperature
+    (tmp_path / "runs").mkdir()
+    for name in ("flm", "fmlm", "ar"):
+        (tmp_path / "runs" / f"text-{name}").symlink_to(runs["root"] / name)
+    out = sweep(str(tmp_path), n=4, draws=1, temperatures=(0.0, 1.0))
+    assert out["val_entropy"] > 0
+    for name, steps in SWEEP_SAMPLERS:
+        row = out[f"{name}@{steps}"]
+        assert [c[0] for c in row["curve"]] == [0.0, 1.0]
+        assert row["chosen"] == closest_entropy_temperature(row["curve"], out["val_entropy"])
