@@ -4,13 +4,16 @@
 # limit so that a slow part cannot starve the next. Usage, from the repo root on the GPU machine:
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh language   # <= 5 min: FLM step profile, every throughput variant
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh mri        # <= 5.5 min: MedForj UNet, stock vs compiled variants
+#   OUT=/some/dir bash benchmarks/gpu_lease.sh mri_profile      # <= 2.5 min: where the compiled UNet step's time goes
+#   OUT=/some/dir bash benchmarks/gpu_lease.sh mri_candidates   # <= 8 min: not yet measured variants (finest-level
+#                                                               #   checkpointing, batch 2) vs stock
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh tests      # ~1 min: CUDA tests, the captured samplers
 # Wheels in .whl/ (modaflow itself, monai, nibabel, nilearn) are installed to /tmp/site first
 # when present (a bare machine with torch but without the imaging libraries).
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 OUT=${OUT:?set OUT to the results folder}
-STAGE=${1:?stage: language, mri, tests or toy}
+STAGE=${1:?stage: language, mri, mri_profile, mri_candidates, tests or toy}
 if compgen -G ".whl/*.whl" >/dev/null && [ ! -d /tmp/site/modaflow ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
@@ -27,7 +30,9 @@ run_part() {  # name, seconds
 case "$STAGE" in
   language) run_part language_profile 60; run_part language 240 ;;
   mri) run_part mri 320 ;;
+  mri_profile) run_part mri_profile 150 ;;
+  mri_candidates) run_part mri_candidates 480 ;;
   toy) run_part toy 120 ;;
   tests) timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/core/test_graph.py tests/benchmarks/test_gpu_speed.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -3 ;;
-  *) echo "unknown stage $STAGE (language, mri, tests, toy)"; exit 2 ;;
+  *) echo "unknown stage $STAGE (language, mri, mri_profile, mri_candidates, tests, toy)"; exit 2 ;;
 esac

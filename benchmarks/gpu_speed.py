@@ -11,7 +11,11 @@ Parts (each measured against its baseline in the same process, on the same input
   device time, :func:`.language_speed.profile_step`), to direct the work toward that goal;
 * ``mri``: MedForj's UNet at 192x224x192, a training step and a sampling step of each
   :data:`modaflow.modalities.mri.gpu.VARIANTS` against stock MONAI (goal <= 0.3x time and
-  memory; a volume in <= 1 s at 4 network evaluations).
+  memory; a volume in <= 1 s at 4 network evaluations);
+* ``mri_profile``: where the time of the compiled channels-last training step goes (operators
+  by device time), to direct the work toward the 0.3x time goal;
+* ``mri_candidates``: the not yet measured :data:`modaflow.modalities.mri.gpu.CANDIDATES`
+  (checkpointing the finest levels only, two volumes per step) against stock MONAI.
 
 ``--tiny`` runs the same code at tiny sizes on the CPU (the tests do). Results go to
 ``OUT/gpu_speed.json`` after every part (a run cut short keeps the finished parts) and a
@@ -32,7 +36,7 @@ from typing import Callable
 
 import torch
 
-from .harness import run_metadata
+from .harness import profile_calls, run_metadata
 from .language_speed import SpeedSettings, SpeedVariant, profile_step, training_throughput
 from .solvers import OverheadSettings, solver_overhead
 
@@ -66,27 +70,57 @@ def _language_profile(tiny: bool, compiled: bool) -> dict:
                                      "over 2 steps (the 'profile' entry of gpu_speed.json)"], "profile": table}
 
 
-def _mri(tiny: bool, compiled: bool) -> dict:
-    from modaflow.modalities.mri.gpu import VARIANTS, compare_variants
+def _mri_sizes(tiny: bool):
     from modaflow.modalities.mri.models import UNetConfig
 
     device = torch.device("cpu" if tiny else "cuda")
     unet = UNetConfig(channels=(4, 8), attention_levels=(False, True), num_res_blocks=1, norm_num_groups=4) if tiny \
         else UNetConfig.medforj()
-    shape = (8, 8, 8) if tiny else (192, 224, 192)
-    chosen = tuple(v for v in VARIANTS if compiled or not v.compile)
+    return device, unet, ((8, 8, 8) if tiny else (192, 224, 192))
+
+
+def _mri_compare(tiny: bool, compiled: bool, variants) -> dict:
+    from modaflow.modalities.mri.gpu import compare_variants
+
+    device, unet, shape = _mri_sizes(tiny)
+    chosen = tuple(v for v in variants if compiled or not v.compile)
     res, metrics, baseline, notes = compare_variants(unet, shape, 2 if tiny else 5, device, allow_compile=not tiny,
                                                      variants=chosen, report=_say("mri"),
                                                      progress=lambda m: print(f"[gpu_speed] mri {m}", flush=True))
     timings = {f"mri.{name}.{key}": val for name, r in res.items() for key, val in vars(r).items()}
     metrics.update({f"stock_monai.{k}": v for k, v in baseline.items()})
-    notes.append(f"mri: {shape} batch 1, UNet channels {unet.channels}; ratios vs stock MONAI (bf16 + flash attention) "
-                 f"in the same process")
+    notes.append(f"mri: {shape}, UNet channels {unet.channels}; per volume, batch as named (1 otherwise); ratios vs "
+                 f"stock MONAI (bf16 + flash attention, batch 1) in the same process")
     return {"timings": timings, "metrics": metrics, "notes": notes}
 
 
+def _mri(tiny: bool, compiled: bool) -> dict:
+    from modaflow.modalities.mri.gpu import VARIANTS
+
+    return _mri_compare(tiny, compiled, VARIANTS)
+
+
+def _mri_candidates(tiny: bool, compiled: bool) -> dict:
+    from modaflow.modalities.mri.gpu import CANDIDATES
+
+    return _mri_compare(tiny, compiled, CANDIDATES)
+
+
+def _mri_profile(tiny: bool, compiled: bool) -> dict:
+    from modaflow.modalities.mri.gpu import VARIANTS, make_steps
+
+    device, unet, shape = _mri_sizes(tiny)
+    v = next(v for v in VARIANTS if v.name == ("compile_cl" if compiled else "stock"))
+    train_step, _, _ = make_steps(v, unet, shape, 1, device, allow_compile=not tiny)
+    table = profile_calls(lambda k: train_step(), 2, 2, device.type == "cuda")
+    print(table, flush=True)
+    return {"timings": {}, "notes": [f"mri_profile: the {v.name} training step at {shape}, operators by device time "
+                                     "over 2 steps (the 'profile' entry of gpu_speed.json)"], "profile": table}
+
+
 PARTS: dict[str, Callable[[bool, bool], dict]] = {"toy": _toy, "language": _language,
-                                                  "language_profile": _language_profile, "mri": _mri}
+                                                  "language_profile": _language_profile, "mri": _mri,
+                                                  "mri_profile": _mri_profile, "mri_candidates": _mri_candidates}
 
 
 def run_parts(parts: list[str], out_dir: str | Path, tiny: bool = False, compiled: bool = True) -> dict:

@@ -210,6 +210,26 @@ def median_times(fns: dict[str, Callable[[], Any]], repeats: int, sync: Callable
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def profile_calls(step: Callable[[int], Any], warmup: int, calls: int, cuda: bool, rows: int = 30) -> str:
+    """Where the time of ``step`` goes: ``step(k)`` for ``k < warmup`` untimed (compilation,
+    autotuning), then ``calls`` more under ``torch.profiler``; the operators as a table sorted
+    by device time (CUDA when ``cuda``, else CPU)."""
+    import torch
+
+    for k in range(warmup):
+        step(k)
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        torch.cuda.synchronize()
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        for k in range(warmup, warmup + calls):
+            step(k)
+        if cuda:
+            torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=rows)
+
+
 T = TypeVar("T")
 
 

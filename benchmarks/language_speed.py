@@ -16,6 +16,8 @@ import torch
 from modaflow.modalities.language.flm import FLMConfig, FLMModule
 from modaflow.modalities.language.models import DiT, DiTConfig
 
+from .harness import profile_calls
+
 __all__ = ["SpeedSettings", "SpeedVariant", "variants", "training_throughput", "profile_step"]
 
 
@@ -130,23 +132,11 @@ def _time_variant(s: SpeedSettings, v: SpeedVariant, seed: int, device: torch.de
 
 
 def profile_step(s: SpeedSettings, v: SpeedVariant, seed: int, rows: int = 30) -> str:
-    """The operators of ``v``'s training step by device time (``torch.profiler`` over two
-    steps after ``s.warmup`` untimed ones), as a table: where the time of a step goes."""
+    """The operators of ``v``'s training step by device time (:func:`.harness.profile_calls`
+    over two steps after ``s.warmup`` untimed ones), as a table: where the time of a step goes."""
     device = torch.device(s.device)
     step, _ = _stepper(s, v, seed, device, s.warmup + 2)
-    for k in range(s.warmup):
-        step(k)
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
-        for k in range(s.warmup, s.warmup + 2):
-            step(k)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows)
+    return profile_calls(step, s.warmup, 2, device.type == "cuda", rows)
 
 
 def training_throughput(s: SpeedSettings, seed: int, compiled: bool = True,

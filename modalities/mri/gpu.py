@@ -14,6 +14,14 @@ Variants (:data:`VARIANTS`):
   one extra forward). Checkpointing whole down/up blocks saved nothing on an H100 (13.1 vs
   12.8 GB): the peak is inside the full-resolution blocks, so the unit is the residual block.
 
+Not yet measured on a GPU (:data:`CANDIDATES`, the ``mri_candidates`` part of gpu_speed):
+
+* ``compile_cl_ckpt_l01``: checkpointing only the residual blocks of the two finest levels
+  (192x224x192 and its half), where the activations are largest: most of the memory saving
+  for less recomputation;
+* ``compile_cl_b2`` / ``compile_cl_ckpt_b2``: two volumes per step (time and memory per volume;
+  the stock reference stays at batch 1, as REFERENCE section 4 measures it).
+
 Runs on CPU at tiny sizes too (peak memory is then not measured) so that the code path is
 exercised by the tests; ``compile`` is skipped on CPU unless asked for.
 """
@@ -31,7 +39,7 @@ from torch import nn
 
 from .models import UNet3D, UNetConfig, apply_gpu_options
 
-__all__ = ["Variant", "VARIANTS", "StepTiming", "build_variant", "time_steps", "compare_variants"]
+__all__ = ["Variant", "VARIANTS", "CANDIDATES", "StepTiming", "build_variant", "make_steps", "time_steps", "compare_variants"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,9 @@ class Variant:
         cudnn_benchmark: let cuDNN time its convolution algorithms per shape and keep the fastest.
         bf16: bf16 autocast.
         flash_attention: MONAI's SDPA attention.
+        batch: volumes per step (times and memory are reported per volume).
+        checkpoint_levels: with ``activation_checkpointing``, only the residual blocks at these
+            resolution levels (0 = full resolution; :func:`~.models.resnet_levels`); None = all.
     """
 
     name: str
@@ -56,6 +67,8 @@ class Variant:
     cudnn_benchmark: bool = False
     bf16: bool = True
     flash_attention: bool = True
+    batch: int = 1
+    checkpoint_levels: tuple[int, ...] | None = None
 
 
 VARIANTS = (
@@ -63,6 +76,16 @@ VARIANTS = (
     Variant("compile_cl", channels_last=True, compile=True, activation_checkpointing=False, cudnn_benchmark=True),
     Variant("compile_cl_ckpt", channels_last=True, compile=True, activation_checkpointing=True, cudnn_benchmark=True),
 )
+"""The measured path (benchmarks/RESULTS.md, GPU sections)."""
+
+CANDIDATES = (
+    VARIANTS[0],
+    Variant("compile_cl_ckpt_l01", channels_last=True, compile=True, activation_checkpointing=True,
+            checkpoint_levels=(0, 1)),
+    Variant("compile_cl_b2", channels_last=True, compile=True, activation_checkpointing=False, batch=2),
+    Variant("compile_cl_ckpt_b2", channels_last=True, compile=True, activation_checkpointing=True, batch=2),
+)
+"""Variants for the next GPU run (stock first, as :func:`compare_variants` requires)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +111,7 @@ def build_variant(v: Variant, unet: UNetConfig, device: torch.device, allow_comp
     """A fresh :class:`UNet3D` (seed 0) set up as ``v``."""
     torch.manual_seed(0)
     net = UNet3D(unet.replace(use_flash_attention=v.flash_attention)).to(device)
-    apply_gpu_options(net, v.channels_last, v.activation_checkpointing)
+    apply_gpu_options(net, v.channels_last, v.activation_checkpointing, v.checkpoint_levels)
     if v.compile and allow_compile:
         torch._dynamo.reset()  # a fresh cache: no guard failures or recompile limit from an earlier variant
         net.unet.compile()
@@ -124,9 +147,12 @@ def time_steps(v: Variant, unet: UNetConfig, shape: tuple[int, int, int], batch:
         torch.backends.cudnn.benchmark = benchmark_before
 
 
-def _time_steps(v: Variant, unet: UNetConfig, shape: tuple[int, int, int], batch: int, repeats: int,
-                device: torch.device, allow_compile: bool, seed: int, progress: Callable[[str], None] | None
-                ) -> StepTiming:
+def make_steps(v: Variant, unet: UNetConfig, shape: tuple[int, int, int], batch: int, device: torch.device,
+               allow_compile: bool = True, seed: int = 0) -> tuple[Callable[[], None], Callable[[], None], nn.Module]:
+    """``(train_step, sample_step, net)`` of ``v`` on ``batch`` volumes of ``shape`` drawn from
+    ``seed`` (the same inputs for every variant): a training step is a forward, the MSE on
+    MedForj's velocity target, a backward and an Adam step; a sampling step one forward without
+    gradients. Each call runs one step (the first compiles)."""
     net = build_variant(v, unet, device, allow_compile)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(seed)
@@ -149,6 +175,14 @@ def _time_steps(v: Variant, unet: UNetConfig, shape: tuple[int, int, int], batch
     def sample_step() -> None:
         with torch.no_grad(), ctx():
             net(x_t, t)
+
+    return train_step, sample_step, net
+
+
+def _time_steps(v: Variant, unet: UNetConfig, shape: tuple[int, int, int], batch: int, repeats: int,
+                device: torch.device, allow_compile: bool, seed: int, progress: Callable[[str], None] | None
+                ) -> StepTiming:
+    train_step, sample_step, net = make_steps(v, unet, shape, batch, device, allow_compile, seed)
 
     def timed(fn) -> tuple[float, float | None]:
         times = []
@@ -181,8 +215,8 @@ def compare_variants(unet: UNetConfig, shape: tuple[int, int, int], repeats: int
                      report: Callable[[str, StepTiming], None] | None = None,
                      progress: Callable[[str], None] | None = None
                      ) -> tuple[dict[str, StepTiming], dict[str, float], dict[str, float], list[str]]:
-    """Time each of ``variants`` (``stock`` first, which must succeed) at batch 1 and compare
-    with stock MONAI. Returns ``(timings per variant, metrics, stock baseline, notes)``:
+    """Time each of ``variants`` (``stock`` first, which must succeed) at its batch and compare
+    with stock MONAI per volume. Returns ``(timings per variant, metrics, stock baseline, notes)``:
     metrics ``gpu_path.<variant>.{train_s_per_volume, train_time_ratio, sample_time_ratio,
     volume_s_4_nfe, train_memory_ratio, sample_memory_ratio}`` (memory only on CUDA); the
     baseline ``{train_s_per_volume, sample_s_per_volume, volume_s_ddim64[, peaks]}``. A failing
@@ -194,7 +228,7 @@ def compare_variants(unet: UNetConfig, shape: tuple[int, int, int], repeats: int
     notes: list[str] = []
     for v in variants:
         try:
-            res[v.name] = time_steps(v, unet, shape, batch=1, repeats=repeats, device=device,
+            res[v.name] = time_steps(v, unet, shape, batch=v.batch, repeats=repeats, device=device,
                                      allow_compile=allow_compile, progress=progress)
         except Exception as e:  # an optional fast path; the stock reference re-raises
             if v.name == "stock":

@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from modaflow.core.config import Config
 from modaflow.core.conventions import time_to_ddpm_index, time_to_rflow_timestep
 
-__all__ = ["UNetConfig", "UNet3D", "TwoTimeUNet3D", "Checkpointed", "checkpointed", "apply_gpu_options",
+__all__ = ["UNetConfig", "UNet3D", "TwoTimeUNet3D", "Checkpointed", "checkpointed", "apply_gpu_options", "resnet_levels",
            "count_parameters"]
 
 
@@ -173,17 +173,38 @@ def checkpointed(module: nn.Module) -> nn.Module:
     return module
 
 
-def apply_gpu_options(model: nn.Module, channels_last: bool, activation_checkpointing: bool) -> nn.Module:
+def resnet_levels(model: nn.Module) -> dict[nn.Module, int]:
+    """Every MONAI residual block (``DiffusionUNetResnetBlock``) inside ``model`` -> its
+    resolution level: ``i`` in down block ``i``, ``n - 1 - j`` in up block ``j`` of ``n``, the
+    lowest level (``n - 1``) in the middle block; level 0 is full resolution."""
+    levels: dict[nn.Module, int] = {}
+    for unet in (m for m in model.modules() if hasattr(m, "down_blocks") and hasattr(m, "up_blocks")):
+        n = len(unet.down_blocks)
+        parts = [(b, i) for i, b in enumerate(unet.down_blocks)] + [(b, n - 1 - j) for j, b in enumerate(unet.up_blocks)]
+        parts.append((unet.middle_block, n - 1))
+        for block, level in parts:
+            for m in block.modules():
+                if type(m).__name__ == "DiffusionUNetResnetBlock" or isinstance(m, Checkpointed):
+                    levels[m] = level
+    return levels
+
+
+def apply_gpu_options(model: nn.Module, channels_last: bool, activation_checkpointing: bool,
+                      checkpoint_levels: tuple[int, ...] | None = None) -> nn.Module:
     """In place: ``channels_last_3d`` weights and every MONAI residual block
-    (``DiffusionUNetResnetBlock``) inside ``model`` made :func:`checkpointed`, so only block
-    inputs are kept for the backward pass and each block's norms, SiLUs and convolutions are
-    recomputed (Chen et al. 2016, arXiv 1604.06174). The residual block is the unit because the
-    peak sits inside the full-resolution levels: on an H100 at 192x224x192 (compiled,
-    channels-last), checkpointing whole down/up blocks left the peak at 13.1 GB, checkpointing
-    each residual block cut it to 9.2 GB (benchmarks/RESULTS.md). Returns ``model``."""
+    (``DiffusionUNetResnetBlock``) inside ``model`` made :func:`checkpointed` (only those at the
+    resolution levels ``checkpoint_levels`` of :func:`resnet_levels` when given, 0 = full
+    resolution), so only block inputs are kept for the backward pass and each block's norms,
+    SiLUs and convolutions are recomputed (Chen et al. 2016, arXiv 1604.06174). The residual
+    block is the unit because the peak sits inside the full-resolution levels: on an H100 at
+    192x224x192 (compiled, channels-last), checkpointing whole down/up blocks left the peak at
+    13.1 GB, checkpointing each residual block cut it to 9.2 GB (benchmarks/RESULTS.md).
+    Returns ``model``."""
     if activation_checkpointing:
+        levels = resnet_levels(model)
         for m in list(model.modules()):
-            if type(m).__name__ == "DiffusionUNetResnetBlock":
+            if type(m).__name__ == "DiffusionUNetResnetBlock" and (checkpoint_levels is None
+                                                                   or levels.get(m) in checkpoint_levels):
                 checkpointed(m)
     if channels_last:
         model.to(memory_format=torch.channels_last_3d)

@@ -34,6 +34,16 @@ def test_language_profile_names_the_step_operators(tmp_path) -> None:
     assert json.loads((tmp_path / "gpu_speed.json").read_text())["language_profile"]["profile"] == table
 
 
+def test_mri_profile_and_candidates_parts(tmp_path) -> None:
+    res = gpu_speed.run_parts(["mri_profile", "mri_candidates"], tmp_path, tiny=True)
+    table = res["mri_profile"]["profile"]
+    assert "aten::convolution" in table and "Self CPU time total" in table  # the UNet's 3-D convolutions
+    cand = res["mri_candidates"]["metrics"]
+    for name in ("compile_cl_ckpt_l01", "compile_cl_b2", "compile_cl_ckpt_b2"):  # tiny: the eager code path
+        assert cand[f"gpu_path.{name}.train_time_ratio"] > 0
+    assert res["mri_candidates"]["timings"]["mri.compile_cl_b2.train_s_per_volume"] > 0
+
+
 def test_mri_progress_reports_the_training_step_before_sampling() -> None:
     from modaflow.modalities.mri.gpu import VARIANTS, compare_variants
     from modaflow.modalities.mri.models import UNetConfig

@@ -157,7 +157,27 @@ def test_medforj_config_is_the_published_one() -> None:
     assert c.num_res_blocks == 2 and c.num_head_channels == 8 and c.divisor == 16
 
 
+def test_resnet_levels_and_checkpointing_chosen_levels() -> None:
+    from modaflow.modalities.mri.models import Checkpointed, UNet3D, apply_gpu_options, resnet_levels
+
+    cfg = UNetConfig(channels=(4, 8, 8), attention_levels=(False, False, True), num_res_blocks=1, norm_num_groups=4)
+    net = UNet3D(cfg)
+    levels = resnet_levels(net)
+    # per level: num_res_blocks down + (num_res_blocks + 1) up; the middle block's 2 at the lowest level
+    assert sorted(levels.values()) == [0] * 3 + [1] * 3 + [2] * 5
+    full_res = net.unet.down_blocks[0].resnets[0]
+    assert levels[full_res] == 0 and levels[net.unet.up_blocks[-1].resnets[0]] == 0
+    apply_gpu_options(net, channels_last=False, activation_checkpointing=True, checkpoint_levels=(0,))
+    assert {m for m in net.modules() if isinstance(m, Checkpointed)} == {m for m, lv in levels.items() if lv == 0}
+    x, t = torch.randn(1, 1, 8, 8, 8), torch.rand(1)
+    plain = UNet3D(cfg)
+    plain.load_state_dict(net.state_dict())  # the same weight names; checkpointing changes no number
+    torch.testing.assert_close(net(x, t), plain(x, t))
+
+
 def test_gpu_step_timing_runs_on_cpu_at_tiny_size() -> None:
-    for v in VARIANTS:
+    from modaflow.modalities.mri.gpu import CANDIDATES
+
+    for v in VARIANTS + CANDIDATES[1:]:
         r = time_steps(v, UNetConfig(), (16, 16, 16), batch=1, repeats=1, device=torch.device("cpu"), allow_compile=False)
         assert r.train_s_per_volume > 0 and r.sample_s_per_volume > 0 and r.train_peak_gb is None
