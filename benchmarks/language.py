@@ -82,11 +82,13 @@ class LanguageProfile:
     MDLM's gen PPL at FMLM@4's entropy by interpolation (rows ``mdlm-t<T>``)."""
     calibrate_temperatures: tuple[float, ...] = ()
     """Last-step temperatures of the validation rule (empty: off). Fixed in advance and applied to every method
-    alike: each FLM / FMLM cell, and MDLM at ``match_steps`` (its temperature acts at every reveal; grid 1 and
+    alike: each FLM / FMLM cell of ``calibrate_cells``, and MDLM at ``match_steps`` (its temperature acts at every reveal; grid 1 and
     ``match_temperatures``), gets the temperature whose entropy on calibration draws (sampling seeds ``5000 + seed
     + 1000 i``, not the reported ones) is closest to the validation blocks' (the last ``val_blocks`` train blocks);
     rows ``<method>-cal`` redraw the reported cells' final logits at it (issue 8: "temperature and top-p options
     for the last step")."""
+    calibrate_cells: tuple[tuple[str, int], ...] = ()
+    """The FLM / FMLM ``(method, steps)`` cells the rule calibrates (the goals' cells: each costs a second pass)."""
     val_blocks: int = 256
     """Validation blocks of the calibration rule: the last ones of the train split (never the test split)."""
     threads: int = 1
@@ -120,19 +122,21 @@ PROFILES: dict[str, LanguageProfile] = {
         text_fmlm_steps=8, markov_fmlm_steps=8,
         ar_steps=25, n_eval=8, flm_steps=(8, 16), fmlm_steps=(1, 4), mdlm_steps=(1, 8), markov_methods=("flm",), fmlm_variants=("teacher",),
         match_steps=8, match_temperatures=(0.8,), calibrate_temperatures=(0.0, 1.0),
+        calibrate_cells=(("flm", 8), ("fmlm", 1), ("fmlm", 4)),
         speed=SpeedSettings(vocab=512, block_len=32, dim=32, depth=1, heads=2, batch=8, steps=2, warmup=1),
     ),
     "quick": LanguageProfile(
         text=_cfg("shakespeare", "bpe", 512, 64, 64, 2, 4, 480, 32, max_chars=1_500_000, lr=2e-3),
         markov=_cfg("markov", "char", 0, 64, 64, 2, 4, 250, 32, markov_vocab=128, markov_train=2048, lr=2e-3),
         # 480 distillation steps at the FLM's learning rate (was 240 at a third of it): chosen on validation
-        # (calibration noise and the last 256 train blocks, benchmarks/RESULTS.md "language", 2026-11-26):
-        # FMLM@1 gen PPL / entropy 619 / 3.59 -> 507 / 3.60 (seed 0), 746 / 3.61 -> (seed 1, see RESULTS);
-        # at the validation-calibrated temperature FMLM@1 / FLM@8 gen PPL 1.10 -> 0.97 (seed 0)
+        # (calibration noise and the last 256 train blocks, language_fmlm_diag --sweep; benchmarks/RESULTS.md):
+        # FMLM@1 gen PPL / entropy 619 / 3.59 -> 507 / 3.60 (seed 0), 746 / 3.61 -> 511 / 3.60 (seed 1); at the
+        # validation-calibrated temperature FMLM@1 / FLM@8 gen PPL 1.12 -> 0.97 and 1.04 -> 0.81
         text_fmlm_steps=480, markov_fmlm_steps=80, text_fmlm_lr_mult=1.0,
         ar_steps=300, n_eval=64, flm_steps=(8, 32, 128), fmlm_steps=(1, 2, 4, 8), mdlm_steps=(1, 4, 16, 32, 128),
         markov_methods=_ALL, match_temperatures=(0.5, 0.6, 0.7, 0.8, 0.9, 1.1),
         calibrate_temperatures=(0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
+        calibrate_cells=(("flm", 8), ("fmlm", 1), ("fmlm", 4)),
         speed=SpeedSettings(vocab=4096, block_len=64, dim=96, depth=2, heads=4, batch=16, steps=5),
     ),
     "full": LanguageProfile(
@@ -273,7 +277,7 @@ def _eval_text(p: LanguageProfile, out: Path, seed: int) -> dict:
         else:  # argmax of the final logits (= generate's tokens); the calibrated row redraws the same logits
             logits, rate = _final_logits(c, net, p.n_eval, k, seed, p.device, p.sample_seeds)
             xs = _draw(logits, seed, 0.0)
-            if p.calibrate_temperatures and m in ("flm", "fmlm"):
+            if p.calibrate_temperatures and (m, k) in p.calibrate_cells:
                 cal = _final_logits(c, net, p.n_eval, k, 5000 + seed, p.device, p.sample_seeds)[0]
                 temp = closest_entropy({t: sample_entropy(torch.cat(_draw(cal, 5000 + seed, t))) for t in p.calibrate_temperatures},
                                        val_entropy)

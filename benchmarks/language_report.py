@@ -151,7 +151,7 @@ def assemble(profile: str, p, seed: int, text: dict, markov: dict, speed: dict, 
         "entropy: per-sample unigram entropy (nats) of all generated token ids (REFERENCE §3); entropy_prefix: of the "
         "tokens before the first <eos> (prefix_len: their mean number); js_n: Jensen-Shannon (nats) of n-gram frequencies to held-out text",
         "FLM/FMLM take the argmax at the last step; MDLM draws at temperature 1 (carry-over unmasking)",
-        "rows <method>-cal and goal.calibrated.*: the last-step temperature of each FLM / FMLM cell (MDLM: at "
+        f"rows <method>-cal and goal.calibrated.*: the last-step temperature of the FLM / FMLM cells {list(p.calibrate_cells)} (MDLM: at "
         f"{p.match_steps} steps, its temperature at every reveal) chosen from {list(p.calibrate_temperatures)} by one rule "
         "fixed in advance: the entropy on calibration draws (other sampling seeds) closest to the validation blocks' "
         "(the last train blocks; never the test split)",
