@@ -218,7 +218,8 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     val = tuple(t[val_rows] for t in tensors) if len(val_rows) else None
     partners = vae_partners(cfg, prep.train_img[fit_rows])  # Noise2Noise targets (cfg.vae_target)
     module = AutoencoderModule(vae, cfg.vae_lr, cfg.align_weight, seed=cfg.fm.seed + 2, val=val, val_every=cfg.vae_val_every,
-                               ema_decay=cfg.vae_ema, cross_trial=partners is not None)
+                               ema_decay=cfg.vae_ema, lr_schedule=cfg.vae_lr_schedule,  # the recipe's NeuroVAE optimiser
+                               weight_decay=cfg.vae_weight_decay, cross_trial=partners is not None)
     summary = fit_autoencoder(module, tuple(t[fit_rows] for t in tensors), cfg.fm.batch_size, cfg.vae_steps,
                               trainer_args, out / VAE_FILE, cfg.fm.seed + 2, progress, partners=partners)
     stats = {**model.stats, "vox_mean": torch.as_tensor(prep.mean), "vox_std": torch.as_tensor(prep.std)}
