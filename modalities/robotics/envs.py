@@ -80,7 +80,9 @@ class RoboEnv:
             raise ImportError("the robotics modality needs gymnasium: pip install modaflow[robotics]") from e
         kwargs: dict[str, Any] = {"render_mode": "rgb_array"} if render else {}
         if name == "pusht":
-            import gym_pusht  # noqa: F401  (registers the env)
+            import importlib
+
+            importlib.import_module("gym_pusht")  # registers the env
 
             self.env = gym.make(self.spec.gym_id, obs_type="state", max_episode_steps=self.max_steps, **kwargs)
             self.env.unwrapped.success_threshold = success_threshold
