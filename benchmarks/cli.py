@@ -6,7 +6,7 @@
     modaflow sample   <modality> --ckpt DIR --out FILE [--n N] [--steps K] [--solver NAME] [--seed S]
     modaflow evaluate <modality> --ckpt DIR [--data D] [--n N] [--steps K] [--solver NAME] [--seed S] [--out FILE]
     modaflow finetune <modality> --ckpt DIR --data D --out NEW [trainer and recipe options]
-    modaflow bench    <modality|all> [--profile smoke|quick|full|gpu] [--out DIR] [--seed S]
+    modaflow bench    <modality|all> [--profile smoke|quick|full|gpu|<modality's own>] [--out DIR] [--seed S]
     modaflow <command> <modality> [--out DIR] [<command options>]   (a modality's own commands)
 
 A modality's ``sample_options`` config adds its fields to ``sample`` and ``evaluate``, and
@@ -159,7 +159,9 @@ def build_parser(modality: Modality | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=None, help="also write the metrics to this JSON file")
     bench = sub.add_parser("bench", help="run a benchmark profile")
     bench.add_argument("modality", choices=names + ["all"])
-    bench.add_argument("--profile", choices=PROFILES, default="quick", help="smoke (seconds), quick (minutes), full, gpu")
+    bench.add_argument("--profile", default="quick", metavar="PROFILE",
+                       help=f"{', '.join(PROFILES)}: smoke (seconds), quick (minutes), full, gpu; a modality may add its own "
+                            "(robotics: study, the COAST study on two tasks x two policy types at CPU sizes)")
     bench.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<time>-<modality>-<profile>)")
     bench.add_argument("--seed", type=int, default=0, help="seed of data, training and sampling")
     for name, command in (modality.commands if modality is not None else {}).items():
@@ -198,9 +200,16 @@ def _bench(args: argparse.Namespace) -> int:
     from .report import results_table
 
     names = modality_names() if args.modality == "all" else [args.modality]
+    if args.modality == "all" and args.profile not in PROFILES:
+        raise ValueError(f"argument --profile: invalid choice: {args.profile!r} (bench all runs {', '.join(PROFILES)})")
+    if args.modality != "all":
+        modality = get_modality(args.modality)
+        if args.profile not in modality.profiles:
+            raise ValueError(f"argument --profile: invalid choice: {args.profile!r} ({modality.name} has "
+                             f"{', '.join(modality.profiles)})")
     out = args.out or default_run_dir(args.modality, args.profile)
     if args.modality != "all":
-        result = get_modality(args.modality).bench(args.profile, out, args.seed)
+        result = modality.bench(args.profile, out, args.seed)
         print(results_table([result]))
         print(f"results, report and plots in {out}", file=sys.stderr)
         return 0

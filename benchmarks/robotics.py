@@ -15,13 +15,17 @@ and above both the shrink and random controls — is checked per case and report
 or not met; nothing is selected on test seeds.
 
 Profiles: ``smoke`` (seconds; a tiny run that exercises every step), ``quick`` (minutes
-on 2 CPU cores: FetchPush with the flow policy), ``full`` (FetchPush and
+on 2 CPU cores: FetchPush with the flow policy), ``study`` (FetchPush and FetchPickAndPlace
+with the flow and autoregressive policies at quick sizes, each trained to moderate success
+on the fit seeds: the goal's two tasks and two policy types on a CPU), ``full`` (FetchPush and
 FetchPickAndPlace, all three policies, more rollouts, transfer), ``gpu`` (``full`` on CUDA).
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +71,14 @@ class RoboticsProfile:
     """Where training and rollouts run."""
     threads: int = 1
     """torch threads (0: leave torch's default)."""
+    budget: tuple[int, ...] = ()
+    """Training-step stages that aim the base policy at moderate success (the issue: "train
+    them to moderate success (not saturated) so steering has room"). After each stage the base
+    policy is rolled out on the fit seeds; training stops at the first stage whose fit success
+    reaches ``moderate[0]``, and if that one exceeds ``moderate[1]`` the previous stage's policy is
+    kept. Only fit seeds are used. Empty: ``train_steps`` in one go."""
+    moderate: tuple[float, float] = (0.2, 0.7)
+    """Fit-seed success range that counts as moderate (see ``budget``)."""
 
 
 _SMALL_GRID = dict(apertures=(1.0, 4.0), betas=(0.1, 0.3), modes=("global", "per_step"), mean_diff_scales=(0.5, 2.0))
@@ -82,35 +94,71 @@ PROFILES: dict[str, RoboticsProfile] = {
         (("fetch-push", "flow"),), n_demos=100, only_success=True, train_steps=1500,
         width=64, depth=2, episode_steps=0, study=StudyConfig(n_fit=30, n_test=60, **_SMALL_GRID), transfer=False,
     ),
+    # study: the goal's "two tasks and two policy types" in one command on a CPU, each base policy trained to
+    # moderate success on the fit seeds (FetchPickAndPlace's flow policy saturates at 0.97 after 1500 steps, 0.43
+    # after 300; benchmarks/RESULTS.md).
+    "study": RoboticsProfile(
+        tuple((e, p) for e in ("fetch-push", "fetch-pick") for p in ("flow", "ar")), n_demos=100, only_success=True,
+        train_steps=3000, width=64, depth=2, episode_steps=0, study=StudyConfig(n_fit=30, n_test=60, **_SMALL_GRID),
+        transfer=False, budget=(300, 600, 1500, 3000),
+    ),
     "full": RoboticsProfile(
         tuple((e, p) for e in ("fetch-push", "fetch-pick") for p in ("flow", "diffusion", "ar")), n_demos=200,
         only_success=True, train_steps=6000, width=64, depth=2, episode_steps=0,
-        study=StudyConfig(n_fit=60, n_test=200), transfer=True, threads=0,
+        study=StudyConfig(n_fit=60, n_test=200), transfer=True, threads=0, budget=(500, 1000, 2000, 4000, 6000),
     ),
     "gpu": RoboticsProfile(
         tuple((e, p) for e in ("fetch-push", "fetch-pick") for p in ("flow", "diffusion", "ar")), n_demos=200,
         only_success=True, train_steps=6000, width=128, depth=4, episode_steps=0,
         study=StudyConfig(n_fit=60, n_test=200), transfer=True, device="cuda", threads=0,
+        budget=(500, 1000, 2000, 4000, 6000),
     ),
 }
 
 
 
 
+def _budgeted_training(p: RoboticsProfile, cfg: RoboticsConfig, demos, run_dir: Path, accel: str) -> tuple[dict, Path, list]:
+    """Train through ``p.budget`` (or ``p.train_steps`` once) into ``run_dir``, each stage resuming
+    the last; returns ``(training summary, the chosen stage's run folder, [(steps, fit-seed base
+    success), ...])``. Earlier stages stay as ``<run_dir>_steps<N>`` copies."""
+    stages = p.budget or (p.train_steps,)
+    log_every, warmup = max(1, stages[-1] // 20), min(100, stages[-1] // 10)
+    rcfg = RolloutConfig(cfg.env, cfg.steps, cfg.execute, cfg.episode_steps, cfg.success_threshold,
+                         noise_seed=cfg.fm.seed)  # the study's fit rollouts use the same noise
+    fit_seeds = list(range(p.study.fit_seed, p.study.fit_seed + p.study.n_fit))
+    trail: list[tuple[int, float]] = []
+    chosen, previous, previous_summary = run_dir, None, None
+    for steps in stages:
+        stage = cfg.replace(fm=cfg.fm.replace(max_steps=steps, log_every=log_every, warmup_steps=warmup))
+        with quiet_training(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="resuming from .* with a changed")  # only max_steps grows
+            summary = train_policy(stage, demos, TrainerArgs(accelerator=accel), run_dir, progress=False)
+        if len(stages) == 1:
+            break
+        rate = float(rollout(restore(run_dir)[1].to(p.device), rcfg, fit_seeds).success.mean())
+        trail.append((steps, rate))
+        if rate >= p.moderate[0]:
+            if rate > p.moderate[1] and previous is not None:
+                chosen, summary = previous, previous_summary
+            break
+        previous, previous_summary = run_dir.with_name(f"{run_dir.name}_steps{steps}"), summary
+        shutil.rmtree(previous, ignore_errors=True)
+        shutil.copytree(run_dir, previous)
+    return summary, chosen, trail
+
+
 def _case(p: RoboticsProfile, env: str, policy: str, out: Path, seed: int, demos_cache: dict) -> dict:
     cfg = RoboticsConfig(env=env, policy=policy, n_demos=p.n_demos, only_success=p.only_success, width=p.width,
                          depth=p.depth, episode_steps=p.episode_steps)
-    cfg = cfg.replace(fm=cfg.fm.replace(max_steps=p.train_steps, seed=seed, log_every=max(1, p.train_steps // 20),
-                                        warmup_steps=min(100, p.train_steps // 10)))
+    cfg = cfg.replace(fm=cfg.fm.replace(max_steps=p.train_steps, seed=seed))
     t0 = time.perf_counter()
     if env not in demos_cache:
         demos_cache[env] = demos_for(cfg)
     demos = demos_cache[env]
     t1 = time.perf_counter()
-    run_dir = out / f"{env}_{policy}"
     accel = "gpu" if p.device == "cuda" else "cpu"
-    with quiet_training():
-        summary = train_policy(cfg, demos, TrainerArgs(accelerator=accel), run_dir, progress=False)
+    summary, run_dir, trail = _budgeted_training(p, cfg, demos, out / f"{env}_{policy}", accel)
     t2 = time.perf_counter()
     cfg, pol = restore(run_dir)
     pol = pol.to(p.device)
@@ -124,20 +172,41 @@ def _case(p: RoboticsProfile, env: str, policy: str, out: Path, seed: int, demos
         frames["base"] = rollout(pol, rcfg, seed0, n_frames=4).frames
         hook = GateHook(gate=gate_matrix(study["conceptor"], ch["beta"]).float())
         frames["coast"] = rollout(pol, rcfg, seed0, hook=hook, hook_layer=ch["layer"], n_frames=4).frames
-    return {"study": study, "train": summary, "policy": pol, "rcfg": rcfg, "frames": frames,
+    return {"study": study, "train": summary, "policy": pol, "rcfg": rcfg, "frames": frames, "budget": trail,
+            "train_steps": cfg.fm.max_steps,
             "timings": {"demos_s": t1 - t0, "train_s": t2 - t1, "study_s": t3 - t2},
             "demo_success": float(demos.success.mean()), "n_demo_episodes": demos.n_episodes}
+
+
+def _case_met(st: dict) -> bool:
+    """The issue's per-case goal: COAST >= +15 points over base with the paired interval above
+    zero, and above both the shrink and the random control."""
+    if "paired" not in st:
+        return False
+    pc, ps, pr = st["paired"]["coast_vs_base"], st["paired"]["coast_vs_shrink"], st["paired"]["coast_vs_random"]
+    return pc["diff"] >= 0.15 and pc["diff_low"] > 0 and ps["diff"] > 0 and pr["diff"] > 0
 
 
 def _verdict(key: str, st: dict) -> str:
     if "paired" not in st:
         return f"{key}: steering not run ({'; '.join(st['notes'])})"
     pc, ps, pr = st["paired"]["coast_vs_base"], st["paired"]["coast_vs_shrink"], st["paired"]["coast_vs_random"]
-    met = pc["diff"] >= 0.15 and pc["diff_low"] > 0 and ps["diff"] > 0 and pr["diff"] > 0
+    met = _case_met(st)
     return (f"{key}: COAST - base = {100 * pc['diff']:+.1f} points (95% bootstrap [{100 * pc['diff_low']:+.1f}, "
             f"{100 * pc['diff_high']:+.1f}], McNemar p = {pc['p_value']:.3g}); vs shrink {100 * ps['diff']:+.1f}, "
             f"vs random {100 * pr['diff']:+.1f}; issue goal (>= +15, interval > 0, above both controls) "
             f"{'MET' if met else 'NOT met'}")
+
+
+def _overall_verdict(cases: dict) -> tuple[float, str]:
+    """``(number of cases meeting the per-case goal, the issue goal's verdict)``: met when the
+    cases that meet it span at least two tasks and two policy types."""
+    met = [(env, kind) for (env, kind), res in cases.items() if _case_met(res["study"])]
+    envs, kinds = {e for e, _ in met}, {k for _, k in met}
+    ok = len(envs) >= 2 and len(kinds) >= 2
+    return float(len(met)), (f"issue goal over all cases (>= 2 tasks and >= 2 policy types meeting it): "
+                             f"{'MET' if ok else 'NOT met'}; {len(met)} of {len(cases)} cases meet the per-case goal"
+                             + (f" ({', '.join(f'{e}/{k}' for e, k in met)})" if met else ""))
 
 
 def _transfer(cases: dict, p: RoboticsProfile) -> tuple[dict, list[str]]:
@@ -234,9 +303,16 @@ def _run(profile: str, p: RoboticsProfile, out: Path, seed: int) -> BenchResult:
         metrics[f"{key}.demo_success"] = res["demo_success"]
         if "chosen" in st:
             notes.append(f"{key}: chosen on fit seeds: {st['chosen']}; controls: {st['controls_chosen']}")
+        if res["budget"]:
+            trail = ", ".join(f"{n} steps {r:.2f}" for n, r in res["budget"])
+            notes.append(f"{key}: training budget {res['train_steps']} steps, chosen on the fit seeds' base success "
+                         f"(aim {p.moderate[0]:g}-{p.moderate[1]:g}): {trail}")
+        metrics[f"{key}.train_steps"] = float(res["train_steps"])
         notes.append(_verdict(key, st))
         notes += [f"{key}: {n}" for n in st["notes"]]
         timings.update({f"{key}.{k}": v for k, v in res["timings"].items()})
+    metrics["goal.coast_met_cases"], verdict = _overall_verdict(cases)
+    notes.append(verdict)
     if p.transfer:
         rows, tnotes = _transfer(cases, p)
         for k, row in rows.items():

@@ -65,6 +65,7 @@ MODALITY = Modality(
     finetune=finetune,
     bench=_bench,
     solvers=SOLVERS,
+    profiles=("smoke", "quick", "full", "gpu", "study"),
     commands={"steer": ModalityCommand("fit COAST conceptors on rollouts and evaluate steered vs controls",
                                        SteerOptions, steer),
               "collect": ModalityCommand("record scripted-expert demonstrations to an .npz file", CollectOptions,

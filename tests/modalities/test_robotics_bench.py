@@ -31,3 +31,47 @@ def test_profiles_keep_fit_and_test_seeds_apart_and_gpu_needs_cuda(tmp_path):
             run("gpu", tmp_path)
     with pytest.raises(ValueError, match="unknown profile"):
         run("huge", tmp_path)
+
+
+def test_overall_verdict_needs_two_tasks_and_two_policy_types():
+    from modaflow.benchmarks.robotics import _overall_verdict
+
+    good = {"paired": {"coast_vs_base": _paired(0.2, 0.05, 0.35), "coast_vs_shrink": _paired(0.1, 0.0, 0.2),
+                       "coast_vs_random": _paired(0.1, 0.0, 0.2)}, "notes": []}
+    bad = {"paired": {**good["paired"], "coast_vs_base": _paired(0.05, -0.1, 0.2)}, "notes": []}
+    cases = {("a", "flow"): {"study": good}, ("b", "flow"): {"study": good}, ("a", "ar"): {"study": bad}}
+    n, text = _overall_verdict(cases)
+    assert n == 2 and "NOT met" in text and "a/flow, b/flow" in text  # two tasks, one policy type
+    cases[("a", "ar")] = {"study": good}
+    n, text = _overall_verdict(cases)
+    assert n == 3 and ": MET;" in text
+
+
+def test_budget_stages_stop_at_moderate_success_and_fall_back_when_saturated(tmp_path, monkeypatch):
+    """Stage 1 fails on every fit seed (train on), stage 2 succeeds on all (too easy): the stage-1
+    policy is kept, from its copy; only fit seeds are rolled out."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import modaflow.benchmarks.robotics as B
+    from modaflow.modalities.robotics.recipe import RoboticsConfig, demos_for, restore
+
+    p = replace(PROFILES["smoke"], budget=(3, 6), moderate=(0.2, 0.7))
+    rates, seen = iter([0.0, 1.0]), []
+
+    def fake_rollout(policy, rcfg, seeds, **kw):
+        seen.append(list(seeds))
+        return SimpleNamespace(success=np.full(len(seeds), next(rates)))
+
+    monkeypatch.setattr(B, "rollout", fake_rollout)
+    cfg = RoboticsConfig(env="fetch-push", policy="flow", n_demos=p.n_demos, only_success=False, width=p.width,
+                         depth=p.depth, episode_steps=p.episode_steps)
+    cfg = cfg.replace(fm=cfg.fm.replace(max_steps=p.train_steps, seed=0))
+    summary, chosen, trail = B._budgeted_training(p, cfg, demos_for(cfg), tmp_path / "case", "cpu")
+    assert trail == [(3, 0.0), (6, 1.0)]
+    assert chosen == tmp_path / "case_steps3" and summary["steps"] == 3
+    assert restore(chosen)[0].fm.max_steps == 3 and restore(tmp_path / "case")[0].fm.max_steps == 6
+    fit = list(range(p.study.fit_seed, p.study.fit_seed + p.study.n_fit))
+    assert seen == [fit, fit]
