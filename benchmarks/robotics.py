@@ -209,8 +209,9 @@ def _overall_verdict(cases: dict) -> tuple[float, str]:
                              + (f" ({', '.join(f'{e}/{k}' for e, k in met)})" if met else ""))
 
 
-def _transfer(cases: dict, p: RoboticsProfile) -> tuple[dict, list[str]]:
-    """COAST conceptor of (env A, kind) applied unchanged to (env B, kind); paired vs B's base."""
+def _transfer(cases: dict, p: RoboticsProfile, seed: int) -> tuple[dict, list[str]]:
+    """COAST conceptor of (env A, kind) applied unchanged to (env B, kind); paired vs B's base
+    (the same test seeds and sampling noise as B's study, whose noise seed is ``seed``)."""
     rows, notes = {}, []
     for (ea, ka), ca in cases.items():
         for (eb, kb), cb in cases.items():
@@ -219,7 +220,7 @@ def _transfer(cases: dict, p: RoboticsProfile) -> tuple[dict, list[str]]:
             ch = ca["study"]["chosen"]
             hook = GateHook(gate=gate_matrix(ca["study"]["conceptor"], ch["beta"]).float())
             seeds = list(range(p.study.test_seed, p.study.test_seed + p.study.n_test))
-            rcfg = RolloutConfig(**{**cb["rcfg"].__dict__, "noise_seed": p.study.noise_seed + 1})
+            rcfg = RolloutConfig(**{**cb["rcfg"].__dict__, "noise_seed": seed + 1})  # run_study's test noise
             r = rollout(cb["policy"], rcfg, seeds, hook=hook, hook_layer=ch["layer"])
             base = cb["study"]["test_outcomes"]["base"]
             key = f"transfer.{ea}->{eb}.{ka}"
@@ -314,7 +315,7 @@ def _run(profile: str, p: RoboticsProfile, out: Path, seed: int) -> BenchResult:
     metrics["goal.coast_met_cases"], verdict = _overall_verdict(cases)
     notes.append(verdict)
     if p.transfer:
-        rows, tnotes = _transfer(cases, p)
+        rows, tnotes = _transfer(cases, p, seed)
         for k, row in rows.items():
             metrics.update({f"{k}.{m}": float(v) for m, v in row.items()})
         notes += tnotes

@@ -75,3 +75,41 @@ def test_budget_stages_stop_at_moderate_success_and_fall_back_when_saturated(tmp
     assert restore(chosen)[0].fm.max_steps == 3 and restore(tmp_path / "case")[0].fm.max_steps == 6
     fit = list(range(p.study.fit_seed, p.study.fit_seed + p.study.n_fit))
     assert seen == [fit, fit]
+
+
+
+def test_transfer_applies_one_task_conceptor_to_the_other_paired_with_its_base(monkeypatch):
+    """Each case's COAST conceptor steers the other task's policy of the same kind, on that
+    task's test seeds and with its study's test noise (noise seed = run seed + 1), so the
+    difference is paired with its base outcomes; an identity gate reproduces them."""
+    import numpy as np
+
+    import modaflow.benchmarks.robotics as B
+    from modaflow.modalities.robotics.recipe import RoboticsConfig, build
+    from modaflow.modalities.robotics.rollout import RolloutConfig, rollout
+
+    p = PROFILES["smoke"]
+    seed, seeds = 3, list(range(p.study.test_seed, p.study.test_seed + p.study.n_test))
+    cases = {}
+    for env in ("fetch-push", "fetch-pick"):
+        torch.manual_seed(0)
+        pol = build(RoboticsConfig(env=env, policy="flow", width=p.width, depth=p.depth)).eval()
+        rcfg = RolloutConfig(env, episode_steps=p.episode_steps)
+        base = rollout(pol, RolloutConfig(env, episode_steps=p.episode_steps, noise_seed=seed + 1), seeds).success
+        C = torch.eye(p.width, dtype=torch.float64) * 0.5
+        cases[(env, "flow")] = {"policy": pol, "rcfg": rcfg,
+                                "study": {"chosen": {"layer": "blocks.0", "beta": 0.3}, "conceptor": C,
+                                          "test_outcomes": {"base": base}}}
+    noise_seeds = []
+
+    def spy(policy, rcfg, seeds, **kw):
+        noise_seeds.append(rcfg.noise_seed)
+        return rollout(policy, rcfg, seeds, **kw)
+
+    monkeypatch.setattr(B, "rollout", spy)
+    monkeypatch.setattr(B, "gate_matrix", lambda C, beta: torch.eye(C.shape[0], dtype=C.dtype))  # no steering
+    rows, notes = B._transfer(cases, p, seed)
+    assert sorted(rows) == ["transfer.fetch-pick->fetch-push.flow", "transfer.fetch-push->fetch-pick.flow"]
+    assert noise_seeds == [seed + 1, seed + 1] and len(notes) == 2
+    for row in rows.values():
+        assert row["diff"] == 0.0 and row["b"] == row["c"] == 0 and np.isfinite(row["rate"])
