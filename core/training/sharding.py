@@ -31,19 +31,19 @@ __all__ = ["apply_fsdp", "fsdp_strategy", "gather", "is_dtensor", "is_sharded", 
 
 
 @functools.cache
-def _dtensor_cls() -> type | None:
-    """``torch.distributed.tensor.DTensor``, or None in a torch built without distributed."""
-    if not torch.distributed.is_available():
-        return None
+def _dtensor_cls() -> type:
+    """``torch.distributed.tensor.DTensor`` (imported on first use)."""
     from torch.distributed.tensor import DTensor
 
     return DTensor
 
 
 def is_dtensor(t: Tensor) -> bool:
-    """Whether ``t`` is a ``DTensor`` (a shard of a parameter, its gradient or moments under FSDP)."""
-    cls = _dtensor_cls()
-    return cls is not None and isinstance(t, cls)
+    """Whether ``t`` is a ``DTensor`` (a shard of a parameter, its gradient or moments under FSDP).
+    Without a process group there are none, and ``torch.distributed.tensor`` is not imported."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    return isinstance(t, _dtensor_cls())
 
 
 def fsdp_strategy(world_size: int):  # -> lightning.pytorch.strategies.ModelParallelStrategy
