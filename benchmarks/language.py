@@ -184,31 +184,31 @@ def _train_all(p: LanguageProfile, cfg: LanguageConfig, fmlm_steps: int, methods
     return res
 
 
-def _sample(cfg, net, n: int, steps: int, seed: int, device: str, seeds: int = 1,
-            options: SampleOptions | None = None) -> tuple[list[torch.Tensor], float]:
-    """``seeds`` draws of ``n // seeds`` samples (seeds ``seed + 1000 i``) and samples/s overall."""
+def _timed_draws(draw, net, n: int, seed: int, device: str, seeds: int) -> tuple[list[torch.Tensor], float]:
+    """``draw(net, n // seeds, seed + 1000 i)`` for ``i < seeds`` on ``device``, and samples/s overall."""
     net = net.to(device)
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    xs = [generate(cfg, net, n // seeds, steps, seed + 1000 * i, options or SampleOptions()) for i in range(seeds)]
+    out = [draw(net, n // seeds, seed + 1000 * i) for i in range(seeds)]
     if device == "cuda":
         torch.cuda.synchronize()
-    return [x.cpu() for x in xs], seeds * (n // seeds) / (time.perf_counter() - t0)
+    return out, seeds * (n // seeds) / (time.perf_counter() - t0)
+
+
+def _sample(cfg, net, n: int, steps: int, seed: int, device: str, seeds: int = 1,
+            options: SampleOptions | None = None) -> tuple[list[torch.Tensor], float]:
+    """``seeds`` draws of ``n // seeds`` samples (seeds ``seed + 1000 i``) and samples/s overall."""
+    xs, rate = _timed_draws(lambda m, k, s: generate(cfg, m, k, steps, s, options or SampleOptions()), net, n, seed,
+                            device, seeds)
+    return [x.cpu() for x in xs], rate
 
 
 def _final_logits(cfg, net, n: int, steps: int, seed: int, device: str, seeds: int) -> tuple[list[torch.Tensor], float]:
     """FLM / FMLM: the last network call's logits of ``seeds`` draws of ``n // seeds`` samples (seeds
     ``seed + 1000 i``, the noise of :func:`_sample`'s) and samples/s; their argmax is ``_sample``'s tokens."""
     fn = final_logits_flm if cfg.method == "flm" else final_logits_fmlm
-    net = net.to(device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    ls = [fn(net, n // seeds, cfg.block_len, steps, seed + 1000 * i) for i in range(seeds)]
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return ls, seeds * (n // seeds) / (time.perf_counter() - t0)
+    return _timed_draws(lambda m, k, s: fn(m, k, cfg.block_len, steps, s), net, n, seed, device, seeds)
 
 
 def _draw(logits: list[torch.Tensor], seed: int, temperature: float) -> list[torch.Tensor]:
