@@ -54,37 +54,43 @@ def fsdp_strategy(world_size: int):  # -> lightning.pytorch.strategies.ModelPara
     return ModelParallelStrategy(data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=False)
 
 
+FORWARD_METHODS_ATTR = "fsdp_forward_methods"
+"""Class attribute naming the methods besides ``forward`` that training calls on a network (e.g.
+MRI's ``DataPredictor.raw``, the language DiT's ``apply_parts``): FSDP gathers a unit's
+parameters only around the calls it hooks. A nested module that declares it becomes a unit."""
+
+
 def shard_units(model: nn.Module) -> list[nn.Module]:
-    """The FSDP units of ``model``: every child of an ``nn.ModuleList`` that holds parameters,
-    in post-order (a unit's inner units come before it, as ``fully_shard`` requires)."""
+    """The FSDP units of ``model`` below the root: every child of an ``nn.ModuleList`` and every
+    module that declares :data:`FORWARD_METHODS_ATTR` (a network that training calls directly,
+    nested in a wrapper, e.g. FMLM's DiT inside its flow map), if it holds parameters, in
+    post-order (a unit's inner units come before it, as ``fully_shard`` requires)."""
     units = []
 
     def visit(module: nn.Module, in_list: bool) -> None:
         for child in module.children():
             visit(child, isinstance(module, nn.ModuleList))
-        if in_list and any(True for _ in module.parameters()):
+        if (in_list or hasattr(module, FORWARD_METHODS_ATTR)) and any(True for _ in module.parameters()):
             units.append(module)
 
-    visit(model, False)
+    for child in model.children():  # the root is sharded last, by apply_fsdp
+        visit(child, isinstance(model, nn.ModuleList))
     return units
-
-
-FORWARD_METHODS_ATTR = "fsdp_forward_methods"
-"""Class attribute naming the methods besides ``forward`` that training calls on a network (e.g.
-MRI's ``DataPredictor.raw``): FSDP gathers the root's parameters only around calls it hooks."""
 
 
 def apply_fsdp(model: nn.Module, mesh) -> None:
     """Shard ``model`` in place over the 1-D device mesh ``mesh`` (:func:`shard_units`, then
-    the root for the parameters outside every unit), hooking the root's
-    :data:`FORWARD_METHODS_ATTR` methods like ``forward``."""
+    the root for the parameters outside every unit); the :data:`FORWARD_METHODS_ATTR` methods
+    of each unit and of the root are hooked like ``forward``."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-    for unit in shard_units(model):
+    units = shard_units(model)
+    for unit in units:
         fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    for name in getattr(model, FORWARD_METHODS_ATTR, ()):
-        register_fsdp_forward_method(model, name)
+    for module in (*units, model):
+        for name in getattr(module, FORWARD_METHODS_ATTR, ()):
+            register_fsdp_forward_method(module, name)
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -106,8 +106,11 @@ class FLMModule(FlowMatchingModule):
 
     def loss_from_draws(self, tokens: Tensor, gamma: Tensor, noise: Tensor) -> Tensor:
         """The loss given the draws of :meth:`draw`; a pure function of its inputs and the
-        weights, so it can be ``torch.compile``d whole (no generator inside)."""
-        model: DiT = self.model
+        weights, so it can be ``torch.compile``d whole (no generator inside). It uses the DiT's
+        parts, so it runs through :meth:`~.models.DiT.apply_parts` (FSDP-ready)."""
+        return self.model.apply_parts(self._clean_token_loss, tokens, gamma, noise)
+
+    def _clean_token_loss(self, model: DiT, tokens: Tensor, gamma: Tensor, noise: Tensor) -> Tensor:
         if self.cfg.fast_input:  # x_gamma W = gamma W[x] + (1 - gamma) eps W, eps W ~ n F (REFERENCE §3)
             h = model.embed_noisy(tokens, gamma, noise)
         else:

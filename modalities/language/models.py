@@ -23,6 +23,7 @@ Output: logits ``(B, L, K)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -128,6 +129,10 @@ class DiT(nn.Module):
 
     ``x``: ``(B, L, K)`` float (onehot input) or ``(B, L)`` ids (tokens input); times ``(B,)``."""
 
+    fsdp_forward_methods = ("apply_parts",)
+    """Under FSDP, :meth:`apply_parts` gathers the parameters outside the blocks as ``forward``
+    does (:data:`~modaflow.core.training.sharding.FORWARD_METHODS_ATTR`)."""
+
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -199,6 +204,12 @@ class DiT(nn.Module):
             h = block(h, c)
         shift, scale = self.final_mod(c).chunk(2, dim=-1)
         return modulate(self.norm(h), shift, scale)
+
+    def apply_parts(self, fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
+        """``fn(self, *args)``: training code that calls the model's parts (:meth:`embed_noisy`,
+        :meth:`trunk`, ``out``) instead of ``forward`` runs through here, so that FSDP hooks it
+        like ``forward``; without FSDP it is a plain call."""
+        return fn(self, *args)
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor | None = None) -> Tensor:
         if self.cfg.two_time and t is None:

@@ -94,6 +94,21 @@ def test_shard_units_are_list_children_inner_first():
     assert units == [inner[0], outer[0], outer[1]]  # no parameter-free ReLU, no top-level layer; inner first
 
 
+def test_a_nested_network_that_names_forward_methods_is_a_unit():
+    class Net(nn.Module):  # e.g. FMLM's DiT inside its flow map, called directly by the loss
+        fsdp_forward_methods = ("parts",)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(2, 2)])
+            self.out = nn.Linear(2, 2)
+
+    net = Net()
+    wrapper = nn.Sequential(net)
+    assert shard_units(wrapper) == [net.blocks[0], net]
+    assert shard_units(net) == [net.blocks[0]]  # the root is sharded last by apply_fsdp, not as a unit
+
+
 def test_fsdp_arguments_and_refusals():
     from lightning.pytorch.strategies import ModelParallelStrategy
 
