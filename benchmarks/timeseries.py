@@ -1,9 +1,9 @@
 """The time-series benchmark: ``modaflow bench timeseries --profile P``.
 
 Per dataset, three models on the same backbone, data, seeds and initial noise (trained
-with :func:`modaflow.modalities.timeseries.recipe.train`): TimeFlow (SDE flow matching,
-Euler–Maruyama, sigma = 0.1, time shift 3) at 10 and 100 NFE, the linear flow-matching
-ODE (Euler, uniform grid) at 10 and 100 NFE, and the Diffusion-TS-style DDPM with 500
+with :func:`modaflow.modalities.timeseries.recipe.train`): TimeFlow (SDE flow matching;
+Euler–Maruyama, sigma = 0.1, time shift 3 by default) at 10 and 100 NFE, the linear flow-matching
+ODE (Euler, uniform grid by default) at 10 and 100 NFE, and the Diffusion-TS-style DDPM with 500
 ancestral steps. Each row: the protocol's four metrics (REFERENCE.md §2) over
 ``repeats`` metric seeds (mean ± 95% t-interval; the same generated set, new classifier /
 encoder seeds, as the protocol repeats them), samples per second and the speed ratio
@@ -14,10 +14,11 @@ metric vs NFE, a forecast fan), and a table per dataset with the published Diffu
 FM-TS numbers beside ours, marked as published.
 
 TimeFlow and linear FM train on logit-normal times (the recipe's default), the DDPM on uniform steps.
-The sampling grid's time shift of each flow row is chosen from ``SHIFTS`` = {1, 3} on a validation
-comparison (:func:`choose_shifts`: context-FID of generated windows against held-out training windows,
-with noise and a TS2Vec encoder the reported metrics do not use; never the test set); the notes
-record each choice and both validation scores, and the row reports the chosen shift.
+Each flow row's sampler — the method's one-evaluation-per-step default or the midpoint method at
+the same NFE, on a uniform or shifted grid (``SAMPLERS``) — is chosen on a validation comparison
+(:func:`choose_samplers`: context-FID of generated windows against training windows, with noise and
+a TS2Vec encoder the reported metrics do not use; never the test set); the notes record each choice
+and every validation score, and the row reports the chosen solver and shift.
 
 Metrics compare generated windows with an equal number of real **training** windows in
 the normalised space (the protocol's); forecasting uses held-out test windows.
@@ -40,7 +41,8 @@ import torch
 
 from modaflow.core.training import TrainerArgs
 from modaflow.modalities.timeseries import metrics as M
-from modaflow.modalities.timeseries.recipe import TimeSeriesConfig, draw, prepare, restore, train
+from modaflow.modalities.timeseries.recipe import TimeSeriesConfig, draw_nfe, prepare, restore, train
+from modaflow.modalities.timeseries.sampling import resolve_solver
 from modaflow.modalities.timeseries.tasks import generation_metrics
 from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, train_ts2vec
 
@@ -146,23 +148,29 @@ def _config(p: TSProfile, ds: str, method: str, seed: int) -> TimeSeriesConfig:
 
 SHIFTS: tuple[float, ...] = (1.0, 3.0)
 """Candidate sampling time shifts of the flow rows (1 = uniform grid; 3 = TimeFlow's default)."""
+SOLVER_CHOICES: tuple[str, ...] = ("auto", "midpoint")
+"""Candidate solvers of the flow rows: each method's one-evaluation-per-step default (TimeFlow
+Euler–Maruyama, linear FM Euler) and the two-evaluation midpoint ODE method at the same NFE."""
+SAMPLERS: tuple[tuple[str, float], ...] = tuple((solver, a) for solver in SOLVER_CHOICES for a in SHIFTS)
+"""Candidate ``(solver, shift)`` pairs of every flow row."""
 VAL_SEED = 1000
 """Offset of the validation draws' noise seed and TS2Vec encoder seed from the run's seed."""
 
 
-def choose_shifts(models: dict, p: TSProfile, val: np.ndarray, encoder, scaler, seed: int) -> dict:
-    """The time shift of each flow row ``(method, NFE)``: the one of :data:`SHIFTS` whose
-    ``len(val)`` generated windows have the lowest context-FID against ``val``, held-out
-    **training** windows disjoint from the reported metrics' reference set, scored with
-    ``encoder`` (its own seed) on noise seeded by ``seed + VAL_SEED`` (the rows use ``seed``).
-    Returns ``{(method, nfe): (chosen shift, {shift: validation context-FID})}``."""
+def choose_samplers(models: dict, val: np.ndarray, encoder, scaler, seed: int) -> dict:
+    """The sampler of each flow row ``(method, NFE)``: the ``(solver, shift)`` of :data:`SAMPLERS`
+    whose ``len(val)`` generated windows have the lowest context-FID against ``val`` (training
+    windows, never the test split), scored with ``encoder`` (its own seed) on noise seeded by
+    ``seed + VAL_SEED`` (the rows use ``seed``). Returns ``{(method, nfe): ((solver, shift),
+    {(solver, shift): validation context-FID})}`` with solvers resolved (``auto`` -> em / euler)."""
     chosen = {}
     for _, method, nfe in ROWS:
         if method == "ddpm":
             continue
-        fids = {a: M.context_fid(encoder, val, scaler.from_model(draw(models[method], len(val), nfe, "auto",
-                                                                      seed + VAL_SEED, shift=a)))
-                for a in SHIFTS}
+        fids = {(resolve_solver(method, solver), a):
+                M.context_fid(encoder, val, scaler.from_model(draw_nfe(models[method], len(val), nfe, solver,
+                                                                     seed + VAL_SEED, shift=a)))
+                for solver, a in SAMPLERS}
         chosen[(method, nfe)] = (min(fids, key=fids.get), fids)
     return chosen
 
@@ -172,14 +180,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def sampling_speed(models: dict, p: TSProfile, seed: int) -> dict[tuple[str, int], float]:
-    """Samples per second of every row: the median over ``p.time_repeats`` rounds of one
-    sampling call of ``p.time_n`` windows, rounds interleaving the rows (harness
+def sampling_speed(models: dict, p: TSProfile, samplers: dict, seed: int) -> dict[tuple[str, int], float]:
+    """Samples per second of every row with its sampler (``samplers[(method, nfe)] = (solver,
+    shift)``; the DDPM's ancestral sampler otherwise): the median over ``p.time_repeats`` rounds
+    of one sampling call of ``p.time_n`` windows, rounds interleaving the rows (harness
     :func:`median_times`), so a busy machine slows every row alike."""
     calls = {}
     for _, method, nfe in ROWS:
         nfe = p.ddpm_steps if method == "ddpm" else nfe
-        calls[(method, nfe)] = partial(draw, models[method], p.time_n, nfe, "auto", seed)
+        solver, shift = samplers.get((method, nfe), ("auto", None))
+        calls[(method, nfe)] = partial(draw_nfe, models[method], p.time_n, nfe, solver, seed, shift=shift)
     times = median_times(calls, p.time_repeats, sync=partial(_sync, p.device))
     return {key: p.time_n / secs for key, secs in times.items()}
 
@@ -206,32 +216,35 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
     n = min(p.eval_n, len(real_all))
     perm = rng.permutation(len(real_all))
     real = real_all[perm[:n]]
-    # validation windows for the shift choice: training windows outside ``real`` (all of them if fewer than n remain)
+    # validation windows for the sampler choice: training windows outside ``real``; where ``real`` is every training
+    # window (the full profile's Sines), the same windows with the validation encoder and noise seed
     val = real_all[perm[n : 2 * n]] if len(real_all) >= 2 * n else real_all[perm[n:]] if len(real_all) > n else real
     encoders = [train_ts2vec(torch.as_tensor(real_all, dtype=torch.float32),
                              TS2VecConfig(iterations=p.ts2vec_iterations), seed + k) for k in range(p.repeats)]
     bounded = scaler.method != "standard"
     val_encoder = train_ts2vec(torch.as_tensor(real_all, dtype=torch.float32), TS2VecConfig(iterations=p.ts2vec_iterations),
                                seed + VAL_SEED)
-    shifts = choose_shifts(models, p, val, val_encoder, scaler, seed)
-    res["shifts"] = {(method, nfe): a for (method, nfe), (a, _) in shifts.items()}
-    res["shift_notes"] = [f"{ds} {method}@{nfe}: shift {a:g} (validation context-FID "
-                          + ", ".join(f"shift {b:g}: {v:.4f}" for b, v in fids.items()) + f"; {len(val)} windows)"
-                          for (method, nfe), (a, fids) in shifts.items()]
+    choice = choose_samplers(models, val, val_encoder, scaler, seed)
+    res["samplers"] = {key: pick for key, (pick, _) in choice.items()}
+    res["sampler_notes"] = [f"{ds} {method}@{nfe}: {pick[0]}, shift {pick[1]:g} (validation context-FID "
+                            + ", ".join(f"{b}/{a:g}: {v:.4f}" for (b, a), v in fids.items()) + f"; {len(val)} windows"
+                            + (", the reference windows" if val is real else "") + ")"
+                            for (method, nfe), (pick, fids) in choice.items()]
 
     def scores(fake: np.ndarray) -> dict:
         reps = [generation_metrics(real, fake, encoders[k], seed + k, p.disc_iterations, p.pred_iterations, bounded)
                 for k in range(p.repeats)]
         return {m: mean_ci95(rp[m] for rp in reps) for m in P.METRICS}
 
-    speed = sampling_speed(models, p, seed)
+    speed = sampling_speed(models, p, res["samplers"], seed)
     for label, method, nfe in progress(ROWS, f"evaluate {ds}"):
         nfe = p.ddpm_steps if method == "ddpm" else nfe
-        shift = res["shifts"].get((method, nfe))  # None: the DDPM (no grid), or the method's default
-        fake = scaler.from_model(draw(models[method], n, nfe, "auto", seed, shift=shift))
-        res["draws"][(method, nfe, shift or models[method].cfg.shift)] = fake  # curves reuse these at their shift
-        row = {"nfe": nfe, "shift": shift, **scores(fake), "samples_per_s": speed[(method, nfe)]}
-        res["rows"][f"{label} ({nfe} NFE" + (f", shift {shift:g})" if shift is not None else ")")] = row
+        solver, shift = res["samplers"].get((method, nfe), ("auto", None))  # the DDPM: ancestral, no grid
+        fake = scaler.from_model(draw_nfe(models[method], n, nfe, solver, seed, shift=shift))
+        # the curves reuse these draws where they ask for the same solver and shift
+        res["draws"][(method, resolve_solver(method, solver), nfe, shift or models[method].cfg.shift)] = fake
+        row = {"nfe": nfe, "solver": solver, "shift": shift, **scores(fake), "samples_per_s": speed[(method, nfe)]}
+        res["rows"][f"{label} ({nfe} NFE" + (f", {solver}, shift {shift:g})" if shift is not None else ")")] = row
         res["fakes"][f"{label} {nfe}"] = fake
         key = f"{ds}.{method}@nfe{nfe}"
         target = res["metrics"] if method == "timeflow" else res["baselines"].setdefault(method, {})
@@ -243,7 +256,7 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
         method = next(m for lab, m, _ in ROWS if label.startswith(lab))
         res["timings"][f"{ds}.{method}@nfe{row['nfe']}.speed_vs_ddpm_ratio"] = row["speed_vs_ddpm"]
     E.real_data_rows(p, ds, real, w, scaler, encoders, seed, bounded, res)
-    E.curves_vs_nfe(p, ds, models, real, encoders[0], seed, n, scaler, res)
+    E.curves_vs_nfe(p, ds, models, real, encoders[0], seed, n, scaler, res, SOLVER_CHOICES)
     E.forecast_table(p, ds, models, seed, res)
     res.update(real=real, scaler=scaler, channels=w.channels)
     return res
@@ -323,10 +336,12 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
         f"(same device and threads); speed_vs_ddpm_ratio against the DDPM with {p.ddpm_steps} ancestral steps in this run",
         "forecast / impute: TimeFlow conditions on the mask; linear FM (FlowChef) and DDPM (hard projection) are "
         "steered through core.steering; 100 steps each; errors on the predicted entries, normalised space",
-        "sampling time shift of each flow row chosen from {" + ", ".join(f"{a:g}" for a in SHIFTS) + "} by the "
-        "lowest validation context-FID (generated vs held-out training windows, disjoint from the metrics' reference "
-        f"windows; noise seed and TS2Vec seed + {VAL_SEED}); the metric-vs-NFE curves use each method's default shift "
-        "(TimeFlow 3, linear FM 1): " + "; ".join(note for res in trained.values() for note in res["shift_notes"]),
+        "sampler of each flow row (solver: the method's default — TimeFlow Euler–Maruyama, linear FM Euler — or "
+        "midpoint at the same NFE; time shift " + " or ".join(f"{a:g}" for a in SHIFTS) + ") chosen by the lowest "
+        "validation context-FID (generated vs training windows disjoint from the metrics' reference windows where the "
+        f"split has enough, else those windows; never the test split; noise seed and TS2Vec seed + {VAL_SEED}); the "
+        "metric-vs-NFE curves use each method's default shift (TimeFlow 3, linear FM 1), one line per solver: "
+        + "; ".join(note for res in trained.values() for note in res["sampler_notes"]),
         "published rows are copied from REFERENCE.md §2 (Diffusion-TS table 1, FM-TS); our stocks are GOOG 2004-2013 "
         "from bokeh_sampledata, not the exact file of the publications",
     ]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from modaflow.modalities.timeseries import metrics as M
-from modaflow.modalities.timeseries.recipe import draw, prepare
+from modaflow.core.ode import ODE_STAGES
+from modaflow.modalities.timeseries.recipe import draw_nfe, prepare
+from modaflow.modalities.timeseries.sampling import resolve_solver
 from modaflow.modalities.timeseries.tasks import complete, generation_metrics
 
 from . import timeseries_plots as P
@@ -30,21 +32,25 @@ def real_data_rows(p, ds, real, w, scaler, encoders, seed, bounded, res) -> None
     res["baselines"].setdefault("real_data", {}).update({f"{ds}.{m}": row[m] for m in P.METRICS})
 
 
-def curves_vs_nfe(p, ds, models, real, encoder, seed, n, scaler, res) -> None:
+def curves_vs_nfe(p, ds, models, real, encoder, seed, n, scaler, res, solvers: tuple[str, ...]) -> None:
     """Correlational and context-FID against NFE for TimeFlow and linear FM, at each method's
-    default time shift (a row's draws are reused where its chosen shift is that one)."""
+    default time shift, one line per solver of ``solvers`` (a two-stage one at the NFEs that are
+    whole steps); a row's draws are reused where its sampler is the same."""
     for metric in ("correlational", "context_fid"):
         res["curves"][f"{ds}.{metric}_vs_nfe"] = {"xlabel": "NFE", "ylabel": metric, "series": {}}
     for method in ("timeflow", "linear_fm"):
-        vals = {"correlational": [], "context_fid": []}
-        for nfe in p.curve_nfes:
-            fake = res["draws"].get((method, nfe, models[method].cfg.shift))
-            if fake is None:
-                fake = scaler.from_model(draw(models[method], n, nfe, "auto", seed))
-            vals["correlational"].append(M.correlational_score(real, fake))
-            vals["context_fid"].append(M.context_fid(encoder, real, fake))
-        for metric, ys in vals.items():
-            res["curves"][f"{ds}.{metric}_vs_nfe"]["series"][method] = {"x": list(p.curve_nfes), "y": ys}
+        shift = models[method].cfg.shift
+        for solver in (resolve_solver(method, s) for s in solvers):
+            nfes = [nfe for nfe in p.curve_nfes if nfe % ODE_STAGES.get(solver, 1) == 0]
+            vals = {"correlational": [], "context_fid": []}
+            for nfe in nfes:
+                fake = res["draws"].get((method, solver, nfe, shift))
+                if fake is None:
+                    fake = scaler.from_model(draw_nfe(models[method], n, nfe, solver, seed, shift=shift))
+                vals["correlational"].append(M.correlational_score(real, fake))
+                vals["context_fid"].append(M.context_fid(encoder, real, fake))
+            for metric, ys in vals.items():
+                res["curves"][f"{ds}.{metric}_vs_nfe"]["series"][f"{method} ({solver})"] = {"x": nfes, "y": ys}
 
 
 def forecast_table(p, ds, models, seed, res) -> None:

@@ -34,10 +34,10 @@ from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, Train
 from ..runs import load_recipe, load_weights, save_recipe
 from . import data as D
 from .models import TimeFlowNet, TimeFlowNetConfig
-from .sampling import run_solver
+from .sampling import run_solver, steps_for_nfe
 from .training import TimeFlowModule
 
-__all__ = ["NAME", "Method", "METHODS", "TimeSeriesConfig", "prepare", "build", "restore", "Restored", "draw",
+__all__ = ["NAME", "Method", "METHODS", "TimeSeriesConfig", "prepare", "build", "restore", "Restored", "draw", "draw_nfe",
            "train", "finetune", "to_raw"]
 
 NAME = "timeseries"
@@ -222,6 +222,13 @@ def draw(r: Restored, n: int, steps: int | None = None, solver: str | None = Non
         out.append(run_solver(r.model, cfg.method, r.kind, r.path, x0[i : i + batch], steps or cfg.steps,
                               solver or cfg.solver, cfg.shift if shift is None else shift, cfg.em_diffusion, g, c))
     return torch.cat(out)
+
+
+def draw_nfe(r: Restored, n: int, nfe: int, solver: str = "auto", seed: int = 0, cond: Tensor | None = None,
+             shift: float | None = None) -> Tensor:
+    """:func:`draw` with ``solver`` spending exactly ``nfe`` network evaluations per window
+    (``nfe / 2`` midpoint or Heun steps, ``nfe`` Euler–Maruyama steps; the DDPM takes all of its)."""
+    return draw(r, n, steps_for_nfe(r.cfg.method, solver, nfe), solver, seed, cond, shift)
 
 
 def _fit(module: FlowMatchingModule, cfg: TimeSeriesConfig, x: Tensor, trainer_args: TrainerArgs, out_dir,

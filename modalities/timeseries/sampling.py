@@ -21,17 +21,35 @@ import torch
 from torch import Tensor, nn
 
 from modaflow.core.discrete import ddpm_grid, solve_ddim, solve_ddpm
-from modaflow.core.ode import ODE_METHODS, solve_ode, time_grid
+from modaflow.core.ode import ODE_METHODS, ODE_STAGES, solve_ode, time_grid
 from modaflow.core.parametrizations import as_velocity_field
 from modaflow.core.paths import AffinePath
 from modaflow.core.sde import solve_sde
 from modaflow.core.steering import Mask, SteeringConfig, steer
 
-__all__ = ["SOLVERS", "condition", "run_solver", "steered_impute"]
+__all__ = ["SOLVERS", "DEFAULT_SOLVER", "resolve_solver", "steps_for_nfe", "condition", "run_solver", "steered_impute"]
 
 SOLVERS: tuple[str, ...] = ("auto", "em") + ODE_METHODS + ("ddpm", "ddim")
 """Sampler names; ``auto`` = em (TimeFlow), euler (linear FM), ddpm (DDPM)."""
 DEFAULT_SOLVER = {"timeflow": "em", "linear_fm": "euler", "ddpm": "ddpm"}
+"""What ``auto`` means for each method."""
+
+
+def resolve_solver(method: str, solver: str) -> str:
+    """The sampler ``solver`` names for ``method`` (``auto`` -> :data:`DEFAULT_SOLVER`)."""
+    solver = DEFAULT_SOLVER[method] if solver == "auto" else solver
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {list(SOLVERS)}; got {solver!r}")
+    return solver
+
+
+def steps_for_nfe(method: str, solver: str, nfe: int) -> int:
+    """Steps of ``solver`` that spend exactly ``nfe`` network evaluations (two per midpoint or
+    Heun step, four per RK4 step, one per Euler, Euler–Maruyama, DDPM or DDIM step)."""
+    stages = ODE_STAGES.get(resolve_solver(method, solver), 1)
+    if nfe < stages or nfe % stages:
+        raise ValueError(f"{nfe} NFE is not a whole number of {solver!r} steps ({stages} evaluations each)")
+    return nfe // stages
 
 
 def condition(y: Tensor, m: Tensor) -> Tensor:
@@ -55,9 +73,7 @@ def run_solver(
 ) -> Tensor:
     """Integrate from ``x0`` ``(B, L, C)`` at t = 0 to t = 1. ``kind`` is what the network
     predicts (velocity or data); ``cond`` (TimeFlow) is passed to every call."""
-    solver = DEFAULT_SOLVER[method] if solver == "auto" else solver
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {list(SOLVERS)}; got {solver!r}")
+    solver = resolve_solver(method, solver)
 
     def net(x: Tensor, t: Tensor) -> Tensor:
         return model(x, t) if cond is None else model(x, t, cond)

@@ -120,6 +120,18 @@ def test_conditional_samples_keep_the_observations_and_steering_too(run_dir) -> 
         np.testing.assert_allclose((x * m[:, None])[..., :], np.broadcast_to((u * m)[:, None], x.shape), atol=1e-6)
 
 
+def test_draw_at_a_given_nfe_takes_half_as_many_midpoint_steps(run_dir) -> None:
+    _, out = run_dir
+    r = R.restore(out)
+    for solver, nfe, steps in (("auto", 10, 10), ("em", 10, 10), ("euler", 10, 10), ("midpoint", 10, 5), ("heun", 10, 5),
+                               ("rk4", 8, 2)):
+        torch.testing.assert_close(R.draw_nfe(r, 3, nfe, solver, 7, shift=2.0), R.draw(r, 3, steps, solver, 7, shift=2.0))
+    with pytest.raises(ValueError, match="9 NFE is not a whole number of 'midpoint' steps"):
+        R.draw_nfe(r, 3, 9, "midpoint")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        R.draw_nfe(r, 3, 10, "dopri")
+
+
 def test_cli_bad_inputs_name_the_file_and_the_problem(run_dir, capsys) -> None:
     tmp, out = run_dir
     wrong = _csv(tmp / "three.csv", channels=3)
@@ -222,13 +234,18 @@ def test_gpu_profile_code_path_runs_on_cpu_at_tiny_sizes(tmp_path) -> None:
     report = (tmp_path / "tiny" / "report.md").read_text()
     import re
 
-    note = next(n for n in res.notes if n.startswith("sampling time shift"))
+    note = next(n for n in res.notes if n.startswith("sampler of each flow row"))
     for method, nfe in (("timeflow", 10), ("timeflow", 100), ("linear_fm", 10), ("linear_fm", 100)):
-        m = re.search(rf"sines {method}@{nfe}: shift (\S+) \(validation context-FID shift 1: (\S+), shift 3: (\S+);", note)
-        chosen, fid1, fid3 = float(m[1]), float(m[2].rstrip(",")), float(m[3])
-        assert chosen == (1.0 if fid1 <= fid3 else 3.0)  # the lower validation score wins
+        m = re.search(rf"sines {method}@{nfe}: (\w+), shift (\S+) \(validation context-FID ([^;]+);", note)
+        scores = {tuple(k.split("/")): float(v) for k, v in (item.split(": ") for item in m[3].split(", "))}
+        default = {"timeflow": "em", "linear_fm": "euler"}[method]
+        assert set(scores) == {(s, a) for s in (default, "midpoint") for a in ("1", "3")}  # every candidate scored
+        best = min(scores, key=scores.get)
+        assert (m[1], float(m[2])) == (best[0], float(best[1]))  # the lowest validation score wins
         label = {"timeflow": "TimeFlow", "linear_fm": "linear FM"}[method]
-        assert f"| {label} ({nfe} NFE, shift {chosen:g}) | {nfe} |" in report
+        assert f"| {label} ({nfe} NFE, {m[1]}, shift {float(m[2]):g}) | {nfe} |" in report
+    assert set(res.curves["sines.context_fid_vs_nfe"]["series"]) == {
+        "timeflow (em)", "timeflow (midpoint)", "linear_fm (euler)", "linear_fm (midpoint)"}
     assert "| Diffusion-TS (published) | 500-1000 | 0.006 |" in report
     for plot in res.plots:
         assert (tmp_path / "tiny" / plot).stat().st_size > 0
