@@ -121,8 +121,13 @@ def test_conditional_samples_keep_the_observations_and_steering_too(run_dir) -> 
 
 
 def test_draw_at_a_given_nfe_takes_half_as_many_midpoint_steps(run_dir) -> None:
-    _, out = run_dir
+    tmp, out = run_dir
     r = R.restore(out)
+    assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "fast.npy"), "--n", "5", "--solver",
+                 "midpoint", "--steps", "5", "--shift", "1", "--seed", "3"]) == 0  # 10 NFE on a uniform grid
+    np.testing.assert_allclose(np.load(tmp / "fast.npy"), R.to_raw(r, R.draw_nfe(r, 5, 10, "midpoint", 3, shift=1.0)),
+                               rtol=1e-6)
+    assert r.cfg.shift == 3.0  # the recipe's default is left alone
     for solver, nfe, steps in (("auto", 10, 10), ("em", 10, 10), ("euler", 10, 10), ("midpoint", 10, 5), ("heun", 10, 5),
                                ("rk4", 8, 2)):
         torch.testing.assert_close(R.draw_nfe(r, 3, nfe, solver, 7, shift=2.0), R.draw(r, 3, steps, solver, 7, shift=2.0))
