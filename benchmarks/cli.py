@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from modaflow.core.config import Config, ConfigError, field_docs
 from modaflow.core.training import CheckpointError, TrainerArgs
-from .harness import default_run_dir
+from .harness import default_run_dir, stage
 from modaflow.modalities.registry import Modality, ModalityUnavailable, UnknownNameError, get_modality, list_datasets, modality_names
 
 __all__ = ["main", "build_parser", "config_overrides"]
@@ -209,14 +209,16 @@ def _bench(args: argparse.Namespace) -> int:
                              f"{', '.join(modality.profiles)})")
     out = args.out or default_run_dir(args.modality, args.profile)
     if args.modality != "all":
-        result = modality.bench(args.profile, out, args.seed)
+        with stage(f"bench {modality.name} --profile {args.profile}"):
+            result = modality.bench(args.profile, out, args.seed)
         print(results_table([result]))
         print(f"results, report and plots in {out}", file=sys.stderr)
         return 0
     results, failed = [], []
     for name in names:
         try:
-            results.append(get_modality(name).bench(args.profile, out / name, args.seed))
+            with stage(f"bench {name} --profile {args.profile}"):
+                results.append(get_modality(name).bench(args.profile, out / name, args.seed))
         except ModalityUnavailable as e:
             print(f"skipping {name}: {e}", file=sys.stderr)
         except Exception as e:  # one broken modality must not hide the others' results

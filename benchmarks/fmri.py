@@ -30,7 +30,7 @@ from modaflow.modalities.fmri.simulate import SimConfig, simulate
 
 from . import report as R
 from .fmri_plots import plot_ceiling_scatter, plot_decoded_grid, plot_voxel_r_map
-from .harness import BenchResult, progress, select_profile, torch_threads
+from .harness import BenchResult, progress, select_profile, stage, torch_threads
 
 __all__ = ["FMRIProfile", "PROFILES", "run"]
 
@@ -97,13 +97,15 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
     t0 = time.perf_counter()
     cfg = _config(p, seed)
     targs = TrainerArgs(accelerator="gpu" if p.device == "cuda" else "cpu", devices=1)
-    sim = simulate(cfg.sim)
-    td = TrialData(sim.betas, sim.stim_id.astype(np.int64), sim.images, "simulated", sim.test_stimuli, sim.mask, sim.affine)
-    prep = prepare(td, seed)
-    timings = {"simulate_s": time.perf_counter() - t0}
-    t1 = time.perf_counter()
-    summary = train(cfg, targs, out / "neuroflow", progress=False, data=(td, prep))
-    timings["train_neuroflow_s"] = time.perf_counter() - t1
+    timings: dict[str, float] = {}
+    with stage("simulate fMRI", timings, "simulate_s"):
+        sim = simulate(cfg.sim)
+        td = TrialData(sim.betas, sim.stim_id.astype(np.int64), sim.images, "simulated", sim.test_stimuli, sim.mask,
+                       sim.affine)
+        prep = prepare(td, seed)
+    with stage(f"train NeuroFlow (visual AE {p.ae_steps}, NeuroVAE {p.vae_steps}, XFM {p.xfm_steps} steps)", timings,
+               "train_neuroflow_s"):
+        summary = train(cfg, targs, out / "neuroflow", progress=False, data=(td, prep))
     _, nf = restore(out / "neuroflow")
     feats, K = nf.ae.encode, cfg.n_candidates
     metrics, baselines, curves = {}, {}, {}
@@ -120,9 +122,8 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         for name in ("visual_ae", "neurovae"):
             for ext in (".safetensors", ".json"):
                 shutil.copy2(out / "neuroflow" / f"{name}{ext}", cos_dir / f"{name}{ext}")
-        tc = time.perf_counter()
-        train(cfg.replace(xfm_path="cosine"), targs, cos_dir, progress=False, data=(td, prep))
-        timings["train_xfm_cosine_s"] = time.perf_counter() - tc
+        with stage(f"train the cosine-bridge XFM ({p.xfm_steps} steps)", timings, "train_xfm_cosine_s"):
+            train(cfg.replace(xfm_path="cosine"), targs, cos_dir, progress=False, data=(td, prep))
         _, nf_cos = restore(cos_dir)
         for k in p.ode_steps:
             sc = score_neuroflow(nf_cos, prep.test_x, prep.test_img, prep.test_trials, k, "euler", feats, K, seed)
@@ -135,17 +136,16 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
     with torch.no_grad():
         lat_tr = nf.ae.encode(torch.as_tensor(prep.train_img)).numpy()
         lat_te = nf.ae.encode(torch.as_tensor(prep.test_img)).numpy()
-    tr = time.perf_counter()
-    px_u, y_u = stimulus_means(px_tr, prep.train_x)  # encoding fits the repeat means: leave-one-stimulus-out
-    with torch.no_grad():
-        lat_u = nf.ae.encode(torch.as_tensor(px_u.reshape((-1,) + prep.test_img.shape[1:]))).numpy()
-    enc_px = ridge_fit_predict(px_u, y_u, px_te)
-    enc_lat = ridge_fit_predict(lat_u, y_u, lat_te)
-    dec_px = ridge_fit_predict(prep.train_x, px_tr, prep.test_x).reshape(prep.test_img.shape)
-    dec_lat = ridge_fit_predict(prep.train_x, lat_tr, prep.test_x)
-    with torch.no_grad():
-        dec_lat_img = nf.ae.decode(torch.as_tensor(dec_lat)).numpy()
-    timings["ridge_s"] = time.perf_counter() - tr
+    with stage("ridge baselines", timings, "ridge_s"):
+        px_u, y_u = stimulus_means(px_tr, prep.train_x)  # encoding fits the repeat means: leave-one-stimulus-out
+        with torch.no_grad():
+            lat_u = nf.ae.encode(torch.as_tensor(px_u.reshape((-1,) + prep.test_img.shape[1:]))).numpy()
+        enc_px = ridge_fit_predict(px_u, y_u, px_te)
+        enc_lat = ridge_fit_predict(lat_u, y_u, lat_te)
+        dec_px = ridge_fit_predict(prep.train_x, px_tr, prep.test_x).reshape(prep.test_img.shape)
+        dec_lat = ridge_fit_predict(prep.train_x, lat_tr, prep.test_x)
+        with torch.no_grad():
+            dec_lat_img = nf.ae.decode(torch.as_tensor(dec_lat)).numpy()
     baselines["ridge_enc_pixels"] = encoding_metrics(enc_px, prep.test_x, prep.test_trials, K, seed)
     baselines["ridge_enc_latent"] = encoding_metrics(enc_lat, prep.test_x, prep.test_trials, K, seed)
     baselines["ridge_dec_pixels"] = decoding_metrics(dec_px, prep.test_img, feats, K, seed)
@@ -154,10 +154,9 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
     with torch.no_grad():
         zv_tr, zn_tr = nf.visual_latent(torch.as_tensor(prep.train_img)), nf.neural_latent(torch.as_tensor(prep.train_x))
         zv_te, zn_te = nf.visual_latent(torch.as_tensor(prep.test_img)), nf.neural_latent(torch.as_tensor(prep.test_x))
-    tf = time.perf_counter()
-    dec_flow = train_one_direction(zv_tr, zn_tr, p.hidden, cfg.xfm_depth, cfg.fm, out / "flow_decode_only", targs)
-    enc_flow = train_one_direction(zn_tr, zv_tr, p.hidden, cfg.xfm_depth, cfg.fm, out / "flow_encode_only", targs)
-    timings["train_one_direction_flows_s"] = time.perf_counter() - tf
+    with stage(f"train two one-direction flows ({p.xfm_steps} steps each)", timings, "train_one_direction_flows_s"):
+        dec_flow = train_one_direction(zv_tr, zn_tr, p.hidden, cfg.xfm_depth, cfg.fm, out / "flow_decode_only", targs)
+        enc_flow = train_one_direction(zn_tr, zv_tr, p.hidden, cfg.xfm_depth, cfg.fm, out / "flow_encode_only", targs)
     flow_imgs = None
     for k in p.ode_steps:
         imgs = nf.image(dec_flow.sample(zn_te, k, seed)).numpy()

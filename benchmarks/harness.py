@@ -1,5 +1,6 @@
 """Benchmark runs: metadata (commit, hardware, versions), the :class:`BenchResult` written
-to ``results.json``, confidence intervals, timing and a progress bar.
+to ``results.json``, confidence intervals, timing, and progress (a bar on a terminal, plain
+time-stamped lines in a log file).
 
 ``results.json`` (one object; see :meth:`BenchResult.to_dict`)::
 
@@ -25,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "package_versions",
     "median_times",
     "progress",
+    "stage",
     "default_run_dir",
 ]
 
@@ -233,14 +235,58 @@ def profile_calls(step: Callable[[int], Any], warmup: int, calls: int, cuda: boo
 T = TypeVar("T")
 
 
+LOG_EVERY_S = 30.0
+"""Least seconds between two plain progress lines of one loop (when stderr is not a terminal)."""
+
+
+def _log(line: str) -> None:
+    """One plain line on stderr, time-stamped, flushed (readable in a log file or a job's output)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
 def progress(items: Iterable[T], desc: str, total: int | None = None, enable: bool = True) -> Iterator[T]:
-    """Iterate with a tqdm progress bar on stderr (shown only on a terminal)."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError as e:  # pragma: no cover - tqdm is in the bench extra
-        raise ImportError("progress bars need tqdm: pip install modaflow[bench]") from e
-    disable = None if enable else True  # None: tqdm decides (off when stderr is not a tty)
-    yield from tqdm(items, desc=desc, total=total, disable=disable, file=sys.stderr, leave=False)
+    """Iterate with a tqdm progress bar on a terminal; where stderr is not a terminal (a log
+    file, a batch job), plain lines instead: one at the start, then ``desc: i/n done`` with the
+    elapsed seconds at most every :data:`LOG_EVERY_S` seconds and after the last item."""
+    if not enable:
+        yield from items
+        return
+    if sys.stderr.isatty():
+        try:
+            from tqdm.auto import tqdm
+        except ImportError as e:  # pragma: no cover - tqdm is in the bench extra
+            raise ImportError("progress bars need tqdm: pip install modaflow[bench]") from e
+        yield from tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False)
+        return
+    n = total if total is not None else len(items) if isinstance(items, Sized) else None
+    of = f"/{n}" if n is not None else ""
+    _log(f"{desc}: 0{of} ...")
+    start = last = time.perf_counter()
+    i = logged = 0
+    for i, item in enumerate(items, 1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= LOG_EVERY_S or i == n:
+            _log(f"{desc}: {i}{of} done ({now - start:.0f} s)")
+            last, logged = now, i
+    if logged != i or i == 0:  # an unsized or shorter-than-announced iterable still says it ended
+        _log(f"{desc}: {i}{of} done ({time.perf_counter() - start:.0f} s)")
+
+
+@contextlib.contextmanager
+def stage(desc: str, timings: dict[str, float] | None = None, key: str = "") -> Iterator[None]:
+    """One long step of a benchmark: a line on stderr when it starts and one when it ends, with
+    its wall seconds, so that a run writing to a log shows where it is. The seconds also go to
+    ``timings[key]`` when ``timings`` is given (``key`` ends in ``_s``, the timings convention)."""
+    if timings is not None and not key.endswith("_s"):
+        raise ValueError(f"stage {desc!r}: timing key {key!r} must end in '_s' (seconds)")
+    _log(f"{desc} ...")
+    start = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - start
+    if timings is not None:
+        timings[key] = seconds
+    _log(f"{desc}: done in {seconds:.1f} s")
 
 
 def default_run_dir(modality: str, profile: str, root: str | Path = "runs") -> Path:

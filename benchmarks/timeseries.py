@@ -49,7 +49,7 @@ from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, train_ts2vec
 from . import report as R
 from . import timeseries_eval as E
 from . import timeseries_plots as P
-from .harness import BenchResult, mean_ci95, median_times, progress, quiet_training, select_profile
+from .harness import BenchResult, mean_ci95, median_times, progress, quiet_training, select_profile, stage
 
 __all__ = ["TSProfile", "PROFILES", "run"]
 
@@ -203,10 +203,8 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
                  "draws": {}}
     models = {}
     for method in ("timeflow", "linear_fm", "ddpm"):
-        start = time.perf_counter()
-        with quiet_training():
+        with stage(f"train {method} on {ds}", res["timings"], f"train.{ds}.{method}_s"), quiet_training():
             summary = train(_config(p, ds, method, seed), targs, out / "runs" / f"{ds}-{method}", progress=False)
-        res["timings"][f"train.{ds}.{method}_s"] = time.perf_counter() - start
         res["losses"][f"{ds} {method}"] = tuple(zip(*summary["history"])) if summary["history"] else ((), ())
         r = restore(out / "runs" / f"{ds}-{method}")
         models[method] = replace(r, model=r.model.to(p.device))
@@ -219,12 +217,14 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
     # validation windows for the sampler choice: training windows outside ``real``; where ``real`` is every training
     # window (the full profile's Sines), the same windows with the validation encoder and noise seed
     val = real_all[perm[n : 2 * n]] if len(real_all) >= 2 * n else real_all[perm[n:]] if len(real_all) > n else real
-    encoders = [train_ts2vec(torch.as_tensor(real_all, dtype=torch.float32),
-                             TS2VecConfig(iterations=p.ts2vec_iterations), seed + k) for k in range(p.repeats)]
+    with stage(f"train {p.repeats + 1} TS2Vec encoders on {ds}"):
+        encoders = [train_ts2vec(torch.as_tensor(real_all, dtype=torch.float32),
+                                 TS2VecConfig(iterations=p.ts2vec_iterations), seed + k) for k in range(p.repeats)]
+        val_encoder = train_ts2vec(torch.as_tensor(real_all, dtype=torch.float32),
+                                   TS2VecConfig(iterations=p.ts2vec_iterations), seed + VAL_SEED)
     bounded = scaler.method != "standard"
-    val_encoder = train_ts2vec(torch.as_tensor(real_all, dtype=torch.float32), TS2VecConfig(iterations=p.ts2vec_iterations),
-                               seed + VAL_SEED)
-    choice = choose_samplers(models, val, val_encoder, scaler, seed)
+    with stage(f"choose samplers on {ds} ({len(val)} validation windows)"):
+        choice = choose_samplers(models, val, val_encoder, scaler, seed)
     res["samplers"] = {key: pick for key, (pick, _) in choice.items()}
     res["sampler_notes"] = [f"{ds} {method}@{nfe}: {pick[0]}, shift {pick[1]:g} (validation context-FID "
                             + ", ".join(f"{b}/{a:g}: {v:.4f}" for (b, a), v in fids.items()) + f"; {len(val)} windows"
@@ -236,7 +236,8 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
                 for k in range(p.repeats)]
         return {m: mean_ci95(rp[m] for rp in reps) for m in P.METRICS}
 
-    speed = sampling_speed(models, p, res["samplers"], seed)
+    with stage(f"time sampling on {ds}"):
+        speed = sampling_speed(models, p, res["samplers"], seed)
     for label, method, nfe in progress(ROWS, f"evaluate {ds}"):
         nfe = p.ddpm_steps if method == "ddpm" else nfe
         solver, shift = res["samplers"].get((method, nfe), ("auto", None))  # the DDPM: ancestral, no grid
@@ -255,9 +256,12 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
         row["speed_vs_ddpm"] = row["samples_per_s"] / ddpm_rate
         method = next(m for lab, m, _ in ROWS if label.startswith(lab))
         res["timings"][f"{ds}.{method}@nfe{row['nfe']}.speed_vs_ddpm_ratio"] = row["speed_vs_ddpm"]
-    E.real_data_rows(p, ds, real, w, scaler, encoders, seed, bounded, res)
-    E.curves_vs_nfe(p, ds, models, real, encoders[0], seed, n, scaler, res, SOLVER_CHOICES)
-    E.forecast_table(p, ds, models, seed, res)
+    with stage(f"score real test windows on {ds}"):
+        E.real_data_rows(p, ds, real, w, scaler, encoders, seed, bounded, res)
+    with stage(f"metric-vs-NFE curves on {ds}"):
+        E.curves_vs_nfe(p, ds, models, real, encoders[0], seed, n, scaler, res, SOLVER_CHOICES)
+    with stage(f"forecast and imputation on {ds}"):
+        E.forecast_table(p, ds, models, seed, res)
     res.update(real=real, scaler=scaler, channels=w.channels)
     return res
 
@@ -314,7 +318,8 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
     t0 = time.perf_counter()
     metrics, baselines, timings, curves, trained = {}, {}, {}, {}, {}
     for ds in p.datasets:
-        res = _dataset(p, ds, out, seed)
+        with stage(f"timeseries {ds}"):
+            res = _dataset(p, ds, out, seed)
         trained[ds] = res
         metrics.update(res["metrics"])
         for b, ms in res["baselines"].items():
@@ -324,7 +329,8 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
     for name, table in P.PUBLISHED.items():
         baselines[name] = {f"{ds}.{m}": v for ds, ms in table.items() if ds in p.datasets for m, v in ms.items()}
     baselines = {k: v for k, v in baselines.items() if v}
-    plots = _plots(out, trained, p.tsne)
+    with stage("timeseries plots"):
+        plots = _plots(out, trained, p.tsne)
     timings["total_s"] = time.perf_counter() - t0
     notes = [
         f"torch threads: {torch.get_num_threads()}; device: {p.device}; backbone d_model={p.d_model}, layers={p.layers}; "

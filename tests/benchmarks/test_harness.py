@@ -87,6 +87,45 @@ def test_progress_yields_every_item() -> None:
     assert list(H.progress(iter("ab"), "x", enable=False)) == ["a", "b"]
 
 
+def _lines(err: str) -> list[str]:
+    """The messages of plain progress lines, without their ``[HH:MM:SS]`` stamp."""
+    out = []
+    for line in err.splitlines():
+        assert line[0] == "[" and line[9:11] == "] ", line
+        out.append(line[11:])
+    return out
+
+
+def test_progress_writes_plain_lines_when_stderr_is_not_a_terminal(capsys, monkeypatch) -> None:
+    assert list(H.progress(range(3), "train")) == [0, 1, 2]  # capsys: stderr is not a tty
+    assert _lines(capsys.readouterr().err) == ["train: 0/3 ...", "train: 3/3 done (0 s)"]
+    monkeypatch.setattr(H, "LOG_EVERY_S", 0.0)
+    assert list(H.progress(range(2), "eval")) == [0, 1]
+    assert _lines(capsys.readouterr().err) == ["eval: 0/2 ...", "eval: 1/2 done (0 s)", "eval: 2/2 done (0 s)"]
+    monkeypatch.setattr(H, "LOG_EVERY_S", 3600.0)
+    assert list(H.progress(iter("ab"), "gen")) == ["a", "b"]  # no length: counts without a total
+    assert _lines(capsys.readouterr().err) == ["gen: 0 ...", "gen: 2 done (0 s)"]
+    assert list(H.progress(iter(()), "none")) == []
+    assert _lines(capsys.readouterr().err) == ["none: 0 ...", "none: 0 done (0 s)"]
+    assert list(H.progress(range(3), "off", enable=False)) == [0, 1, 2]
+    assert capsys.readouterr().err == ""
+
+
+def test_stage_logs_start_and_end_and_records_seconds(capsys) -> None:
+    timings: dict[str, float] = {}
+    with H.stage("train timeflow", timings, "train_s"):
+        pass
+    assert list(timings) == ["train_s"] and timings["train_s"] >= 0
+    lines = _lines(capsys.readouterr().err)
+    assert lines[0] == "train timeflow ..." and lines[1].startswith("train timeflow: done in ")
+    with H.stage("no timings"):
+        pass
+    assert len(_lines(capsys.readouterr().err)) == 2
+    with pytest.raises(ValueError, match="timing key 'train' must end in '_s'"):
+        with H.stage("bad", timings, "train"):
+            pass
+
+
 def test_default_run_dir_names_modality_and_profile() -> None:
     d = H.default_run_dir("toy", "quick")
     assert d.parent.name == "runs" and d.name.endswith("-toy-quick")
