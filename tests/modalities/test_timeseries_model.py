@@ -222,6 +222,33 @@ def test_gpu_profile_without_cuda_is_a_clear_error(tmp_path) -> None:
         B.run("huge", tmp_path / "huge")
 
 
+def test_real_references_score_test_windows_and_a_fresh_simulator_draw() -> None:
+    from dataclasses import replace
+
+    from modaflow.benchmarks import timeseries as B
+    from modaflow.benchmarks import timeseries_eval as E
+    from modaflow.modalities.timeseries import metrics as M
+    from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, train_ts2vec
+
+    p = replace(B.PROFILES["smoke"], repeats=2, disc_iterations=2, pred_iterations=2)
+    for data, fresh_row in (("sines", True), ("stocks", False)):
+        cfg = R.TimeSeriesConfig(data=data, n_samples=200)
+        w, scaler = R.prepare(cfg)
+        real = scaler.transform(w.train)[:40]
+        enc = [train_ts2vec(torch.as_tensor(real, dtype=torch.float32), TS2VecConfig(iterations=2), k) for k in range(2)]
+        res: dict = {"rows": {}, "baselines": {}}
+        E.real_data_rows(p, data, cfg, real, w, scaler, enc, 0, True, res)
+        assert "real test windows (reference)" in res["rows"]
+        label = "fresh simulator draw, 40 windows (reference)"
+        assert (label in res["rows"]) == fresh_row == ("real_fresh_draw" in res["baselines"])
+        if fresh_row:  # another simulator seed: new windows, scored like a generated row against the same 40
+            fresh_w, _ = R.prepare(replace(cfg, data_seed=cfg.data_seed + E.FRESH_SEED))
+            fresh = scaler.transform(fresh_w.train)[:40]
+            assert fresh.shape == real.shape and not np.allclose(fresh, real)
+            assert res["rows"][label]["correlational"]["mean"] == pytest.approx(M.correlational_score(real, fresh))
+            assert res["rows"][label]["context_fid"]["n"] == 2
+
+
 @pytest.mark.slow  # trains three tiny models and runs every metric and plot: ~10 s idle, more on a busy machine
 def test_gpu_profile_code_path_runs_on_cpu_at_tiny_sizes(tmp_path) -> None:
     from dataclasses import replace
@@ -252,6 +279,7 @@ def test_gpu_profile_code_path_runs_on_cpu_at_tiny_sizes(tmp_path) -> None:
     assert set(res.curves["sines.context_fid_vs_nfe"]["series"]) == {
         "timeflow (em)", "timeflow (midpoint)", "linear_fm (euler)", "linear_fm (midpoint)"}
     assert "| Diffusion-TS (published) | 500-1000 | 0.006 |" in report
+    assert "| fresh simulator draw, 32 windows (reference) |" in report
     for plot in res.plots:
         assert (tmp_path / "tiny" / plot).stat().st_size > 0
     assert {"sines_embeddings.png", "sines_forecast_fan.png", "sines_context_fid_vs_nfe.png"} <= set(res.plots)
