@@ -145,8 +145,6 @@ def _config(p: TSProfile, ds: str, method: str, seed: int) -> TimeSeriesConfig:
                                          warmup_steps=min(100, p.train_steps // 10)))
 
 
-
-
 SHIFTS: tuple[float, ...] = (1.0, 3.0)
 """Candidate sampling time shifts of the flow rows (1 = uniform grid; 3 = TimeFlow's default)."""
 SOLVER_CHOICES: tuple[str, ...] = ("auto", "midpoint")
