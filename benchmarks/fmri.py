@@ -60,6 +60,8 @@ class FMRIProfile:
     """torch threads (0: leave torch's default)."""
     cosine_variant: bool = True
     """Also train the XFM on the cosine bridge (the paper's path) on the same AE and NeuroVAE."""
+    one_direction_flows: bool = True
+    """Also train the two one-direction flows (decode-only, encode-only; each as long as the XFM)."""
     device: str = "cpu"
     """Where training and sampling run."""
 
@@ -151,21 +153,22 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
     baselines["ridge_dec_pixels"] = decoding_metrics(dec_px, prep.test_img, feats, K, seed)
     baselines["ridge_dec_latent"] = decoding_metrics(dec_lat_img, prep.test_img, feats, K, seed)
     # two one-direction flows on the same standardised latents
-    with torch.no_grad():
-        zv_tr, zn_tr = nf.visual_latent(torch.as_tensor(prep.train_img)), nf.neural_latent(torch.as_tensor(prep.train_x))
-        zv_te, zn_te = nf.visual_latent(torch.as_tensor(prep.test_img)), nf.neural_latent(torch.as_tensor(prep.test_x))
-    with stage(f"train two one-direction flows ({p.xfm_steps} steps each)", timings, "train_one_direction_flows_s"):
-        dec_flow = train_one_direction(zv_tr, zn_tr, p.hidden, cfg.xfm_depth, cfg.fm, out / "flow_decode_only", targs)
-        enc_flow = train_one_direction(zn_tr, zv_tr, p.hidden, cfg.xfm_depth, cfg.fm, out / "flow_encode_only", targs)
     flow_imgs = None
-    for k in p.ode_steps:
-        imgs = nf.image(dec_flow.sample(zn_te, k, seed)).numpy()
-        vox = nf.voxels(enc_flow.sample(zv_te, k, seed + 1)).numpy()
-        baselines.setdefault("flow_decode_only", {}).update(
-            {f"@{k}.{m}": v for m, v in decoding_metrics(imgs, prep.test_img, feats, K, seed).items()})
-        baselines.setdefault("flow_encode_only", {}).update(
-            {f"@{k}.{m}": v for m, v in encoding_metrics(vox, prep.test_x, prep.test_trials, K, seed).items()})
-        flow_imgs = imgs if k == top else flow_imgs
+    if p.one_direction_flows:
+        with torch.no_grad():
+            zv_tr, zn_tr = nf.visual_latent(torch.as_tensor(prep.train_img)), nf.neural_latent(torch.as_tensor(prep.train_x))
+            zv_te, zn_te = nf.visual_latent(torch.as_tensor(prep.test_img)), nf.neural_latent(torch.as_tensor(prep.test_x))
+        with stage(f"train two one-direction flows ({p.xfm_steps} steps each)", timings, "train_one_direction_flows_s"):
+            dec_flow = train_one_direction(zv_tr, zn_tr, p.hidden, cfg.xfm_depth, cfg.fm, out / "flow_decode_only", targs)
+            enc_flow = train_one_direction(zn_tr, zv_tr, p.hidden, cfg.xfm_depth, cfg.fm, out / "flow_encode_only", targs)
+        for k in p.ode_steps:
+            imgs = nf.image(dec_flow.sample(zn_te, k, seed)).numpy()
+            vox = nf.voxels(enc_flow.sample(zv_te, k, seed + 1)).numpy()
+            baselines.setdefault("flow_decode_only", {}).update(
+                {f"@{k}.{m}": v for m, v in decoding_metrics(imgs, prep.test_img, feats, K, seed).items()})
+            baselines.setdefault("flow_encode_only", {}).update(
+                {f"@{k}.{m}": v for m, v in encoding_metrics(vox, prep.test_x, prep.test_trials, K, seed).items()})
+            flow_imgs = imgs if k == top else flow_imgs
     # --- goals of the issue (on the top step count) ------------------------------------------
     s = scores[top]
     ridge_enc = max(baselines["ridge_enc_pixels"]["enc.voxel_r_median"], baselines["ridge_enc_latent"]["enc.voxel_r_median"])
@@ -180,7 +183,7 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
     # --- plots ----------------------------------------------------------------------------------
     plots = [plot_decoded_grid(out / "decoded_grid.png", {
         "stimulus": prep.test_img, f"NeuroFlow@{top}": s.pred_img, "ridge->latent": dec_lat_img,
-        "ridge->pixels": dec_px, f"decode-only flow@{top}": flow_imgs}).name]
+        "ridge->pixels": dec_px, **({f"decode-only flow@{top}": flow_imgs} if flow_imgs is not None else {})}).name]
     plots.append(plot_voxel_r_map(out / "voxel_r_map.png", s.voxel_r, sim.mask, sim.affine,
                                   f"NeuroFlow@{top}: held-out voxel r").name)
     plots.append(plot_ceiling_scatter(out / "noise_ceiling_scatter.png", ceiling, {
@@ -203,7 +206,8 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         "NeuroFlow: one XFM (linear bridge, Euler) decodes (t 0 -> 1) and encodes (t 1 -> 0); 'neuroflow@k' = k ODE steps; "
         f"the NeuroVAE mean is pulled onto the stimulus's visual latent (vae_align = {cfg.vae_align:g}, chosen on a "
         "validation split of the training stimuli), so the latent pairs are nearly deterministic and few steps suffice; "
-        "the one-direction flows use the same latents",
+        + ("the one-direction flows use the same latents" if p.one_direction_flows
+           else "the one-direction flows were not trained in this run (profile option one_direction_flows)"),
         f"NeuroVAE early stopping: {cfg.vae_val_fraction:g} of the training stimuli held out, best validation step "
         f"{summary['neurovae'].get('best_step', cfg.vae_steps)} of {cfg.vae_steps} kept"
         + (f" (weights: EMA of the iterates, decay {cfg.vae_ema:g})" if cfg.vae_ema > 0 else "")

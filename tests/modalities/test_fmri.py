@@ -129,6 +129,20 @@ def test_smoke_benchmark_has_metrics_baselines_and_plots(tmp_path) -> None:
     assert (tmp_path / "results.json").is_file() and (tmp_path / "report.md").is_file()
 
 
+def test_benchmark_without_the_one_direction_flows_resumes_the_trained_stages(tmp_path) -> None:
+    from dataclasses import replace
+
+    from modaflow.benchmarks import fmri as B
+
+    p = replace(B.PROFILES["smoke"], one_direction_flows=False)
+    first = B._run("smoke-no-flows", p, tmp_path, 0)
+    assert "flow_decode_only" not in first.baselines and "flow_encode_only" not in first.baselines
+    assert any("one-direction flows were not trained" in n for n in first.notes)
+    assert not (tmp_path / "flow_decode_only").exists()
+    again = B._run("smoke-no-flows", p, tmp_path, 0)  # the AE, NeuroVAE and XFM files are reused, not retrained
+    assert again.metrics == first.metrics
+
+
 def test_cli_train_then_sample_both_directions(tmp_path, capsys) -> None:
     from modaflow.benchmarks.cli import main
 
