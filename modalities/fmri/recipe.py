@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from modaflow.core.config import Config, ConfigError
 from modaflow.core.paths import LinearPath, VPCosinePath, bridge
-from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit, quiet_lightning
+from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit, quiet_lightning, read_checkpoint
 
 from ..runs import load_recipe, load_weights, save_recipe
 from .bids import GLMMethod, load_bids
@@ -299,8 +299,10 @@ def vae_partners(cfg: FMRIConfig, images: np.ndarray) -> np.ndarray | None:
 
 
 def _stage(path: Path, build, train_fn) -> tuple[torch.nn.Module, dict]:
+    """A stage's ``(model, summary)``: read from ``path`` when a run already wrote it (the summary
+    is then what was saved with it: loss history, best validation step), else trained."""
     if path.is_file():
-        return build(path), {"resumed": True}
+        return build(path), {"resumed": True, **read_checkpoint(path).extra}
     return train_fn()
 
 

@@ -141,6 +141,12 @@ def test_benchmark_without_the_one_direction_flows_resumes_the_trained_stages(tm
     assert not (tmp_path / "flow_decode_only").exists()
     again = B._run("smoke-no-flows", p, tmp_path, 0)  # the AE, NeuroVAE and XFM files are reused, not retrained
     assert again.metrics == first.metrics
+    assert again.notes == first.notes  # e.g. the NeuroVAE's best validation step, read back from its file
+    from modaflow.modalities.fmri import recipe
+    from modaflow.modalities.fmri.neuroflow import VAE_FILE, load_vae
+
+    _, summary = recipe._stage(tmp_path / "neuroflow" / VAE_FILE, load_vae, lambda: pytest.fail("retrained"))
+    assert summary["resumed"] and summary["best_step"] >= 1 and summary["val_history"] and summary["history"]
 
 
 def test_cli_train_then_sample_both_directions(tmp_path, capsys) -> None:
