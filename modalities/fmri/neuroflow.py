@@ -28,7 +28,7 @@ from modaflow.core.training import CheckpointError, read_checkpoint, apply_check
 
 from .models import AEConfig, NeuroVAE, NeuroVAEConfig, VisualAE
 
-__all__ = ["STAT_KEYS", "NeuroFlow", "save_stats", "load_stats", "load_ae", "load_vae", "AE_FILE", "VAE_FILE", "STATS_FILE"]
+__all__ = ["STAT_KEYS", "NeuroFlow", "save_stats", "load_stats", "load_ae", "load_vae", "read_ae", "read_vae", "AE_FILE", "VAE_FILE", "STATS_FILE"]
 
 AE_FILE, VAE_FILE, STATS_FILE = "visual_ae.safetensors", "neurovae.safetensors", "stats.safetensors"
 STAT_KEYS = ("vox_mean", "vox_std", "zv_mean", "zv_std", "zn_mean", "zn_std")
@@ -59,18 +59,30 @@ def load_stats(path: str | Path) -> dict[str, Tensor]:
     return stats
 
 
-def load_ae(path: str | Path) -> VisualAE:
-    ckpt = read_checkpoint(path, AEConfig)
-    model = VisualAE(ckpt.config)
+def _read(path: str | Path, config_cls, model_cls) -> tuple[nn.Module, dict]:
+    """A stage's network (eval mode) from its checkpoint, and what was saved with it."""
+    ckpt = read_checkpoint(path, config_cls)
+    model = model_cls(ckpt.config)
     apply_checkpoint(ckpt, model)
-    return model.eval()
+    return model.eval(), ckpt.extra
+
+
+def read_ae(path: str | Path) -> tuple[VisualAE, dict]:
+    """The visual AE of ``path`` and its saved ``extra`` (loss history)."""
+    return _read(path, AEConfig, VisualAE)
+
+
+def read_vae(path: str | Path) -> tuple[NeuroVAE, dict]:
+    """The NeuroVAE of ``path`` and its saved ``extra`` (loss history, best validation step)."""
+    return _read(path, NeuroVAEConfig, NeuroVAE)
+
+
+def load_ae(path: str | Path) -> VisualAE:
+    return read_ae(path)[0]
 
 
 def load_vae(path: str | Path) -> NeuroVAE:
-    ckpt = read_checkpoint(path, NeuroVAEConfig)
-    model = NeuroVAE(ckpt.config)
-    apply_checkpoint(ckpt, model)
-    return model.eval()
+    return read_vae(path)[0]
 
 
 @dataclass

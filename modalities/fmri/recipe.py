@@ -29,13 +29,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from modaflow.core.config import Config, ConfigError
 from modaflow.core.paths import LinearPath, VPCosinePath, bridge
-from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit, quiet_lightning, read_checkpoint
+from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit, quiet_lightning
 
 from ..runs import load_recipe, load_weights, save_recipe
 from .bids import GLMMethod, load_bids
 from .data import Prepared, TrialData, load_betas, prepare
 from .models import AEConfig, NeuroVAE, NeuroVAEConfig, VisualAE, build_xfm
-from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, load_ae, load_stats, load_vae, save_stats
+from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, load_ae, load_stats, load_vae, read_ae, read_vae, save_stats
 from .simulate import SimConfig, simulate
 from .training import AutoencoderModule, LRSchedule, fit_autoencoder, repeat_partners
 
@@ -298,11 +298,12 @@ def vae_partners(cfg: FMRIConfig, images: np.ndarray) -> np.ndarray | None:
     return repeat_partners(stimulus_ids(images)) if cfg.vae_target == "other_trial" else None
 
 
-def _stage(path: Path, build, train_fn) -> tuple[torch.nn.Module, dict]:
+def _stage(path: Path, read, train_fn) -> tuple[torch.nn.Module, dict]:
     """A stage's ``(model, summary)``: read from ``path`` when a run already wrote it (the summary
     is then what was saved with it: loss history, best validation step), else trained."""
     if path.is_file():
-        return build(path), {"resumed": True, **read_checkpoint(path).extra}
+        model, extra = read(path)
+        return model, {"resumed": True, **extra}
     return train_fn()
 
 
@@ -330,7 +331,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
                             out / AE_FILE, seed, progress)
         return m.model, s
 
-    ae, ae_sum = _stage(out / AE_FILE, load_ae, train_ae)
+    ae, ae_sum = _stage(out / AE_FILE, read_ae, train_ae)
     vae_cfg = NeuroVAEConfig(voxels=prep.train_x.shape[1], hidden=cfg.vae_hidden, latent=cfg.latent, beta=cfg.vae_beta,
                              dropout=cfg.vae_dropout)
 
@@ -350,7 +351,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
                             out / VAE_FILE, seed + 1, progress, partners=partners)
         return m.model, s
 
-    vae, vae_sum = _stage(out / VAE_FILE, load_vae, train_vae)
+    vae, vae_sum = _stage(out / VAE_FILE, read_vae, train_vae)
     ae.eval(), vae.eval()
     lat = latents(ae, vae, prep)
     save_stats(out / STATS_FILE, lat)

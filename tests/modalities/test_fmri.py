@@ -143,9 +143,9 @@ def test_benchmark_without_the_one_direction_flows_resumes_the_trained_stages(tm
     assert again.metrics == first.metrics
     assert again.notes == first.notes  # e.g. the NeuroVAE's best validation step, read back from its file
     from modaflow.modalities.fmri import recipe
-    from modaflow.modalities.fmri.neuroflow import VAE_FILE, load_vae
+    from modaflow.modalities.fmri.neuroflow import VAE_FILE, read_vae
 
-    _, summary = recipe._stage(tmp_path / "neuroflow" / VAE_FILE, load_vae, lambda: pytest.fail("retrained"))
+    _, summary = recipe._stage(tmp_path / "neuroflow" / VAE_FILE, read_vae, lambda: pytest.fail("retrained"))
     assert summary["resumed"] and summary["best_step"] >= 1 and summary["val_history"] and summary["history"]
 
 
