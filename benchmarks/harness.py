@@ -45,6 +45,7 @@ __all__ = [
     "hardware_info",
     "package_versions",
     "median_times",
+    "log",
     "progress",
     "stage",
     "default_run_dir",
@@ -239,7 +240,7 @@ LOG_EVERY_S = 30.0
 """Least seconds between two plain progress lines of one loop (when stderr is not a terminal)."""
 
 
-def _log(line: str) -> None:
+def log(line: str) -> None:
     """One plain line on stderr, time-stamped, flushed (readable in a log file or a job's output)."""
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
@@ -260,17 +261,17 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, enable: bo
         return
     n = total if total is not None else len(items) if isinstance(items, Sized) else None
     of = f"/{n}" if n is not None else ""
-    _log(f"{desc}: 0{of} ...")
+    log(f"{desc}: 0{of} ...")
     start = last = time.perf_counter()
     i = logged = 0
     for i, item in enumerate(items, 1):
         yield item
         now = time.perf_counter()
         if now - last >= LOG_EVERY_S or i == n:
-            _log(f"{desc}: {i}{of} done ({now - start:.0f} s)")
+            log(f"{desc}: {i}{of} done ({now - start:.0f} s)")
             last, logged = now, i
     if logged != i or i == 0:  # an unsized or shorter-than-announced iterable still says it ended
-        _log(f"{desc}: {i}{of} done ({time.perf_counter() - start:.0f} s)")
+        log(f"{desc}: {i}{of} done ({time.perf_counter() - start:.0f} s)")
 
 
 @contextlib.contextmanager
@@ -280,13 +281,13 @@ def stage(desc: str, timings: dict[str, float] | None = None, key: str = "") -> 
     ``timings[key]`` when ``timings`` is given (``key`` ends in ``_s``, the timings convention)."""
     if timings is not None and not key.endswith("_s"):
         raise ValueError(f"stage {desc!r}: timing key {key!r} must end in '_s' (seconds)")
-    _log(f"{desc} ...")
+    log(f"{desc} ...")
     start = time.perf_counter()
     yield
     seconds = time.perf_counter() - start
     if timings is not None:
         timings[key] = seconds
-    _log(f"{desc}: done in {seconds:.1f} s")
+    log(f"{desc}: done in {seconds:.1f} s")
 
 
 def default_run_dir(modality: str, profile: str, root: str | Path = "runs") -> Path:

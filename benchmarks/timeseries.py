@@ -49,7 +49,7 @@ from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, train_ts2vec
 from . import report as R
 from . import timeseries_eval as E
 from . import timeseries_plots as P
-from .harness import BenchResult, mean_ci95, median_times, progress, quiet_training, select_profile, stage
+from .harness import BenchResult, log, mean_ci95, median_times, progress, quiet_training, select_profile, stage
 
 __all__ = ["TSProfile", "PROFILES", "run"]
 
@@ -244,7 +244,11 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
         # the curves reuse these draws where they ask for the same solver and shift
         res["draws"][(method, resolve_solver(method, solver), nfe, shift or models[method].cfg.shift)] = fake
         row = {"nfe": nfe, "solver": solver, "shift": shift, **scores(fake), "samples_per_s": speed[(method, nfe)]}
-        res["rows"][f"{label} ({nfe} NFE" + (f", {solver}, shift {shift:g})" if shift is not None else ")")] = row
+        name = f"{label} ({nfe} NFE" + (f", {solver}, shift {shift:g})" if shift is not None else ")")
+        res["rows"][name] = row
+        # each row's scores reach the log as they are measured, not only in the report at the end
+        log(f"{ds} {name}: " + ", ".join(f"{m} {row[m]['mean']:.4f} ± {row[m]['ci95']:.4f}" for m in P.METRICS)
+            + f", {row['samples_per_s']:.0f} samples/s")
         res["fakes"][f"{label} {nfe}"] = fake
         key = f"{ds}.{method}@nfe{nfe}"
         target = res["metrics"] if method == "timeflow" else res["baselines"].setdefault(method, {})
