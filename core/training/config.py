@@ -31,6 +31,7 @@ __all__ = [
 PathName = Literal["linear", "vp_cosine", "ddpm_linear", "ddpm_cosine"]
 TimeSamplerName = Literal["uniform", "logit_normal", "mode"]
 LossWeighting = Literal["none", "min_snr"]
+LRDecay = Literal["constant", "cosine"]
 
 
 @dataclass
@@ -75,6 +76,13 @@ class FlowMatchingConfig(Config):
     """Total optimiser steps (fit() may override)."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up over this many steps (0 = none)."""
+    lr_decay: LRDecay = "constant"
+    """Learning rate after the warm-up: constant, or cosine annealing (Loshchilov & Hutter
+    2017, arXiv 1608.03983, eq. 5, one cycle without restarts) from ``lr`` down to
+    ``lr * lr_final_ratio`` at step ``max_steps``. The decay always ends at ``max_steps``,
+    so a run stopped early and resumed follows the schedule of one uninterrupted run."""
+    lr_final_ratio: float = 0.0
+    """Final learning rate of the cosine decay as a fraction of ``lr`` (in [0, 1])."""
     grad_clip: float = 1.0
     """Clip the gradient norm at this value (0 = no clipping)."""
     ema_decay: float = 0.999
@@ -116,6 +124,7 @@ class FlowMatchingConfig(Config):
             self._require(getattr(self, name) > 0, name, "a number > 0")
         for name in ("weight_decay", "warmup_steps", "grad_clip"):
             self._require(getattr(self, name) >= 0, name, "a value >= 0")
+        self._require(0 <= self.lr_final_ratio <= 1, "lr_final_ratio", "a fraction in [0, 1]")
         self._require(0 <= self.t_min < self.t_max, "t_min", f"0 <= t_min < t_max = {self.t_max}")
         self._require(self.t_max <= 1, "t_max", "t_max <= 1")
         if self.parametrization == "score":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -92,10 +93,19 @@ class FlowMatchingModule(L.LightningModule):
         return self.step_offset + self.global_step
 
     def learning_rate(self, step: int) -> float:
-        """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then constant."""
-        if self.cfg.warmup_steps == 0:
-            return self.cfg.lr
-        return self.cfg.lr * min(1.0, (step + 1) / self.cfg.warmup_steps)
+        """Learning rate of optimiser step ``step`` (0-based): linear warm-up over
+        ``cfg.warmup_steps``, then constant or cosine-annealed to ``lr * lr_final_ratio`` at
+        ``cfg.max_steps`` (and held there by any later step)."""
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.lr_decay == "constant":
+            return cfg.lr
+        # the fraction of the decay done: 0 at the first step after warm-up, 1 at the last step (max_steps - 1)
+        span = cfg.max_steps - 1 - cfg.warmup_steps
+        done = min(1.0, (step - cfg.warmup_steps) / span) if span > 0 else 1.0
+        # eta_t = eta_min + (eta_max - eta_min) (1 + cos(pi T_cur / T_i)) / 2   (Loshchilov & Hutter 2017, eq. 5)
+        return cfg.lr * (cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * done)))
 
     def _generator(self, device: torch.device, step: int) -> torch.Generator:
         gen = self._generators.get(device)

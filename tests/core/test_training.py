@@ -213,21 +213,24 @@ def test_data_and_noise_parametrizations_train(tmp_path, kind):
     assert _velocity_error(module.velocity_field(use_ema=False), LinearPath(), 0.3, 0.7) < 0.4
 
 
-def _resume_run(out, steps, resume):
-    cfg = FlowMatchingConfig(lr=3e-3, ema_decay=0.9, warmup_steps=10, log_every=5, ckpt_every=10, seed=7)
+def _resume_run(out, steps, resume, lr_decay="constant"):
+    cfg = FlowMatchingConfig(lr=3e-3, ema_decay=0.9, warmup_steps=10, log_every=5, ckpt_every=10, seed=7, max_steps=40,
+                             lr_decay=lr_decay)
     module = FlowMatchingModule(_mlp(seed=0), None, cfg)
     loader = _gaussian_loader(n=64 * 5, batch=64, shuffle=False)  # 5 batches an epoch, fixed order
     return module, fit(module, loader, out, CPU, max_steps=steps, resume=resume, progress=False)
 
 
-def test_resume_equals_uninterrupted_run_bitwise(tmp_path):
+@pytest.mark.parametrize("lr_decay", ["constant", "cosine"])
+def test_resume_equals_uninterrupted_run_bitwise(tmp_path, lr_decay):
     """20 steps, then 20 more from the checkpoint == 40 steps in one go, bit for bit: the
     noise of step k is a function of (seed, rank, k), weights, EMA, AdamW state and step are
-    restored, warm-up follows the step, and 20 steps are whole epochs of the unshuffled loader
+    restored, warm-up and the cosine decay follow the step (the decay ends at cfg.max_steps,
+    not where a run stops), and 20 steps are whole epochs of the unshuffled loader
     (with shuffling the data order restarts on resume, so runs agree only statistically)."""
-    full, full_result = _resume_run(tmp_path / "full", 40, resume=False)
-    _resume_run(tmp_path / "split", 20, resume=False)
-    resumed, result = _resume_run(tmp_path / "split", 40, resume=True)
+    full, full_result = _resume_run(tmp_path / "full", 40, resume=False, lr_decay=lr_decay)
+    _resume_run(tmp_path / "split", 20, resume=False, lr_decay=lr_decay)
+    resumed, result = _resume_run(tmp_path / "split", 40, resume=True, lr_decay=lr_decay)
     assert result.start_step == 20 and result.step == 40
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -235,6 +238,30 @@ def test_resume_equals_uninterrupted_run_bitwise(tmp_path):
     assert result.history == full_result.history and [s for s, _ in result.history] == list(range(5, 41, 5))
     again = fit(resumed, _gaussian_loader(), tmp_path / "split", CPU, max_steps=40, progress=False)
     assert again.start_step == again.step == 40  # nothing left to do
+
+
+def test_learning_rate_warms_up_then_stays_or_follows_the_cosine():
+    """Closed forms: warm-up (k + 1) / W * lr; cosine eq. 5 of Loshchilov & Hutter with T_cur = k - W and
+    T_i = max_steps - 1 - W, so the last step runs at exactly lr * lr_final_ratio; later steps stay there."""
+    import math
+
+    base = FlowMatchingConfig(lr=2e-3, warmup_steps=4, max_steps=24)
+    const = FlowMatchingModule(_mlp(), None, base)
+    assert [const.learning_rate(k) for k in range(4)] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3], rel=1e-12)
+    assert {const.learning_rate(k) for k in range(4, 40)} == {2e-3}
+    cos = FlowMatchingModule(_mlp(), None, base.replace(lr_decay="cosine", lr_final_ratio=0.1))
+    assert [cos.learning_rate(k) for k in range(4)] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3], rel=1e-12)
+    for k in range(4, 24):
+        expected = 2e-4 + (2e-3 - 2e-4) * (1 + math.cos(math.pi * (k - 4) / 19)) / 2
+        assert cos.learning_rate(k) == pytest.approx(expected, rel=1e-12)
+    assert cos.learning_rate(4) == pytest.approx(2e-3) and cos.learning_rate(13.5) == pytest.approx(1.1e-3)
+    assert cos.learning_rate(23) == cos.learning_rate(100) == pytest.approx(2e-4, rel=1e-12)
+    lrs = [cos.learning_rate(k) for k in range(4, 24)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # strictly decreasing after the warm-up
+    no_warmup = FlowMatchingModule(_mlp(), None, FlowMatchingConfig(lr=1.0, max_steps=3, lr_decay="cosine"))
+    assert [no_warmup.learning_rate(k) for k in range(3)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+    with pytest.raises(ConfigError, match="lr_final_ratio"):
+        FlowMatchingConfig(lr_final_ratio=1.5)
 
 
 class _NaNData(torch.utils.data.Dataset):
