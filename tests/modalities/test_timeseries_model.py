@@ -283,3 +283,17 @@ def test_gpu_profile_code_path_runs_on_cpu_at_tiny_sizes(tmp_path) -> None:
     for plot in res.plots:
         assert (tmp_path / "tiny" / plot).stat().st_size > 0
     assert {"sines_embeddings.png", "sines_forecast_fan.png", "sines_context_fid_vs_nfe.png"} <= set(res.plots)
+
+
+def test_training_schedule_of_the_recipe_and_the_benchmark_profiles() -> None:
+    """The recipe trains with cosine decay and EMA 0.999 (measured at full size); quick and smoke keep a constant
+    learning rate and EMA 0.995 (better at 1200 steps); every method of a profile gets the same schedule."""
+    from modaflow.benchmarks import timeseries as B
+
+    fm = R.TimeSeriesConfig().fm
+    assert (fm.lr_decay, fm.ema_decay, fm.lr_final_ratio) == ("cosine", 0.999, 0.0)
+    for profile, expected in (("full", ("cosine", 0.999)), ("gpu", ("cosine", 0.999)), ("quick", ("constant", 0.995)),
+                              ("smoke", ("constant", 0.995))):
+        for method in R.METHODS:
+            got = B._config(B.PROFILES[profile], "sines", method, 0).fm
+            assert (got.lr_decay, got.ema_decay, got.max_steps) == (*expected, B.PROFILES[profile].train_steps)
