@@ -56,7 +56,8 @@ def test_scaling_table_rows_and_shared_plain_sde_baseline() -> None:
 
 def test_steering_meets_the_mask_and_moves_towards_the_conditional_mean() -> None:
     m = steering_rows(SETTINGS, 0)
-    assert m["steering.gaussian4d.flowchef.residual"] == 0.0  # eta = 1 on a mask: observed entries equal y
+    # eta = 1 on a mask: observed entries equal y, to the rounding of x + (y - x) (1e-17 on AMD EPYC)
+    assert m["steering.gaussian4d.flowchef.residual"] < 1e-12
     assert m["steering.gaussian4d.hard.residual"] < 1e-12
     assert m["steering.gaussian4d.none.residual"] > 0.1
     assert m["steering.gaussian4d.flowchef.cond_mean_max_err"] < m["steering.gaussian4d.none.cond_mean_max_err"]
