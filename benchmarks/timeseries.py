@@ -99,10 +99,10 @@ class TSProfile:
     """torch threads (0: torch's default)."""
     device: str = "cpu"
     """Where training and sampling run."""
-    lr_decay: LRDecay = "cosine"
-    """Learning rate after the warm-up (the recipe's default: cosine decay to 0)."""
-    ema_decay: float = 0.999
-    """EMA decay of the weights (the recipe's default 0.999)."""
+    lr_decay: LRDecay | None = None
+    """Learning rate after the warm-up for every model (None: the recipe's default)."""
+    ema_decay: float | None = None
+    """EMA decay of the weights of every model (None: the recipe's default)."""
 
 
 PROFILES: dict[str, TSProfile] = {
@@ -151,7 +151,8 @@ def _config(p: TSProfile, ds: str, method: str, seed: int) -> TimeSeriesConfig:
                            layers=p.layers)
     # time sampler: the recipe's (logit-normal for TimeFlow and linear FM, uniform steps for the DDPM)
     return cfg.replace(fm=cfg.fm.replace(max_steps=p.train_steps, batch_size=p.batch_size, seed=seed, ddpm_steps=p.ddpm_steps,
-                                         lr_decay=p.lr_decay, ema_decay=p.ema_decay,
+                                         lr_decay=cfg.fm.lr_decay if p.lr_decay is None else p.lr_decay,
+                                         ema_decay=cfg.fm.ema_decay if p.ema_decay is None else p.ema_decay,
                                          log_every=max(1, p.train_steps // 50), ckpt_every=p.train_steps,
                                          warmup_steps=min(100, p.train_steps // 10)))
 
