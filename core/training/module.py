@@ -34,7 +34,7 @@ from ..tensors import expand_t
 from .config import FlowMatchingConfig, make_loss_weight, make_path, make_time_sampler
 from .ema import EMA
 
-__all__ = ["FlowMatchingModule", "NonFiniteLossError", "Batch"]
+__all__ = ["FlowMatchingModule", "NonFiniteLossError", "Batch", "cosine_factor"]
 
 Batch = Tensor | dict[str, Tensor] | tuple[Tensor, ...] | list[Tensor]
 """A tensor ``x1`` ``(B, *D)``; a dict with ``"x1"`` and optional ``"x0"`` (source samples,
@@ -55,6 +55,13 @@ class NonFiniteLossError(FloatingPointError):
 
 
 _NO_STEP = 2**62  # "no non-finite loss seen yet"
+
+
+def cosine_factor(done: float, final_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate after the fraction ``done`` in [0, 1] of a cosine
+    annealing: 1 at 0, ``final_ratio`` at 1."""
+    # eta_t = eta_min + (eta_max - eta_min) (1 + cos(pi T_cur / T_i)) / 2   (Loshchilov & Hutter 2017, eq. 5)
+    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def _seed(*parts: int) -> int:
@@ -104,8 +111,7 @@ class FlowMatchingModule(L.LightningModule):
         # the fraction of the decay done: 0 at the first step after warm-up, 1 at the last step (max_steps - 1)
         span = cfg.max_steps - 1 - cfg.warmup_steps
         done = min(1.0, (step - cfg.warmup_steps) / span) if span > 0 else 1.0
-        # eta_t = eta_min + (eta_max - eta_min) (1 + cos(pi T_cur / T_i)) / 2   (Loshchilov & Hutter 2017, eq. 5)
-        return cfg.lr * (cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * done)))
+        return cfg.lr * cosine_factor(done, cfg.lr_final_ratio)
 
     def _generator(self, device: torch.device, step: int) -> torch.Generator:
         gen = self._generators.get(device)

@@ -18,7 +18,6 @@ of the iterates (Polyak & Juditsky 1992, SIAM J. Control Optim. 30, 838; the cor
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from modaflow.core.training import EMA, TrainerArgs, quiet_lightning, save_checkpoint
+from modaflow.core.training.module import cosine_factor
 
 from .models import NeuroVAE
 
@@ -51,7 +51,7 @@ def lr_factor(schedule: LRSchedule, step: int, total: int) -> float:
         return 1.0
     s = min(max(step, 0), total) / total
     if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * s))  # SGDR eq. 5, eta_min = 0
+        return cosine_factor(s)  # SGDR eq. 5, eta_min = 0
     if schedule == "linear":
         return 1.0 - s
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; expected constant, cosine or linear")
