@@ -363,6 +363,10 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
         f"split has enough, else those windows; never the test split; noise seed and TS2Vec seed + {VAL_SEED}); the "
         "metric-vs-NFE curves use each method's default shift (TimeFlow 3, linear FM 1), one line per solver: "
         + "; ".join(note for res in trained.values() for note in res["sampler_notes"]),
+        "the row 'a classifier guessing at random' is the discriminative score's chance level at this size (the "
+        "exact binomial mean absolute deviation on the held-out 20%, metrics.discriminative_chance): a generator "
+        "indistinguishable from the data scores about this, or 0 when the classifier collapses onto one class, so "
+        "discriminative differences below it are not resolved",
         "published rows are copied from REFERENCE.md §2 (Diffusion-TS table 1, FM-TS); our stocks are GOOG 2004-2013 "
         "from bokeh_sampledata, not the exact file of the publications",
     ]

@@ -31,7 +31,10 @@ def real_data_rows(p, ds, cfg, real, w, scaler, encoders, seed, bounded, res) ->
     * held-out real test windows (protocol's "real data" predictive: train and test on real);
       fewer of them than ``real`` on most sets, which biases the Fréchet distance upward;
     * for a simulated set (Sines, MuJoCo), a fresh simulator draw of as many windows as ``real``
-      (``data_seed + FRESH_SEED``): the floor a perfect generator would score at this size."""
+      (``data_seed + FRESH_SEED``): the floor a perfect generator would score at this size;
+    * the discriminative score of a classifier guessing at random on the held-out windows
+      (:func:`~modaflow.modalities.timeseries.metrics.discriminative_chance`, exact): the
+      metric's noise floor at this size, which differences between rows must exceed."""
 
     def row(label: str, key: str, ref: np.ndarray, other: np.ndarray) -> None:
         reps = [generation_metrics(ref, other, encoders[k], seed + k, p.disc_iterations, p.pred_iterations, bounded)
@@ -47,6 +50,9 @@ def real_data_rows(p, ds, cfg, real, w, scaler, encoders, seed, bounded, res) ->
         fresh, _ = prepare(replace(cfg, data_seed=cfg.data_seed + FRESH_SEED))
         row(f"fresh simulator draw, {len(real)} windows (reference)", "real_fresh_draw", real,
             scaler.transform(fresh.train)[: len(real)])
+    chance = M.discriminative_chance(len(real), len(real))
+    res["rows"]["a classifier guessing at random (discriminative chance level)"] = {"nfe": "", "discriminative": chance}
+    res["baselines"].setdefault("discriminative_chance", {})[f"{ds}.discriminative"] = chance
 
 
 def curves_vs_nfe(p, ds, models, real, encoder, seed, n, scaler, res, solvers: tuple[str, ...]) -> None:

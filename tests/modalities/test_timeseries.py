@@ -206,6 +206,30 @@ def test_discriminative_score_separable_is_one_half_and_identical_is_near_zero()
     assert same < 0.15
 
 
+@pytest.mark.parametrize("n_real, n_fake", [(1, 1), (2, 3), (10, 10), (37, 50), (256, 256), (9000, 9000)])
+def test_discriminative_chance_is_the_binomial_mean_absolute_deviation(n_real, n_fake) -> None:
+    from scipy.stats import binom
+
+    # the held-out 20% of each set, as discriminative_score splits them
+    N = (n_real - int(0.8 * n_real)) + (n_fake - int(0.8 * n_fake))
+    k = np.arange(N + 1)
+    exact = float(np.sum(binom.pmf(k, N, 0.5) * np.abs(k / N - 0.5)))  # slow: the sum over every count
+    assert M.discriminative_chance(n_real, n_fake) == pytest.approx(exact, rel=1e-9)
+    if N >= 1000:  # the normal approximation sqrt(2 / pi) / (2 sqrt(N))
+        assert M.discriminative_chance(n_real, n_fake) == pytest.approx(math.sqrt(2 / math.pi) / (2 * math.sqrt(N)), rel=1e-3)
+
+
+def test_discriminative_chance_is_what_random_guesses_score() -> None:
+    rng = np.random.default_rng(5)
+    N = 2 * (100 - int(0.8 * 100))
+    guesses = rng.integers(0, 2, (200_000, N))  # 1 = "real"; the first N / 2 windows are real
+    acc = (guesses[:, : N // 2].sum(1) + (1 - guesses[:, N // 2 :]).sum(1)) / N
+    mc = np.abs(acc - 0.5)
+    assert M.discriminative_chance(100, 100) == pytest.approx(mc.mean(), abs=4 * mc.std() / math.sqrt(len(mc)))
+    with pytest.raises(ValueError, match="at least one window"):
+        M.discriminative_chance(0, 5)
+
+
 def test_predictive_score_learns_a_deterministic_relation() -> None:
     rng = np.random.default_rng(4)
     x = rng.uniform(0.1, 0.9, (256, 10, 4))

@@ -222,7 +222,7 @@ def test_gpu_profile_without_cuda_is_a_clear_error(tmp_path) -> None:
         B.run("huge", tmp_path / "huge")
 
 
-def test_real_references_score_test_windows_and_a_fresh_simulator_draw() -> None:
+def test_real_references_score_test_windows_a_fresh_simulator_draw_and_the_chance_level() -> None:
     from dataclasses import replace
 
     from modaflow.benchmarks import timeseries as B
@@ -247,6 +247,11 @@ def test_real_references_score_test_windows_and_a_fresh_simulator_draw() -> None
             assert fresh.shape == real.shape and not np.allclose(fresh, real)
             assert res["rows"][label]["correlational"]["mean"] == pytest.approx(M.correlational_score(real, fresh))
             assert res["rows"][label]["context_fid"]["n"] == 2
+        # every set: the discriminative score of random guesses on the held-out 8 + 8 of the 40 + 40 windows
+        chance = res["rows"]["a classifier guessing at random (discriminative chance level)"]
+        assert chance["discriminative"] == res["baselines"]["discriminative_chance"][f"{data}.discriminative"]
+        assert chance["discriminative"] == pytest.approx(M.discriminative_chance(40, 40))
+        assert set(chance) == {"nfe", "discriminative"}
 
 
 @pytest.mark.slow  # trains three tiny models and runs every metric and plot: ~10 s idle, more on a busy machine
