@@ -222,7 +222,7 @@ def test_discriminative_chance_is_the_binomial_mean_absolute_deviation(n_real, n
 def test_discriminative_chance_is_what_random_guesses_score() -> None:
     rng = np.random.default_rng(5)
     N = 2 * (100 - int(0.8 * 100))
-    guesses = rng.integers(0, 2, (200_000, N))  # 1 = "real"; the first N / 2 windows are real
+    guesses = rng.integers(0, 2, (200_000, N), dtype=np.int8)  # 1 = "real"; the first N / 2 windows are real
     acc = (guesses[:, : N // 2].sum(1) + (1 - guesses[:, N // 2 :]).sum(1)) / N
     mc = np.abs(acc - 0.5)
     assert M.discriminative_chance(100, 100) == pytest.approx(mc.mean(), abs=4 * mc.std() / math.sqrt(len(mc)))
