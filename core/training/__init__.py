@@ -16,7 +16,7 @@ from .config import (
 from .ema import EMA
 from .fit import FitResult, checkpoint_path, fit
 from .flow_map_module import FlowMapConfig, FlowMapModule
-from .module import Batch, FlowMatchingModule, NonFiniteLossError
+from .module import Batch, FlowMatchingModule, NonFiniteLossError, cosine_factor
 from .quiet import quiet_lightning
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "load_checkpoint",
     "FlowMatchingModule",
     "NonFiniteLossError",
+    "cosine_factor",
     "Batch",
     "fit",
     "FitResult",

@@ -27,8 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from modaflow.core.training import EMA, TrainerArgs, quiet_lightning, save_checkpoint
-from modaflow.core.training.module import cosine_factor
+from modaflow.core.training import EMA, TrainerArgs, cosine_factor, quiet_lightning, save_checkpoint
 
 from .models import NeuroVAE
 
