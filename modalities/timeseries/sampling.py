@@ -5,6 +5,8 @@
   the paper) on a time grid shifted by ``alpha`` (3 in the paper; Esser et al. 2024, arXiv
   2403.03206, eq. 23), or any ODE method.
 * linear flow matching (velocity, linear path): fixed-step ODE solvers (Euler by default).
+* either flow: DDIM on the (shifted) continuous grid, ``x <- alpha(t') x1_hat + sigma(t') eps_hat``
+  (Song et al. 2021, arXiv 2010.02502, eq. 12 with sigma_t = 0, for any affine path with a Gaussian source).
 * DDPM (data prediction on a DDPM cosine schedule): ancestral sampling over every step
   (:func:`modaflow.core.discrete.solve_ddpm`) or DDIM on a sub-grid.
 
@@ -78,14 +80,15 @@ def run_solver(
     def net(x: Tensor, t: Tensor) -> Tensor:
         return model(x, t) if cond is None else model(x, t, cond)
 
-    if solver in ("ddpm", "ddim"):
+    if solver == "ddpm":
         if method != "ddpm":
             raise ValueError(f"solver {solver!r} needs the ddpm method's discrete schedule; {method!r} has none")
-        if solver == "ddpm":
-            return solve_ddpm(net, kind, path, x0, generator=generator).x
-        return solve_ddim(net, kind, path, x0, ddpm_grid(path, steps, device=x0.device)).x
-    if method == "ddpm" and solver in ("heun", "rk4"):
-        raise ValueError(f"solver {solver!r} evaluates the data model at t = 1 where its velocity is undefined")
+        return solve_ddpm(net, kind, path, x0, generator=generator).x
+    if solver == "ddim":  # the DDPM's integer steps, or the flows' (shifted) continuous grid
+        grid = ddpm_grid(path, steps, device=x0.device) if method == "ddpm" else time_grid(steps, shift=shift, device=x0.device)
+        return solve_ddim(net, kind, path, x0, grid).x
+    if kind == "data" and solver in ("heun", "rk4"):
+        raise ValueError(f"solver {solver!r} evaluates the {method} data model at t = 1 where its velocity is undefined")
     grid = time_grid(steps, shift=shift, device=x0.device)
     field: Callable[[Tensor, Tensor], Tensor] = as_velocity_field(net, kind, path)
     if solver == "em":

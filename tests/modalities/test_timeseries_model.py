@@ -179,6 +179,34 @@ def test_baselines_train_and_sample_through_the_core(tmp_path) -> None:
         R.draw(R.restore(tmp_path / "linear_fm"), 2, 3, "ddpm", 0)
 
 
+def test_flow_samplers_transport_gaussians_exactly_on_timeflows_stochastic_path() -> None:
+    """x1 ~ N(mu, s^2) per entry on TimeFlow's path x_t = t x1 + sigma(t) eps (sigma^2 = (1 - t)^2 + gamma^2,
+    gamma = 0.1 sqrt(t (1 - t))): E[x1 | x_t] is closed-form, the marginal velocity follows from it, and the
+    probability-flow ODE maps x0 to mu + s x0. Midpoint converges fast; DDIM on the flow's continuous grid
+    (x <- alpha(t') x1_hat + sigma(t') eps_hat) is first order."""
+    from modaflow.core.parametrizations import convert
+    from modaflow.modalities.timeseries.sampling import run_solver
+
+    path, kind, _ = R.build(R.TimeSeriesConfig(method="timeflow", d_model=16, layers=1, heads=2, window=12), channels=2)
+    mu, s = 0.3, 0.5
+
+    class Velocity(torch.nn.Module):
+        def forward(self, x, t, cond=None):
+            a, sig = t[:, None, None], path.sigma(t)[:, None, None]
+            x1_hat = mu + a * s ** 2 / (a ** 2 * s ** 2 + sig ** 2) * (x - a * mu)  # E[x1 | x_t], Gaussian
+            return convert(x1_hat, "data", "velocity", x, t, path)
+
+    x0 = torch.randn(256, 12, 2, dtype=torch.float64)
+    x = run_solver(Velocity(), "timeflow", kind, path, x0, 400, "midpoint", 1.0, 0.0)
+    torch.testing.assert_close(x, mu + s * x0, atol=2e-4, rtol=0)
+    err = [float((run_solver(Velocity(), "timeflow", kind, path, x0, k, "ddim", 1.0, 0.0) - mu - s * x0).abs().max())
+           for k in (40, 80, 160)]
+    assert err[2] < 0.02 and 1.9 < err[0] / err[1] < 2.1 and 1.9 < err[1] / err[2] < 2.1
+    ddpm_path, ddpm_kind, _ = R.build(R.TimeSeriesConfig(method="ddpm", d_model=16, layers=1, heads=2, window=12), 2)
+    with pytest.raises(ValueError, match="'heun' evaluates the ddpm data model at t = 1"):
+        run_solver(Velocity(), "ddpm", ddpm_kind, ddpm_path, x0, 4, "heun", 1.0, 0.0)
+
+
 def test_flow_methods_train_on_logit_normal_times_and_the_ddpm_on_uniform_steps() -> None:
     from modaflow.core.time_samplers import LogitNormalTime, UniformTime
 
