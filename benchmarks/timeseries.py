@@ -4,7 +4,7 @@ Per dataset, three models on the same backbone, data, seeds and initial noise (t
 with :func:`modaflow.modalities.timeseries.recipe.train`): TimeFlow (SDE flow matching;
 Euler–Maruyama, sigma = 0.1, time shift 3 by default) at 10 and 100 NFE, the linear flow-matching
 ODE (Euler, uniform grid by default) at 10 and 100 NFE, and the Diffusion-TS-style DDPM with 500
-ancestral steps. Each row: the protocol's four metrics (REFERENCE.md §2) over
+ancestral steps. Each row: the protocol's four metrics (REFERENCE.md §2) and a roughness diagnostic over
 ``repeats`` metric seeds (mean ± 95% t-interval; the same generated set, new classifier /
 encoder seeds, as the protocol repeats them), samples per second and the speed ratio
 against the DDPM measured in the same run. Then: the metric-vs-NFE curves (correlational
@@ -352,7 +352,9 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
         f"{p.train_steps} training steps per model",
         "metrics: generated vs an equal number of real training windows, normalised space; "
         f"mean ± 95% t-interval over {p.repeats} metric seeds; discriminative {p.disc_iterations} / predictive "
-        f"{p.pred_iterations} GRU iterations (protocol 2000 / 5000), TS2Vec {p.ts2vec_iterations or 'default'} iterations",
+        f"{p.pred_iterations} GRU iterations (protocol 2000 / 5000), TS2Vec {p.ts2vec_iterations or 'default'} iterations; "
+        "roughness (not in the protocol; ideal 1): the largest per-channel ratio of the second difference's std, "
+        "generated / real (above 1: high-frequency noise the data lacks)",
         f"speed: samples/s = {p.time_n} / median time of one sampling call over {p.time_repeats} interleaved rounds "
         f"(same device and threads); speed_vs_ddpm_ratio against the DDPM with {p.ddpm_steps} ancestral steps in this run",
         "forecast / impute: TimeFlow conditions on the mask; linear FM (FlowChef) and DDPM (hard projection) are "

@@ -18,7 +18,7 @@ from . import report as R
 
 __all__ = ["PUBLISHED", "METRICS", "dataset_table", "plot_embeddings", "plot_overlay", "plot_fan"]
 
-METRICS: tuple[str, ...] = ("discriminative", "predictive", "context_fid", "correlational")
+METRICS: tuple[str, ...] = ("discriminative", "predictive", "context_fid", "correlational", "roughness")
 PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
     "Diffusion-TS (published)": {
         "sines": {"context_fid": 0.006, "correlational": 0.015, "discriminative": 0.006, "predictive": 0.093},

@@ -2,7 +2,7 @@
 Yuan & Qiao 2024, arXiv 2403.01742, sec. 5.1) and of probabilistic forecasts.
 
 Inputs are windows ``(N, L, C)`` in the normalised space (min-max [0, 1] for the protocol's
-sets). Lower is better for all of them.
+sets). Lower is better for all of them but :func:`roughness`, whose ideal is 1.
 
 * :func:`discriminative_score`: a 1-layer GRU (hidden ``max(1, C // 2)``) + linear logit is
   trained to tell real from generated on an 80/20 split of each (2000 Adam iterations of
@@ -18,6 +18,11 @@ sets). Lower is better for all of them.
 * :func:`correlational_score`: channels standardised over (windows, time); lag-0
   cross-correlations ``E[x_i x_j]`` for ``i >= j``, averaged over windows; the sum of
   absolute differences real vs generated, divided by 10 (Diffusion-TS's CrossCorrelLoss).
+* :func:`roughness` (a diagnostic beside the protocol's four): the largest, over channels,
+  ratio of the second difference's standard deviation, generated over real. 1 is as smooth
+  as the data; above 1 the samples carry high-frequency noise the data lacks (MuJoCo's root
+  positions are nearly straight lines over a window, and a GRU seed that notices the noise
+  scores them far from chance: benchmarks/RESULTS.md); below 1 they are over-smoothed.
 * :func:`context_fid`: the Fréchet distance between Gaussians fitted to the TS2Vec
   embeddings (:mod:`.ts2vec`) of real and generated windows (Jeha et al. 2022, ICLR,
   "PSA-GAN", sec. 4): ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))``.
@@ -43,6 +48,7 @@ __all__ = [
     "predictive_score",
     "cross_correlation",
     "correlational_score",
+    "roughness",
     "frechet_distance",
     "context_fid",
     "crps_samples",
@@ -173,6 +179,22 @@ def cross_correlation(x) -> Tensor:
 def correlational_score(real, fake) -> float:
     """``sum |rho_real - rho_fake| / 10`` over the lower-triangular lag-0 correlations."""
     return float((cross_correlation(fake) - cross_correlation(real)).abs().sum() / 10.0)
+
+
+def roughness(real, fake) -> float:
+    """``max_c std(D2 fake[..., c]) / std(D2 real[..., c])`` with ``D2 x_j = x_{j+1} - 2 x_j +
+    x_{j-1}`` along time, std over (windows, time) per channel (module doc). Channels that are
+    straight lines in every real window (second difference below 1e-9 of the channel's std:
+    rounding) are left out; an error if that leaves none."""
+    real, fake = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
+    if real.ndim != 3 or fake.ndim != 3 or real.shape[1:] != fake.shape[1:] or real.shape[1] < 3:
+        raise ValueError(f"roughness needs windows (N, L >= 3, C) of one shape; got {real.shape} and {fake.shape}")
+    d2r = np.diff(real, 2, axis=1).std(axis=(0, 1))
+    d2f = np.diff(fake, 2, axis=1).std(axis=(0, 1))
+    keep = d2r > 1e-9 * real.std(axis=(0, 1))
+    if not keep.any():
+        raise ValueError("roughness is undefined: every real channel is a straight line (no second difference)")
+    return float((d2f[keep] / d2r[keep]).max())
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -154,18 +154,20 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
 
 def generation_metrics(real: np.ndarray, fake: np.ndarray, encoder, seed: int, disc_iterations: int = 2000,
                        pred_iterations: int = 5000, bounded: bool = True) -> dict[str, float]:
-    """The four protocol metrics of ``fake`` against ``real`` (normalised windows)."""
+    """The four protocol metrics of ``fake`` against ``real`` (normalised windows) and the
+    roughness diagnostic (:func:`.metrics.roughness`)."""
     return {
         "discriminative": M.discriminative_score(real, fake, disc_iterations, seed=seed),
         "predictive": M.predictive_score(real, fake, pred_iterations, seed=seed, bounded=bounded),
         "context_fid": M.context_fid(encoder, real, fake),
         "correlational": M.correlational_score(real, fake),
+        "roughness": M.roughness(real, fake),
     }
 
 
 def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int,
              options: TimeSeriesOptions | None = None) -> dict:
-    """generate: the four protocol metrics of ``n`` samples against the real training
+    """generate: the four protocol metrics and the roughness of ``n`` samples against the real training
     windows (of ``data`` if given, scaled by the checkpoint's scaler). forecast / impute:
     MSE and MAE of the sample mean and CRPS over ``n`` samples per test window, on the
     predicted entries."""

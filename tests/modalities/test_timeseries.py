@@ -171,6 +171,27 @@ def test_correlational_score_matches_a_slow_loop_and_is_zero_for_identical_sets(
     assert M.correlational_score(real, real) == 0.0
 
 
+def test_roughness_matches_a_slow_loop_and_sees_added_white_noise() -> None:
+    rng = np.random.default_rng(0)
+    j = np.arange(24)
+    real = np.stack([np.stack([a * (j / 23) ** 2, np.sin(f * j)], axis=1) for a, f in rng.uniform(0.05, 0.5, (4000, 2))])
+    assert M.roughness(real, real) == 1.0
+    noisy = real + rng.normal(0.0, 0.01, real.shape)
+    d2 = lambda x, c: np.array([x[n, k + 1, c] - 2 * x[n, k, c] + x[n, k - 1, c] for n in range(len(x)) for k in range(1, 23)])
+    slow = max(d2(noisy, c).std() / d2(real, c).std() for c in range(2))
+    assert M.roughness(real, noisy) == pytest.approx(slow, rel=1e-10)
+    # independent white noise of std s adds (1 + 4 + 1) s^2 to the second difference's variance
+    want = max(np.sqrt(1 + 6 * 0.01 ** 2 / d2(real, c).var()) for c in range(2))
+    assert M.roughness(real, noisy) == pytest.approx(want, rel=0.02)
+    lines = np.stack([a * j / 23 for a in rng.uniform(0.05, 0.5, 100)])[:, :, None]  # straight: rounding only
+    assert M.roughness(np.concatenate([lines, real[:100, :, 1:]], 2), np.concatenate([lines + 1, noisy[:100, :, 1:]], 2)) \
+        == pytest.approx(M.roughness(real[:100, :, 1:], noisy[:100, :, 1:]))  # the straight channel is left out
+    with pytest.raises(ValueError, match="every real channel is a straight line"):
+        M.roughness(lines, lines + rng.normal(0.0, 0.01, lines.shape))
+    with pytest.raises(ValueError, match="windows"):
+        M.roughness(real, noisy[:, :10])
+
+
 def test_frechet_distance_matches_scipy_sqrtm() -> None:
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(300, 12)), rng.normal(size=(200, 12)) @ rng.normal(size=(12, 12)) * 0.5 + 0.3
