@@ -1,8 +1,9 @@
 """The time-series benchmark: ``modaflow bench timeseries --profile P``.
 
-Per dataset, three models on the same backbone, data, seeds and initial noise (trained
+Per dataset, four models on the same backbone, data, seeds and initial noise (trained
 with :func:`modaflow.modalities.timeseries.recipe.train`): TimeFlow (SDE flow matching;
-Euler–Maruyama, sigma = 0.1, time shift 3 by default) at 10 and 100 NFE, the linear flow-matching
+Euler–Maruyama, sigma = 0.1, time shift 3 by default) at 10 and 100 NFE, TimeFlow predicting the data
+(``prediction = "data"``, sampled by DPM-Solver++(2M)) at 10 and 100 NFE, the linear flow-matching
 ODE (Euler, uniform grid by default) at 10 and 100 NFE, and the Diffusion-TS-style DDPM with 500
 ancestral steps. Each row: the protocol's four metrics (REFERENCE.md §2) and a roughness diagnostic over
 ``repeats`` metric seeds (mean ± 95% t-interval; the same generated set, new classifier /
@@ -139,16 +140,25 @@ PROFILES: dict[str, TSProfile] = {
                      device="cuda"),
 }
 
+MODELS: dict[str, tuple[str, str]] = {
+    "timeflow": ("timeflow", "velocity"), "timeflow_x1": ("timeflow", "data"),
+    "linear_fm": ("linear_fm", "velocity"), "ddpm": ("ddpm", "velocity"),
+}
+"""The models of every dataset: name -> (method, TimeFlow's ``prediction``). ``timeflow`` regresses the paper's
+velocity target; ``timeflow_x1`` the data (benchmarks/RESULTS.md: on MuJoCo it removes the roughness the
+discriminator detects, on Sines it costs context-FID), so the table shows both."""
 ROWS: tuple[tuple[str, str, int], ...] = (
     ("TimeFlow", "timeflow", 10), ("TimeFlow", "timeflow", 100),
+    ("TimeFlow x1-prediction", "timeflow_x1", 10), ("TimeFlow x1-prediction", "timeflow_x1", 100),
     ("linear FM", "linear_fm", 10), ("linear FM", "linear_fm", 100), ("DDPM", "ddpm", 500),
 )
-"""(label, method, NFE) of each table row; DDPM's NFE is its step count (profile's ddpm_steps)."""
+"""(label, model, NFE) of each table row; DDPM's NFE is its step count (profile's ddpm_steps)."""
 
 
-def _config(p: TSProfile, ds: str, method: str, seed: int) -> TimeSeriesConfig:
-    cfg = TimeSeriesConfig(data=ds, method=method, n_samples=p.n_samples, data_seed=seed, d_model=p.d_model,
-                           layers=p.layers)
+def _config(p: TSProfile, ds: str, name: str, seed: int) -> TimeSeriesConfig:
+    method, prediction = MODELS[name]
+    cfg = TimeSeriesConfig(data=ds, method=method, prediction=prediction, n_samples=p.n_samples, data_seed=seed,
+                           d_model=p.d_model, layers=p.layers)
     # time sampler: the recipe's (logit-normal for TimeFlow and linear FM, uniform steps for the DDPM)
     return cfg.replace(fm=cfg.fm.replace(max_steps=p.train_steps, batch_size=p.batch_size, seed=seed, ddpm_steps=p.ddpm_steps,
                                          lr_decay=cfg.fm.lr_decay if p.lr_decay is None else p.lr_decay,
@@ -160,8 +170,9 @@ def _config(p: TSProfile, ds: str, method: str, seed: int) -> TimeSeriesConfig:
 SHIFTS: tuple[float, ...] = (1.0, 3.0)
 """Candidate sampling time shifts of the flow rows (1 = uniform grid; 3 = TimeFlow's default)."""
 SOLVER_CHOICES: tuple[str, ...] = ("auto", "midpoint")
-"""Candidate solvers of the flow rows: each method's one-evaluation-per-step default (TimeFlow
-Euler–Maruyama, linear FM Euler) and the two-evaluation midpoint ODE method at the same NFE."""
+"""Candidate solvers of the flow rows: each model's one-evaluation-per-step default (TimeFlow
+Euler–Maruyama, TimeFlow x1-prediction DPM-Solver++(2M), linear FM Euler) and the two-evaluation
+midpoint ODE method at the same NFE."""
 SAMPLERS: tuple[tuple[str, float], ...] = tuple((solver, a) for solver in SOLVER_CHOICES for a in SHIFTS)
 """Candidate ``(solver, shift)`` pairs of every flow row."""
 VAL_SEED = 1000
@@ -172,17 +183,17 @@ def choose_samplers(models: dict, val: np.ndarray, encoder, scaler, seed: int) -
     """The sampler of each flow row ``(method, NFE)``: the ``(solver, shift)`` of :data:`SAMPLERS`
     whose ``len(val)`` generated windows have the lowest context-FID against ``val`` (training
     windows, never the test split), scored with ``encoder`` (its own seed) on noise seeded by
-    ``seed + VAL_SEED`` (the rows use ``seed``). Returns ``{(method, nfe): ((solver, shift),
-    {(solver, shift): validation context-FID})}`` with solvers resolved (``auto`` -> em / euler)."""
+    ``seed + VAL_SEED`` (the rows use ``seed``). Returns ``{(model, nfe): ((solver, shift),
+    {(solver, shift): validation context-FID})}`` with solvers resolved (``auto`` -> em / dpm2m / euler)."""
     chosen = {}
-    for _, method, nfe in ROWS:
-        if method == "ddpm":
+    for _, name, nfe in ROWS:
+        r = models[name]
+        if r.cfg.method == "ddpm":
             continue
-        fids = {(resolve_solver(method, solver), a):
-                M.context_fid(encoder, val, scaler.from_model(draw_nfe(models[method], len(val), nfe, solver,
-                                                                     seed + VAL_SEED, shift=a)))
+        fids = {(resolve_solver(r.cfg.method, solver, r.kind), a):
+                M.context_fid(encoder, val, scaler.from_model(draw_nfe(r, len(val), nfe, solver, seed + VAL_SEED, shift=a)))
                 for solver, a in SAMPLERS}
-        chosen[(method, nfe)] = (min(fids, key=fids.get), fids)
+        chosen[(name, nfe)] = (min(fids, key=fids.get), fids)
     return chosen
 
 
@@ -192,33 +203,33 @@ def _sync(device: str) -> None:
 
 
 def sampling_speed(models: dict, p: TSProfile, samplers: dict, seed: int) -> dict[tuple[str, int], float]:
-    """Samples per second of every row with its sampler (``samplers[(method, nfe)] = (solver,
+    """Samples per second of every row with its sampler (``samplers[(model, nfe)] = (solver,
     shift)``; the DDPM's ancestral sampler otherwise): the median over ``p.time_repeats`` rounds
     of one sampling call of ``p.time_n`` windows, rounds interleaving the rows (harness
     :func:`median_times`), so a busy machine slows every row alike."""
     calls = {}
-    for _, method, nfe in ROWS:
-        nfe = p.ddpm_steps if method == "ddpm" else nfe
-        solver, shift = samplers.get((method, nfe), ("auto", None))
-        calls[(method, nfe)] = partial(draw_nfe, models[method], p.time_n, nfe, solver, seed, shift=shift)
+    for _, name, nfe in ROWS:
+        nfe = p.ddpm_steps if name == "ddpm" else nfe
+        solver, shift = samplers.get((name, nfe), ("auto", None))
+        calls[(name, nfe)] = partial(draw_nfe, models[name], p.time_n, nfe, solver, seed, shift=shift)
     times = median_times(calls, p.time_repeats, sync=partial(_sync, p.device))
     return {key: p.time_n / secs for key, secs in times.items()}
 
 
 def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
-    """Train the three models on ``ds``, evaluate every row, the curves and the
+    """Train the models of :data:`MODELS` on ``ds``, evaluate every row, the curves and the
     forecasting table; returns metrics, baselines, timings, curves and arrays for plots."""
     targs = TrainerArgs(accelerator="gpu" if p.device == "cuda" else "cpu", devices=1,
                         precision="bf16-mixed" if p.device == "cuda" else "32-true")
     res: dict = {"metrics": {}, "baselines": {}, "timings": {}, "curves": {}, "losses": {}, "rows": {}, "fakes": {},
                  "draws": {}}
     models = {}
-    for method in ("timeflow", "linear_fm", "ddpm"):
-        with stage(f"train {method} on {ds}", res["timings"], f"train.{ds}.{method}_s"), quiet_training():
-            summary = train(_config(p, ds, method, seed), targs, out / "runs" / f"{ds}-{method}", progress=False)
-        res["losses"][f"{ds} {method}"] = tuple(zip(*summary["history"])) if summary["history"] else ((), ())
-        r = restore(out / "runs" / f"{ds}-{method}")
-        models[method] = replace(r, model=r.model.to(p.device))
+    for name in MODELS:
+        with stage(f"train {name} on {ds}", res["timings"], f"train.{ds}.{name}_s"), quiet_training():
+            summary = train(_config(p, ds, name, seed), targs, out / "runs" / f"{ds}-{name}", progress=False)
+        res["losses"][f"{ds} {name}"] = tuple(zip(*summary["history"])) if summary["history"] else ((), ())
+        r = restore(out / "runs" / f"{ds}-{name}")
+        models[name] = replace(r, model=r.model.to(p.device))
     w, scaler = prepare(models["timeflow"].cfg)
     rng = np.random.default_rng(seed)
     real_all = scaler.transform(w.train)
@@ -237,10 +248,10 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
     with stage(f"choose samplers on {ds} ({len(val)} validation windows)"):
         choice = choose_samplers(models, val, val_encoder, scaler, seed)
     res["samplers"] = {key: pick for key, (pick, _) in choice.items()}
-    res["sampler_notes"] = [f"{ds} {method}@{nfe}: {pick[0]}, shift {pick[1]:g} (validation context-FID "
+    res["sampler_notes"] = [f"{ds} {name}@{nfe}: {pick[0]}, shift {pick[1]:g} (validation context-FID "
                             + ", ".join(f"{b}/{a:g}: {v:.4f}" for (b, a), v in fids.items()) + f"; {len(val)} windows"
                             + (", the reference windows" if val is real else "") + ")"
-                            for (method, nfe), (pick, fids) in choice.items()]
+                            for (name, nfe), (pick, fids) in choice.items()]
 
     def scores(fake: np.ndarray) -> dict:
         reps = [generation_metrics(real, fake, encoders[k], seed + k, p.disc_iterations, p.pred_iterations, bounded)
@@ -249,28 +260,29 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
 
     with stage(f"time sampling on {ds}"):
         speed = sampling_speed(models, p, res["samplers"], seed)
-    for label, method, nfe in progress(ROWS, f"evaluate {ds}"):
-        nfe = p.ddpm_steps if method == "ddpm" else nfe
-        solver, shift = res["samplers"].get((method, nfe), ("auto", None))  # the DDPM: ancestral, no grid
-        fake = scaler.from_model(draw_nfe(models[method], n, nfe, solver, seed, shift=shift))
+    for label, name, nfe in progress(ROWS, f"evaluate {ds}"):
+        r = models[name]
+        nfe = p.ddpm_steps if name == "ddpm" else nfe
+        solver, shift = res["samplers"].get((name, nfe), ("auto", None))  # the DDPM: ancestral, no grid
+        fake = scaler.from_model(draw_nfe(r, n, nfe, solver, seed, shift=shift))
         # the curves reuse these draws where they ask for the same solver and shift
-        res["draws"][(method, resolve_solver(method, solver), nfe, shift or models[method].cfg.shift)] = fake
-        row = {"nfe": nfe, "solver": solver, "shift": shift, **scores(fake), "samples_per_s": speed[(method, nfe)]}
-        name = f"{label} ({nfe} NFE" + (f", {solver}, shift {shift:g})" if shift is not None else ")")
-        res["rows"][name] = row
+        res["draws"][(name, resolve_solver(r.cfg.method, solver, r.kind), nfe, shift or r.cfg.shift)] = fake
+        row = {"model": name, "nfe": nfe, "solver": solver, "shift": shift, **scores(fake),
+               "samples_per_s": speed[(name, nfe)]}
+        title = f"{label} ({nfe} NFE" + (f", {solver}, shift {shift:g})" if shift is not None else ")")
+        res["rows"][title] = row
         # each row's scores reach the log as they are measured, not only in the report at the end
-        log(f"{ds} {name}: " + ", ".join(f"{m} {row[m]['mean']:.4f} ± {row[m]['ci95']:.4f}" for m in P.METRICS)
+        log(f"{ds} {title}: " + ", ".join(f"{m} {row[m]['mean']:.4f} ± {row[m]['ci95']:.4f}" for m in P.METRICS)
             + f", {row['samples_per_s']:.0f} samples/s")
         res["fakes"][f"{label} {nfe}"] = fake
-        key = f"{ds}.{method}@nfe{nfe}"
-        target = res["metrics"] if method == "timeflow" else res["baselines"].setdefault(method, {})
+        key = f"{ds}.{name}@nfe{nfe}"
+        target = res["metrics"] if r.cfg.method == "timeflow" else res["baselines"].setdefault(name, {})
         target.update({f"{key}.{m}": row[m] for m in P.METRICS})
         res["timings"][f"{key}.samples_per_s"] = row["samples_per_s"]
     ddpm_rate = res["rows"][f"DDPM ({p.ddpm_steps} NFE)"]["samples_per_s"]
-    for label, row in res["rows"].items():
+    for row in res["rows"].values():
         row["speed_vs_ddpm"] = row["samples_per_s"] / ddpm_rate
-        method = next(m for lab, m, _ in ROWS if label.startswith(lab))
-        res["timings"][f"{ds}.{method}@nfe{row['nfe']}.speed_vs_ddpm_ratio"] = row["speed_vs_ddpm"]
+        res["timings"][f"{ds}.{row['model']}@nfe{row['nfe']}.speed_vs_ddpm_ratio"] = row["speed_vs_ddpm"]
     with stage(f"score the real references on {ds}"):
         E.real_data_rows(p, ds, models["timeflow"].cfg, real, w, scaler, encoders, seed, bounded, res)
     with stage(f"metric-vs-NFE curves on {ds}"):
@@ -285,7 +297,8 @@ def _plots(out: Path, trained: dict[str, dict], tsne: bool) -> list[str]:
     files = [R.plot_loss(out / "loss.png", {k: v for res in trained.values() for k, v in res["losses"].items()},
                          "training loss").name]
     for ds, res in trained.items():
-        fakes = {k: v for k, v in res["fakes"].items() if k in ("TimeFlow 10", "linear FM 10", "DDPM " + k.split()[-1])}
+        fakes = {k: v for k, v in res["fakes"].items()
+                 if k in ("TimeFlow 10", "TimeFlow x1-prediction 10", "linear FM 10", "DDPM " + k.split()[-1])}
         files.append(P.plot_embeddings(out / f"{ds}_embeddings.png", res["real"], fakes, f"{ds}: real vs generated",
                                        tsne).name)
         files.append(P.plot_overlay(out / f"{ds}_overlay.png", res["real"], fakes, res["channels"],
@@ -359,7 +372,8 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
         f"(same device and threads); speed_vs_ddpm_ratio against the DDPM with {p.ddpm_steps} ancestral steps in this run",
         "forecast / impute: TimeFlow conditions on the mask; linear FM (FlowChef) and DDPM (hard projection) are "
         "steered through core.steering; 100 steps each; errors on the predicted entries, normalised space",
-        "sampler of each flow row (solver: the method's default — TimeFlow Euler–Maruyama, linear FM Euler — or "
+        "sampler of each flow row (solver: the model's default — TimeFlow Euler–Maruyama, TimeFlow x1-prediction "
+        "DPM-Solver++(2M), linear FM Euler — or "
         "midpoint at the same NFE; time shift " + " or ".join(f"{a:g}" for a in SHIFTS) + ") chosen by the lowest "
         "validation context-FID (generated vs training windows disjoint from the metrics' reference windows where the "
         f"split has enough, else those windows; never the test split; noise seed and TS2Vec seed + {VAL_SEED}); the "

@@ -56,29 +56,33 @@ def real_data_rows(p, ds, cfg, real, w, scaler, encoders, seed, bounded, res) ->
 
 
 def curves_vs_nfe(p, ds, models, real, encoder, seed, n, scaler, res, solvers: tuple[str, ...]) -> None:
-    """Correlational and context-FID against NFE for TimeFlow and linear FM, at each method's
-    default time shift, one line per solver of ``solvers`` (a two-stage one at the NFEs that are
-    whole steps); a row's draws are reused where its sampler is the same."""
+    """Correlational and context-FID against NFE for every flow model (TimeFlow, TimeFlow
+    x1-prediction, linear FM), at each method's default time shift, one line per solver of
+    ``solvers`` (a two-stage one at the NFEs that are whole steps); a row's draws are reused where
+    its sampler is the same."""
     for metric in ("correlational", "context_fid"):
         res["curves"][f"{ds}.{metric}_vs_nfe"] = {"xlabel": "NFE", "ylabel": metric, "series": {}}
-    for method in ("timeflow", "linear_fm"):
-        shift = models[method].cfg.shift
-        for solver in (resolve_solver(method, s) for s in solvers):
+    for name, r in models.items():
+        if r.cfg.method == "ddpm":
+            continue
+        shift = r.cfg.shift
+        for solver in (resolve_solver(r.cfg.method, s, r.kind) for s in solvers):
             nfes = [nfe for nfe in p.curve_nfes if nfe % ODE_STAGES.get(solver, 1) == 0]
             vals = {"correlational": [], "context_fid": []}
             for nfe in nfes:
-                fake = res["draws"].get((method, solver, nfe, shift))
+                fake = res["draws"].get((name, solver, nfe, shift))
                 if fake is None:
-                    fake = scaler.from_model(draw_nfe(models[method], n, nfe, solver, seed, shift=shift))
+                    fake = scaler.from_model(draw_nfe(r, n, nfe, solver, seed, shift=shift))
                 vals["correlational"].append(M.correlational_score(real, fake))
                 vals["context_fid"].append(M.context_fid(encoder, real, fake))
             for metric, ys in vals.items():
-                res["curves"][f"{ds}.{metric}_vs_nfe"]["series"][f"{method} ({solver})"] = {"x": nfes, "y": ys}
+                res["curves"][f"{ds}.{metric}_vs_nfe"]["series"][f"{name} ({solver})"] = {"x": nfes, "y": ys}
 
 
 def forecast_table(p, ds, models, seed, res) -> None:
     """MSE / MAE / CRPS of forecasts (last L/4 steps) and imputations (50% missing) on test
-    windows: TimeFlow conditional (100 EM steps) vs the baselines steered (100 steps)."""
+    windows: TimeFlow conditional (100 steps of its default sampler; keys ``{ds}.{task}.*`` for the
+    velocity model, ``{ds}.timeflow_x1.{task}.*`` for data prediction) vs the baselines steered (100 steps)."""
     r0 = models["timeflow"]
     w, _ = prepare(r0.cfg)
     if len(w.test) == 0:
@@ -91,11 +95,14 @@ def forecast_table(p, ds, models, seed, res) -> None:
     masks = {"forecast": np.concatenate([np.ones_like(u[:, : L - H]), np.zeros_like(u[:, L - H:])], axis=1),
              "impute": (rng.random(u.shape) >= 0.5).astype(np.float64)}
     for task, m in masks.items():
-        for method, r in models.items():
-            x = r.scaler.from_model(complete(r, u, m, p.forecast_samples, 100, "euler" if method == "ddpm" else "auto", seed))
+        for name, r in models.items():
+            x = r.scaler.from_model(complete(r, u, m, p.forecast_samples, 100, "euler" if name == "ddpm" else "auto", seed))
             s = np.moveaxis(x, 1, 0)
             scores = {**M.point_errors(s, u, 1 - m), "crps": M.crps_samples(s, u, 1 - m)}
-            target = res["metrics"] if method == "timeflow" else res["baselines"].setdefault(method, {})
-            target.update({f"{ds}.{task}.{k}": v for k, v in scores.items()})
-            if task == "forecast" and method == "timeflow":
+            if r.cfg.method == "timeflow":
+                prefix = f"{ds}." if name == "timeflow" else f"{ds}.{name}."
+                res["metrics"].update({f"{prefix}{task}.{k}": v for k, v in scores.items()})
+            else:
+                res["baselines"].setdefault(name, {}).update({f"{ds}.{task}.{k}": v for k, v in scores.items()})
+            if task == "forecast" and name == "timeflow":
                 res["fan"] = (u[0, :, -1], x[0, :, :, -1], L - H)

@@ -4,7 +4,9 @@ module fit together for the three methods, and ``train`` / ``finetune`` / ``rest
 Methods (one backbone, :class:`~.models.TimeFlowNet`, same size for all three):
 
 * ``timeflow``: conditional network, :class:`~.training.TimeFlowModule` (SDE flow matching
-  with random masks), sampled by Euler–Maruyama (TimeFlow, arXiv 2511.07968).
+  with random masks), sampled by Euler–Maruyama (TimeFlow, arXiv 2511.07968). With
+  ``prediction = "data"`` the network predicts ``x1`` under a velocity-like loss weight and is
+  sampled by DPM-Solver++(2M) (the module doc of :mod:`.training`).
 * ``linear_fm``: unconditional network, plain linear-path flow matching
   (:class:`~modaflow.core.training.FlowMatchingModule`), sampled by an ODE solver.
 * ``ddpm``: unconditional network predicting the data on a cosine DDPM schedule of
@@ -43,7 +45,7 @@ __all__ = ["NAME", "Method", "METHODS", "TimeSeriesConfig", "prepare", "build", 
 NAME = "timeseries"
 Method = Literal["timeflow", "linear_fm", "ddpm"]
 METHODS: tuple[str, ...] = get_args(Method)
-Solver = Literal["auto", "em", "euler", "midpoint", "heun", "rk4", "ddpm", "ddim"]
+Solver = Literal["auto", "em", "euler", "midpoint", "heun", "rk4", "ddpm", "ddim", "dpm2m"]
 SCALER_FILE = "scaler.json"
 
 
@@ -94,6 +96,11 @@ class TimeSeriesConfig(Config):
     """Moving-average width of the trend parts (odd)."""
     noise_scale: float = 0.1
     """TimeFlow's training stochastic term: noise of variance t (1 - t) noise_scale^2."""
+    prediction: Literal["velocity", "data"] = "velocity"
+    """TimeFlow: what the network predicts: velocity (the paper's target x1 - x0) or data (x1, the loss weighted by
+    min(1 / (1 - t)^2, weight_cap); smoother samples where the data are smooth, e.g. MuJoCo)."""
+    weight_cap: float = 100.0
+    """TimeFlow with prediction = data: the cap of the loss weight 1 / (1 - t)^2."""
     p_forecast: float = 0.25
     """TimeFlow: probability that a training window is a forecasting task."""
     p_impute: float = 0.25
@@ -101,7 +108,8 @@ class TimeSeriesConfig(Config):
     max_horizon: int = 0
     """TimeFlow: the longest forecast horizon drawn in training (0 = window // 2)."""
     solver: Solver = "auto"
-    """Sampler: auto (em for timeflow, euler for linear_fm, ddpm for ddpm), em, euler, midpoint, heun, rk4, ddpm, ddim."""
+    """Sampler: auto (em for timeflow, dpm2m for timeflow with prediction = data, euler for linear_fm, ddpm for
+    ddpm), em, euler, midpoint, heun, rk4, ddpm, ddim, dpm2m (DPM-Solver++(2M))."""
     steps: int = 100
     """Sampler steps (ignored by ddpm, which takes every step)."""
     sample_shift: float = 0.0
@@ -129,6 +137,9 @@ class TimeSeriesConfig(Config):
         self._require(self.d_model % self.heads == 0, "heads", f"a divisor of d_model = {self.d_model}")
         self._require(self.kernel >= 1 and self.kernel % 2 == 1, "kernel", "an odd integer >= 1")
         self._require(self.noise_scale >= 0, "noise_scale", "a number >= 0")
+        self._require(self.prediction == "velocity" or self.method == "timeflow", "prediction",
+                      f"velocity for method {self.method!r} (data prediction is a TimeFlow option)")
+        self._require(self.weight_cap >= 1, "weight_cap", "a number >= 1")
         self._require(self.p_forecast >= 0 and self.p_impute >= 0 and self.p_forecast + self.p_impute <= 1,
                       "p_forecast", "p_forecast, p_impute >= 0 with p_forecast + p_impute <= 1")
         self._require(0 <= self.max_horizon < self.window, "max_horizon", f"an integer in [0, window = {self.window})")
@@ -177,9 +188,9 @@ def build(cfg: TimeSeriesConfig, channels: int) -> tuple[AffinePath, str, FlowMa
     """``(path, parametrization, training module)`` of ``cfg.method`` for ``channels``."""
     net = _net(cfg, channels)
     if cfg.method == "timeflow":
-        module = TimeFlowModule(net, cfg.fm.replace(parametrization="velocity"), cfg.noise_scale, cfg.p_forecast,
-                                cfg.p_impute, cfg.horizon_max)
-        return module.path, "velocity", module
+        module = TimeFlowModule(net, cfg.fm.replace(parametrization=cfg.prediction), cfg.noise_scale, cfg.p_forecast,
+                                cfg.p_impute, cfg.horizon_max, cfg.weight_cap)
+        return module.path, cfg.prediction, module
     if cfg.method == "linear_fm":
         return LinearPath(), "velocity", FlowMatchingModule(net, LinearPath(), cfg.fm.replace(parametrization="velocity"))
     path = DiscreteVPPath.cosine(cfg.fm.ddpm_steps)  # T = fm.ddpm_steps (500, Diffusion-TS's cosine schedule)
@@ -232,7 +243,7 @@ def draw_nfe(r: Restored, n: int, nfe: int, solver: str = "auto", seed: int = 0,
              shift: float | None = None) -> Tensor:
     """:func:`draw` with ``solver`` spending exactly ``nfe`` network evaluations per window
     (``nfe / 2`` midpoint or Heun steps, ``nfe`` Euler–Maruyama steps; the DDPM takes all of its)."""
-    return draw(r, n, steps_for_nfe(r.cfg.method, solver, nfe), solver, seed, cond, shift)
+    return draw(r, n, steps_for_nfe(r.cfg.method, solver, nfe, r.kind), solver, seed, cond, shift)
 
 
 def _fit(module: FlowMatchingModule, cfg: TimeSeriesConfig, x: Tensor, trainer_args: TrainerArgs, out_dir,
@@ -269,7 +280,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
     cfg = TimeSeriesConfig.from_dict({**merged, "data": data})
-    for name in ("method", "window", "d_model", "layers", "heads", "mlp_ratio", "kernel"):
+    for name in ("method", "prediction", "window", "d_model", "layers", "heads", "mlp_ratio", "kernel"):
         if getattr(cfg, name) != getattr(base, name):
             raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)!r} in {ckpt_dir}); got {getattr(cfg, name)!r}")
     w, _ = prepare(cfg)

@@ -6,7 +6,10 @@
   2403.03206, eq. 23), or any ODE method.
 * linear flow matching (velocity, linear path): fixed-step ODE solvers (Euler by default).
 * either flow: DDIM on the (shifted) continuous grid, ``x <- alpha(t') x1_hat + sigma(t') eps_hat``
-  (Song et al. 2021, arXiv 2010.02502, eq. 12 with sigma_t = 0, for any affine path with a Gaussian source).
+  (Song et al. 2021, arXiv 2010.02502, eq. 12 with sigma_t = 0, for any affine path with a Gaussian source),
+  or its second-order multistep form in data space, DPM-Solver++(2M) (:func:`modaflow.core.discrete.solve_dpm2m`;
+  Lu et al. 2022, arXiv 2211.01095, Alg. 2), whose last step lands on the data estimate. It is the default
+  sampler of a TimeFlow network that predicts the data (``prediction = "data"``).
 * DDPM (data prediction on a DDPM cosine schedule): ancestral sampling over every step
   (:func:`modaflow.core.discrete.solve_ddpm`) or DDIM on a sub-grid.
 
@@ -22,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from modaflow.core.discrete import ddpm_grid, solve_ddim, solve_ddpm
+from modaflow.core.discrete import ddpm_grid, solve_ddim, solve_ddpm, solve_dpm2m
 from modaflow.core.ode import ODE_METHODS, ODE_STAGES, solve_ode, time_grid
 from modaflow.core.parametrizations import as_velocity_field
 from modaflow.core.paths import AffinePath
@@ -31,24 +34,26 @@ from modaflow.core.steering import Mask, SteeringConfig, steer
 
 __all__ = ["SOLVERS", "DEFAULT_SOLVER", "resolve_solver", "steps_for_nfe", "condition", "run_solver", "steered_impute"]
 
-SOLVERS: tuple[str, ...] = ("auto", "em") + ODE_METHODS + ("ddpm", "ddim")
-"""Sampler names; ``auto`` = em (TimeFlow), euler (linear FM), ddpm (DDPM)."""
+SOLVERS: tuple[str, ...] = ("auto", "em") + ODE_METHODS + ("ddpm", "ddim", "dpm2m")
+"""Sampler names; ``auto`` = em (TimeFlow), dpm2m (TimeFlow predicting the data), euler (linear FM), ddpm (DDPM)."""
 DEFAULT_SOLVER = {"timeflow": "em", "linear_fm": "euler", "ddpm": "ddpm"}
-"""What ``auto`` means for each method."""
+"""What ``auto`` means for each method whose network predicts a velocity (and for the DDPM)."""
 
 
-def resolve_solver(method: str, solver: str) -> str:
-    """The sampler ``solver`` names for ``method`` (``auto`` -> :data:`DEFAULT_SOLVER`)."""
-    solver = DEFAULT_SOLVER[method] if solver == "auto" else solver
+def resolve_solver(method: str, solver: str, kind: str = "velocity") -> str:
+    """The sampler ``solver`` names for ``method`` whose network predicts ``kind`` (``auto`` ->
+    :data:`DEFAULT_SOLVER`, or dpm2m for a TimeFlow network predicting the data)."""
+    if solver == "auto":
+        solver = "dpm2m" if (method, kind) == ("timeflow", "data") else DEFAULT_SOLVER[method]
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {list(SOLVERS)}; got {solver!r}")
     return solver
 
 
-def steps_for_nfe(method: str, solver: str, nfe: int) -> int:
+def steps_for_nfe(method: str, solver: str, nfe: int, kind: str = "velocity") -> int:
     """Steps of ``solver`` that spend exactly ``nfe`` network evaluations (two per midpoint or
-    Heun step, four per RK4 step, one per Euler, Euler–Maruyama, DDPM or DDIM step)."""
-    stages = ODE_STAGES.get(resolve_solver(method, solver), 1)
+    Heun step, four per RK4 step, one per Euler, Euler–Maruyama, DDPM, DDIM or DPM-Solver++ step)."""
+    stages = ODE_STAGES.get(resolve_solver(method, solver, kind), 1)
     if nfe < stages or nfe % stages:
         raise ValueError(f"{nfe} NFE is not a whole number of {solver!r} steps ({stages} evaluations each)")
     return nfe // stages
@@ -75,7 +80,7 @@ def run_solver(
 ) -> Tensor:
     """Integrate from ``x0`` ``(B, L, C)`` at t = 0 to t = 1. ``kind`` is what the network
     predicts (velocity or data); ``cond`` (TimeFlow) is passed to every call."""
-    solver = resolve_solver(method, solver)
+    solver = resolve_solver(method, solver, kind)
 
     def net(x: Tensor, t: Tensor) -> Tensor:
         return model(x, t) if cond is None else model(x, t, cond)
@@ -84,9 +89,9 @@ def run_solver(
         if method != "ddpm":
             raise ValueError(f"solver {solver!r} needs the ddpm method's discrete schedule; {method!r} has none")
         return solve_ddpm(net, kind, path, x0, generator=generator).x
-    if solver == "ddim":  # the DDPM's integer steps, or the flows' (shifted) continuous grid
+    if solver in ("ddim", "dpm2m"):  # the DDPM's integer steps, or the flows' (shifted) continuous grid
         grid = ddpm_grid(path, steps, device=x0.device) if method == "ddpm" else time_grid(steps, shift=shift, device=x0.device)
-        return solve_ddim(net, kind, path, x0, grid).x
+        return (solve_ddim if solver == "ddim" else solve_dpm2m)(net, kind, path, x0, grid).x
     if kind == "data" and solver in ("heun", "rk4"):
         raise ValueError(f"solver {solver!r} evaluates the {method} data model at t = 1 where its velocity is undefined")
     grid = time_grid(steps, shift=shift, device=x0.device)

@@ -2,6 +2,7 @@
 samplers' conditioning, and the CLI end to end (train on a CSV, sample with the scaling
 undone, forecast, evaluate, finetune) with its bad-input errors."""
 
+import itertools
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from modaflow.benchmarks.cli import main
+from modaflow.core.config import ConfigError
 from modaflow.core.training import TrainerArgs
 from modaflow.modalities.timeseries import recipe as R
 from modaflow.modalities.timeseries import tasks
@@ -166,6 +168,25 @@ def test_finetune_continues_from_the_checkpoint(run_dir) -> None:
     assert json.loads((tmp / "ft2" / "scaler.json").read_text())["shift"][0] < 0  # refitted on the new data
 
 
+def test_data_prediction_trains_from_the_cli_samples_with_dpm2m_and_stays_data_at_finetune(run_dir, capsys) -> None:
+    tmp, _ = run_dir
+    data, out = str(tmp / "series.csv"), tmp / "data_run"
+    assert main(["train", "timeseries", "--data", data, "--out", str(out), "--prediction", "data", *SMALL]) == 0
+    r = R.restore(out)
+    assert r.kind == "data" and r.cfg.prediction == "data"
+    x = R.draw_nfe(r, 4, 10, "auto", 2)
+    torch.testing.assert_close(x, R.draw(r, 4, 10, "dpm2m", 2))  # auto = DPM-Solver++(2M), one evaluation per step
+    assert torch.isfinite(x).all()
+    y = torch.zeros(4, 12, 2)
+    m = torch.zeros(4, 12, 2)
+    m[:, :6] = 1.0
+    assert torch.isfinite(R.draw(r, 4, 10, None, 2, cond=condition(y, m))).all()  # the conditional network
+    capsys.readouterr()
+    assert main(["finetune", "timeseries", "--ckpt", str(out), "--data", data, "--out", str(tmp / "ft_data"),
+                 "--prediction", "velocity", *SMALL]) == 2
+    assert "finetune cannot change prediction ('data'" in capsys.readouterr().err
+
+
 def test_baselines_train_and_sample_through_the_core(tmp_path) -> None:
     data = _csv(tmp_path / "s.csv", n=150)
     for method, solver, steps in (("linear_fm", "heun", 3), ("ddpm", "ddpm", None), ("ddpm", "ddim", 5)):
@@ -185,7 +206,7 @@ def test_flow_samplers_transport_gaussians_exactly_on_timeflows_stochastic_path(
     probability-flow ODE maps x0 to mu + s x0. Midpoint converges fast; DDIM on the flow's continuous grid
     (x <- alpha(t') x1_hat + sigma(t') eps_hat) is first order."""
     from modaflow.core.parametrizations import convert
-    from modaflow.modalities.timeseries.sampling import run_solver
+    from modaflow.modalities.timeseries.sampling import resolve_solver, run_solver
 
     path, kind, _ = R.build(R.TimeSeriesConfig(method="timeflow", d_model=16, layers=1, heads=2, window=12), channels=2)
     mu, s = 0.3, 0.5
@@ -205,6 +226,52 @@ def test_flow_samplers_transport_gaussians_exactly_on_timeflows_stochastic_path(
     ddpm_path, ddpm_kind, _ = R.build(R.TimeSeriesConfig(method="ddpm", d_model=16, layers=1, heads=2, window=12), 2)
     with pytest.raises(ValueError, match="'heun' evaluates the ddpm data model at t = 1"):
         run_solver(Velocity(), "ddpm", ddpm_kind, ddpm_path, x0, 4, "heun", 1.0, 0.0)
+
+    # the same flow predicted as data (prediction = "data"): auto is DPM-Solver++(2M), ahead of DDIM at every size
+    data_path, data_kind, _ = R.build(R.TimeSeriesConfig(prediction="data", d_model=16, layers=1, heads=2, window=12), 2)
+    assert data_kind == "data" and resolve_solver("timeflow", "auto", data_kind) == "dpm2m"
+
+    class Data(torch.nn.Module):
+        def forward(self, x, t, cond=None):
+            return convert(Velocity()(x, t), "velocity", "data", x, t, data_path)
+
+    for k in (10, 40, 160):
+        dpm = float((run_solver(Data(), "timeflow", data_kind, data_path, x0, k, "auto", 1.0, 0.0) - mu - s * x0).abs().max())
+        ddim = float((run_solver(Data(), "timeflow", data_kind, data_path, x0, k, "ddim", 1.0, 0.0) - mu - s * x0).abs().max())
+        assert dpm < ddim / 3, (k, dpm, ddim)
+    assert dpm < 1e-3
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "data"])
+def test_timeflow_loss_matches_a_slow_per_window_computation(prediction) -> None:
+    """The masked loss on the unobserved entries, against a loop over windows and entries: target x1 - x0 for
+    velocity, x1 weighted by min(1 / (1 - t)^2, cap) / batch mean for data."""
+    from modaflow.modalities.timeseries.training import random_masks
+
+    cfg = R.TimeSeriesConfig(prediction=prediction, weight_cap=20.0, d_model=16, layers=1, heads=2, window=12)
+    _, kind, module = R.build(cfg, channels=3)
+    assert kind == prediction
+    x1 = torch.rand(16, 12, 3, generator=torch.Generator().manual_seed(1))
+    loss = module.compute_loss(x1, step=7)
+    gen = module._generator(x1.device, 7)  # the draws compute_loss made, in its order
+    t = module.time_sampler(16, generator=gen)
+    x0, z = torch.randn(x1.shape, generator=gen), torch.randn(x1.shape, generator=gen)
+    m = random_masks((16, 12, 3), module.p_forecast, module.p_impute, module.max_horizon, gen)
+    terms, weights = [], []
+    with torch.no_grad():
+        for b in range(16):
+            tb = float(t[b])
+            gamma = 0.1 * (tb * (1 - tb)) ** 0.5
+            x_t = tb * x1[b] + (1 - tb) * x0[b] + gamma * z[b]
+            pred = module.model(x_t[None], t[b : b + 1], torch.cat([m[b] * x1[b], m[b]], -1)[None])[0]
+            target = x1[b] - x0[b] if prediction == "velocity" else x1[b]
+            sq = [float(pred[i, c] - target[i, c]) ** 2 for i in range(12) for c in range(3) if m[b, i, c] == 0]
+            terms.append(sum(sq) / max(len(sq), 1))
+            weights.append(min(1 / (1 - tb) ** 2, 20.0) if prediction == "data" else 1.0)
+    want = sum(w * e for w, e in zip(weights, terms)) / sum(weights)
+    assert abs(loss.item() - want) < 1e-5 * want
+    with pytest.raises(ConfigError, match="prediction"):
+        R.TimeSeriesConfig(method="linear_fm", prediction="data")
 
 
 def test_flow_methods_train_on_logit_normal_times_and_the_ddpm_on_uniform_steps() -> None:
@@ -300,17 +367,21 @@ def test_gpu_profile_code_path_runs_on_cpu_at_tiny_sizes(tmp_path) -> None:
     import re
 
     note = next(n for n in res.notes if n.startswith("sampler of each flow row"))
-    for method, nfe in (("timeflow", 10), ("timeflow", 100), ("linear_fm", 10), ("linear_fm", 100)):
+    for method, nfe in itertools.product(("timeflow", "timeflow_x1", "linear_fm"), (10, 100)):
         m = re.search(rf"sines {method}@{nfe}: (\w+), shift (\S+) \(validation context-FID ([^;]+);", note)
         scores = {tuple(k.split("/")): float(v) for k, v in (item.split(": ") for item in m[3].split(", "))}
-        default = {"timeflow": "em", "linear_fm": "euler"}[method]
+        default = {"timeflow": "em", "timeflow_x1": "dpm2m", "linear_fm": "euler"}[method]
         assert set(scores) == {(s, a) for s in (default, "midpoint") for a in ("1", "3")}  # every candidate scored
         best = min(scores, key=scores.get)
         assert (m[1], float(m[2])) == (best[0], float(best[1]))  # the lowest validation score wins
-        label = {"timeflow": "TimeFlow", "linear_fm": "linear FM"}[method]
+        label = {"timeflow": "TimeFlow", "timeflow_x1": "TimeFlow x1-prediction", "linear_fm": "linear FM"}[method]
         assert f"| {label} ({nfe} NFE, {m[1]}, shift {float(m[2]):g}) | {nfe} |" in report
     assert set(res.curves["sines.context_fid_vs_nfe"]["series"]) == {
-        "timeflow (em)", "timeflow (midpoint)", "linear_fm (euler)", "linear_fm (midpoint)"}
+        "timeflow (em)", "timeflow (midpoint)", "timeflow_x1 (dpm2m)", "timeflow_x1 (midpoint)", "linear_fm (euler)",
+        "linear_fm (midpoint)"}
+    assert res.timings["sines.timeflow_x1@nfe10.speed_vs_ddpm_ratio"] > 0
+    assert {"sines.forecast.crps", "sines.timeflow_x1.forecast.crps"} <= set(res.metrics)
+    assert R.restore(tmp_path / "tiny" / "runs" / "sines-timeflow_x1").kind == "data"
     assert "| Diffusion-TS (published) | 500-1000 | 0.006 |" in report
     assert "| fresh simulator draw, 32 windows (reference) |" in report
     for plot in res.plots:
@@ -327,6 +398,6 @@ def test_training_schedule_of_the_recipe_and_the_benchmark_profiles() -> None:
     assert (fm.lr_decay, fm.ema_decay, fm.lr_final_ratio) == ("cosine", 0.999, 0.0)
     for profile, expected in (("full", ("cosine", 0.999)), ("gpu", ("cosine", 0.999)), ("quick", ("constant", 0.995)),
                               ("smoke", ("constant", 0.995))):
-        for method in R.METHODS:
-            got = B._config(B.PROFILES[profile], "sines", method, 0).fm
+        for name in B.MODELS:
+            got = B._config(B.PROFILES[profile], "sines", name, 0).fm
             assert (got.lr_decay, got.ema_decay, got.max_steps) == (*expected, B.PROFILES[profile].train_steps)
