@@ -23,9 +23,9 @@ and every validation score, and the row reports the chosen solver and shift.
 
 Metrics compare generated windows with an equal number of real **training** windows in
 the normalised space (the protocol's); forecasting uses held-out test windows.
-Profiles: ``smoke`` (seconds, tests), ``quick`` (about 5.5 min of CPU time (measured at db247c7) on one
-thread: Sines and Stocks, small networks, 1200 training steps, 256 windows per row, shortened
-metric training — see the notes), ``full`` (all sets,
+Profiles: ``smoke`` (seconds, tests), ``quick`` (about 5.5 min of CPU time on one thread, measured
+at db247c7 before the fourth model, TimeFlow x1-prediction: Sines and Stocks, small networks, 1200
+training steps, 256 windows per row, shortened metric training — see the notes), ``full`` (all sets,
 protocol metric settings), ``gpu`` (full sizes on CUDA, bf16 training).
 """
 
