@@ -180,7 +180,7 @@ VAL_SEED = 1000
 
 
 def choose_samplers(models: dict, val: np.ndarray, encoder, scaler, seed: int) -> dict:
-    """The sampler of each flow row ``(method, NFE)``: the ``(solver, shift)`` of :data:`SAMPLERS`
+    """The sampler of each flow row ``(model, NFE)``: the ``(solver, shift)`` of :data:`SAMPLERS`
     whose ``len(val)`` generated windows have the lowest context-FID against ``val`` (training
     windows, never the test split), scored with ``encoder`` (its own seed) on noise seeded by
     ``seed + VAL_SEED`` (the rows use ``seed``). Returns ``{(model, nfe): ((solver, shift),

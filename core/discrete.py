@@ -168,10 +168,10 @@ def solve_dpm2m(model: Model, kind: Parametrization, path: AffinePath, x: Tensor
     shape = (-1,) + (1,) * (x.ndim - 1)
     ts = times.unbind(0)
     states = [x] if return_trajectory else None
-    prev = x
+    prev: Tensor | None = None  # the previous step's data estimate
     for k in range(K):
         x1_hat, _ = to_data_noise(model(x, ts[k]), kind, x, ts[k], path)
-        if not second[k]:
+        if prev is None or not second[k]:
             d = x1_hat  # first order: leaving alpha = 0, landing on sigma = 0, or the first step
         else:
             r = ((lam[k] - lam[k - 1]) / (lam[k + 1] - lam[k])).to(x.dtype).reshape(shape)  # r_i = h_{i-1} / h_i
