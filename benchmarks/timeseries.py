@@ -23,9 +23,9 @@ and every validation score, and the row reports the chosen solver and shift.
 
 Metrics compare generated windows with an equal number of real **training** windows in
 the normalised space (the protocol's); forecasting uses held-out test windows.
-Profiles: ``smoke`` (seconds, tests), ``quick`` (about 5.5 min of CPU time on one thread, measured
-at db247c7 before the fourth model, TimeFlow x1-prediction: Sines and Stocks, small networks, 1200
-training steps, 256 windows per row, shortened metric training — see the notes), ``full`` (all sets,
+Profiles: ``smoke`` (seconds, tests), ``quick`` (about 10 min of CPU time on one thread, measured at
+66d8cf0 with the four models: Sines and Stocks, small networks, 1200 training steps, 256 windows per
+row, shortened metric training — see the notes), ``full`` (all sets,
 protocol metric settings), ``gpu`` (full sizes on CUDA, bf16 training).
 """
 
@@ -111,7 +111,8 @@ PROFILES: dict[str, TSProfile] = {
                        repeats=2, disc_iterations=10, pred_iterations=10, ts2vec_iterations=5, curve_nfes=(2, 10),
                        forecast_windows=4, forecast_samples=4, ddpm_steps=100, tsne=False, time_n=32, time_repeats=1,
                        lr_decay="constant", ema_decay=0.995),
-    # quick: ~5.5 min of CPU time on one thread (was 13.7 min: training 6 models x 1200 steps of batch 128 was ~1/3,
+    # quick: ~10 min of CPU time on one thread with four models (66d8cf0); ~5.5 min with three at db247c7 (was 13.7
+    # min: training 6 models x 1200 steps of batch 128 was ~1/3,
     # sampling — speed rounds of 256 windows, DDPM-500 on 500 windows, curves — and the metric GRUs the rest).
     # 1200 steps (was 700): on Sines, training steps were the best quality per CPU second of the components tried
     # (context-FID of TimeFlow@10 vs 2000 training windows: 700 -> 1400 steps 0.39 -> 0.20; d_model 64 at 1.5x the
