@@ -92,10 +92,10 @@ class TimeFlowModule(FlowMatchingModule):
         m = random_masks(tuple(x1.shape), self.p_forecast, self.p_impute, self.max_horizon, gen, x1.device)
         pred = self.model(x_t, t, torch.cat([m * x1, m], dim=-1))
         w = 1.0 - m  # score the unobserved entries only
+        target = x1 - x0 if self.cfg.parametrization == "velocity" else x1  # the paper's x1 - x0, or the data
+        err = ((pred - target) ** 2 * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp(min=1.0)
         if self.cfg.parametrization == "velocity":
-            err = ((pred - (x1 - x0)) ** 2 * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp(min=1.0)  # target x1 - x0
             return err.mean()
-        err = ((pred - x1) ** 2 * w).sum(dim=(1, 2)) / w.sum(dim=(1, 2)).clamp(min=1.0)  # target x1
         lam = torch.clamp(1.0 / (1.0 - t) ** 2, max=self.weight_cap)  # lambda(t) = min(1 / (1 - t)^2, lambda_max)
         return (lam * err).mean() / lam.mean().detach()
 
