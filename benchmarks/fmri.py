@@ -210,6 +210,8 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
            else "the one-direction flows were not trained in this run (profile option one_direction_flows)"),
         f"NeuroVAE early stopping: {cfg.vae_val_fraction:g} of the training stimuli held out, best validation step "
         f"{summary['neurovae'].get('best_step', cfg.vae_steps)} of {cfg.vae_steps} kept"
+        + (f", then refit on all {summary['neurovae']['refit_rows']} training trials for that many steps"
+           if "refit_steps" in summary["neurovae"] else "")
         + (f" (weights: EMA of the iterates, decay {cfg.vae_ema:g})" if cfg.vae_ema > 0 else "")
         + f"; learning rate {cfg.vae_lr:g}, {cfg.vae_lr_schedule} schedule, weight decay {cfg.vae_weight_decay:g}",
         "features for two-way identification / retrieval: the visual AE encoder trained here on the training stimuli",

@@ -158,6 +158,18 @@ class FMRIConfig(Config):
     Quick profile (test stimuli, scored once after the choice; best step 650 of 1500):
     encoding median r 0.780 -> 0.800 (0.858 -> 0.880 of the ceiling), decoding top-1 0.953
     -> 0.977, encoding top-1 0.75 -> 0.67."""
+    vae_refit: bool = True
+    """After early stopping chose the NeuroVAE's step ``k`` on the ``vae_val_fraction`` held-out
+    stimuli, train a fresh NeuroVAE (seeded) on every training stimulus for ``k`` steps
+    (same learning-rate schedule over ``vae_steps``, the EMA weights of step ``k`` kept): the
+    held-out stimuli then set only the step count and still train the decoder (the usual
+    refit after model selection, e.g. Hastie, Tibshirani & Friedman 2009, ESL §7.10). One
+    more NeuroVAE training of at most ``vae_steps``. Evidence (seed-0 subject, quick sizes,
+    170 validation stimuli, encoding path decode(z_vis) scored by median voxel r against the
+    noise-free responses): the NeuroVAE's learning curve over its fit stimuli rises steeply,
+    764 / 1145 / 1527 stimuli -> 0.8707 / 0.8860 / 0.8960 (training seed 1); fitting on 90 % of
+    the fit stimuli, choosing the step there and refitting on all of them scored 0.8928 -> 0.8975 (training
+    seed 1, step 1100) and 0.9055 -> 0.9108 (seed 2, step 600), +0.005 each time."""
     vae_val_every: int = 50
     """Steps between two validation losses of the NeuroVAE."""
     vae_ema: float = 0.99
@@ -349,7 +361,18 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
                               weight_decay=cfg.vae_weight_decay, cross_trial=partners is not None)
         s = fit_autoencoder(m, tuple(t[fit_rows] for t in tensors), cfg.fm.batch_size, cfg.vae_steps, trainer_args,
                             out / VAE_FILE, seed + 1, progress, partners=partners)
-        return m.model, s
+        if not (cfg.vae_refit and val is not None):
+            return m.model, s
+        # refit on every training stimulus for the chosen step count (vae_refit); overwrites VAE_FILE atomically
+        k = max(1, int(s["best_step"]))
+        torch.manual_seed(seed + 1)
+        partners = vae_partners(cfg, prep.train_img)
+        m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, cfg.vae_align, seed=seed + 1, ema_decay=cfg.vae_ema,
+                              lr_schedule=cfg.vae_lr_schedule, weight_decay=cfg.vae_weight_decay,
+                              cross_trial=partners is not None, schedule_steps=cfg.vae_steps)
+        notes = {"best_step": k, "val_history": s["val_history"], "refit_steps": k, "refit_rows": len(prep.train_x)}
+        return m.model, fit_autoencoder(m, tensors, cfg.fm.batch_size, k, trainer_args, out / VAE_FILE, seed + 1,
+                                        progress, partners=partners, notes=notes)
 
     vae, vae_sum = _stage(out / VAE_FILE, read_vae, train_vae)
     ae.eval(), vae.eval()

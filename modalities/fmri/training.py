@@ -141,7 +141,7 @@ def validation_loss(model: nn.Module, batch: tuple[Tensor, ...], align_weight: f
 class AutoencoderModule(L.LightningModule):
     """``model.loss(x)`` (or :func:`align_loss` when batches carry targets) minimised with
     AdamW (weight decay ``weight_decay``) at learning rate ``lr * lr_factor(lr_schedule,
-    step, max_steps)`` (:func:`lr_factor`; ``max_steps`` is the trainer's); ``history``
+    step, T)`` (:func:`lr_factor`; ``T = schedule_steps``, else the trainer's ``max_steps``); ``history``
     holds ``(step, loss)``.
 
     With ``val`` tensors (same layout as a batch), :func:`validation_loss` is computed every
@@ -154,13 +154,18 @@ class AutoencoderModule(L.LightningModule):
     validation, ``best_state`` and the final weights are then the average's, not the last
     iterate's.
 
+    ``schedule_steps``: the ``T`` of the learning-rate schedule (default: the trainer's
+    ``max_steps``); a refit that stops at a step chosen on validation passes the chosen
+    run's ``T`` so that its first steps follow the same learning rates.
+
     ``cross_trial``: the last tensor of every training batch is the NeuroVAE's
     reconstruction target (:class:`CrossTrialDataset`), the others are as above; validation
     batches are unchanged."""
 
     def __init__(self, model: nn.Module, lr: float, align_weight: float = 0.0, seed: int = 0, log_every: int = 25,
                  val: tuple[Tensor, ...] | None = None, val_every: int = 50, ema_decay: float = 0.0,
-                 lr_schedule: LRSchedule = "constant", weight_decay: float = 1e-4, cross_trial: bool = False) -> None:
+                 lr_schedule: LRSchedule = "constant", weight_decay: float = 1e-4, cross_trial: bool = False,
+                 schedule_steps: int | None = None) -> None:
         super().__init__()
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1); got {ema_decay}")
@@ -168,9 +173,12 @@ class AutoencoderModule(L.LightningModule):
             raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}; expected constant, cosine or linear")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0; got {weight_decay}")
+        if schedule_steps is not None and schedule_steps < 1:
+            raise ValueError(f"schedule_steps must be >= 1; got {schedule_steps}")
         if cross_trial and not isinstance(model, NeuroVAE):
             raise ValueError(f"cross_trial targets need a NeuroVAE; got {type(model).__name__}")
         self.lr_schedule, self.weight_decay, self.cross_trial = lr_schedule, weight_decay, cross_trial
+        self.schedule_steps = schedule_steps
         self.model, self.lr, self.align_weight, self.seed, self.log_every = model, lr, align_weight, seed, log_every
         self.ema = EMA(model, ema_decay, warmup=True) if ema_decay > 0 else None
         self.history: list[tuple[int, float]] = []
@@ -223,20 +231,21 @@ class AutoencoderModule(L.LightningModule):
         opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         if self.lr_schedule == "constant":
             return opt
-        total = int(self.trainer.max_steps or 0)
+        total = self.schedule_steps or int(self.trainer.max_steps or 0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(self.lr_schedule, s, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
 
 def fit_autoencoder(module: AutoencoderModule, tensors: tuple[Tensor, ...], batch_size: int, max_steps: int,
                     trainer_args: TrainerArgs, path: str | Path, seed: int, progress: bool = False,
-                    partners: np.ndarray | None = None) -> dict:
+                    partners: np.ndarray | None = None, notes: dict | None = None) -> dict:
     """Train ``module`` for ``max_steps`` on shuffled mini-batches of ``tensors`` and write
     ``path`` (``.safetensors`` + ``.json`` with the network's config). Returns a summary.
 
     ``partners`` (:func:`repeat_partners` of the rows of ``tensors``; needs a module built
     with ``cross_trial=True``): batches end with a random other trial of each row's stimulus
-    (:class:`CrossTrialDataset`)."""
+    (:class:`CrossTrialDataset`). ``notes`` (JSON values) join the saved ``extra`` and the
+    summary, e.g. a refit's record of the validation run that chose its step count."""
     if (partners is not None) != bool(getattr(module, "cross_trial", False)):
         raise ValueError("partners and AutoencoderModule(cross_trial=True) go together")
     g = torch.Generator().manual_seed(seed)
@@ -253,9 +262,11 @@ def fit_autoencoder(module: AutoencoderModule, tensors: tuple[Tensor, ...], batc
     extra = {"history": module.history}
     if module.val_history:
         extra.update(val_history=module.val_history, best_step=module.best_step)
+    extra.update(notes or {})
     save_checkpoint(path, module.model, step=max_steps, config=cfg, extra=extra)
     final = module.history[-1][1] if module.history else float("nan")
     summary = {"steps": max_steps, "final_loss": final, "history": module.history}
     if module.val_history:
         summary.update(best_step=module.best_step, best_val_loss=module.best_val, val_history=module.val_history)
+    summary.update(notes or {})
     return summary

@@ -184,6 +184,28 @@ def test_vae_align_pulls_the_neural_latent_onto_the_visual_one(run_dir, tmp_path
     assert gaps[10.0] < 0.8 * gaps[0.0]
 
 
+def test_neurovae_refit_trains_on_every_training_trial_for_the_chosen_steps(run_dir, tmp_path) -> None:
+    """vae_refit (default): the early-stopping run on the fit stimuli chooses k, then a
+    NeuroVAE trained on every training trial, held-out stimuli included, for k steps is what
+    the run keeps; its file records k and the validation history. Without it the fit run's
+    weights are kept and no refit is recorded."""
+    from modaflow.modalities.fmri.neuroflow import VAE_FILE, read_vae
+    from modaflow.modalities.fmri.recipe import load_prepared, validation_split
+
+    cfg = _cfg()
+    _, prep = load_prepared(cfg)
+    fit_rows, val_rows = validation_split(prep.train_img, cfg.vae_val_fraction, cfg.fm.seed + 1)
+    assert len(val_rows) > 0
+    _, extra = read_vae(run_dir / VAE_FILE)
+    k = extra["best_step"]
+    assert 1 <= k <= cfg.vae_steps and extra["refit_steps"] == k and extra["val_history"]
+    assert extra["refit_rows"] == len(prep.train_x) == len(fit_rows) + len(val_rows)
+    summary = MODALITY.train(_cfg(vae_refit=False), TrainerArgs(accelerator="cpu"), tmp_path, progress=False)
+    assert "refit_steps" not in summary["neurovae"] and summary["neurovae"]["best_step"] >= 1
+    _, extra = read_vae(tmp_path / VAE_FILE)
+    assert "refit_steps" not in extra
+
+
 def test_validation_split_holds_out_whole_stimuli() -> None:
     from modaflow.modalities.fmri.recipe import validation_split
 
@@ -289,6 +311,14 @@ def test_lr_schedule_anneals_the_learning_rate_over_the_budget(tmp_path) -> None
         fit_autoencoder(m, (x,), 16, T, TrainerArgs(accelerator="cpu"), tmp_path / f"{schedule}.safetensors", 0)
         assert m.lrs == pytest.approx([1e-2 * f for f in factors], abs=1e-9), schedule
         assert set(m.wds) == {0.05}
+    # a refit stopped at step k < T of a T-step schedule follows that schedule's first k rates
+    m = Recording(NeuroVAE(NeuroVAEConfig(voxels=12, hidden=16, latent=4, dropout=0.0)), 1e-2, seed=0,
+                  lr_schedule="cosine", schedule_steps=T)
+    m.lrs, m.wds = [], []
+    fit_autoencoder(m, (x,), 16, 7, TrainerArgs(accelerator="cpu"), tmp_path / "refit.safetensors", 0)
+    assert m.lrs == pytest.approx([1e-2 * f for f in expected["cosine"][:7]], abs=1e-9)
+    with pytest.raises(ValueError, match="schedule_steps"):
+        AutoencoderModule(NeuroVAE(NeuroVAEConfig(voxels=12, hidden=16, latent=4)), 1e-2, schedule_steps=0)
 
 
 def test_cross_trial_targets_pair_each_trial_with_another_trial_of_its_stimulus() -> None:
