@@ -44,6 +44,8 @@ __all__ = ["FMRIConfig", "SOLVERS", "NAME", "load_trials", "load_prepared", "bui
            "validation_split", "stimulus_ids", "vae_partners"]
 
 NAME = "fmri"
+SELECT_FILE = "neurovae_select.safetensors"
+"""The NeuroVAE of the early-stopping run while its refit (``vae_refit``) trains; removed after."""
 SOLVERS: tuple[str, ...] = ("euler", "midpoint", "heun", "rk4")
 
 
@@ -359,11 +361,15 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
         m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, cfg.vae_align, seed=seed + 1, val=val,
                               val_every=cfg.vae_val_every, ema_decay=cfg.vae_ema, lr_schedule=cfg.vae_lr_schedule,
                               weight_decay=cfg.vae_weight_decay, cross_trial=partners is not None)
+        refit = cfg.vae_refit and val is not None
+        # with a refit to follow, the selection run gets its own file: VAE_FILE (what a resumed run reads as this
+        # stage's result) is only ever the NeuroVAE the run keeps, even when training stops between the two
+        select = out / SELECT_FILE if refit else out / VAE_FILE
         s = fit_autoencoder(m, tuple(t[fit_rows] for t in tensors), cfg.fm.batch_size, cfg.vae_steps, trainer_args,
-                            out / VAE_FILE, seed + 1, progress, partners=partners)
-        if not (cfg.vae_refit and val is not None):
+                            select, seed + 1, progress, partners=partners)
+        if not refit:
             return m.model, s
-        # refit on every training stimulus for the chosen step count (vae_refit); overwrites VAE_FILE atomically
+        # refit on every training stimulus for the chosen step count (vae_refit)
         k = max(1, int(s["best_step"]))
         torch.manual_seed(seed + 1)
         partners = vae_partners(cfg, prep.train_img)
@@ -371,8 +377,11 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
                               lr_schedule=cfg.vae_lr_schedule, weight_decay=cfg.vae_weight_decay,
                               cross_trial=partners is not None, schedule_steps=cfg.vae_steps)
         notes = {"best_step": k, "val_history": s["val_history"], "refit_steps": k, "refit_rows": len(prep.train_x)}
-        return m.model, fit_autoencoder(m, tensors, cfg.fm.batch_size, k, trainer_args, out / VAE_FILE, seed + 1,
-                                        progress, partners=partners, notes=notes)
+        s = fit_autoencoder(m, tensors, cfg.fm.batch_size, k, trainer_args, out / VAE_FILE, seed + 1, progress,
+                            partners=partners, notes=notes)
+        for f in (select, select.with_suffix(".json")):
+            f.unlink(missing_ok=True)
+        return m.model, s
 
     vae, vae_sum = _stage(out / VAE_FILE, read_vae, train_vae)
     ae.eval(), vae.eval()

@@ -200,6 +200,7 @@ def test_neurovae_refit_trains_on_every_training_trial_for_the_chosen_steps(run_
     k = extra["best_step"]
     assert 1 <= k <= cfg.vae_steps and extra["refit_steps"] == k and extra["val_history"]
     assert extra["refit_rows"] == len(prep.train_x) == len(fit_rows) + len(val_rows)
+    assert not list(run_dir.glob("neurovae_select*"))  # the selection run's file is gone once the refit is written
     summary = MODALITY.train(_cfg(vae_refit=False), TrainerArgs(accelerator="cpu"), tmp_path, progress=False)
     assert "refit_steps" not in summary["neurovae"] and summary["neurovae"]["best_step"] >= 1
     _, extra = read_vae(tmp_path / VAE_FILE)
