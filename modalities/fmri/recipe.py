@@ -357,31 +357,32 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
             tensors += ((zv - zv.mean(0)) / zv.std(0).clamp_min(1e-6),)
         fit_rows, val_rows = validation_split(prep.train_img, cfg.vae_val_fraction, seed + 1)
         val = tuple(t[val_rows] for t in tensors) if len(val_rows) else None
-        partners = vae_partners(cfg, prep.train_img[fit_rows])
-        m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, cfg.vae_align, seed=seed + 1, val=val,
-                              val_every=cfg.vae_val_every, ema_decay=cfg.vae_ema, lr_schedule=cfg.vae_lr_schedule,
-                              weight_decay=cfg.vae_weight_decay, cross_trial=partners is not None)
         refit = cfg.vae_refit and val is not None
+
+        def fit_vae(rows, steps: int, path: Path, val=None, notes: dict | None = None):
+            """A NeuroVAE fit on ``rows`` for ``steps`` (the schedule always spans ``vae_steps``)."""
+            partners = vae_partners(cfg, prep.train_img[rows])
+            m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, cfg.vae_align, seed=seed + 1, val=val,
+                                  val_every=cfg.vae_val_every, ema_decay=cfg.vae_ema, lr_schedule=cfg.vae_lr_schedule,
+                                  weight_decay=cfg.vae_weight_decay, cross_trial=partners is not None,
+                                  schedule_steps=cfg.vae_steps)
+            return m.model, fit_autoencoder(m, tuple(t[rows] for t in tensors), cfg.fm.batch_size, steps, trainer_args,
+                                            path, seed + 1, progress, partners=partners, notes=notes)
+
         # with a refit to follow, the selection run gets its own file: VAE_FILE (what a resumed run reads as this
         # stage's result) is only ever the NeuroVAE the run keeps, even when training stops between the two
         select = out / SELECT_FILE if refit else out / VAE_FILE
-        s = fit_autoencoder(m, tuple(t[fit_rows] for t in tensors), cfg.fm.batch_size, cfg.vae_steps, trainer_args,
-                            select, seed + 1, progress, partners=partners)
+        model, s = fit_vae(fit_rows, cfg.vae_steps, select, val)
         if not refit:
-            return m.model, s
+            return model, s
         # refit on every training stimulus for the chosen step count (vae_refit)
         k = max(1, int(s["best_step"]))
         torch.manual_seed(seed + 1)
-        partners = vae_partners(cfg, prep.train_img)
-        m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, cfg.vae_align, seed=seed + 1, ema_decay=cfg.vae_ema,
-                              lr_schedule=cfg.vae_lr_schedule, weight_decay=cfg.vae_weight_decay,
-                              cross_trial=partners is not None, schedule_steps=cfg.vae_steps)
         notes = {"best_step": k, "val_history": s["val_history"], "refit_steps": k, "refit_rows": len(prep.train_x)}
-        s = fit_autoencoder(m, tensors, cfg.fm.batch_size, k, trainer_args, out / VAE_FILE, seed + 1, progress,
-                            partners=partners, notes=notes)
+        model, s = fit_vae(np.arange(len(prep.train_x)), k, out / VAE_FILE, notes=notes)
         for f in (select, select.with_suffix(".json")):
             f.unlink(missing_ok=True)
-        return m.model, s
+        return model, s
 
     vae, vae_sum = _stage(out / VAE_FILE, read_vae, train_vae)
     ae.eval(), vae.eval()
