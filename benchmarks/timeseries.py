@@ -27,13 +27,17 @@ Profiles: ``smoke`` (seconds, tests), ``quick`` (about 10 min of CPU time on one
 66d8cf0 with the four models: Sines and Stocks, small networks, 1200 training steps, 256 windows per
 row, shortened metric training — see the notes), ``full`` (all sets,
 protocol metric settings), ``gpu`` (full sizes on CUDA, bf16 training).
+
+A rerun into the same folder resumes: trained models are kept in ``runs/`` and each finished
+dataset in ``datasets/`` (:mod:`.timeseries_store`), reused while the profile's sizes and the
+seed are the same, so an interrupted ``full`` run loses at most the dataset it was evaluating.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -51,6 +55,7 @@ from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, train_ts2vec
 from . import report as R
 from . import timeseries_eval as E
 from . import timeseries_plots as P
+from . import timeseries_store as S
 from .harness import BenchResult, log, mean_ci95, median_times, progress, quiet_training, select_profile, stage
 
 __all__ = ["TSProfile", "PROFILES", "run"]
@@ -294,12 +299,25 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
     return res
 
 
+def plotted(fakes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The generated sets of the embedding and overlay plots (label "<row label> <NFE>"): each
+    model at 10 NFE and the DDPM."""
+    return {k: v for k, v in fakes.items()
+            if k in ("TimeFlow 10", "TimeFlow x1-prediction 10", "linear FM 10", "DDPM " + k.split()[-1])}
+
+
+def store_key(p: TSProfile, seed: int) -> dict:
+    """What a stored dataset's evaluation depends on (:mod:`.timeseries_store`): every size of
+    the profile except the dataset list, the thread count and the t-SNE switch, and the seed."""
+    sizes = {k: v for k, v in asdict(p).items() if k not in ("datasets", "threads", "tsne")}
+    return {"seed": seed, **sizes}
+
+
 def _plots(out: Path, trained: dict[str, dict], tsne: bool) -> list[str]:
     files = [R.plot_loss(out / "loss.png", {k: v for res in trained.values() for k, v in res["losses"].items()},
                          "training loss").name]
     for ds, res in trained.items():
-        fakes = {k: v for k, v in res["fakes"].items()
-                 if k in ("TimeFlow 10", "TimeFlow x1-prediction 10", "linear FM 10", "DDPM " + k.split()[-1])}
+        fakes = plotted(res["fakes"])
         files.append(P.plot_embeddings(out / f"{ds}_embeddings.png", res["real"], fakes, f"{ds}: real vs generated",
                                        tsne).name)
         files.append(P.plot_overlay(out / f"{ds}_overlay.png", res["real"], fakes, res["channels"],
@@ -346,9 +364,15 @@ def run_profile(name: str, p: TSProfile, out_dir: str | Path, seed: int = 0) -> 
 def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
     t0 = time.perf_counter()
     metrics, baselines, timings, curves, trained = {}, {}, {}, {}, {}
+    key = store_key(p, seed)
     for ds in p.datasets:
-        with stage(f"timeseries {ds}"):
-            res = _dataset(p, ds, out, seed)
+        res = S.load_dataset(out, ds, key)
+        if res is not None:
+            log(f"timeseries {ds}: reusing the finished evaluation in {res['reused']}")
+        else:
+            with stage(f"timeseries {ds}"):
+                res = _dataset(p, ds, out, seed)
+            S.save_dataset(out, ds, res, key, plotted(res["fakes"]))
         trained[ds] = res
         metrics.update(res["metrics"])
         for b, ms in res["baselines"].items():
@@ -387,6 +411,11 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
         "published rows are copied from REFERENCE.md §2 (Diffusion-TS table 1, FM-TS); our stocks are GOOG 2004-2013 "
         "from bokeh_sampledata, not the exact file of the publications",
     ]
+    reused = [f"{ds}: {res['reused']}" for ds, res in trained.items() if "reused" in res]
+    if reused:
+        notes.append("evaluated by an earlier run into this folder under the same profile sizes and seed, and reused "
+                     "(its samples/s and speed ratios were measured in that run, beside its own DDPM): "
+                     + "; ".join(reused))
     result = BenchResult.create("timeseries", profile, seed, metrics=metrics, baselines=baselines, timings=timings,
                                 curves=curves, plots=plots, notes=notes)
     result.write(out)

@@ -401,3 +401,45 @@ def test_training_schedule_of_the_recipe_and_the_benchmark_profiles() -> None:
         for name in B.MODELS:
             got = B._config(B.PROFILES[profile], "sines", name, 0).fm
             assert (got.lr_decay, got.ema_decay, got.max_steps) == (*expected, B.PROFILES[profile].train_steps)
+
+
+def test_a_rerun_into_the_same_folder_reuses_finished_datasets_and_only_under_the_same_settings(tmp_path, monkeypatch) -> None:
+    """The benchmark keeps each finished dataset in the run folder (numbers as JSON, arrays as safetensors); a rerun
+    reuses it (same numbers, tables and plots, no evaluation) unless the profile's sizes or the seed changed, or its
+    files cannot be read."""
+    import json
+    from dataclasses import replace
+
+    from modaflow.benchmarks import timeseries as B
+    from modaflow.benchmarks import timeseries_store as S
+
+    p = replace(B.PROFILES["smoke"], n_samples=200, eval_n=24, disc_iterations=3, pred_iterations=3, curve_nfes=(2,),
+                forecast_windows=2, forecast_samples=2, ddpm_steps=10, time_n=8, train_steps=4)
+    first = B.run_profile("smoke", p, tmp_path, seed=0)
+    stored = tmp_path / S.STORE_DIR / "sines.json"
+    meta = json.loads(stored.read_text())
+    assert meta["key"] == json.loads(json.dumps(B.store_key(p, 0))) and meta["fakes"] == list(
+        B.plotted({"TimeFlow 10": 0, "TimeFlow x1-prediction 10": 0, "linear FM 10": 0, "DDPM 10": 0}))
+    report = (tmp_path / "report.md").read_text()
+
+    class Evaluated(Exception):
+        pass
+
+    def evaluate(*args):
+        raise Evaluated
+
+    monkeypatch.setattr(B, "_dataset", evaluate)
+    again = B.run_profile("smoke", replace(p, threads=2, tsne=True), tmp_path, seed=0)  # not part of the key
+    assert again.metrics == first.metrics and again.baselines == first.baselines and again.curves == first.curves
+    assert again.plots == first.plots and all((tmp_path / f).stat().st_size > 0 for f in again.plots)
+    assert any(n.startswith("evaluated by an earlier run") and str(stored) in n for n in again.notes)
+    new = (tmp_path / "report.md").read_text()
+    assert new.split("## Tables per dataset")[1].split("## Metrics")[0] == \
+        report.split("## Tables per dataset")[1].split("## Metrics")[0]
+    with pytest.raises(Evaluated):  # other metric settings: evaluated again
+        B.run_profile("smoke", replace(p, repeats=3), tmp_path, seed=0)
+    with pytest.raises(Evaluated):  # another seed
+        B.run_profile("smoke", p, tmp_path, seed=1)
+    (tmp_path / S.STORE_DIR / "sines.safetensors").write_bytes(b"truncated")
+    with pytest.raises(Evaluated):  # unreadable arrays: evaluated again, not an unexplained crash
+        B.run_profile("smoke", p, tmp_path, seed=0)
