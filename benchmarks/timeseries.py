@@ -7,7 +7,8 @@ Euler–Maruyama, sigma = 0.1, time shift 3 by default) at 10 and 100 NFE, TimeF
 ODE (Euler, uniform grid by default) at 10 and 100 NFE, and the Diffusion-TS-style DDPM with 500
 ancestral steps. Each row: the protocol's four metrics (REFERENCE.md §2) and a roughness diagnostic over
 ``repeats`` metric seeds (mean ± 95% t-interval; the same generated set, new classifier /
-encoder seeds, as the protocol repeats them), samples per second and the speed ratio
+encoder seeds, as the protocol repeats them), a copying check (DCR ratio: the metrics compare
+with training windows, which a copy would match), samples per second and the speed ratio
 against the DDPM measured in the same run. Then: the metric-vs-NFE curves (correlational
 and context-FID), forecasting and imputation (MSE / MAE / CRPS of the TimeFlow
 conditional model against the baselines' steered sampling), plots (PCA / t-SNE, overlays,
@@ -264,6 +265,9 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
                 for k in range(p.repeats)]
         return {m: mean_ci95(rp[m] for rp in reps) for m in P.METRICS}
 
+    with stage(f"closest training windows on {ds}"):  # the copying check's reference, once for every row
+        stride = models["timeflow"].cfg.stride
+        dcr = partial(M.dcr_ratio, real_all, stride=stride, real_closest=M.closest_distances(real_all, real_all, stride))
     with stage(f"time sampling on {ds}"):
         speed = sampling_speed(models, p, res["samplers"], seed)
     for label, name, nfe in progress(ROWS, f"evaluate {ds}"):
@@ -273,24 +277,24 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
         fake = scaler.from_model(draw_nfe(r, n, nfe, solver, seed, shift=shift))
         # the curves reuse these draws where they ask for the same solver and shift
         res["draws"][(name, resolve_solver(r.cfg.method, solver, r.kind), nfe, shift or r.cfg.shift)] = fake
-        row = {"model": name, "nfe": nfe, "solver": solver, "shift": shift, **scores(fake),
+        row = {"model": name, "nfe": nfe, "solver": solver, "shift": shift, **scores(fake), "dcr_ratio": dcr(fake),
                "samples_per_s": speed[(name, nfe)]}
         title = f"{label} ({nfe} NFE" + (f", {solver}, shift {shift:g})" if shift is not None else ")")
         res["rows"][title] = row
         # each row's scores reach the log as they are measured, not only in the report at the end
         log(f"{ds} {title}: " + ", ".join(f"{m} {row[m]['mean']:.4f} ± {row[m]['ci95']:.4f}" for m in P.METRICS)
-            + f", {row['samples_per_s']:.0f} samples/s")
+            + f", DCR ratio {row['dcr_ratio']:.3f}, {row['samples_per_s']:.0f} samples/s")
         res["fakes"][f"{label} {nfe}"] = fake
         key = f"{ds}.{name}@nfe{nfe}"
         target = res["metrics"] if r.cfg.method == "timeflow" else res["baselines"].setdefault(name, {})
-        target.update({f"{key}.{m}": row[m] for m in P.METRICS})
+        target.update({f"{key}.{m}": row[m] for m in (*P.METRICS, "dcr_ratio")})
         res["timings"][f"{key}.samples_per_s"] = row["samples_per_s"]
     ddpm_rate = res["rows"][f"DDPM ({p.ddpm_steps} NFE)"]["samples_per_s"]
     for row in res["rows"].values():
         row["speed_vs_ddpm"] = row["samples_per_s"] / ddpm_rate
         res["timings"][f"{ds}.{row['model']}@nfe{row['nfe']}.speed_vs_ddpm_ratio"] = row["speed_vs_ddpm"]
     with stage(f"score the real references on {ds}"):
-        E.real_data_rows(p, ds, models["timeflow"].cfg, real, w, scaler, encoders, seed, bounded, res)
+        E.real_data_rows(p, ds, models["timeflow"].cfg, real, w, scaler, encoders, seed, bounded, dcr, res)
     with stage(f"metric-vs-NFE curves on {ds}"):
         E.curves_vs_nfe(p, ds, models, real, encoders[0], seed, n, scaler, res, SOLVER_CHOICES)
     with stage(f"forecast and imputation on {ds}"):
@@ -392,7 +396,10 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
         f"mean ± 95% t-interval over {p.repeats} metric seeds; discriminative {p.disc_iterations} / predictive "
         f"{p.pred_iterations} GRU iterations (protocol 2000 / 5000), TS2Vec {p.ts2vec_iterations or 'default'} iterations; "
         "roughness (not in the protocol; ideal 1): the largest per-channel ratio of the second difference's std, "
-        "generated / real (above 1: high-frequency noise the data lacks)",
+        "generated / real (above 1: high-frequency noise the data lacks); DCR ratio (a copying check, not in the "
+        "protocol; ideal 1, a copy of the training set 0): median distance from a generated window to its closest "
+        "training window over the median distance from a training window to its closest non-overlapping other "
+        "training window (every training window, flattened, Euclidean; metrics.dcr_ratio)",
         f"speed: samples/s = {p.time_n} / median time of one sampling call over {p.time_repeats} interleaved rounds "
         f"(same device and threads); speed_vs_ddpm_ratio against the DDPM with {p.ddpm_steps} ancestral steps in this run",
         "forecast / impute: TimeFlow conditions on the mask; linear FM (FlowChef) and DDPM (hard projection) are "

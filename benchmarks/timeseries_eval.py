@@ -25,7 +25,7 @@ FRESH_SEED = 2000
 """Offset of the simulator seed of the fresh draw (beside the training data's ``data_seed``)."""
 
 
-def real_data_rows(p, ds, cfg, real, w, scaler, encoders, seed, bounded, res) -> None:
+def real_data_rows(p, ds, cfg, real, w, scaler, encoders, seed, bounded, dcr, res) -> None:
     """The metrics' references, scored like generated rows against the same ``real`` windows:
 
     * held-out real test windows (protocol's "real data" predictive: train and test on real);
@@ -34,14 +34,18 @@ def real_data_rows(p, ds, cfg, real, w, scaler, encoders, seed, bounded, res) ->
       (``data_seed + FRESH_SEED``): the floor a perfect generator would score at this size;
     * the discriminative score of a classifier guessing at random on the held-out windows
       (:func:`~modaflow.modalities.timeseries.metrics.discriminative_chance`, exact): the
-      metric's noise floor at this size, which differences between rows must exceed."""
+      metric's noise floor at this size, which differences between rows must exceed.
+
+    ``dcr(windows)`` is the copying check of the rows (:func:`~modaflow.modalities.timeseries.metrics.dcr_ratio`
+    against every training window); the fresh draw shows its value for new data from the same source."""
 
     def row(label: str, key: str, ref: np.ndarray, other: np.ndarray) -> None:
         reps = [generation_metrics(ref, other, encoders[k], seed + k, p.disc_iterations, p.pred_iterations, bounded)
                 for k in range(p.repeats)]
         scores = {m: mean_ci95(rp[m] for rp in reps) for m in P.METRICS}
-        res["rows"][label] = {"nfe": "", **scores}
+        res["rows"][label] = {"nfe": "", **scores, "dcr_ratio": dcr(other)}
         res["baselines"].setdefault(key, {}).update({f"{ds}.{m}": scores[m] for m in P.METRICS})
+        res["baselines"][key][f"{ds}.dcr_ratio"] = res["rows"][label]["dcr_ratio"]
 
     if len(w.test) >= 2:
         test = scaler.transform(w.test)[: len(real)]

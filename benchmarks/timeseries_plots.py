@@ -40,18 +40,18 @@ def _fmt(v: Any) -> str:
 
 
 def dataset_table(ds: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown table of one dataset: our rows (label -> {metric, "nfe", "samples_per_s",
+    """Markdown table of one dataset: our rows (label -> {metric, "nfe", "dcr_ratio", "samples_per_s",
     "speed_vs_ddpm"}) then the published rows."""
-    head = ["method", "NFE", *METRICS, "samples/s", "speed vs DDPM-500"]
+    head = ["method", "NFE", *METRICS, "DCR ratio", "samples/s", "speed vs DDPM-500"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in rows.items():
-        cells = [label, str(r.get("nfe", "")), *(_fmt(r.get(m)) for m in METRICS),
+        cells = [label, str(r.get("nfe", "")), *(_fmt(r.get(m)) for m in METRICS), _fmt(r.get("dcr_ratio")),
                  _fmt(r.get("samples_per_s")), (f"{r['speed_vs_ddpm']:.1f}x" if r.get("speed_vs_ddpm") else "")]
         lines.append("| " + " | ".join(cells) + " |")
     for name, table in PUBLISHED.items():
         if ds in table:
             nfe = "500-1000" if name.startswith("Diffusion") else ""
-            cells = [name, nfe, *(_fmt(table[ds].get(m)) for m in METRICS), "", ""]
+            cells = [name, nfe, *(_fmt(table[ds].get(m)) for m in METRICS), "", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -23,6 +23,13 @@ sets). Lower is better for all of them but :func:`roughness`, whose ideal is 1.
   as the data; above 1 the samples carry high-frequency noise the data lacks (MuJoCo's root
   positions are nearly straight lines over a window, and a GRU seed that notices the noise
   scores them far from chance: benchmarks/RESULTS.md); below 1 they are over-smoothed.
+* :func:`dcr_ratio` (a diagnostic of copying, not in the protocol; ideal 1): every metric above
+  compares generated windows with the training windows, so a model that copied its training set
+  would score at chance. The median distance from a generated window to its closest training
+  window (DCR, "distance to closest record", flattened windows, Euclidean), over the median
+  distance from a training window to its closest other training window that does not overlap it
+  (:func:`closest_distances`): a new window from the data's distribution scores about 1, a
+  copy 0.
 * :func:`context_fid`: the Fréchet distance between Gaussians fitted to the TS2Vec
   embeddings (:mod:`.ts2vec`) of real and generated windows (Jeha et al. 2022, ICLR,
   "PSA-GAN", sec. 4): ``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))``.
@@ -49,6 +56,9 @@ __all__ = [
     "cross_correlation",
     "correlational_score",
     "roughness",
+    "overlapping_neighbours",
+    "closest_distances",
+    "dcr_ratio",
     "frechet_distance",
     "context_fid",
     "crps_samples",
@@ -195,6 +205,64 @@ def roughness(real, fake) -> float:
     if not keep.any():
         raise ValueError("roughness is undefined: every real channel is a straight line (no second difference)")
     return float((d2f[keep] / d2r[keep]).max())
+
+
+def overlapping_neighbours(windows, stride: int) -> np.ndarray:
+    """``(N, K)`` boolean, ``K = ceil(L / stride) - 1``: entry ``(i, k - 1)`` says whether window
+    ``i + k`` is window ``i`` moved on by ``k * stride`` steps of the same series, i.e. whether
+    the two share their ``L - k * stride`` common steps exactly (sliding windows of one series;
+    never across the end of one series and the start of the next, nor for independent windows)."""
+    w = np.asarray(windows)
+    if w.ndim != 3 or stride < 1:
+        raise ValueError(f"expected windows (N, L, C) and stride >= 1; got {w.shape} and {stride}")
+    n, length = w.shape[:2]
+    k_max = max(0, -(-length // stride) - 1)
+    out = np.zeros((n, k_max), dtype=bool)
+    for k in range(1, min(k_max, n - 1) + 1):
+        lag = k * stride
+        out[: n - k, k - 1] = (w[: n - k, lag:] == w[k:, : length - lag]).all(axis=(1, 2))
+    return out
+
+
+def closest_distances(query, reference, stride: int | None = None, chunk: int = 1024) -> np.ndarray:
+    """Euclidean distance from each window of ``query`` ``(N, L, C)`` to its closest window of
+    ``reference`` ``(M, L, C)``, windows flattened, float64. With ``stride``, ``query`` must be
+    ``reference`` itself: each window's own entry and the windows overlapping it
+    (:func:`overlapping_neighbours`) are left out, so the distance is to a different stretch."""
+    q = torch.as_tensor(np.asarray(query), dtype=torch.float64)
+    r = torch.as_tensor(np.asarray(reference), dtype=torch.float64)
+    if q.ndim != 3 or r.ndim != 3 or q.shape[1:] != r.shape[1:] or len(r) == 0:
+        raise ValueError(f"expected windows (N, L, C) and (M >= 1, L, C); got {tuple(q.shape)} and {tuple(r.shape)}")
+    if stride is not None and q.shape != r.shape:
+        raise ValueError(f"with stride, query must be the reference itself; got {tuple(q.shape)} and {tuple(r.shape)}")
+    q, r = q.flatten(1), r.flatten(1)
+    skip = torch.as_tensor(overlapping_neighbours(np.asarray(reference), stride)) if stride is not None else None
+    out = []
+    for start in range(0, len(q), chunk):
+        d = torch.cdist(q[start : start + chunk], r)
+        if skip is not None:
+            i = torch.arange(start, start + len(d))
+            d[i - start, i] = math.inf
+            for k in range(1, skip.shape[1] + 1):  # window i + k overlaps i, and i - k overlaps i when skip[i - k]
+                fwd = i[(i + k < len(r)) & skip[i, k - 1]]
+                d[fwd - start, fwd + k] = math.inf
+                back = i[(i - k >= 0)]
+                back = back[skip[back - k, k - 1]]
+                d[back - start, back - k] = math.inf
+        out.append(d.min(1).values)
+    return torch.cat(out).numpy()
+
+
+def dcr_ratio(real, fake, stride: int, real_closest: np.ndarray | None = None) -> float:
+    """``median_i min_j |fake_i - real_j| / median_i min_{j ~ i} |real_i - real_j|`` with ``j ~ i``
+    the training windows other than ``i`` that do not overlap it (module doc; windows flattened,
+    Euclidean). ``real`` are the training windows in their order, cut with ``stride``;
+    ``real_closest`` may pass ``closest_distances(real, real, stride)`` computed once for many
+    ``fake`` sets."""
+    own = closest_distances(real, real, stride) if real_closest is None else np.asarray(real_closest)
+    if not np.isfinite(own).any():
+        raise ValueError("dcr_ratio needs at least two training windows that do not overlap")
+    return float(np.median(closest_distances(fake, real)) / np.median(own[np.isfinite(own)]))
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

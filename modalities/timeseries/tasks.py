@@ -167,8 +167,8 @@ def generation_metrics(real: np.ndarray, fake: np.ndarray, encoder, seed: int, d
 
 def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int,
              options: TimeSeriesOptions | None = None) -> dict:
-    """generate: the four protocol metrics and the roughness of ``n`` samples against the real training
-    windows (of ``data`` if given, scaled by the checkpoint's scaler). forecast / impute:
+    """generate: the four protocol metrics, the roughness and the copying check (``dcr_ratio``) of ``n``
+    samples against the real training windows (of ``data`` if given, scaled by the checkpoint's scaler). forecast / impute:
     MSE and MAE of the sample mean and CRPS over ``n`` samples per test window, on the
     predicted entries."""
     opts = options or TimeSeriesOptions()
@@ -187,4 +187,5 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     enc = train_ts2vec(torch.as_tensor(real, dtype=torch.float32), TS2VecConfig(iterations=opts.ts2vec_iterations), seed)
     out = generation_metrics(real, fake, enc, seed, opts.disc_iterations, opts.pred_iterations,
                              bounded=r.scaler.method != "standard")
-    return {**out, "n_samples": n, "n_real": int(real.shape[0])}
+    # copying check against every training window (metrics.dcr_ratio; ideal 1, a copy 0)
+    return {**out, "dcr_ratio": M.dcr_ratio(real, fake, cfg.stride), "n_samples": n, "n_real": int(real.shape[0])}

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.signal
 import torch
 
 from modaflow.modalities.timeseries import data as D
@@ -190,6 +191,55 @@ def test_roughness_matches_a_slow_loop_and_sees_added_white_noise() -> None:
         M.roughness(lines, lines + rng.normal(0.0, 0.01, lines.shape))
     with pytest.raises(ValueError, match="windows"):
         M.roughness(real, noisy[:, :10])
+
+
+def test_closest_distances_skip_exactly_the_overlapping_windows_and_match_a_slow_loop() -> None:
+    rng = np.random.default_rng(0)
+    # two series cut with stride 2 into windows of 5 (each window overlaps the next two of its series), then windows
+    # of independent samples (no overlap)
+    series = [rng.normal(size=(17, 2)).cumsum(0), rng.normal(size=(13, 2)).cumsum(0)]
+    windows = np.concatenate([D.sliding_windows(x, 5, 2) for x in series] + [rng.normal(size=(6, 5, 2))])
+    n_a, n_b = len(D.sliding_windows(series[0], 5, 2)), len(D.sliding_windows(series[1], 5, 2))
+    series_of = [0] * n_a + [1] * n_b + [2 + k for k in range(6)]
+    start = list(range(0, 2 * n_a, 2)) + list(range(0, 2 * n_b, 2)) + [0] * 6
+
+    def overlaps(i: int, j: int) -> bool:  # the truth, from how the windows were cut
+        return series_of[i] == series_of[j] and series_of[i] < 2 and abs(start[i] - start[j]) < 5
+
+    ov = M.overlapping_neighbours(windows, 2)
+    assert ov.shape == (len(windows), 2)
+    assert [[bool(ov[i, k - 1]) for k in (1, 2)] for i in range(len(windows))] == \
+        [[i + k < len(windows) and overlaps(i, i + k) for k in (1, 2)] for i in range(len(windows))]
+    flat = windows.reshape(len(windows), -1)
+    slow = [min(np.linalg.norm(flat[i] - flat[j]) for j in range(len(windows)) if j != i and not overlaps(i, j))
+            for i in range(len(windows))]
+    np.testing.assert_allclose(M.closest_distances(windows, windows, stride=2, chunk=4), slow, rtol=1e-12)
+    fake = rng.normal(size=(9, 5, 2))
+    slow = [min(np.linalg.norm(f.ravel() - r) for r in flat) for f in fake]
+    np.testing.assert_allclose(M.closest_distances(fake, windows, chunk=4), slow, rtol=1e-12)
+    with pytest.raises(ValueError, match="query must be the reference itself"):
+        M.closest_distances(fake, windows, stride=2)
+    with pytest.raises(ValueError, match="windows"):
+        M.closest_distances(fake[:, :3], windows)
+
+
+def test_dcr_ratio_is_zero_for_copies_and_about_one_for_new_draws() -> None:
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(3000, 4, 2))
+    assert M.dcr_ratio(real, real[:500], stride=4) == 0.0  # copies of training windows
+    # a fresh draw: its closest of 3000 training windows lies as far as a training window's closest of the other 2999
+    assert M.dcr_ratio(real, rng.normal(size=(3000, 4, 2)), stride=4) == pytest.approx(1.0, abs=0.03)
+    # sliding windows of one smooth series (AR(1), coefficient 0.9): a training window's neighbour one step on is a
+    # near-copy, so a fresh stretch of the process scores about 1 only when the overlapping windows are left out
+    ar = lambda n: scipy.signal.lfilter([1.0], [1.0, -0.9], rng.normal(size=(n + 23, 2)), axis=0)
+    train = D.sliding_windows(ar(4000), 24, 1)
+    fresh = D.sliding_windows(ar(4000), 24, 1)[::24]
+    own = M.closest_distances(train, train, stride=1)
+    assert M.dcr_ratio(train, fresh, 1, own) == pytest.approx(M.dcr_ratio(train, fresh, 1), rel=1e-12)
+    assert 0.9 < M.dcr_ratio(train, fresh, 1) < 1.1
+    assert M.dcr_ratio(train, fresh, 24) > 1.2  # read as non-overlapping windows: only each window itself is left out
+    with pytest.raises(ValueError, match="two training windows that do not overlap"):
+        M.dcr_ratio(train[:3], fresh, 1)
 
 
 def test_frechet_distance_matches_scipy_sqrtm() -> None:

@@ -332,8 +332,11 @@ def test_real_references_score_test_windows_a_fresh_simulator_draw_and_the_chanc
         real = scaler.transform(w.train)[:40]
         enc = [train_ts2vec(torch.as_tensor(real, dtype=torch.float32), TS2VecConfig(iterations=2), k) for k in range(2)]
         res: dict = {"rows": {}, "baselines": {}}
-        E.real_data_rows(p, data, cfg, real, w, scaler, enc, 0, True, res)
+        train = scaler.transform(w.train)
+        E.real_data_rows(p, data, cfg, real, w, scaler, enc, 0, True, lambda x: M.dcr_ratio(train, x, cfg.stride), res)
         assert "real test windows (reference)" in res["rows"]
+        test = scaler.transform(w.test)[:40]
+        assert res["rows"]["real test windows (reference)"]["dcr_ratio"] == M.dcr_ratio(train, test, cfg.stride)
         label = "fresh simulator draw, 40 windows (reference)"
         assert (label in res["rows"]) == fresh_row == ("real_fresh_draw" in res["baselines"])
         if fresh_row:  # another simulator seed: new windows, scored like a generated row against the same 40
@@ -342,6 +345,8 @@ def test_real_references_score_test_windows_a_fresh_simulator_draw_and_the_chanc
             assert fresh.shape == real.shape and not np.allclose(fresh, real)
             assert res["rows"][label]["correlational"]["mean"] == pytest.approx(M.correlational_score(real, fresh))
             assert res["rows"][label]["context_fid"]["n"] == 2
+            assert res["rows"][label]["dcr_ratio"] == res["baselines"]["real_fresh_draw"][f"{data}.dcr_ratio"] \
+                == M.dcr_ratio(train, fresh, cfg.stride)
         # every set: the discriminative score of random guesses on the held-out 8 + 8 of the 40 + 40 windows
         chance = res["rows"]["a classifier guessing at random (discriminative chance level)"]
         assert chance["discriminative"] == res["baselines"]["discriminative_chance"][f"{data}.discriminative"]
@@ -384,6 +389,7 @@ def test_gpu_profile_code_path_runs_on_cpu_at_tiny_sizes(tmp_path) -> None:
     assert R.restore(tmp_path / "tiny" / "runs" / "sines-timeflow_x1").kind == "data"
     assert "| Diffusion-TS (published) | 500-1000 | 0.006 |" in report
     assert "| fresh simulator draw, 32 windows (reference) |" in report
+    assert "| DCR ratio |" in report and res.metrics["sines.timeflow@nfe10.dcr_ratio"] > 0
     for plot in res.plots:
         assert (tmp_path / "tiny" / plot).stat().st_size > 0
     assert {"sines_embeddings.png", "sines_forecast_fan.png", "sines_context_fid_vs_nfe.png"} <= set(res.plots)
