@@ -310,6 +310,11 @@ def plotted(fakes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             if k in ("TimeFlow 10", "TimeFlow x1-prediction 10", "linear FM 10", "DDPM " + k.split()[-1])}
 
 
+ROW_FIELDS: tuple[str, ...] = (*P.METRICS, "dcr_ratio", "samples_per_s", "speed_vs_ddpm")
+"""What every model row of a dataset's table holds; a stored dataset whose rows lack one (older
+code) is evaluated again."""
+
+
 def store_key(p: TSProfile, seed: int) -> dict:
     """What a stored dataset's evaluation depends on (:mod:`.timeseries_store`): every size of
     the profile except the dataset list, the thread count and the t-SNE switch, and the seed."""
@@ -370,7 +375,7 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
     metrics, baselines, timings, curves, trained = {}, {}, {}, {}, {}
     key = store_key(p, seed)
     for ds in p.datasets:
-        res = S.load_dataset(out, ds, key)
+        res = S.load_dataset(out, ds, key, ROW_FIELDS)
         if res is not None:
             log(f"timeseries {ds}: reusing the finished evaluation in {res['reused']}")
         else:

@@ -6,9 +6,11 @@ run would lose every dataset it had finished, while its trained models were alre
 Layout: ``<out>/datasets/<ds>.json`` (numbers, tables, curves, notes, and the key it was
 evaluated under) and ``<out>/datasets/<ds>.safetensors`` (the arrays the plots need: the
 real windows, the plotted generated windows, the forecast fan). Both are written
-atomically, the arrays first, so a JSON file is present only beside its arrays. Nothing is
-unpickled. A stored dataset is reused only under the same key (the profile's sizes and the
-seed); otherwise, or when its files cannot be read, it is evaluated again and replaced."""
+atomically: the old JSON is removed first and the new one written after the arrays, so a
+JSON file is present only beside its own arrays. Nothing is unpickled. A stored dataset is
+reused only under the same key (the profile's sizes and the seed) and when its rows have
+every column the current code reports; otherwise, or when its files cannot be read, it is
+evaluated again and replaced."""
 
 from __future__ import annotations
 
@@ -59,16 +61,20 @@ def save_dataset(out: Path, ds: str, res: Mapping[str, Any], key: Mapping[str, A
         truth, samples, context = res["fan"]
         arrays.update({"fan/truth": np.ascontiguousarray(truth), "fan/samples": np.ascontiguousarray(samples)})
         meta["fan_context"] = int(context)
-    atomic_write(array_path, lambda p: save_file(arrays, str(p)))
     meta.update({k: res[k] for k in SCALARS})
-    atomic_write_text(meta_path, json.dumps(meta, indent=1, allow_nan=True) + "\n")
+    text = json.dumps(meta, indent=1, allow_nan=True) + "\n"  # before any write: a value JSON refuses loses nothing
+    meta_path.unlink(missing_ok=True)  # an older JSON never stays beside the new arrays if this is interrupted
+    atomic_write(array_path, lambda p: save_file(arrays, str(p)))
+    atomic_write_text(meta_path, text)
     return meta_path
 
 
-def load_dataset(out: Path, ds: str, key: Mapping[str, Any]) -> dict[str, Any] | None:
+def load_dataset(out: Path, ds: str, key: Mapping[str, Any], row_fields: tuple[str, ...]) -> dict[str, Any] | None:
     """The dataset ``ds`` stored in ``out`` under ``key``, as the benchmark's per-dataset
     result (with ``reused`` naming the file and its commit); None when nothing is stored, when
-    it was evaluated under other settings, or when its files cannot be read (each logged)."""
+    it was evaluated under other settings, when a model's row lacks one of ``row_fields`` (the
+    columns the current code reports: an evaluation by older code), or when its files cannot be
+    read (each logged)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -78,20 +84,23 @@ def load_dataset(out: Path, ds: str, key: Mapping[str, Any]) -> dict[str, Any] |
     try:
         meta = json.loads(meta_path.read_text())
         arrays = load_file(str(array_path))
-        stale = meta.get("format") != FORMAT or meta.get("key") != _canonical(key)
+        if not isinstance(meta, dict):
+            raise TypeError(f"expected a JSON object, got {type(meta).__name__}")
+        stale = meta.get("format") != FORMAT or meta.get("key") != _canonical(key) or any(
+            f not in row for row in meta["rows"].values() if "model" in row for f in row_fields)
         if not stale:
             res = {k: meta[k] for k in SCALARS}
             res["real"] = arrays["real"]
             res["fakes"] = {label: arrays[f"fake/{label}"] for label in meta["fakes"]}
             if "fan_context" in meta:
                 res["fan"] = (arrays["fan/truth"], arrays["fan/samples"], meta["fan_context"])
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+            res["channels"] = tuple(res["channels"])
+            res["losses"] = {k: tuple(tuple(s) for s in v) for k, v in res["losses"].items()}
+            res["reused"] = f"{meta_path} (commit {meta['commit']})"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as err:
         log(f"{meta_path}: cannot reuse the stored {ds} ({type(err).__name__}: {err}); evaluating it again")
         return None
     if stale:
-        log(f"{meta_path}: stored under other settings or format; evaluating {ds} again")
+        log(f"{meta_path}: stored under other settings, format or columns; evaluating {ds} again")
         return None
-    res["channels"] = tuple(res["channels"])
-    res["losses"] = {k: tuple(tuple(s) for s in v) for k, v in res["losses"].items()}
-    res["reused"] = f"{meta_path} (commit {meta['commit']})"
     return res

@@ -446,6 +446,18 @@ def test_a_rerun_into_the_same_folder_reuses_finished_datasets_and_only_under_th
         B.run_profile("smoke", replace(p, repeats=3), tmp_path, seed=0)
     with pytest.raises(Evaluated):  # another seed
         B.run_profile("smoke", p, tmp_path, seed=1)
+    older = json.loads(stored.read_text())  # an evaluation by code before a column existed
+    for row in older["rows"].values():
+        row.pop("dcr_ratio", None)
+    stored.write_text(json.dumps(older))
+    with pytest.raises(Evaluated):
+        B.run_profile("smoke", p, tmp_path, seed=0)
+    stored.write_text(json.dumps(meta))
+    B.run_profile("smoke", p, tmp_path, seed=0)  # the stored file as written: reused again
+    stored.write_text("[1, 2]")  # JSON, but not the stored layout
+    with pytest.raises(Evaluated):
+        B.run_profile("smoke", p, tmp_path, seed=0)
+    stored.write_text(json.dumps(meta))
     (tmp_path / S.STORE_DIR / "sines.safetensors").write_bytes(b"truncated")
     with pytest.raises(Evaluated):  # unreadable arrays: evaluated again, not an unexplained crash
         B.run_profile("smoke", p, tmp_path, seed=0)
