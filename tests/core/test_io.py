@@ -35,5 +35,11 @@ def test_mode_follows_umask(tmp_path) -> None:
         p = tmp_path / "f.txt"
         atomic_write_text(p, "x")
         assert p.stat().st_mode & 0o777 == 0o644
+        import torch
+        from safetensors.torch import save_file  # writes a new file of mode 0600 in place of the temp file
+
+        q = tmp_path / "f.safetensors"
+        atomic_write(q, lambda t: save_file({"a": torch.zeros(2)}, str(t)))
+        assert q.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(umask)
