@@ -197,7 +197,7 @@ def _datasets() -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .report import results_table
+    from .report import overview_tables, results_table, write_overview
 
     names = modality_names() if args.modality == "all" else [args.modality]
     if args.modality == "all" and args.profile not in PROFILES:
@@ -214,18 +214,23 @@ def _bench(args: argparse.Namespace) -> int:
         print(results_table([result]))
         print(f"results, report and plots in {out}", file=sys.stderr)
         return 0
-    results, failed = [], []
+    results, problems, failed = [], {}, False
     for name in names:
         try:
             with stage(f"bench {name} --profile {args.profile}"):
                 results.append(get_modality(name).bench(args.profile, out / name, args.seed))
         except ModalityUnavailable as e:
+            problems[name] = f"skipped: {e}"
             print(f"skipping {name}: {e}", file=sys.stderr)
         except Exception as e:  # one broken modality must not hide the others' results
-            failed.append(name)
+            failed = True
+            problems[name] = f"failed: {type(e).__name__}: {e}"
             print(f"{name} failed: {type(e).__name__}: {e}", file=sys.stderr)
     print(results_table(results))
-    print(f"results, reports and plots in {out}/<modality>", file=sys.stderr)
+    print()
+    print(overview_tables(results, problems))
+    overview = write_overview(results, out, args.profile, problems)
+    print(f"results, reports and plots in {out}/<modality>; the overview of them all: {overview}", file=sys.stderr)
     return 1 if failed else 0
 
 

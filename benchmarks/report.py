@@ -12,7 +12,8 @@ from modaflow.core.io import atomic_write, atomic_write_text
 
 from .harness import BenchResult, Metric
 
-__all__ = ["format_metric", "results_table", "write_report", "plot_curves", "plot_scatter", "plot_loss"]
+__all__ = ["format_metric", "results_table", "write_report", "overview_tables", "write_overview", "plot_curves", "plot_scatter",
+           "plot_loss"]
 
 
 def format_metric(value: Metric | None) -> str:
@@ -77,6 +78,76 @@ def write_report(result: BenchResult, out_dir: str | Path) -> Path:
         lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
     if result.plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})\n" for p in result.plots]
+    path = out_dir / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+OVERVIEW_PLOTS = 2
+"""Plots of each modality shown in the overview (the first ones its benchmark lists)."""
+
+
+def _wall(result: BenchResult) -> str:
+    secs = result.timings.get("total_s")
+    if secs is None:
+        return "n/a"
+    return f"{secs:.1f} s" if secs < 60 else f"{secs / 60:.1f} min"
+
+
+def _overview_rows(results: Sequence[BenchResult]) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """``(summary rows, goal rows)`` of :func:`overview_tables`."""
+    summary = [(r.modality, _wall(r), str(len(r.metrics)), str(len(r.baselines)), str(len(r.plots)),
+                f"{r.modality}/report.md") for r in results]
+    goals = [(r.modality, k.removeprefix("goal."), format_metric(v)) for r in results for k, v in r.metrics.items()
+             if k.startswith("goal.")]
+    return summary, goals
+
+
+_SUMMARY_HEADER = ("modality", "wall time", "metrics", "baselines", "plots", "report")
+_GOAL_HEADER = ("modality", "goal measure", "value")
+
+
+def overview_tables(results: Sequence[BenchResult], problems: Mapping[str, str]) -> str:
+    """Plain text for the terminal after ``bench all``: one row per modality (wall time, how
+    much it measured, where its report is), each ``goal.*`` metric, and the modalities that
+    did not run (``problems``: name -> why)."""
+    summary, goals = _overview_rows(results)
+    parts = [_table(_SUMMARY_HEADER, summary, markdown=False)] if summary else []
+    if goals:
+        parts.append(_table(_GOAL_HEADER, goals, markdown=False))
+    parts += [f"{name}: {why}" for name, why in problems.items()]
+    return "\n\n".join(parts)
+
+
+def write_overview(results: Sequence[BenchResult], out_dir: str | Path, profile: str,
+                   problems: Mapping[str, str]) -> Path:
+    """Write ``out_dir/report.md`` of a ``bench all`` run whose modality ``m`` wrote its own
+    report to ``out_dir/m/``: run metadata, one summary row per modality, the ``goal.*``
+    metrics, the modalities that did not run (``problems``: name -> why) and each modality's
+    first :data:`OVERVIEW_PLOTS` plots with a link to its report. Returns its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# modaflow benchmark: every modality ({profile})", ""]
+    if results:
+        first = results[0]
+        hw, ver = first.hardware, first.versions
+        total = sum(r.timings.get("total_s", 0.0) for r in results)
+        lines += [f"- seed: {first.seed}", f"- commit: `{first.commit}`",
+                  f"- hardware: {hw.get('cpu')} ({hw.get('cores')} cores), GPU: {hw.get('gpu') or 'none'}",
+                  "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
+                  f"- wall time of the benchmarks: {total / 60:.1f} min", ""]
+    summary, goals = _overview_rows(results)
+    rows = [(*r[:-1], f"[{r[-1]}]({r[-1]})") for r in summary]
+    lines += ["## Summary", "", _table(_SUMMARY_HEADER, rows, markdown=True), ""]
+    if goals:
+        lines += ["## Goal measures", "",
+                  "The quantities each modality's goals are stated in, as measured here; its report says "
+                  "what each is compared with.", "", _table(_GOAL_HEADER, goals, markdown=True), ""]
+    if problems:
+        lines += ["## Did not run", ""] + [f"- {name}: {why}" for name, why in problems.items()] + [""]
+    for r in results:
+        lines += [f"## {r.modality}", "", f"Full report: [{r.modality}/report.md]({r.modality}/report.md)", ""]
+        lines += [f"![{r.modality} {Path(p).stem}]({r.modality}/{p})\n" for p in r.plots[:OVERVIEW_PLOTS]]
     path = out_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -158,6 +158,12 @@ def test_bench_all_writes_one_folder_per_modality(tmp_path, capsys) -> None:
         assert data["modality"] == name and data["profile"] == "smoke" and data["seed"] == 3
         assert data["metrics"] and data["baselines"], f"{name}: a benchmark compares with baselines in the same run"
         assert (tmp_path / name / "report.md").is_file() and name in out
+    # one overview links every modality's report and shows its first plots, which exist
+    overview = (tmp_path / "report.md").read_text()
+    assert all(f"[{name}/report.md]({name}/report.md)" in overview for name in modality_names())
+    plots = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", overview)
+    assert plots and all((tmp_path / p).is_file() for p in plots)
+    assert "wall time" in out and "Did not run" not in overview
 
 
 def test_datasets_lists_every_dataset_with_its_card(capsys) -> None:

@@ -148,6 +148,23 @@ def test_report_and_table_hold_every_number(tmp_path) -> None:
     assert table.count("solver_overhead_ratio") == 2 and "baseline ddim" in table
 
 
+def test_overview_of_bench_all_links_each_report_shows_goals_and_what_did_not_run(tmp_path) -> None:
+    a = _result(plots=["one.png", "two.png", "three.png"], metrics={"sw": 0.1, "goal.sw_ratio": 0.5})
+    b = H.BenchResult.create("fmri", "smoke", 7, metrics={"goal.enc": {"mean": 0.9, "ci95": 0.01, "n": 3}},
+                             baselines={}, timings={"total_s": 120.0})
+    problems = {"mri": "failed: ValueError: bad volume"}
+    md = R.write_overview([a, b], tmp_path / "new", "smoke", problems).read_text()
+    for text in ("every modality (smoke)", a.commit, "wall time of the benchmarks: 2.0 min",
+                 "| toy | 1.5 s | 2 | 1 | 3 | [toy/report.md](toy/report.md) |",
+                 "| fmri | 2.0 min | 1 | 0 | 0 | [fmri/report.md](fmri/report.md) |",
+                 "| toy | sw_ratio | 0.5 |", "| fmri | enc | 0.9 ± 0.01 |", "- mri: failed: ValueError: bad volume",
+                 "![toy one](toy/one.png)", "![toy two](toy/two.png)"):
+        assert text in md, text
+    assert "three.png" not in md and "| toy | sw |" not in md  # the first OVERVIEW_PLOTS plots; goal.* metrics only
+    text = R.overview_tables([a, b], problems)
+    assert "toy/report.md" in text and "enc" in text and "sw_ratio" in text and text.endswith("bad volume")
+
+
 def test_plots_write_png_files(tmp_path) -> None:
     x = torch.randn(100, 3)
     paths = [
