@@ -242,7 +242,8 @@ def _onestep_dataset(s: OneStepSettings, key: str, out: Path, seed: int, device:
     lcfg = LikelihoodConfig(steps=s.likelihood_steps, method="rk4",
                             t1=0.999 if cfg.fm.parametrization in ("data", "score") else 1.0)
     for name, field in flows.items():
-        metrics[f"onestep.{key}.{name}.loglik"] = mean_ci95(log_likelihood(field, test, lcfg).log_prob.tolist())
+        with torch.no_grad():  # with gradients on, log_likelihood keeps every step's double-backward graph (8 GB here)
+            metrics[f"onestep.{key}.{name}.loglik"] = mean_ci95(log_likelihood(field, test, lcfg).log_prob.tolist())
     true = _data_log_prob(cfg, test)
     if true is not None:
         metrics[f"onestep.{key}.data.loglik"] = mean_ci95(true.tolist())
