@@ -51,17 +51,22 @@ def results_table(results: Sequence[BenchResult]) -> str:
     return _table(("modality", "kind", "name", "value"), rows, markdown=False)
 
 
+def _metadata(result: BenchResult) -> list[str]:
+    """The seed, commit, hardware and versions of a run as Markdown list items."""
+    hw, ver = result.hardware, result.versions
+    return [f"- seed: {result.seed}", f"- commit: `{result.commit}`",
+            f"- hardware: {hw.get('cpu')} ({hw.get('cores')} cores, {hw.get('torch_threads')} torch threads), "
+            f"GPU: {hw.get('gpu') or 'none'}",
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items())]
+
+
 def write_report(result: BenchResult, out_dir: str | Path) -> Path:
     """Write ``out_dir/report.md``: run metadata, tables and the plots; returns its path."""
     out_dir = Path(out_dir)
-    hw, ver = result.hardware, result.versions
     lines = [
         f"# modaflow benchmark: {result.modality} ({result.profile})",
         "",
-        f"- seed: {result.seed}",
-        f"- commit: `{result.commit}`",
-        f"- hardware: {hw.get('cpu')} ({hw.get('cores')} cores, {hw.get('torch_threads')} torch threads), GPU: {hw.get('gpu') or 'none'}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
+        *_metadata(result),
         "",
         "## Metrics",
         "",
@@ -128,14 +133,9 @@ def write_overview(results: Sequence[BenchResult], out_dir: str | Path, profile:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# modaflow benchmark: every modality ({profile})", ""]
-    if results:
-        first = results[0]
-        hw, ver = first.hardware, first.versions
+    if results:  # one process ran them all: the first result's metadata is every one's
         total = sum(r.timings.get("total_s", 0.0) for r in results)
-        lines += [f"- seed: {first.seed}", f"- commit: `{first.commit}`",
-                  f"- hardware: {hw.get('cpu')} ({hw.get('cores')} cores), GPU: {hw.get('gpu') or 'none'}",
-                  "- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
-                  f"- wall time of the benchmarks: {total / 60:.1f} min", ""]
+        lines += [*_metadata(results[0]), f"- wall time of the benchmarks: {total / 60:.1f} min", ""]
     summary, goals = _overview_rows(results)
     rows = [(*r[:-1], f"[{r[-1]}]({r[-1]})") for r in summary]
     lines += ["## Summary", "", _table(_SUMMARY_HEADER, rows, markdown=True), ""]
