@@ -410,8 +410,9 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
         "training window (every training window, flattened, Euclidean; metrics.dcr_ratio)",
         f"speed: samples/s = {p.time_n} / median time of one sampling call over {p.time_repeats} interleaved rounds "
         f"(same device and threads); speed_vs_ddpm_ratio against the DDPM with {p.ddpm_steps} ancestral steps in this run",
-        "forecast / impute: TimeFlow conditions on the mask; linear FM (FlowChef) and DDPM (hard projection) are "
-        "steered through core.steering; 100 steps each; errors on the predicted entries, normalised space",
+        "forecast / impute: TimeFlow conditions on the mask; linear FM (FlowChef) and DDPM (hard projection, its clean "
+        "prediction clipped to the training range) are steered through core.steering; 100 steps each; errors on the "
+        "predicted entries, normalised space",
         "sampler of each flow row (solver: the model's default — TimeFlow Euler–Maruyama, TimeFlow x1-prediction "
         "DPM-Solver++(2M), linear FM Euler — or "
         "midpoint at the same NFE; time shift " + " or ".join(f"{a:g}" for a in SHIFTS) + ") chosen by the lowest "

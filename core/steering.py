@@ -21,7 +21,10 @@ observed part by ``y``. This is the range–null-space decomposition of Wang, Yu
 (DDNM, arXiv 2212.00490). Then re-noise along the path with the model's own
 noise estimate, ``x_{t+h} = alpha(t+h) x1_hat + sigma(t+h) x0_hat`` (the DDIM form of the
 step; on the linear path without the projection it equals the Euler step). It works on any
-affine path.
+affine path. With ``x1_range`` it first clips ``x1_hat`` to the data's range and takes ``x0_hat``
+from the clipped one (static thresholding, Saharia et al. 2022, arXiv 2205.11487, §2.3): a model
+fed measurements outside its training range can otherwise extrapolate without bound, and the
+re-noising step feeds the overshoot back.
 
 What it gets right and what it does not (Gaussian data, a coordinate mask, the exact
 velocity; measured in ``tests/core/test_steering.py``). Both methods meet the measurement:
@@ -136,9 +139,18 @@ class SteeringConfig(Config):
     hard: project x1_hat onto A x = y (A^+) and re-noise along the path."""
     step_size: float = 1.0
     """eta >= 0 of the flowchef gradient step (per unit of 1/2 |A x1_hat - y|^2); unused by hard."""
+    x1_range: tuple[float, float] | None = None
+    """hard only: clip x1_hat to ``[lo, hi]`` (the data's range) before the projection and take the
+    noise estimate from the clipped x1_hat, as DDPM samplers clip their x-prediction ("static
+    thresholding", Saharia et al. 2022, arXiv 2205.11487, §2.3). Keeps a model that extrapolates
+    on out-of-range measurements from feeding its own overshoot back. None: no clipping."""
 
     def validate(self) -> None:
         self._require(self.step_size >= 0 and math.isfinite(self.step_size), "step_size", "a finite number >= 0")
+        if self.x1_range is not None:
+            self._require(self.method == "hard", "x1_range", "None unless method is 'hard'")
+            lo, hi = self.x1_range
+            self._require(math.isfinite(lo) and math.isfinite(hi) and lo < hi, "x1_range", "finite (lo, hi) with lo < hi")
 
 
 @dataclass(frozen=True)
@@ -192,6 +204,9 @@ def steer(
                 x = x - eta * operator.adjoint(operator.forward(x1_hat) - y)  # Patel et al. 2024, Alg. 1
                 x = x + expand_t(h[k], x) * v
             else:
+                if cfg.x1_range is not None:  # static thresholding (Saharia et al. 2022, §2.3)
+                    x1_hat = x1_hat.clamp(*cfg.x1_range)
+                    x0_hat = (x - expand_t(path.alpha(t), x) * x1_hat) / expand_t(path.sigma(t), x)  # x_t = a x1 + s x0
                 # range-null-space projection (DDNM, arXiv 2212.00490): A x1_hat = y afterwards
                 x1_hat = x1_hat - operator.pinv(operator.forward(x1_hat) - y)
                 a, s = expand_t(path.alpha(ts[k + 1]), x), expand_t(path.sigma(ts[k + 1]), x)

@@ -102,11 +102,12 @@ def run_solver(
 
 
 def steered_impute(model: nn.Module, kind: str, path: AffinePath, x0: Tensor, y: Tensor, m: Tensor, steps: int,
-                   shift: float, method: str = "flowchef") -> Tensor:
+                   shift: float, method: str = "flowchef", x1_range: tuple[float, float] | None = None) -> Tensor:
     """Impute with an unconditional model by steering its flow towards ``m * x = m * y``
     (FlowChef, Patel et al. 2024, arXiv 2412.00100, Alg. 1, via :func:`modaflow.core.steering.steer`);
-    the observed entries of the result are set to ``y``."""
+    the observed entries of the result are set to ``y``. ``x1_range``: the hard projection's clip of
+    the clean prediction (:class:`modaflow.core.steering.SteeringConfig`)."""
     field = as_velocity_field(lambda x, t: model(x, t), kind, path)
     grid = time_grid(steps, shift=shift, device=x0.device)
-    res = steer(field, x0, grid, path, Mask(m), m * y, SteeringConfig(method=method))
+    res = steer(field, x0, grid, path, Mask(m), m * y, SteeringConfig(method=method, x1_range=x1_range))
     return m * y + (1 - m) * res.x

@@ -107,6 +107,25 @@ def test_hard_consistency_meets_the_measurement_exactly(path) -> None:
     assert err < 0.35 * (MEAN[1:] - COND_MEAN[1:]).norm(), err
 
 
+@pytest.mark.parametrize("path", [LinearPath(), VPCosinePath()], ids=repr)
+def test_hard_consistency_clips_an_overshooting_prediction_to_x1_range(path) -> None:
+    # A model whose clean prediction lies far outside the data's range (its data: mean 10 on [-2, 2]
+    # data) is clipped at every step; both paths end at sigma(1) = 0, so the result is the clipped x1_hat.
+    oracle = GaussianOracle(torch.full((3,), 10.0, dtype=F64), COV, path)
+    x0 = torch.randn(500, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    y, grid = (torch.tensor([Y0, 0.0, 0.0], dtype=F64) * MASK).expand(500, 3), time_grid(20, dtype=F64)
+
+    def run(x1_range):
+        return steer(oracle.velocity, x0, grid, path, Mask(MASK), y, SteeringConfig(method="hard", x1_range=x1_range))
+
+    free, clipped = run(None), run((-2.0, 2.0))
+    assert free.x[:, 1:].mean().item() > 5.0  # without the clip: near its conditional mean (7.7 on the linear path)
+    assert clipped.residual.max().item() < 1e-12 and clipped.x.abs().max().item() <= 2.0 + 1e-12
+    torch.testing.assert_close(clipped.x[:, 0], torch.full((500,), Y0, dtype=F64), rtol=0, atol=1e-12)
+    # a range the prediction never leaves changes nothing but rounding (x0_hat recomputed from x_t)
+    torch.testing.assert_close(run((-1e6, 1e6)).x, free.x, rtol=0, atol=1e-9)
+
+
 def test_flowchef_super_resolution_by_average_pooling() -> None:
     # x in R^4, y = pairwise means (A A^T = I / 2, so eta = 2 is the exact projection step).
     mean = torch.tensor([0.5, -1.0, 0.0, 1.0], dtype=F64)
@@ -154,6 +173,10 @@ def test_errors_name_the_bad_input() -> None:
         SteeringConfig(step_size=-1.0)
     with pytest.raises(ConfigError, match="method"):
         SteeringConfig(method="dps")
+    with pytest.raises(ConfigError, match="x1_range"):
+        SteeringConfig(x1_range=(-1.0, 1.0))  # flowchef does not clip
+    with pytest.raises(ConfigError, match="x1_range"):
+        SteeringConfig(method="hard", x1_range=(1.0, -1.0))
     assert all(field_docs(SteeringConfig).values())
     oracle = GaussianOracle(MEAN, COV, LinearPath())
     with pytest.raises(ValueError, match="y must have the shape of A x"):

@@ -198,6 +198,15 @@ def test_baselines_train_and_sample_through_the_core(tmp_path) -> None:
         assert x.shape == (5, 12, 2) and torch.isfinite(x).all()
     with pytest.raises(ValueError, match="solver 'ddpm' needs the ddpm method"):
         R.draw(R.restore(tmp_path / "linear_fm"), 2, 3, "ddpm", 0)
+    # imputing from observations far outside the training range: the DDPM's hard projection clips its clean
+    # prediction to that range (model space [-1, 1]), so it cannot feed back an overshoot (uschange, RESULTS.md)
+    r = R.restore(tmp_path / "ddpm")
+    u = np.full((2, 12, 2), 5.0)  # normalised units: the training range is [0, 1] (min-max)
+    m = np.zeros_like(u)
+    m[:, :6] = 1.0
+    x = tasks.complete(r, u, m, 3, 10, "euler", 0)  # (W, n, L, C) in model space
+    torch.testing.assert_close(x[:, :, :6], r.scaler.to_model(u)[:, None, :6].expand(2, 3, 6, 2))
+    assert x[:, :, 6:].abs().max().item() <= 1.05  # alpha(1) x1_hat + sigma(1) eps_hat, sigma(1) ~ 0.01
 
 
 def test_flow_samplers_transport_gaussians_exactly_on_timeflows_stochastic_path() -> None:
