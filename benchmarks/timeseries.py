@@ -137,7 +137,7 @@ PROFILES: dict[str, TSProfile] = {
     # 0.006 goal: the Fréchet bias falls about as 1 / n. About a day on one CPU thread of a shared 2-core EPYC
     # (RESULTS.md): 28 models x 12 000 steps at 13-26 min each (~9 h, measured), then per dataset the sampler
     # choice, seven rows (DDPM-500 the longest), curves and forecasts, measured: Sines 2 h 22 min (2 threads),
-    # Stocks 1 h 24 min, BasicMotions 2 h 15 min, uschange 47 min, ItalyPowerDemand 34 min (1 thread); estimated
+    # Stocks 1 h 24 min, BasicMotions 2 h 15 min, uschange 47 min, ItalyPowerDemand 34 min, solar 42 min (1 thread); estimated
     # from a partial run: MuJoCo ~3 h (2 threads). threads=0 uses every core.
     "full": TSProfile(("sines", "mujoco", "stocks", "basicmotions", "italypowerdemand", "solar", "uschange"),
                       n_samples=10_000, d_model=64, layers=3, train_steps=12_000, batch_size=128, eval_n=10_000,
