@@ -22,16 +22,49 @@ from modaflow.core.config import Config, ConfigError
 from modaflow.core.io import atomic_write_text
 from modaflow.core.training import EMA, CheckpointError, checkpoint_path, load_checkpoint
 
-__all__ = ["RECIPE_FILE", "save_recipe", "load_recipe", "load_weights"]
+__all__ = ["RECIPE_FILE", "RESUMABLE", "save_recipe", "load_recipe", "load_weights"]
 
 RECIPE_FILE = "recipe.json"
 C = TypeVar("C", bound=Config)
 
 
+RESUMABLE: frozenset[str] = frozenset({"max_steps", "log_every", "ckpt_every"})
+"""Recipe fields that may change when training resumes in a run folder (how long, how often)."""
+
+
+def _differences(old: object, new: object, where: str = "") -> list[str]:
+    """Dotted names of the leaves where two ``to_dict`` trees differ, ignoring :data:`RESUMABLE`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _differences(old.get(k), new.get(k), f"{where}.{k}" if where else k)]
+    return [] if old == new or where.rsplit(".", 1)[-1] in RESUMABLE else [where]
+
+
 def save_recipe(out_dir: str | Path, modality: str, cfg: Config) -> Path:
-    """Write ``out_dir/recipe.json`` atomically; returns its path."""
+    """Write ``out_dir/recipe.json`` atomically; returns its path.
+
+    A folder that already holds a run is never overwritten with another one: another
+    modality's recipe, or a trained run (a checkpoint) whose recipe differs in more than
+    :data:`RESUMABLE`, raises :class:`ConfigError` before anything is written, so a rerun
+    that would fail (a model that no longer fits the checkpoint) or mix two runs (new data
+    on old weights) leaves the trained run usable."""
     path = Path(out_dir) / RECIPE_FILE
-    text = json.dumps({"modality": modality, "config": cfg.to_dict()}, indent=2, sort_keys=True)
+    config = cfg.to_dict()
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e}); move it away or choose another --out") from None
+        found = old.get("modality") if isinstance(old, dict) else None
+        if found != modality:
+            raise ConfigError(f"{path}: {Path(out_dir)} holds a run of modality {found!r}, not {modality!r}; "
+                              "choose another --out")
+        changed = _differences(old.get("config"), json.loads(json.dumps(config)))
+        if changed and checkpoint_path(out_dir).is_file():
+            shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+            raise ConfigError(f"{path}: {Path(out_dir)} holds a trained {modality} run whose recipe differs in {shown}; "
+                              "resuming it with these settings would break or mix the two runs. Choose another --out, "
+                              f"or start from it with 'modaflow finetune {modality} --ckpt {out_dir}'")
+    text = json.dumps({"modality": modality, "config": config}, indent=2, sort_keys=True)
     atomic_write_text(path, text + "\n")
     return path
 

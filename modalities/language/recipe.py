@@ -269,9 +269,9 @@ def train(cfg: LanguageConfig, trainer_args: TrainerArgs, out_dir: str | Path, p
         tok, blocks, _ = prepare(cfg)
     cfg = cfg.replace(vocab=vocab_of(cfg, tok))
     out.mkdir(parents=True, exist_ok=True)
+    save_recipe(out, NAME, cfg)  # refuses a folder holding another run before anything is written
     if tok is not None:
         save_tokenizer(tok, out)
-    save_recipe(out, NAME, cfg)
     net = seeded_network(cfg)
     if teacher is not None and not checkpoint_path(out).exists():
         with torch.random.fork_rng(devices=[]):  # the student's new two-time branch from fm.seed too
@@ -323,9 +323,9 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     _, blocks, _ = prepare(cfg, tok)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    save_recipe(out, NAME, cfg)
     if tok is not None:
         save_tokenizer(tok, out)
-    save_recipe(out, NAME, cfg)
     teacher = _teacher(cfg)[2] if cfg.method == "fmlm" and cfg.fmlm_loss == "teacher" else None
     module = build_module(cfg, seeded_network(cfg), teacher)
     if not checkpoint_path(out).exists():
