@@ -63,6 +63,21 @@ class Demos:
             yield self.obs[start:end], self.actions[start:end]
             start = int(end)
 
+    def successful(self, source: str = "the demonstrations") -> Demos:
+        """The successful episodes only (``success`` flags); ``source`` names the file in the
+        error raised when none succeeded."""
+        if self.success.all():
+            return self
+        if not self.success.any():
+            raise ValueError(f"{source}: none of the {self.n_episodes} episodes succeeded, and only successful ones "
+                             "are kept for training (only_success); pass --no-only-success to train on them all")
+        starts = np.concatenate([[0], self.episode_ends[:-1]])
+        keep = np.flatnonzero(self.success)
+        steps = np.concatenate([np.arange(starts[i], self.episode_ends[i]) for i in keep])
+        return Demos(env=self.env, obs=self.obs[steps], actions=self.actions[steps],
+                     episode_ends=np.cumsum(self.episode_ends[keep] - starts[keep]), success=self.success[keep],
+                     seeds=self.seeds[keep])
+
 
 def collect(env_name: str, n_episodes: int, seed: int = 0, noise: float = 0.0, max_steps: int | None = None,
             only_success: bool = False, clean_labels: bool = False) -> Demos:

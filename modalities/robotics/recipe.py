@@ -56,7 +56,7 @@ class RoboticsConfig(Config):
     demo_noise: float = 0.05
     """Gaussian action noise of the expert during collection."""
     only_success: bool = True
-    """Keep only successful expert episodes."""
+    """Train on successful episodes only: collected ones, or those a demonstrations file flags as successful."""
     n_obs: int = 2
     """Observation history length T_o."""
     horizon: int = 8
@@ -107,7 +107,8 @@ def demos_for(cfg: RoboticsConfig, n: int | None = None) -> Demos:
     if cfg.data == "expert":
         return collect(cfg.env, n or cfg.n_demos, seed=DEMO_SEED, noise=cfg.demo_noise,
                        max_steps=cfg.episode_steps or None, only_success=cfg.only_success)
-    return load_demos(cfg.data, env=cfg.env)
+    demos = load_demos(cfg.data, env=cfg.env)
+    return demos.successful(cfg.data) if cfg.only_success else demos
 
 
 def build(cfg: RoboticsConfig) -> Policy:

@@ -91,6 +91,26 @@ def test_expert_solves_fetch_pick_and_npz_round_trip(demos, tmp_path):
     assert torch.equal(w.x1[49], torch.from_numpy(np.stack([demos.actions[49]] * 8)))
 
 
+def test_only_success_keeps_the_successful_episodes_of_a_file(tmp_path):
+    from modaflow.modalities.robotics.recipe import RoboticsConfig, demos_for
+
+    lengths, success = [3, 2, 4], np.array([True, False, True])
+    n = sum(lengths)
+    obs = np.arange(n * 28, dtype=np.float32).reshape(n, 28)
+    actions = np.linspace(-1, 1, n * 4, dtype=np.float32).reshape(n, 4)
+    mixed = D.Demos("fetch-pick", obs, actions, np.cumsum(lengths), success, np.array([7, 8, 9]))
+    path = str(D.save_demos(tmp_path / "mixed.npz", mixed))
+    kept = demos_for(RoboticsConfig(env="fetch-pick", data=path))
+    # episodes 0 (rows 0-2) and 2 (rows 5-8) remain, re-indexed; the failed one (rows 3-4) is gone
+    assert kept.episode_ends.tolist() == [3, 7] and kept.seeds.tolist() == [7, 9] and kept.success.all()
+    assert np.array_equal(kept.obs, obs[[0, 1, 2, 5, 6, 7, 8]]) and np.array_equal(kept.actions, actions[[0, 1, 2, 5, 6, 7, 8]])
+    assert demos_for(RoboticsConfig(env="fetch-pick", data=path, only_success=False)).n_episodes == 3
+    failed = D.save_demos(tmp_path / "failed.npz", D.Demos("fetch-pick", obs, actions, np.cumsum(lengths),
+                                                             np.zeros(3, bool), np.array([7, 8, 9])))
+    with pytest.raises(ValueError, match=r"failed\.npz: none of the 3 episodes succeeded.*--no-only-success"):
+        demos_for(RoboticsConfig(env="fetch-pick", data=str(failed)))
+
+
 def _write(path, **arrays):
     with open(path, "wb") as f:
         np.savez(f, **arrays)
