@@ -20,6 +20,7 @@ used by Diffusion-TS, Yuan & Qiao 2024, arXiv 2403.01742, app. C, and TimeFlow, 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,9 @@ __all__ = [
     "sktime_set",
     "read_table",
 ]
+
+TIME_NAMES: frozenset[str] = frozenset({"date", "time", "timestamp", "datetime"})
+"""Column names (any case) taken as the time column of a file without ``time_column``."""
 
 
 @dataclass(frozen=True)
@@ -142,8 +146,10 @@ def sktime_set(name: str) -> Source:
 
 def read_table(path: str | Path, time_column: str | None = None, allow_missing: bool = False) -> Source:
     """The user's series from a ``.csv`` or ``.parquet`` file: one row per time step, a time
-    column (``time_column``, or the first non-numeric column, or one named date/time/
-    timestamp; rows are sorted by it) and numeric channel columns.
+    column (``time_column``, else one named date/time/timestamp/datetime, else the first text
+    column that reads as dates, else a DatetimeIndex; rows are sorted by its numbers or parsed
+    dates, never as strings) and numeric channel columns. A text column that is not dates is
+    an error naming its first bad value, never silently taken as time.
 
     Missing values (empty cells, NaN) are an error unless ``allow_missing`` (imputation):
     then they come back as ``mask == 0`` with the value 0. Inf is always an error. Errors
@@ -170,13 +176,17 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
         raise ValueError(f"{path}: cannot read the table ({e})") from None
     if len(df) == 0:
         raise ValueError(f"{path}: the table has a header but no rows")
+    if isinstance(df.index, pd.DatetimeIndex):  # a Parquet file written from a time-indexed frame
+        df = df.reset_index()
     tcol = _time_column(df, time_column, path)
     if tcol is not None:
-        df = df.sort_values(tcol, kind="stable").drop(columns=[tcol])
+        df = df.assign(**{tcol: _time_values(df[tcol], tcol, path)}).sort_values(tcol, kind="stable").drop(columns=[tcol])
     bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     if bad:
-        raise ValueError(f"{path}: channel columns must be numeric; column(s) {bad} are not "
-                         f"(name the time column with time_column)")
+        col = df[bad[0]]
+        row = int(np.flatnonzero(pd.to_numeric(col, errors="coerce").isna() & col.notna())[0])
+        raise ValueError(f"{path}: channel columns must be numeric; column(s) {bad} are not (the first bad value: "
+                         f"{col.iloc[row]!r} in row {row}); if one is the time column, name it with --time-column")
     if df.shape[1] == 0:
         raise ValueError(f"{path}: no channel columns besides the time column {tcol!r}")
     x = df.to_numpy(dtype=np.float64)
@@ -204,6 +214,29 @@ def _time_column(df, name: str | None, path: Path) -> str | None:
             raise ValueError(f"{path}: time column {name!r} not found; columns: {list(df.columns)}")
         return name
     for c in df.columns:
-        if str(c).lower() in ("date", "time", "timestamp", "datetime") or not pd.api.types.is_numeric_dtype(df[c]):
+        if str(c).lower() in TIME_NAMES:
+            return c
+    for c in df.columns:  # else the first text column that reads as dates; other text is a bad channel
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            try:
+                _time_values(df[c], c, path)
+            except ValueError:
+                return None
             return c
     return None
+
+
+def _time_values(col, name: str, path: Path):
+    """The sort key of a time column: numbers as they are, text parsed as dates (so that
+    '01/15/2020' or '15.01.2020' sort by date, not as strings). Errors name the file and value."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_datetime64_any_dtype(col):
+        return col
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pandas' "could not infer format" note
+            return pd.to_datetime(col, errors="raise")
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ValueError(f"{path}: time column {name!r} holds values that are neither numbers nor dates ({e}); "
+                         f"name the time column with --time-column") from None

@@ -113,6 +113,27 @@ def test_csv_and_parquet_tables_sorted_by_time(tmp_path) -> None:
     np.testing.assert_array_equal(src.values, df[["x", "y"]].to_numpy())
 
 
+def test_dates_sort_as_dates_not_strings_and_a_text_channel_is_never_time(tmp_path) -> None:
+    import pandas as pd
+
+    days = pd.date_range("2020-12-30", periods=4, freq="D")  # across a year boundary: string order differs
+    for fmt in ("%m/%d/%Y", "%d.%m.%Y"):
+        rows = "".join(f"{d.strftime(fmt)},{i}\n" for i, d in enumerate(days))
+        src = S.read_table(_write_csv(tmp_path / "d.csv", "date," + "a\n" + rows))
+        np.testing.assert_array_equal(src.values[:, 0], [0, 1, 2, 3])  # already in time order: kept so
+    rows = "".join(f"{d.strftime('%m/%d/%Y')},{i}\n" for i, d in reversed(list(enumerate(days))))
+    np.testing.assert_array_equal(S.read_table(_write_csv(tmp_path / "r.csv", "when,a\n" + rows)).values[:, 0], [0, 1, 2, 3])
+    # no time column, one bad cell in channel b: an error naming it, not b taken as time
+    with pytest.raises(ValueError, match=r"dirty.csv: channel columns must be numeric; column\(s\) \['b'\].*'oops' in row 1"):
+        S.read_table(_write_csv(tmp_path / "dirty.csv", "a,b,c\n1,2,3\n4,oops,6\n7,8,9\n"))
+    with pytest.raises(ValueError, match=r"t.csv: time column 'time' holds values that are neither numbers nor dates"):
+        S.read_table(_write_csv(tmp_path / "t.csv", "time,a\nfirst,1\nsecond,2\n"))
+    # a Parquet file written from a time-indexed frame, rows out of order
+    df = pd.DataFrame({"x": np.arange(6.0)}, index=pd.date_range("2021-01-01", periods=6, freq="h"))
+    df.iloc[[3, 0, 5, 1, 4, 2]].to_parquet(tmp_path / "idx.parquet")
+    np.testing.assert_array_equal(S.read_table(tmp_path / "idx.parquet").values[:, 0], np.arange(6.0))
+
+
 @pytest.mark.parametrize(
     "text,allow,message",
     [
