@@ -146,7 +146,9 @@ def build_parser(modality: Modality | None = None) -> argparse.ArgumentParser:
     for p in (sample, evaluate):
         p.add_argument("modality", choices=names)
         p.add_argument("--ckpt", type=Path, required=True, help="run folder written by train or finetune")
-        p.add_argument("--n", type=int, default=1000 if p is sample else 2000, help="number of samples")
+        sample_n = modality.sample_n if modality is not None else Modality.sample_n
+        p.add_argument("--n", type=int, default=sample_n[0] if p is sample else sample_n[1],
+                       help="number of samples, where the modality generates them unconditioned (default: %(default)s)")
         p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the recipe's)")
         p.add_argument("--solver", default=None, choices=modality.solvers if modality else None,
                        help="sampler (default: the recipe's)")
@@ -257,7 +259,7 @@ def _run(args: argparse.Namespace, modality: Modality | None) -> int:
         _check_positive(args, "n", "steps")
         extra = {} if modality.sample_options is None else {"options": _options(modality.sample_options, args, _OPT)}
         path = modality.sample(args.ckpt, args.n, args.steps, args.solver, args.out, args.seed, **extra)
-        print(f"wrote {args.n} samples to {path}")
+        print(f"wrote samples to {path}")  # how many is the modality's: conditioned ones follow their inputs
     elif cmd == "evaluate":
         _check_positive(args, "n", "steps")
         extra = {} if modality.sample_options is None else {"options": _options(modality.sample_options, args, _OPT)}

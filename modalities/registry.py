@@ -110,6 +110,8 @@ class Modality:
             CLI adds its fields as ``--options`` and calls ``sample(..., seed,
             options=cfg)`` and ``evaluate(..., seed, options=cfg)``.
         commands: subcommands only this modality has, name -> :class:`ModalityCommand`.
+        sample_n: the default ``--n`` of ``sample`` and of ``evaluate`` (MRI volumes are
+            large, so it asks for a few; points and sequences for thousands).
     """
 
     name: str
@@ -125,6 +127,7 @@ class Modality:
     profiles: tuple[str, ...] = ("smoke", "quick", "full", "gpu")
     sample_options: type[Config] | None = None
     commands: dict[str, ModalityCommand] = field(default_factory=dict)
+    sample_n: tuple[int, int] = (1000, 2000)
 
     def dataset(self, name: str) -> DatasetInfo:
         """The dataset called ``name``; an unknown name lists the known ones."""

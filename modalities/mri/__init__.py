@@ -53,6 +53,7 @@ MODALITY = Modality(
     finetune=finetune,
     bench=_bench,
     solvers=SOLVERS,
+    sample_n=(4, 16),  # one 192x224x192 volume is 33 MB of float32 and 64 network calls at DDIM 64
     commands={
         "distill": ModalityCommand(
             summary="distil a trained mri run (--teacher DIR) into a few-step flow map written to --out",

@@ -195,6 +195,18 @@ def test_user_errors_exit_2_with_one_line_naming_the_argument(argv, expected, ca
     assert expected in _error(capsys, argv)
 
 
+def test_sample_and_evaluate_default_counts_are_the_modality_s() -> None:
+    from modaflow.benchmarks.cli import build_parser
+    from modaflow.modalities.registry import get_modality
+
+    def defaults(name: str) -> tuple[int, int]:
+        parser = build_parser(get_modality(name))
+        return tuple(parser.parse_args([cmd, name, "--ckpt", "r", "--out", "o"]).n for cmd in ("sample", "evaluate"))
+
+    assert defaults("toy") == (1000, 2000)
+    assert defaults("mri") == (4, 16)  # 1000 full-size volumes would be 31 GiB of noise before the first step
+
+
 def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys) -> None:
     err = _error(capsys, ["sample", "toy", "--ckpt", str(tmp_path), "--out", str(tmp_path / "s.npy")])
     assert "recipe.json: not found; --ckpt must be a run folder" in err
