@@ -3,7 +3,9 @@
 Layout read (and written by :func:`write_bids` for the simulator)::
 
     ROOT/sub-XX/func/sub-XX_task-T_run-RR_bold.nii.gz   4-D BOLD (X, Y, Z, T)
-    ROOT/sub-XX/func/sub-XX_task-T_run-RR_bold.json     {"RepetitionTime": TR}
+    ROOT/sub-XX/func/sub-XX_task-T_run-RR_bold.json     {"RepetitionTime": TR}, or inherited from a
+                                                        *_bold.json higher up (ROOT/task-T_bold.json), or
+                                                        the NIfTI header's time step
     ROOT/sub-XX/func/sub-XX_task-T_run-RR_events.tsv    onset, duration, stim_id (+ trial_type)
     ROOT/mask.nii.gz                                    3-D brain mask (or --mask)
     ROOT/stimuli.npy                                    (S, H, W) images; stim_id indexes them
@@ -56,7 +58,10 @@ def write_bids(sim: Simulation, root: str | Path, runs: int | None = None, subje
         vol = cfg.baseline + cfg.noise_sd * rng.standard_normal(sim.mask.shape + (y.shape[0],))
         vol[sim.mask] = y.T
         stem = func / f"sub-{subject}_task-{task}_run-{r + 1:02d}"
-        nib.save(nib.Nifti1Image(vol.astype(np.float32), sim.affine), f"{stem}_bold.nii.gz")
+        img = nib.Nifti1Image(vol.astype(np.float32), sim.affine)
+        img.header.set_zooms(img.header.get_zooms()[:3] + (cfg.tr,))
+        img.header.set_xyzt_units("mm", "sec")  # the header's time step is the TR too
+        nib.save(img, f"{stem}_bold.nii.gz")
         (Path(f"{stem}_bold.json")).write_text(json.dumps({"RepetitionTime": cfg.tr, "TaskName": task}) + "\n")
         sel = sim.run == r
         events = pd.DataFrame({"onset": sim.onset[sel], "duration": cfg.stim_duration, "trial_type": "stimulus",
@@ -110,15 +115,42 @@ def read_events(path: Path):
     return ev
 
 
-def _tr(bold: Path, t_r: float | None) -> float:
-    side = bold.with_name(_RUN.sub("_bold.json", bold.name))
-    if side.is_file():
-        tr = json.loads(side.read_text()).get("RepetitionTime")
-        if isinstance(tr, (int, float)) and tr > 0:
-            return float(tr)
-    if t_r is None:
-        raise ValueError(f"{bold}: no RepetitionTime in {side.name}; pass t_r")
-    return t_r
+def _entities(name: str) -> set[str]:
+    """BIDS key-value entities of a file name (``sub-01_task-a_run-1_bold.json`` ->
+    ``{sub-01, task-a, run-1}``)."""
+    return set(name.split(".", 1)[0].split("_")[:-1])
+
+
+def _tr(bold: Path, root: Path, t_r: float | None, header_img) -> float:
+    """The repetition time of ``bold``: ``t_r`` when given; else ``RepetitionTime`` of the
+    nearest ``*_bold.json`` sidecar whose entities are a subset of the run's (BIDS
+    inheritance, from the run's folder up to ``root``; the more specific file wins); else
+    the NIfTI header's time step when its unit is set."""
+    if t_r is not None:
+        return t_r
+    mine = _entities(bold.name)
+    folder = bold.parent
+    while True:
+        sidecars = [p for p in folder.glob("*_bold.json") if _entities(p.name) <= mine]
+        for side in sorted(sidecars, key=lambda p: -len(_entities(p.name))):
+            try:
+                tr = json.loads(side.read_text()).get("RepetitionTime")
+            except (json.JSONDecodeError, AttributeError) as e:
+                raise ValueError(f"{side}: not a JSON object ({e})") from None
+            if tr is not None:
+                if not isinstance(tr, (int, float)) or tr <= 0:
+                    raise ValueError(f"{side}: RepetitionTime must be a positive number of seconds; got {tr!r}")
+                return float(tr)
+        if folder == root or folder == folder.parent:
+            break
+        folder = folder.parent
+    step = float(header_img.header.get_zooms()[3]) if len(header_img.header.get_zooms()) > 3 else 0.0
+    unit = header_img.header.get_xyzt_units()[1]
+    scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)
+    if step > 0 and scale is not None:
+        return step * scale
+    raise ValueError(f"{bold}: no RepetitionTime in a *_bold.json sidecar of the run or above it (BIDS inheritance up to "
+                     f"{root}), and the NIfTI header's time step ({step:g}, unit {unit!r}) is not usable; pass --glm-tr")
 
 
 def _check_geometry(bold_img, mask_img, bold: Path, mask: Path) -> None:
@@ -165,7 +197,7 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
             bad = np.flatnonzero(~np.isfinite(data).all(1))
             raise ValueError(f"{bold}: {len(bad)} in-mask voxels hold NaN/Inf (first: {bad[:5].tolist()})")
         ev = read_events(events_path)
-        flm = FirstLevelModel(t_r=_tr(bold, t_r), hrf_model=hrf_model, drift_model="polynomial", drift_order=drift_order,
+        flm = FirstLevelModel(t_r=_tr(bold, root, t_r, img), hrf_model=hrf_model, drift_model="polynomial", drift_order=drift_order,
                               noise_model=noise_model, mask_img=masker, signal_scaling=False, minimize_memory=True)
         labels = [f"trial{i:04d}" for i in range(len(ev))]
         base = ev[["onset", "duration"]].copy()

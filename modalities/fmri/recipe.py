@@ -66,6 +66,9 @@ class FMRIConfig(Config):
     """Single-trial GLM of bids data: lsa (least-squares-all) or lss (least-squares-separate)."""
     glm_noise_model: Literal["ar1", "ols"] = "ar1"
     """Noise model of nilearn's first-level GLM (bids data)."""
+    glm_tr: float = 0.0
+    """Repetition time in seconds of bids data (0: from the runs' *_bold.json sidecars, inherited
+    BIDS-style, or the NIfTI header). The simulator's own TR is ``tr``."""
     mask: str = ""
     """Mask image of bids data ('' = ROOT/mask.nii.gz)."""
     latent: int = 32
@@ -219,7 +222,7 @@ class FMRIConfig(Config):
             self._require(getattr(self, name) >= 1, name, "an integer >= 1")
         for name in ("ae_lr", "vae_lr"):
             self._require(getattr(self, name) > 0, name, "a number > 0")
-        for name in ("vae_beta", "vae_align", "xfm_noise", "align_weight", "vae_weight_decay"):
+        for name in ("vae_beta", "vae_align", "xfm_noise", "align_weight", "vae_weight_decay", "glm_tr"):
             self._require(getattr(self, name) >= 0, name, "a number >= 0")
         self._require(0 <= self.vae_val_fraction < 1, "vae_val_fraction", "a fraction in [0, 1)")
         self._require(self.vae_val_every >= 1, "vae_val_every", "an integer >= 1")
@@ -243,7 +246,7 @@ def load_trials(cfg: FMRIConfig) -> TrialData:
     if not path:
         raise ConfigError(f"FMRIConfig.data: {cfg.data!r} names no path (expected {kind}:/path)")
     if kind == "bids":
-        return load_bids(path, cfg.glm, cfg.mask or None, noise_model=cfg.glm_noise_model)
+        return load_bids(path, cfg.glm, cfg.mask or None, t_r=cfg.glm_tr or None, noise_model=cfg.glm_noise_model)
     return load_betas(path)
 
 

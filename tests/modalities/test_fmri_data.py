@@ -81,6 +81,30 @@ def test_bids_lsa_with_nilearn_matches_the_simulators_estimates(sim, bids_root) 
     assert np.median(r_lss) > 0.5
 
 
+def test_bids_repetition_time_is_inherited_then_read_from_the_header(sim, tmp_path) -> None:
+    import nibabel as nib
+
+    per_run = load_bids(write_bids(sim, tmp_path / "run", runs=1), noise_model="ols")
+    root = write_bids(sim, tmp_path / "inherit", runs=1)
+    side = next(root.rglob("*_bold.json"))
+    side.write_text(json.dumps({"TaskName": "sim"}))  # no TR beside the run ...
+    (root / "task-sim_bold.json").write_text(json.dumps({"RepetitionTime": sim.cfg.tr}))  # ... but at the top
+    (root / "task-other_bold.json").write_text(json.dumps({"RepetitionTime": 9.0}))  # another task's: not inherited
+    np.testing.assert_array_equal(load_bids(root, noise_model="ols").responses, per_run.responses)
+    for p in root.glob("task-*_bold.json"):
+        p.unlink()
+    bold = next(root.rglob("*_bold.nii.gz"))
+    assert nib.load(bold).header.get_zooms()[3] == sim.cfg.tr  # write_bids puts the TR in the header too
+    np.testing.assert_array_equal(load_bids(root, noise_model="ols").responses, per_run.responses)
+    img = nib.load(bold)
+    img.header.set_xyzt_units("mm", "unknown")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), bold)
+    with pytest.raises(ValueError, match=r"_bold.nii.gz: no RepetitionTime in a \*_bold.json sidecar.*--glm-tr"):
+        load_bids(root)
+    slower = load_bids(root, t_r=2 * sim.cfg.tr, noise_model="ols")  # given explicitly: used, and it matters
+    assert slower.responses.shape == per_run.responses.shape and not np.allclose(slower.responses, per_run.responses)
+
+
 def test_bids_bad_inputs_name_the_file(sim, bids_root, tmp_path) -> None:
     import nibabel as nib
 
