@@ -35,12 +35,13 @@ class TimeSeriesOptions(Config):
     task: Literal["generate", "forecast", "impute"] = "generate"
     """generate (unconditional), forecast (the last --horizon steps) or impute (masked / missing entries)."""
     input: str = ""
-    """forecast/impute: a .csv/.parquet series to condition on (forecast: continue its end; impute: fill its NaN);
-    empty = test windows of the training data."""
+    """forecast/impute: a .csv/.parquet series to condition on (forecast: continue its end; impute: fill its NaN,
+    in windows tiling the file, the last one aligned to its end); empty = test windows of the training data.
+    evaluate scores known values: forecast holds out the file's last horizon steps, impute hides observed entries."""
     horizon: int = 0
     """forecast: steps to predict (0 = window // 4)."""
     missing_rate: float = 0.3
-    """impute without NaN in the input: fraction of entries hidden at random."""
+    """impute: fraction of observed entries hidden at random (an input without NaN, and evaluate)."""
     windows: int = 16
     """forecast/impute on test windows: how many windows (evenly spaced over the test split)."""
     guidance: bool = False
@@ -77,8 +78,25 @@ def _horizon(r: Restored, opts: TimeSeriesOptions) -> int:
     return H
 
 
-def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Observed windows ``u`` (normalised, 0 where unobserved) and masks ``m`` ``(W, L, C)``."""
+def _tiling(T: int, L: int) -> np.ndarray:
+    """Starts of windows of length ``L`` that cover ``0 .. T-1``: non-overlapping, plus one
+    aligned to the end when ``L`` does not divide ``T`` (so no step, and no gap, is left out)."""
+    starts = np.arange(0, T - L + 1, L)
+    return starts if starts[-1] + L == T else np.append(starts, T - L)
+
+
+def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int,
+                 scoring: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows ``u`` (normalised; 0 where nothing is known), the observation masks ``m`` the
+    model sees and the entries to score ``target`` (known in ``u``, hidden by ``m``), each
+    ``(W, L, C)``; ``target`` is all 0 when not ``scoring``.
+
+    With ``opts.input``: ``forecast`` conditions on the file's last ``L - H`` steps and
+    predicts the ``H`` after them; when ``scoring``, it holds out the file's last ``H`` steps
+    instead and conditions on the ``L - H`` before them. ``impute`` tiles the whole file (the
+    last window aligned to its end) and fills its missing cells; a file without any hides
+    ``missing_rate`` of its entries at random. When ``scoring`` it always hides observed
+    entries at random and scores those (the file's own gaps have no truth)."""
     L, C = r.cfg.window, r.scaler.n_channels
     H = _horizon(r, opts) if opts.task == "forecast" else 0
     if opts.input:
@@ -88,19 +106,27 @@ def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int) -> tuple[np.nd
             raise ValueError(f"{opts.input}: {x.shape[1]} channels ({list(src.channels)}), but the model was trained "
                              f"on {C} ({list(r.scaler.channels)})")
         mask = np.ones_like(x) if src.mask is None else src.mask
-        if opts.task == "forecast":  # the last L - H steps observed, the next H predicted
-            if x.shape[0] < L - H:
-                raise ValueError(f"{opts.input}: the series has {x.shape[0]} steps; forecasting needs >= {L - H}")
+        if opts.task == "forecast":  # L - H steps observed, the next H predicted
+            need = L if scoring else L - H
+            if x.shape[0] < need:
+                raise ValueError(f"{opts.input}: the series has {x.shape[0]} steps; "
+                                 f"{'scoring a forecast' if scoring else 'forecasting'} needs >= {need}")
             u = np.zeros((1, L, C))
-            u[0, : L - H] = r.scaler.transform(x[-(L - H):], opts.input)
+            u[0, :need] = r.scaler.transform(x[-need:], opts.input)
             m = np.zeros((1, L, C))
             m[0, : L - H] = 1.0
-            return u, m
-        xs = D.sliding_windows(x, L, L, opts.input)  # non-overlapping windows
-        ms = D.sliding_windows(mask, L, L, opts.input)
-        if ms.min() == 1.0:  # nothing missing: hide entries at random
-            ms = _random_mask(xs.shape, opts.missing_rate, seed)
-        return r.scaler.transform(xs, opts.input) * ms, ms
+            return u, m, (1.0 - m) if scoring else np.zeros_like(m)
+        if x.shape[0] < L:
+            raise ValueError(f"{opts.input}: the series has {x.shape[0]} time steps, shorter than the window length {L}")
+        starts = _tiling(x.shape[0], L)
+        xs = np.stack([x[s : s + L] for s in starts])
+        ms = np.stack([mask[s : s + L] for s in starts])
+        known = r.scaler.transform(xs, opts.input) * ms
+        if scoring or ms.min() == 1.0:  # hide observed entries at random (and score them when scoring)
+            hide = 1.0 - _random_mask(xs.shape, opts.missing_rate, seed)
+            m = ms * (1.0 - hide)
+            return known, m, ms * hide if scoring else np.zeros_like(m)
+        return known, ms, np.zeros_like(ms)
     w, _ = prepare(r.cfg)
     if len(w.test) == 0:
         raise ValueError(f"{r.cfg.data}: no test windows (test_fraction = 0); give --input")
@@ -111,7 +137,7 @@ def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int) -> tuple[np.nd
         m[:, : L - H] = 1.0
     else:
         m = _random_mask(u.shape, opts.missing_rate, seed)
-    return u, m
+    return u, m, 1.0 - m
 
 
 def _random_mask(shape, rate: float, seed: int) -> np.ndarray:
@@ -150,7 +176,7 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
     if opts.task == "generate":
         x = draw(r, n, steps, solver, seed, shift=opts.grid_shift)
     else:
-        u, m = conditioning(r, opts, seed)
+        u, m, _ = conditioning(r, opts, seed)
         x = complete(r, u, m, n, steps, solver, seed, opts.guidance, opts.grid_shift)
     return D.save_samples(out_path, to_raw(r, x), r.scaler.channels)
 
@@ -177,9 +203,8 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     opts = options or TimeSeriesOptions()
     r = restore(ckpt_dir)
     if opts.task != "generate":
-        u, m = conditioning(r, opts, seed)
+        u, m, target = conditioning(r, opts, seed, scoring=True)
         x = r.scaler.from_model(complete(r, u, m, n, steps, solver, seed, opts.guidance, opts.grid_shift))  # (W, n, L, C)
-        target = 1.0 - m
         s = np.moveaxis(x, 1, 0)  # (n, W, L, C)
         return {**M.point_errors(s, u, target), "crps": M.crps_samples(s, u, target), "windows": int(u.shape[0]),
                 "samples_per_window": n, "task": opts.task}

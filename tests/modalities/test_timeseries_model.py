@@ -110,6 +110,30 @@ def test_cli_trains_samples_with_the_scaling_undone_and_evaluates(run_dir, capsy
     assert set(scores) >= {"mse", "mae", "crps"} and scores["crps"] > 0
 
 
+def test_file_conditioning_covers_the_tail_and_scores_only_known_hidden_entries(run_dir) -> None:
+    tmp, out = run_dir
+    r = R.restore(out)  # window L = 12
+    path = tmp / "tail.csv"  # 30 rows: 30 mod 12 = 6 tail rows, a gap in row 27 and in row 3
+    path.write_text("time,c0,c1\n" + "".join(f"{i},{100 + i},{'' if i in (3, 27) else 90 - i}\n" for i in range(30)))
+    opts = tasks.TimeSeriesOptions(task="impute", input=str(path))
+    u, m, target = tasks.conditioning(r, opts, 0)
+    assert u.shape == (3, 12, 2) and not target.any()  # windows at rows 0, 12 and 18 (aligned to the end)
+    assert m[0, 3, 1] == 0 and m[2, 27 - 18, 1] == 0 and m.sum() == 3 * 12 * 2 - 2  # both gaps, nothing else hidden
+    np.testing.assert_allclose(r.scaler.transform(np.array([[100 + 29.0, 90 - 29.0]]))[0], u[2, -1])
+    u, m, target = tasks.conditioning(r, opts, 0, scoring=True)
+    assert target.any() and not (target * m).any()  # scored entries are hidden from the model ...
+    assert target[0, 3, 1] == 0 and target[2, 9, 1] == 0  # ... and known: the file's gaps are never scored
+    assert np.all(m + target <= 1) and (m + target).sum() == 3 * 12 * 2 - 2
+    fore = tasks.TimeSeriesOptions(task="forecast", input=str(tmp / "series.csv"), horizon=4)
+    u, m, target = tasks.conditioning(r, fore, 0, scoring=True)  # the file's last 4 steps held out
+    series = np.loadtxt(tmp / "series.csv", delimiter=",", skiprows=1)[:, 1:]
+    np.testing.assert_allclose(u[0], r.scaler.transform(series[-12:]), rtol=1e-12)
+    assert m[0, :8].all() and not m[0, 8:].any() and np.array_equal(target, 1 - m)
+    u, m, target = tasks.conditioning(r, fore, 0)  # sampling: the 8 last steps observed, 4 beyond the file
+    np.testing.assert_allclose(u[0, :8], r.scaler.transform(series[-8:]), rtol=1e-12)
+    assert not u[0, 8:].any() and not target.any()
+
+
 def test_conditional_samples_keep_the_observations_and_steering_too(run_dir) -> None:
     tmp, out = run_dir
     r = R.restore(out)
