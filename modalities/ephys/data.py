@@ -33,12 +33,14 @@ from .lorenz import LorenzConfig, make_lorenz
 from .nwb import NWBOptions, read_nwb
 from .spikes import TrialData, load_nitime_spikes, split_trials
 
-__all__ = ["NAMED", "SPLITS", "TEST_FRACTION", "DataOptions", "load_trials", "load_split", "split_data", "TrialDataset"]
+__all__ = ["NAMED", "SPLITS", "TEST_FRACTION", "EEG_SUFFIXES", "DataOptions", "load_trials", "load_split", "split_data", "TrialDataset"]
 
 NAMED: tuple[str, ...] = ("lorenz", "nitime", "spkit", "pyedflib")
 """Datasets reachable by name (the others are ``nwb:PATH`` and ``eeg:PATH``)."""
 SPLITS: tuple[str, ...] = ("train", "test")
 TEST_FRACTION = 0.2
+EEG_SUFFIXES: tuple[str, ...] = (".fif", ".edf", ".bdf", ".vhdr", ".set", ".gz")
+"""File suffixes read as EEG/MEG recordings through mne (``.gz``: ``.fif.gz``)."""
 
 
 @dataclass
@@ -130,14 +132,15 @@ def load_trials(spec: str, opts: DataOptions | None = None, seed: int = 0) -> Tr
     path = Path(spec)
     if path.suffix.lower() == ".nwb":
         return read_nwb(path, opts.nwb())
-    if path.suffix.lower() in (".fif", ".edf", ".bdf", ".vhdr", ".set", ".gz"):
+    if path.suffix.lower() in EEG_SUFFIXES:
         return load_eeg_file(path, opts.eeg(spec))
     raise ValueError(f"unknown ephys data {spec!r}; expected one of {list(NAMED)}, nwb:/path/file.nwb "
                      f"or eeg:/path/file.(fif|edf|bdf|vhdr|set)")
 
 
 def _is_sliding(spec: str, opts: DataOptions) -> bool:
-    if spec in ("spkit",) or spec.startswith("eeg:"):
+    """Continuous recordings cut into overlapping windows (split in time unless epoched on events)."""
+    if spec in ("spkit",) or spec.startswith("eeg:") or Path(spec).suffix.lower() in EEG_SUFFIXES:
         return not opts.event
     return False
 
@@ -149,9 +152,11 @@ def split_data(data: TrialData, spec: str, opts: DataOptions, seed: int) -> dict
         n_train = max(1, int(round((1 - TEST_FRACTION) * n)))
         step = max(1, int(round((opts.epoch_s - opts.overlap_s) / data.bin_s)))
         gap = -(-data.n_bins // step)  # windows overlapping the last training window
-        test = np.arange(min(n - 1, n_train - 1 + gap), n)
-        if n_train >= n or test.size == 0:
-            raise ValueError(f"{spec}: too few windows ({n}) for a train/test split in time")
+        first = n_train - 1 + gap  # the first window that shares no sample with the training ones
+        if n_train >= n or first >= n:
+            raise ValueError(f"{spec}: too few windows ({n}) for a train/test split in time: the last "
+                             f"{n - n_train} overlap the training windows; give a longer recording or a shorter epoch")
+        test = np.arange(first, n)
         return {"train": data.subset(np.arange(n_train)), "test": data.subset(test)}
     idx = split_trials(n, TEST_FRACTION, seed)
     return {k: data.subset(v) for k, v in idx.items()}

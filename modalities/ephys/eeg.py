@@ -128,6 +128,8 @@ def raw_to_trials(raw, opts: EEGOptions | None = None, where: str = "raw") -> Tr
     """Preprocess ``raw`` (picks, filter, resample) and cut it into epochs ``(N, T, C)``."""
     mne = _mne()
     opts = opts or EEGOptions()
+    # events first, on the recording as read: picking drops the stim channel and filtering would change its codes
+    event_s = (_events(raw, opts, where) - raw.first_samp) / raw.info["sfreq"] if opts.event else None
     raw = raw.copy()
     names = [c.strip() for c in opts.picks.split(",")] if "," in opts.picks or opts.picks in raw.ch_names else None
     try:
@@ -140,8 +142,12 @@ def raw_to_trials(raw, opts: EEGOptions | None = None, where: str = "raw") -> Tr
             raw.pick(opts.picks, exclude="bads")
     except ValueError as e:
         raise ValueError(f"{where}: cannot pick channels {opts.picks!r} ({e})") from None
+    stim = [raw.ch_names[i] for i in mne.pick_types(raw.info, stim=True)]
+    if stim:  # event codes, not signal
+        raw.drop_channels(stim)
     if len(raw.ch_names) < 2:
-        raise ValueError(f"{where}: need >= 2 channels after picking {opts.picks!r}; got {raw.ch_names}")
+        raise ValueError(f"{where}: need >= 2 channels after picking {opts.picks!r} (stim channels excluded); "
+                         f"got {raw.ch_names}")
     sfreq = opts.sfreq or raw.info["sfreq"]
     nyq = min(sfreq, raw.info["sfreq"]) / 2
     if opts.h_freq and opts.h_freq >= nyq:
@@ -161,7 +167,7 @@ def raw_to_trials(raw, opts: EEGOptions | None = None, where: str = "raw") -> Tr
     z = (data - mean) / std
     n_samples = z.shape[1]
     if opts.event:
-        onsets = _events(raw, opts, where) - raw.first_samp + int(round(opts.tmin * sfreq))
+        onsets = np.round(event_s * sfreq).astype(np.int64) + int(round(opts.tmin * sfreq))
         beyond = (onsets < 0) | (onsets + n_bins > n_samples)
         if beyond.any():
             raise ValueError(f"{where}: {int(beyond.sum())} event epoch(s) of {opts.event!r} reach beyond the recording "

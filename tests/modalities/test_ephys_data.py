@@ -252,6 +252,42 @@ def test_brainvision_file_reads_through_mne_and_epochs_on_its_marker(tmp_path: P
     np.testing.assert_allclose(d.x[1].numpy(), z[600:700], rtol=1e-4, atol=1e-4)  # marker at sample 601 (1-based)
 
 
+def test_stim_channel_events_epoch_on_the_unfiltered_codes_and_stay_out_of_the_data(tmp_path: Path) -> None:
+    import mne
+
+    raw = _raw()
+    stim = np.zeros((1, raw.n_times))
+    stim[0, [300, 900, 1500]] = [3, 3, 5]  # id 3 at 3 s and 9 s, id 5 at 15 s (100 Hz)
+    raw.add_channels([mne.io.RawArray(stim, mne.create_info(["STI"], raw.info["sfreq"], "stim"), verbose="error")])
+    path = tmp_path / "stim_raw.fif"
+    raw.save(path, verbose="error")
+    for picks in ("data", "all"):  # "all": the stim channel is still excluded from the signal
+        d = E.load_eeg_file(path, E.EEGOptions(event="3", epoch_s=1.0, fp_s=0.2, picks=picks, sfreq=50.0, h_freq=20.0))  # filtered, resampled
+        assert d.x.shape == (2, 50, 6) and "STI" not in d.channel_names
+    plain = E.load_eeg_file(path, E.EEGOptions(event="3", epoch_s=1.0, fp_s=0.2, l_freq=0, h_freq=0))
+    data = raw.get_data(picks="eeg")
+    z = (data - data.mean(1, keepdims=True)) / data.std(1, keepdims=True)
+    np.testing.assert_allclose(plain.x[1].numpy(), z[:, 900:1000].T, rtol=1e-5, atol=1e-5)  # the event at 9 s
+
+
+def test_a_bare_eeg_path_is_split_in_time_and_a_short_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rec_raw.fif"
+    _raw().save(path, verbose="error")
+    opts = D.DataOptions()
+    for spec in (str(path), f"eeg:{path}"):
+        d = D.load_trials(spec, opts)
+        split = D.split_data(d, spec, opts, 0)
+        first_test = d.x.shape[0] - split["test"].x.shape[0]
+        assert torch.equal(split["train"].x, d.x[: split["train"].x.shape[0]])  # contiguous, not shuffled
+        assert torch.equal(split["test"].x[0], d.x[first_test])
+    short = tmp_path / "short_raw.fif"
+    raw = _raw()
+    raw.crop(0, 1.99).save(short, verbose="error")  # 2 s: 13 windows of 0.5 s every 0.125 s
+    d = D.load_trials(str(short), opts)
+    with pytest.raises(ValueError, match=r"short_raw.fif: too few windows \(13\) for a train/test split in time"):
+        D.split_data(d, str(short), opts, 0)
+
+
 def test_packaged_eeg_recordings() -> None:
     raw = E.spkit_raw()
     assert raw.info["sfreq"] == 128 and len(raw.ch_names) == 14 and raw.n_times == 2048
