@@ -22,6 +22,7 @@ Shapes: windows ``(N, L, C)``, batch first, time, channels.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -84,6 +85,19 @@ def load_source(data: str, n_samples: int = 10_000, length: int = 24, seed: int 
     if Path(data).suffix.lower() in (".csv", ".parquet", ".pq") or Path(data).exists():
         return S.read_table(data, time_column, allow_missing)
     raise ValueError(f"unknown dataset {data!r}; expected one of {list(NAMED)}, 'sktime:NAME' or a .csv/.parquet file")
+
+
+def channel_order(found: tuple[str, ...], expected: tuple[str, ...], where: str) -> np.ndarray:
+    """Column indices that put the ``found`` channels in the ``expected`` (trained) order: by
+    name when both name the same channels, else by position with a warning naming both
+    (same count assumed; the caller checks it)."""
+    if tuple(found) == tuple(expected):
+        return np.arange(len(found))
+    if sorted(found) == sorted(expected) and len(set(found)) == len(found):
+        return np.array([list(found).index(c) for c in expected])
+    warnings.warn(f"{where}: channels {list(found)} do not match the model's {list(expected)} by name; "
+                  f"they are taken in file order", UserWarning, stacklevel=3)
+    return np.arange(len(found))
 
 
 def sliding_windows(x: np.ndarray, length: int, stride: int, where: str = "series") -> np.ndarray:

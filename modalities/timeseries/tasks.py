@@ -106,6 +106,8 @@ def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int,
             raise ValueError(f"{opts.input}: {x.shape[1]} channels ({list(src.channels)}), but the model was trained "
                              f"on {C} ({list(r.scaler.channels)})")
         mask = np.ones_like(x) if src.mask is None else src.mask
+        order = D.channel_order(src.channels, r.scaler.channels, opts.input)  # columns by name, not position
+        x, mask = x[:, order], mask[:, order]
         if opts.task == "forecast":  # L - H steps observed, the next H predicted
             need = L if scoring else L - H
             if x.shape[0] < need:

@@ -134,6 +134,28 @@ def test_file_conditioning_covers_the_tail_and_scores_only_known_hidden_entries(
     assert not u[0, 8:].any() and not target.any()
 
 
+def test_input_columns_are_matched_by_name(run_dir, capsys) -> None:
+    import pandas as pd
+
+    tmp, out = run_dir
+    r = R.restore(out)
+    df = pd.read_csv(tmp / "series.csv")
+    df[["time", "c1", "c0"]].to_csv(tmp / "swapped.csv", index=False)
+    fore = tasks.TimeSeriesOptions(task="forecast", input=str(tmp / "series.csv"), horizon=4)
+    u, m, _ = tasks.conditioning(r, fore, 0)
+    u2, m2, _ = tasks.conditioning(r, fore.replace(input=str(tmp / "swapped.csv")), 0)
+    np.testing.assert_array_equal(u2, u)  # reordered by name, not scaled with the other channel's scaler
+    df.rename(columns={"c0": "x", "c1": "y"}).to_csv(tmp / "renamed.csv", index=False)
+    with pytest.warns(UserWarning, match=r"renamed.csv: channels \['x', 'y'\] do not match the model's \['c0', 'c1'\]"):
+        u3, _, _ = tasks.conditioning(r, fore.replace(input=str(tmp / "renamed.csv")), 0)
+    np.testing.assert_array_equal(u3, u)  # by position, as the warning says
+    capsys.readouterr()
+    assert main(["finetune", "timeseries", "--ckpt", str(out), "--data", str(tmp / "swapped.csv"), "--out",
+                 str(tmp / "ft_swapped"), *SMALL]) == 2
+    assert "swapped.csv: the columns ['c1', 'c0'] are the checkpoint's channels in another order" in capsys.readouterr().err
+    assert not (tmp / "ft_swapped" / "recipe.json").exists()  # refused before writing anything
+
+
 def test_conditional_samples_keep_the_observations_and_steering_too(run_dir) -> None:
     tmp, out = run_dir
     r = R.restore(out)
