@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .cohort import cohort_affine, make_cohort
 from .nifti import NiftiError, ObliquePolicy, find_source, parse_source
-from .transforms import KEY, ToTensor, augment_transforms, canonical_affine, preprocess_transforms
+from .transforms import KEY, ToTensor, Transform, augment_transforms, canonical_affine, preprocess_transforms
 
 __all__ = ["SourceSpec", "EMBEDDED_SIZES", "split_files", "voxel_sizes", "VolumeSet", "load_volumes", "build_dataset",
            "MRIDataModule", "embedded_dataset"]
@@ -105,22 +105,55 @@ class VolumeSet(Dataset):
         return x if self.aug is None else self.aug({KEY: x})
 
 
+class _Checked(Transform):
+    """The deterministic preprocessing of one file for MONAI's caching threads. A bad file must
+    not raise there: the pool is torn down while other workers still run and the process aborts
+    (exit 134) after the message. Its error is kept in ``bad`` (path -> message) and a blank
+    volume cached instead; :func:`_cache_dataset` raises after the pool has finished."""
+
+    def __init__(self, pre, blank: np.ndarray) -> None:
+        self.pre, self.blank, self.bad = pre, blank, {}
+
+    def __call__(self, item: dict) -> dict:
+        try:
+            return self.pre(item)
+        except RuntimeError as e:  # MONAI's Compose wraps a transform's error in RuntimeError
+            cause = _nifti_cause(e)
+            if cause is None:
+                raise
+            self.bad[item[KEY]] = str(cause)
+            return {KEY: self.blank}
+
+
+def _nifti_cause(e: BaseException) -> NiftiError | None:
+    """Our error (which names the file) inside MONAI's wrapping of a transform's error."""
+    while e is not None and not isinstance(e, NiftiError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
 def _cache_dataset(files: list[Path], spec: SourceSpec, augment: bool, num_workers: int):
     from monai.data import CacheDataset
     from monai.transforms import Compose
 
     pre = preprocess_transforms(spec.spacing, spec.fov, oblique=spec.oblique, max_anisotropy=spec.max_anisotropy)
     post = augment_transforms(spacing=spec.spacing) if augment else Compose([ToTensor()])
+    checked = _Checked(pre, np.zeros((1, *spec.fov), np.float32))
     try:
-        return CacheDataset([{KEY: str(f)} for f in files], Compose([*pre.transforms, *post.transforms]),
-                            cache_rate=1.0, num_workers=num_workers, progress=False)
+        ds = CacheDataset([{KEY: str(f)} for f in files], Compose([checked, *post.transforms]),
+                          cache_rate=1.0, num_workers=num_workers, progress=False)
     except RuntimeError as e:  # MONAI wraps a transform's error: surface ours, which names the file
-        cause = e
-        while cause is not None and not isinstance(cause, NiftiError):
-            cause = cause.__cause__ or cause.__context__
+        cause = _nifti_cause(e)
         if cause is not None:
             raise NiftiError(str(cause)) from None
         raise
+    bad = checked.bad
+    if bad:
+        order = {str(f): i for i, f in enumerate(files)}
+        first = min(bad, key=order.__getitem__)
+        others = sorted(Path(f).name for f in bad if f != first)
+        raise NiftiError(bad[first] + (f" (and {len(others)} more file(s) rejected: {others})" if others else ""))
+    return ds
 
 
 def build_dataset(spec: SourceSpec, split: str, augment: bool = False, num_workers: int = 0) -> Dataset:

@@ -221,8 +221,29 @@ def test_bad_file_in_a_dataset_names_it(tmp_path) -> None:
     bad[0, 0, 0] = np.nan
     save(tmp_path / "f" / "b.nii.gz", bad)
     spec = SourceSpec(data=f"folder:{tmp_path / 'f'}", spacing=(3.0, 3.0, 3.0), fov=(16, 16, 16))
-    with pytest.raises(Exception, match="b.nii.gz: 1 NaN/Inf voxel"):
+    with pytest.raises(N.NiftiError, match="b.nii.gz: 1 NaN/Inf voxel"):
         build_dataset(spec, "test")
+
+
+def test_bad_files_among_good_ones_end_with_the_error_not_an_abort(tmp_path) -> None:
+    """MONAI caches with a thread pool; a file that raised inside it tore the pool down while other workers ran,
+    and the process aborted (exit 134) after printing the error. Run in a fresh process to see its exit."""
+    import subprocess
+    import sys
+
+    for i in range(10):
+        save(tmp_path / "f" / f"s{i}.nii.gz", phantom() * (1 + 0.05 * i))
+    for name in ("s3.nii.gz", "s7.nii.gz"):
+        bad = phantom()
+        bad[1, 1, 1] = np.inf
+        save(tmp_path / "f" / name, bad)
+    code = (f"from modaflow.modalities.mri.data import SourceSpec, build_dataset\n"
+            f"build_dataset(SourceSpec(data='folder:{tmp_path / 'f'}', spacing=(3.0, 3.0, 3.0), fov=(16, 16, 16)), "
+            f"'train', num_workers=4)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "NiftiError" in run.stderr and "s3.nii.gz: 1 NaN/Inf voxel" in run.stderr
+    assert "(and 1 more file(s) rejected: ['s7.nii.gz'])" in run.stderr
 
 
 # ---------------------------------------------------------------- cohort and output
