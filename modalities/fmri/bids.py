@@ -74,13 +74,21 @@ def write_bids(sim: Simulation, root: str | Path, runs: int | None = None, subje
     return root
 
 
+def _outside_raw(path: Path, root: Path) -> bool:
+    """A file under ``derivatives/``, ``sourcedata/`` or a hidden folder: not a raw BIDS run."""
+    parts = path.relative_to(root).parts[:-1]
+    return any(p in ("derivatives", "sourcedata") or p.startswith(".") for p in parts)
+
+
 def find_runs(root: str | Path) -> list[tuple[Path, Path]]:
-    """``(bold, events)`` pairs under ``root``, sorted; a run without its events TSV is an error."""
+    """``(bold, events)`` pairs of the raw runs under ``root`` (``derivatives/`` and
+    ``sourcedata/`` are skipped, as BIDS keeps processed copies there), sorted; a run without
+    its events TSV is an error."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder (expected a BIDS-style dataset with *_bold.nii.gz runs)")
     pairs = []
-    for bold in sorted(p for p in root.rglob("*_bold.nii*") if _RUN.search(p.name)):
+    for bold in sorted(p for p in root.rglob("*_bold.nii*") if _RUN.search(p.name) and not _outside_raw(p, root)):
         events = bold.with_name(_RUN.sub("_events.tsv", bold.name))
         if not events.is_file():
             raise FileNotFoundError(f"{bold}: no events file {events.name} beside it")
@@ -181,7 +189,9 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
     mask_path = Path(mask) if mask is not None else root / "mask.nii.gz"
     if not mask_path.is_file():
         raise FileNotFoundError(f"{mask_path}: mask image not found (pass --mask or put mask.nii.gz in {root})")
-    mask_img = nib.load(mask_path)
+    mask_img = nib.funcs.squeeze_image(nib.load(mask_path))  # (X, Y, Z, 1) -> (X, Y, Z)
+    if mask_img.ndim != 3:
+        raise ValueError(f"{mask_path}: the mask must be a 3-D image; got shape {mask_img.shape}")
     mask_arr = np.asarray(mask_img.dataobj) > 0
     stim_path = root / "stimuli.npy"
     if not stim_path.is_file():
@@ -197,7 +207,14 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
             bad = np.flatnonzero(~np.isfinite(data).all(1))
             raise ValueError(f"{bold}: {len(bad)} in-mask voxels hold NaN/Inf (first: {bad[:5].tolist()})")
         ev = read_events(events_path)
-        flm = FirstLevelModel(t_r=_tr(bold, root, t_r, img), hrf_model=hrf_model, drift_model="polynomial", drift_order=drift_order,
+        t_r_run = _tr(bold, root, t_r, img)
+        end = img.shape[3] * t_r_run
+        late = np.flatnonzero(ev["onset"].to_numpy() >= end)
+        if late.size:
+            raise ValueError(f"{events_path}: {late.size} event(s) start at or after the end of the run ({img.shape[3]} "
+                             f"volumes x TR {t_r_run:g} s = {end:g} s), first in row {late[0] + 1} "
+                             f"(onset {ev['onset'].iloc[late[0]]:g} s); is the TR or the events file wrong?")
+        flm = FirstLevelModel(t_r=t_r_run, hrf_model=hrf_model, drift_model="polynomial", drift_order=drift_order,
                               noise_model=noise_model, mask_img=masker, signal_scaling=False, minimize_memory=True)
         labels = [f"trial{i:04d}" for i in range(len(ev))]
         base = ev[["onset", "duration"]].copy()

@@ -72,6 +72,13 @@ def check_trials(td: TrialData) -> TrialData:
         raise ValueError(f"{src}: stimulus images hold NaN/Inf")
     if td.mask is not None and int(td.mask.sum()) != V:
         raise ValueError(f"{src}: the mask holds {int(td.mask.sum())} voxels but the responses have V = {V}")
+    if td.test_stimuli is not None:
+        t = np.asarray(td.test_stimuli)
+        if t.ndim != 1 or not np.issubdtype(t.dtype, np.integer) or (t.size and (t.min() < 0 or t.max() >= len(td.images))):
+            raise ValueError(f"{src}: test_stimuli must be integer ids of the {len(td.images)} stimuli; got shape "
+                             f"{t.shape}, dtype {t.dtype}" + (f", range [{t.min()}, {t.max()}]" if t.size and t.ndim == 1 else ""))
+    if td.affine is not None and (np.shape(td.affine) != (4, 4) or not np.isfinite(td.affine).all()):
+        raise ValueError(f"{src}: affine must be a finite 4 x 4 voxel-to-world matrix; got shape {np.shape(td.affine)}")
     return td
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -28,7 +29,7 @@ from modaflow.core.training import CheckpointError, read_checkpoint, apply_check
 
 from .models import AEConfig, NeuroVAE, NeuroVAEConfig, VisualAE
 
-__all__ = ["STAT_KEYS", "NeuroFlow", "save_stats", "load_stats", "load_ae", "load_vae", "read_ae", "read_vae", "AE_FILE", "VAE_FILE", "STATS_FILE"]
+__all__ = ["STAT_KEYS", "NeuroFlow", "check_stimulus_size", "save_stats", "load_stats", "load_ae", "load_vae", "read_ae", "read_vae", "AE_FILE", "VAE_FILE", "STATS_FILE"]
 
 AE_FILE, VAE_FILE, STATS_FILE = "visual_ae.safetensors", "neurovae.safetensors", "stats.safetensors"
 STAT_KEYS = ("vox_mean", "vox_std", "zv_mean", "zv_std", "zn_mean", "zn_std")
@@ -83,6 +84,14 @@ def load_ae(path: str | Path) -> VisualAE:
 
 def load_vae(path: str | Path) -> NeuroVAE:
     return read_vae(path)[0]
+
+
+def check_stimulus_size(images: Tensor | np.ndarray, ae: VisualAE, source: str, run: str | Path) -> None:
+    """Stimuli ``(S, H, W)`` must be the size the run's visual AE was trained on."""
+    size = ae.cfg.image_size
+    if tuple(images.shape[1:]) != (size, size):
+        raise ValueError(f"{source}: stimuli are {images.shape[1]} x {images.shape[2]} images, but the run {run} was "
+                         f"trained on {size} x {size}; resize them (or train a new run on them)")
 
 
 @dataclass

@@ -35,7 +35,7 @@ from ..runs import load_recipe, load_weights, save_recipe
 from .bids import GLMMethod, load_bids
 from .data import Prepared, TrialData, load_betas, prepare
 from .models import AEConfig, NeuroVAE, NeuroVAEConfig, VisualAE, build_xfm
-from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, load_ae, load_stats, load_vae, read_ae, read_vae, save_stats
+from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, load_ae, load_stats, load_vae, read_ae, read_vae, save_stats
 from .simulate import SimConfig, simulate
 from .training import AutoencoderModule, LRSchedule, fit_autoencoder, repeat_partners
 
@@ -423,7 +423,8 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     from .evaluation import score_neuroflow
 
     cfg, model = restore(ckpt_dir)
-    _, prep = load_prepared(cfg if data is None else cfg.replace(data=data))
+    td, prep = load_prepared(cfg if data is None else cfg.replace(data=data))
+    check_stimulus_size(td.images, model.ae, data or cfg.data, ckpt_dir)
     if prep.test_x.shape[1] != model.vae.cfg.voxels:
         raise ValueError(f"{data}: {prep.test_x.shape[1]} voxels, the run {ckpt_dir} has {model.vae.cfg.voxels}")
     k = len(prep.test_x) if n <= 0 else min(n, len(prep.test_x))

@@ -30,7 +30,7 @@ from modaflow.core.training import TrainerArgs
 from ..runs import load_recipe, save_recipe
 from .data import prepare
 from .models import NeuroVAE, NeuroVAEConfig
-from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, save_stats
+from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
 from .recipe import NAME, FMRIConfig, load_prepared, load_trials, restore, vae_partners, validation_split
 from .training import AutoencoderModule, fit_autoencoder
 
@@ -194,6 +194,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     cfg = FMRIConfig.from_dict({**merged, "data": data})
     _, model = restore(ckpt_dir)
     td = load_trials(cfg)
+    check_stimulus_size(td.images, model.ae, data, ckpt_dir)
     prep = prepare(td, seed=cfg.fm.seed)
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(out, NAME, cfg)

@@ -117,6 +117,11 @@ def test_finetune_trains_a_new_subject_head_on_the_same_xfm(run_dir, tmp_path) -
     assert np.isfinite(m["dec.pixcorr"]) and np.isfinite(m["enc.voxel_r_median"])
     with pytest.raises(ConfigError, match="finetune cannot change"):
         MODALITY.finetune(run_dir, "simulated", tmp_path / "x", {"latent": 4}, TrainerArgs(accelerator="cpu"))
+    small = SIM.replace(image_size=SIM.image_size - 4).to_dict()
+    with pytest.raises(ValueError, match=rf"simulated: stimuli are {SIM.image_size - 4} x {SIM.image_size - 4} images, but "
+                                         rf"the run .* was trained on {SIM.image_size} x {SIM.image_size}"):
+        MODALITY.finetune(run_dir, "simulated", tmp_path / "y", {"sim": small}, TrainerArgs(accelerator="cpu"))
+    assert not (tmp_path / "y").exists()  # refused before anything is written
 
 
 def test_smoke_benchmark_has_metrics_baselines_and_plots(tmp_path) -> None:

@@ -105,6 +105,30 @@ def test_bids_repetition_time_is_inherited_then_read_from_the_header(sim, tmp_pa
     assert slower.responses.shape == per_run.responses.shape and not np.allclose(slower.responses, per_run.responses)
 
 
+def test_bids_mask_4d_derivatives_and_late_events(sim, tmp_path) -> None:
+    import nibabel as nib
+    import shutil
+
+    root = write_bids(sim, tmp_path / "b", runs=1)
+    want = load_bids(root, noise_model="ols").responses
+    nib.save(nib.Nifti1Image(sim.mask.astype(np.uint8)[..., None], sim.affine), root / "mask4d.nii.gz")
+    np.testing.assert_array_equal(load_bids(root, mask=root / "mask4d.nii.gz", noise_model="ols").responses, want)
+    nib.save(nib.Nifti1Image(np.ones(sim.mask.shape + (2,), np.uint8), sim.affine), root / "mask2.nii.gz")
+    with pytest.raises(ValueError, match=r"mask2.nii.gz: the mask must be a 3-D image"):
+        load_bids(root, mask=root / "mask2.nii.gz")
+    func = next(root.rglob("func"))  # a processed copy under derivatives/ is not a second run
+    deriv = root / "derivatives" / "prep" / "sub-01" / "func"
+    shutil.copytree(func, deriv)
+    np.testing.assert_array_equal(load_bids(root, noise_model="ols").responses, want)
+    events = next(func.glob("*_events.tsv"))
+    lines = events.read_text().splitlines()
+    last = lines[-1].split("\t")
+    lines.append("\t".join(["9999.0"] + last[1:]))
+    events.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"_events.tsv: 1 event\(s\) start at or after the end of the run .*row {len(lines) - 1}"):
+        load_bids(root)
+
+
 def test_bids_bad_inputs_name_the_file(sim, bids_root, tmp_path) -> None:
     import nibabel as nib
 
@@ -169,6 +193,17 @@ def test_betas_bad_inputs(sim, tmp_path) -> None:
         load_betas(tmp_path / "ids.h5")
     with pytest.raises(FileNotFoundError, match="expected an .h5"):
         load_betas(tmp_path / "missing.h5")
+    for name, extra, message in (
+        ("test_ids.h5", {"test_stimuli": np.array([0, len(sim.images)])}, r"test_ids.h5: test_stimuli must be integer ids "
+                                                                           r"of the 120 stimuli; .*range \[0, 120\]"),
+        ("affine.h5", {"affine": np.eye(3)}, r"affine.h5: affine must be a finite 4 x 4 .* got shape \(3, 3\)"),
+    ):
+        with h5py.File(tmp_path / name, "w") as fh:
+            fh["responses"], fh["stimuli"], fh["stim_id"] = sim.betas, sim.images, sim.stim_id
+            for key, value in extra.items():
+                fh[key] = value
+        with pytest.raises(ValueError, match=message):
+            load_betas(tmp_path / name)
 
 
 def test_prepare_zscores_with_training_statistics_and_averages_repeats(sim) -> None:
