@@ -155,12 +155,12 @@ def read_volume(
     ratio = float(zooms.max() / zooms.min())
     if ratio > max_anisotropy:
         raise NiftiError(f"{path}: voxels {np.round(zooms, 3).tolist()} mm are too anisotropic "
-                         f"(ratio {ratio:.2f} > max_anisotropy {max_anisotropy})")
+                         f"(ratio {ratio:.2f} > max_anisotropy {max_anisotropy}; --max-anisotropy raises it)")
     angle = obliquity_deg(affine)
     if angle > max_oblique_deg:
         if oblique == "reject":
             raise NiftiError(f"{path}: oblique affine ({angle:.1f} degrees off the world axes > {max_oblique_deg}); "
-                             f"reslice it, or pass oblique='resample'")
+                             f"reslice it, or pass --oblique resample (oblique='resample')")
         from nibabel.processing import resample_to_output
 
         img = resample_to_output(nib.Nifti1Image(data, affine), voxel_sizes=tuple(zooms), order=1)

@@ -60,6 +60,8 @@ class MRIConfig(Config):
     """Field of view (voxels) of NIfTI sources, centred on the brain mask."""
     oblique: ObliquePolicy = "reject"
     """Oblique NIfTI affines: reject, or resample onto an axis-aligned grid."""
+    max_anisotropy: float = 4.0
+    """Largest ratio of a NIfTI file's longest to shortest voxel side; more anisotropic files are refused."""
     augment: bool = True
     """MedForj's augmentation while training (L-R flip, +-5 degrees, +-5 voxels)."""
     target: Target = "velocity"
@@ -91,6 +93,7 @@ class MRIConfig(Config):
                       f"an integer >= 8 divisible by {self.unet.divisor} (the UNet's levels)")
         for name in ("n_train", "n_test", "steps"):
             self._require(getattr(self, name) >= 1, name, "an integer >= 1")
+        self._require(self.max_anisotropy >= 1, "max_anisotropy", "a ratio >= 1")
         self._require(all(s > 0 for s in self.spacing) and len(self.spacing) == 3, "spacing", "three sizes > 0 (mm)")
         self._require(len(self.fov) == 3 and all(f % self.unet.divisor == 0 and f > 0 for f in self.fov), "fov",
                       f"three sizes divisible by {self.unet.divisor}")
@@ -105,7 +108,8 @@ class MRIConfig(Config):
 def source_of(cfg: MRIConfig) -> SourceSpec:
     """The :class:`SourceSpec` of a recipe."""
     return SourceSpec(data=cfg.data, size=cfg.size, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
-                      spacing=tuple(cfg.spacing), fov=tuple(cfg.fov), oblique=cfg.oblique)
+                      spacing=tuple(cfg.spacing), fov=tuple(cfg.fov), oblique=cfg.oblique,
+                      max_anisotropy=cfg.max_anisotropy)
 
 
 def _fm(cfg: MRIConfig) -> FlowMatchingConfig:

@@ -105,6 +105,9 @@ def test_anisotropic_voxels(tmp_path) -> None:
     with pytest.raises(N.NiftiError, match=r"thick.nii.gz: voxels \[1.0, 1.0, 6.0\] mm are too anisotropic"):
         N.read_volume(p)
     assert N.read_volume(p, max_anisotropy=8.0).data.shape == (24, 28, 22)
+    from modaflow.modalities.mri.recipe import MRIConfig, source_of  # the recipe (and so the CLI) passes it on
+
+    assert source_of(MRIConfig(data=f"folder:{tmp_path}", max_anisotropy=8.0)).max_anisotropy == 8.0
     # mildly anisotropic data is resampled to isotropic voxels by the pipeline
     q = save(tmp_path / "aniso.nii.gz", phantom(), np.diag([2.0, 2.0, 3.0, 1.0]))
     out = T.preprocess_transforms((2.0, 2.0, 2.0), (16, 16, 16))({"image": str(q)})["image"]
