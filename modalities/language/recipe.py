@@ -196,10 +196,13 @@ def prepare(cfg: LanguageConfig, tok=None) -> tuple[object | None, Tensor, Tenso
     test_docs = D.load_corpus(cfg.data, "test", cfg.text_field, cfg.paragraphs, cfg.max_chars)
     if tok is None:
         tok = train_tokenizer(train_docs, cfg.tokenizer, cfg.vocab_size, cfg.max_vocab)
-    try:
-        return tok, D.pack(train_docs, tok, cfg.block_len), D.pack(test_docs, tok, cfg.block_len)
-    except D.CorpusError as e:
-        raise D.CorpusError(f"{cfg.data}: {e}") from None
+    blocks = []
+    for split, docs in (("train", train_docs), ("test", test_docs)):
+        try:
+            blocks.append(D.pack(docs, tok, cfg.block_len))
+        except D.CorpusError as e:  # the test split is the last 10%: say which part is short
+            raise D.CorpusError(f"{cfg.data}: its {split} split: {e}; give more text or a shorter --block-len") from None
+    return tok, blocks[0], blocks[1]
 
 
 def vocab_of(cfg: LanguageConfig, tok) -> int:
@@ -306,9 +309,9 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     cfg = LanguageConfig.from_dict({**merged, "data": data})
     for name in (*_VOCAB, *_SHAPE, "method"):
         if getattr(cfg, name) != getattr(base, name):
-            what = "longer than the model's" if name == "block_len" else "a change of"
-            raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)} in {ckpt_dir}, got {getattr(cfg, name)}: "
-                              f"{what} the checkpoint's; the tokenizer and model are kept)")
+            longer = ", longer than the model's" if name == "block_len" and cfg.block_len > base.block_len else ""
+            raise ConfigError(f"finetune cannot change {name}: the checkpoint {ckpt_dir} has {getattr(base, name)}, got "
+                              f"{getattr(cfg, name)}{longer} (the tokenizer and model shape are kept)")
     if (data == "markov") != (base.data == "markov"):
         raise TokenizerError(f"data {data!r}: the checkpoint's vocabulary is {'Markov states' if base.data == 'markov' else 'a text tokenizer'}; "
                              f"the new data does not match it")

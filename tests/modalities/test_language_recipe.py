@@ -82,8 +82,10 @@ def test_finetune_keeps_the_tokenizer_and_refuses_mismatches(runs, tmp_path) -> 
         finetune(root / "flm", str(alien), tmp_path / "ft2", {}, targs, progress=False)
     with pytest.raises(ConfigError, match="finetune cannot change vocab_size"):
         finetune(root / "flm", str(new), tmp_path / "ft3", {"vocab_size": 1024}, targs, progress=False)
-    with pytest.raises(ConfigError, match="cannot change block_len .*longer than the model's"):
+    with pytest.raises(ConfigError, match="cannot change block_len: the checkpoint .* has 16, got 64, longer than the model's"):
         finetune(root / "flm", str(new), tmp_path / "ft4", {"block_len": 64}, targs, progress=False)
+    with pytest.raises(ConfigError, match=r"cannot change block_len: the checkpoint .* has 16, got 8 \(the tokenizer"):
+        finetune(root / "flm", str(new), tmp_path / "ft5", {"block_len": 8}, targs, progress=False)
 
 
 def test_bad_input_errors(runs, tmp_path) -> None:
@@ -108,6 +110,12 @@ def test_bad_input_errors(runs, tmp_path) -> None:
     with pytest.raises(TokenizerError, match="larger than the configured limit max_vocab = 20"):
         train(runs["base"].replace(max_vocab=20), TrainerArgs(accelerator="cpu"), tmp_path / "v", progress=False)
     assert main(["train", "language", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    small = tmp_path / "small.txt"  # enough for training blocks of 128; its last 10% (the test split) is not
+    small.write_text("\n\n".join(f"line {i} of a short corpus" for i in range(30)))
+    with pytest.raises(CorpusError, match=r"small.txt: its test split: corpus has \d+ tokens, fewer than one block of "
+                                          r"block_len = 128; give more text or a shorter --block-len"):
+        train(runs["base"].replace(data=str(small), block_len=128), TrainerArgs(accelerator="cpu"), tmp_path / "s",
+              progress=False)
 
 
 def test_smoke_benchmark_has_metrics_baselines_plots_and_text(tmp_path) -> None:
