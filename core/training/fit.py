@@ -8,7 +8,7 @@ from that file: weights, EMA, optimiser state and step; Lightning then runs only
 remaining steps, and the module counts steps from the resumed one (``step_offset``).
 
 Files under ``OUT``: ``config.json`` (the run's configs), ``checkpoints/last.*``,
-``metrics.csv`` (``step,loss`` every ``log_every`` steps, over resumes too).
+``metrics.csv`` (``step,loss`` every ``log_every`` steps and at the last one, over resumes too).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class FitResult:
         checkpoint: ``out_dir/checkpoints/last.safetensors``.
         start_step: the step it resumed from (0 for a fresh run).
         step: optimiser steps completed at the end.
-        history: ``(step, loss)`` pairs recorded every ``log_every`` steps on rank 0,
+        history: ``(step, loss)`` pairs recorded every ``log_every`` steps and at the last one on rank 0,
             including those before a resume.
     """
 
@@ -81,7 +81,7 @@ class _Checkpointer(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: FlowMatchingModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         step, cfg = module.steps_done, module.cfg
-        if step % cfg.log_every == 0 and module.last_loss is not None:
+        if (step % cfg.log_every == 0 or step == trainer.max_steps) and module.last_loss is not None:  # the last step too
             self.history.append((step, float(module.last_loss)))
         if step % cfg.ckpt_every == 0:
             self.save(trainer, module)

@@ -238,6 +238,9 @@ def test_resume_equals_uninterrupted_run_bitwise(tmp_path, lr_decay):
     assert result.history == full_result.history and [s for s, _ in result.history] == list(range(5, 41, 5))
     again = fit(resumed, _gaussian_loader(), tmp_path / "split", CPU, max_steps=40, progress=False)
     assert again.start_step == again.step == 40  # nothing left to do
+    short = fit(FlowMatchingModule(_mlp(seed=0), None, resumed.cfg), _gaussian_loader(), tmp_path / "short", CPU,
+                max_steps=7, progress=False)  # log_every 5: steps 5 and the last one, 7, so a short run has a loss
+    assert [s for s, _ in short.history] == [5, 7]
 
 
 def test_learning_rate_warms_up_then_stays_or_follows_the_cosine():
