@@ -17,7 +17,7 @@ from .flm import generate_flm
 from .fmlm import generate_fmlm
 from .mdlm import generate_mdlm
 from .metrics import first_eos_mask, gen_ppl, ngram_js, sample_entropy, self_bleu
-from .recipe import SOLVERS, LanguageConfig, SampleOptions, markov_source, prepare, restore
+from .recipe import SOLVERS, LanguageConfig, SampleOptions, check_vocabulary, markov_source, prepare, restore
 from .tokenizer import EOS
 
 __all__ = ["generate", "decode", "sample", "score", "evaluate"]
@@ -88,6 +88,8 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     o = options or SampleOptions()
     cfg, tok, net = restore(ckpt_dir)
     ref_cfg = cfg if data is None else cfg.replace(data=data)
+    if data is not None:
+        check_vocabulary(ref_cfg, cfg, tok, "test")  # another vocabulary's tokens would be scored as ours
     _, _, ref = prepare(ref_cfg, tok)
     x = generate(cfg, net, n, steps or cfg.steps, seed, o)
     eos = None if tok is None else EOS

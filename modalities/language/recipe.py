@@ -33,7 +33,7 @@ from .mdlm import MDLMModule
 from .models import DiT, DiTConfig
 from .tokenizer import TokenizerError, TokenizerKind, load_tokenizer, save_tokenizer, train_tokenizer
 
-__all__ = ["LanguageConfig", "SampleOptions", "SOLVERS", "prepare", "markov_source", "build_network", "seeded_network", "build_module",
+__all__ = ["LanguageConfig", "SampleOptions", "SOLVERS", "prepare", "check_vocabulary", "markov_source", "build_network", "seeded_network", "build_module",
            "restore", "train", "finetune"]
 
 NAME = "language"
@@ -205,6 +205,21 @@ def prepare(cfg: LanguageConfig, tok=None) -> tuple[object | None, Tensor, Tenso
     return tok, blocks[0], blocks[1]
 
 
+def check_vocabulary(cfg: LanguageConfig, base: LanguageConfig, tok, split: str) -> None:
+    """``cfg.data`` must speak the vocabulary of the run ``base`` (tokenizer ``tok``): Markov
+    states against Markov states, text against text, and with a char tokenizer no character
+    it lacks (the ``split`` read is checked); else :class:`TokenizerError` naming the data."""
+    if (cfg.data == "markov") != (base.data == "markov"):
+        raise TokenizerError(f"data {cfg.data!r}: the checkpoint's vocabulary is "
+                             f"{'Markov states' if base.data == 'markov' else 'a text tokenizer'}; the data does not match it")
+    if tok is not None and base.tokenizer == "char":
+        text = "".join(D.load_corpus(cfg.data, split, cfg.text_field, cfg.paragraphs, cfg.max_chars))
+        unknown = sorted(set(text) - set(tok.get_vocab()))
+        if unknown:
+            raise TokenizerError(f"{cfg.data}: characters {unknown[:20]} are not in the checkpoint's character vocabulary "
+                                 f"({base.vocab} tokens): the vocabularies do not match")
+
+
 def vocab_of(cfg: LanguageConfig, tok) -> int:
     return cfg.markov_vocab if tok is None else tok.get_vocab_size()
 
@@ -312,17 +327,8 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
             longer = ", longer than the model's" if name == "block_len" and cfg.block_len > base.block_len else ""
             raise ConfigError(f"finetune cannot change {name}: the checkpoint {ckpt_dir} has {getattr(base, name)}, got "
                               f"{getattr(cfg, name)}{longer} (the tokenizer and model shape are kept)")
-    if (data == "markov") != (base.data == "markov"):
-        raise TokenizerError(f"data {data!r}: the checkpoint's vocabulary is {'Markov states' if base.data == 'markov' else 'a text tokenizer'}; "
-                             f"the new data does not match it")
     tok = _load_tok(ckpt_dir, base)
-    if tok is not None and base.tokenizer == "char":
-        known = set(tok.get_vocab())
-        text = "".join(D.load_corpus(data, "train", cfg.text_field, cfg.paragraphs, cfg.max_chars))
-        unknown = sorted(set(text) - known)
-        if unknown:
-            raise TokenizerError(f"{data}: characters {unknown[:20]} are not in the checkpoint's character vocabulary "
-                                 f"({base.vocab} tokens): the vocabularies do not match")
+    check_vocabulary(cfg, base, tok, "train")
     _, blocks, _ = prepare(cfg, tok)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,18 @@ def test_evaluate_reports_metrics_with_the_evaluator(runs) -> None:
         evaluate(runs["root"] / "flm", None, 2, 2, None, 0, SampleOptions(evaluator=str(runs["root"] / "mdlm")))
 
 
+
+def test_evaluate_refuses_data_of_another_vocabulary(runs, tmp_path) -> None:
+    with pytest.raises(TokenizerError, match="data 'markov': the checkpoint's vocabulary is a text tokenizer"):
+        evaluate(runs["root"] / "flm", "markov", 2, 2, None, 0)
+    alien = tmp_path / "alien.txt"  # characters the char vocabulary lacks would all be scored as <unk>
+    alien.write_text("\n\n".join(["Zebra quartz jumps! " * 8] * 12))
+    with pytest.raises(TokenizerError, match=r"alien.txt: characters \['!', 'J', 'Z'|alien.txt: characters \["):
+        evaluate(runs["root"] / "flm", str(alien), 2, 2, None, 0)
+    m = evaluate(runs["root"] / "flm", str(runs["corpus"]), 2, 2, None, 0)  # the same vocabulary: scored
+    assert 0 <= m["js_2gram"] <= 1
+
+
 def test_finetune_keeps_the_tokenizer_and_refuses_mismatches(runs, tmp_path) -> None:
     root, targs = runs["root"], TrainerArgs(accelerator="cpu")
     new = tmp_path / "new.txt"
