@@ -86,7 +86,11 @@ def real_reference(cfg: MRIConfig, features: FeatureConfig, seed: int = 0, data:
     """The :class:`RealReference` of a recipe's data (train and test splits)."""
     src = cfg.source if data is None else cfg.replace(data=data).source
     voxel_ml = float(abs(np.linalg.det(src.affine[:3, :3]))) / 1000.0
-    return RealReference(load_volumes(src, "train"), load_volumes(src, "test"), voxel_ml, features, seed)
+    test = load_volumes(src, "test")
+    if test.shape[0] < 2:
+        raise ValueError(f"{src.data}: the held-out split has {test.shape[0]} volume(s) (every 5th file); the Fréchet "
+                         f"distance and the tissue tests need >= 2, so give >= 10 files")
+    return RealReference(load_volumes(src, "train"), test, voxel_ml, features, seed)
 
 
 def evaluate_volumes(x: Tensor, ref: RealReference) -> dict[str, float]:

@@ -228,6 +228,17 @@ def test_bad_file_in_a_dataset_names_it(tmp_path) -> None:
         build_dataset(spec, "test")
 
 
+def test_a_held_out_split_of_one_volume_is_a_clear_error(tmp_path) -> None:
+    from modaflow.modalities.mri.evaluation import FeatureConfig, real_reference
+    from modaflow.modalities.mri.recipe import MRIConfig
+
+    for i in range(5):
+        save(tmp_path / "f" / f"s{i}.nii.gz", phantom() * (1 + 0.1 * i))
+    cfg = MRIConfig(data=f"folder:{tmp_path / 'f'}", spacing=(3.0, 3.0, 3.0), fov=(16, 16, 16))
+    with pytest.raises(ValueError, match=r"the held-out split has 1 volume\(s\) \(every 5th file\).*give >= 10 files"):
+        real_reference(cfg, FeatureConfig(), 0)
+
+
 def test_bad_files_among_good_ones_end_with_the_error_not_an_abort(tmp_path) -> None:
     """MONAI caches with a thread pool; a file that raised inside it tore the pool down while other workers ran,
     and the process aborted (exit 134) after printing the error. Run in a fresh process to see its exit."""
