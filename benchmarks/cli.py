@@ -157,7 +157,8 @@ def build_parser(modality: Modality | None = None) -> argparse.ArgumentParser:
         for p in (sample, evaluate):
             add_config_options(p, modality.sample_options, _OPT)
     sample.add_argument("--out", type=Path, required=True, help="output file (toy: .npy or .csv)")
-    evaluate.add_argument("--data", default=None, help="reference data: a dataset name or file (default: the test split)")
+    evaluate.add_argument("--data", default=None, help="reference data: a dataset name or file (default: the run's own "
+                          "data; which split each modality compares with is in its evaluate's documentation)")
     evaluate.add_argument("--out", type=Path, default=None, help="also write the metrics to this JSON file")
     bench = sub.add_parser("bench", help="run a benchmark profile")
     bench.add_argument("modality", choices=names + ["all"])

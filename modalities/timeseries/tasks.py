@@ -85,8 +85,8 @@ def _tiling(T: int, L: int) -> np.ndarray:
     return starts if starts[-1] + L == T else np.append(starts, T - L)
 
 
-def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int,
-                 scoring: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int, scoring: bool = False,
+                 data: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Windows ``u`` (normalised; 0 where nothing is known), the observation masks ``m`` the
     model sees and the entries to score ``target`` (known in ``u``, hidden by ``m``), each
     ``(W, L, C)``; ``target`` is all 0 when not ``scoring``.
@@ -96,7 +96,8 @@ def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int,
     instead and conditions on the ``L - H`` before them. ``impute`` tiles the whole file (the
     last window aligned to its end) and fills its missing cells; a file without any hides
     ``missing_rate`` of its entries at random. When ``scoring`` it always hides observed
-    entries at random and scores those (the file's own gaps have no truth)."""
+    entries at random and scores those (the file's own gaps have no truth). Without it: test
+    windows of ``data`` (default: the run's data), its channels matched to the run's by name."""
     L, C = r.cfg.window, r.scaler.n_channels
     H = _horizon(r, opts) if opts.task == "forecast" else 0
     if opts.input:
@@ -129,11 +130,15 @@ def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int,
             m = ms * (1.0 - hide)
             return known, m, ms * hide if scoring else np.zeros_like(m)
         return known, ms, np.zeros_like(ms)
-    w, _ = prepare(r.cfg)
+    cfg = r.cfg if data is None else r.cfg.replace(data=data)
+    w, _ = prepare(cfg)
     if len(w.test) == 0:
-        raise ValueError(f"{r.cfg.data}: no test windows (test_fraction = 0); give --input")
+        raise ValueError(f"{cfg.data}: no test windows (test_fraction = 0); give --input")
+    if len(w.channels) != C:
+        raise ValueError(f"{cfg.data}: {len(w.channels)} channels ({list(w.channels)}), but the model was trained on {C} "
+                         f"({list(r.scaler.channels)})")
     idx = np.unique(np.linspace(0, len(w.test) - 1, min(opts.windows, len(w.test))).round().astype(int))
-    u = r.scaler.transform(w.test[idx])
+    u = r.scaler.transform(w.test[idx][..., D.channel_order(w.channels, r.scaler.channels, cfg.data)], cfg.data)
     if opts.task == "forecast":
         m = np.zeros_like(u)
         m[:, : L - H] = 1.0
@@ -200,12 +205,12 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
              options: TimeSeriesOptions | None = None) -> dict:
     """generate: the four protocol metrics, the roughness and the copying check (``dcr_ratio``) of ``n``
     samples against the real training windows (of ``data`` if given, scaled by the checkpoint's scaler). forecast / impute:
-    MSE and MAE of the sample mean and CRPS over ``n`` samples per test window, on the
-    predicted entries."""
+    MSE and MAE of the sample mean and CRPS over ``n`` samples per window, on the predicted
+    entries, of ``opts.input`` or else the test windows (of ``data`` if given)."""
     opts = options or TimeSeriesOptions()
     r = restore(ckpt_dir)
     if opts.task != "generate":
-        u, m, target = conditioning(r, opts, seed, scoring=True)
+        u, m, target = conditioning(r, opts, seed, scoring=True, data=data)
         x = r.scaler.from_model(complete(r, u, m, n, steps, solver, seed, opts.guidance, opts.grid_shift))  # (W, n, L, C)
         s = np.moveaxis(x, 1, 0)  # (n, W, L, C)
         return {**M.point_errors(s, u, target), "crps": M.crps_samples(s, u, target), "windows": int(u.shape[0]),

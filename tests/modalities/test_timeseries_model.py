@@ -149,6 +149,14 @@ def test_input_columns_are_matched_by_name(run_dir, capsys) -> None:
     with pytest.warns(UserWarning, match=r"renamed.csv: channels \['x', 'y'\] do not match the model's \['c0', 'c1'\]"):
         u3, _, _ = tasks.conditioning(r, fore.replace(input=str(tmp / "renamed.csv")), 0)
     np.testing.assert_array_equal(u3, u)  # by position, as the warning says
+    imp = tasks.TimeSeriesOptions(task="impute")  # evaluate --data: test windows of that data, channels by name
+    own, _, _ = tasks.conditioning(r, imp, 0, scoring=True)
+    other, _, _ = tasks.conditioning(r, imp, 0, scoring=True, data=str(tmp / "swapped.csv"))
+    np.testing.assert_array_equal(other, own)
+    longer = tmp / "longer.csv"
+    _csv(longer, n=300)
+    assert tasks.conditioning(r, imp, 0, scoring=True, data=str(longer))[0].shape[0] > 0
+    assert not np.array_equal(tasks.conditioning(r, imp, 0, scoring=True, data=str(longer))[0][0], own[0])
     capsys.readouterr()
     assert main(["finetune", "timeseries", "--ckpt", str(out), "--data", str(tmp / "swapped.csv"), "--out",
                  str(tmp / "ft_swapped"), *SMALL]) == 2
