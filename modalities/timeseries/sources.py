@@ -146,7 +146,8 @@ def sktime_set(name: str) -> Source:
 
 def read_table(path: str | Path, time_column: str | None = None, allow_missing: bool = False) -> Source:
     """The user's series from a ``.csv`` or ``.parquet`` file: one row per time step, a time
-    column (``time_column``, else one named date/time/timestamp/datetime, else the first text
+    column (``time_column``, else one named date/time/timestamp/datetime, else a nameless
+    index column that pandas' ``to_csv`` writes, else the first text
     column that reads as dates, else a DatetimeIndex; rows are sorted by its numbers or parsed
     dates, never as strings) and numeric channel columns. A text column that is not dates is
     an error naming its first bad value, never silently taken as time.
@@ -215,6 +216,9 @@ def _time_column(df, name: str | None, path: Path) -> str | None:
         return name
     for c in df.columns:
         if str(c).lower() in TIME_NAMES:
+            return c
+    for c in df.columns:  # pandas' to_csv writes its row index as a nameless first column: an index, not a channel
+        if str(c).startswith("Unnamed: "):
             return c
     for c in df.columns:  # else the first text column that reads as dates; other text is a bad channel
         if not pd.api.types.is_numeric_dtype(df[c]):

@@ -132,6 +132,8 @@ def test_dates_sort_as_dates_not_strings_and_a_text_channel_is_never_time(tmp_pa
     df = pd.DataFrame({"x": np.arange(6.0)}, index=pd.date_range("2021-01-01", periods=6, freq="h"))
     df.iloc[[3, 0, 5, 1, 4, 2]].to_parquet(tmp_path / "idx.parquet")
     np.testing.assert_array_equal(S.read_table(tmp_path / "idx.parquet").values[:, 0], np.arange(6.0))
+    pd.DataFrame({"a": np.arange(4.0), "b": np.ones(4)}).to_csv(tmp_path / "pandas.csv")  # its index too
+    assert S.read_table(tmp_path / "pandas.csv").channels == ("a", "b")
 
 
 @pytest.mark.parametrize(
