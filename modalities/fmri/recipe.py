@@ -422,6 +422,9 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     number of test stimuli (0 = all)."""
     from .evaluation import score_neuroflow
 
+    if options is not None and options != type(options)():  # sample's options, set: refuse rather than ignore
+        raise ConfigError("evaluate fmri scores both directions on the test stimuli; --direction and --input are "
+                          "options of 'modaflow sample fmri' (give other data with --data)")
     cfg, model = restore(ckpt_dir)
     td, prep = load_prepared(cfg if data is None else cfg.replace(data=data))
     check_stimulus_size(td.images, model.ae, data or cfg.data, ckpt_dir)

@@ -75,6 +75,10 @@ def test_evaluate_reports_both_directions_and_the_cycle(run_dir) -> None:
                 "cycle.pixcorr", "cycle.latent_rmse"):
         assert np.isfinite(m[key]), key
     assert m["n_test"] == 20 and 0 <= m["dec.twoway_pixels"] <= 1
+    from modaflow.modalities.fmri.sampling import SampleOptions
+
+    with pytest.raises(ConfigError, match="--direction and --input are options of 'modaflow sample fmri'"):
+        MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0, options=SampleOptions(input="x.npy"))
 
 
 def test_one_field_runs_both_ways_the_backward_ode_inverts_the_forward_one() -> None:
