@@ -66,6 +66,10 @@ class FMRIConfig(Config):
     """Single-trial GLM of bids data: lsa (least-squares-all) or lss (least-squares-separate)."""
     glm_noise_model: Literal["ar1", "ols"] = "ar1"
     """Noise model of nilearn's first-level GLM (bids data)."""
+    glm_hrf: Literal["spm", "glover"] = "spm"
+    """nilearn haemodynamic response model of the single-trial GLM (bids data; the simulator's is ``hrf``)."""
+    glm_drift_order: int = 2
+    """Polynomial drift order of the single-trial GLM (bids data; the simulator's is ``drift_order``)."""
     glm_tr: float = 0.0
     """Repetition time in seconds of bids data (0: from the runs' *_bold.json sidecars, inherited
     BIDS-style, or the NIfTI header). The simulator's own TR is ``tr``."""
@@ -224,6 +228,7 @@ class FMRIConfig(Config):
             self._require(getattr(self, name) > 0, name, "a number > 0")
         for name in ("vae_beta", "vae_align", "xfm_noise", "align_weight", "vae_weight_decay", "glm_tr"):
             self._require(getattr(self, name) >= 0, name, "a number >= 0")
+        self._require(self.glm_drift_order >= 0, "glm_drift_order", "an integer >= 0")
         self._require(0 <= self.vae_val_fraction < 1, "vae_val_fraction", "a fraction in [0, 1)")
         self._require(self.vae_val_every >= 1, "vae_val_every", "an integer >= 1")
         self._require(0 <= self.vae_ema < 1, "vae_ema", "a decay in [0, 1)")
@@ -246,7 +251,8 @@ def load_trials(cfg: FMRIConfig) -> TrialData:
     if not path:
         raise ConfigError(f"FMRIConfig.data: {cfg.data!r} names no path (expected {kind}:/path)")
     if kind == "bids":
-        return load_bids(path, cfg.glm, cfg.mask or None, t_r=cfg.glm_tr or None, noise_model=cfg.glm_noise_model)
+        return load_bids(path, cfg.glm, cfg.mask or None, t_r=cfg.glm_tr or None, hrf_model=cfg.glm_hrf,
+                         drift_order=cfg.glm_drift_order, noise_model=cfg.glm_noise_model)
     return load_betas(path)
 
 

@@ -183,7 +183,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     source settings (sim, glm, mask)."""
     ckpt_dir, out = Path(ckpt_dir), Path(out_dir)
     base = load_recipe(ckpt_dir, NAME, FMRIConfig)
-    allowed = {"sim", "glm", "glm_noise_model", "mask", "vae_hidden", "vae_steps", "vae_lr", "vae_beta", "vae_dropout",
+    allowed = {"sim", "glm", "glm_noise_model", "glm_hrf", "glm_drift_order", "glm_tr", "mask", "vae_hidden", "vae_steps", "vae_lr", "vae_beta", "vae_dropout",
                "vae_val_fraction", "vae_val_every", "vae_ema", "align_weight", "steps", "solver"}
     bad = sorted(set(overrides) - allowed)
     if bad:

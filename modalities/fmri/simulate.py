@@ -97,7 +97,7 @@ class SimConfig(Config):
     neural_noise: float = 0.2
     """Standard deviation of the trial-to-trial response variability (percent)."""
     tr: float = 1.0
-    """Repetition time, seconds."""
+    """Repetition time of the simulated BOLD, seconds (bids data: FMRIConfig.glm_tr)."""
     stim_duration: float = 1.0
     """Duration of one presentation, seconds."""
     isi_min: float = 3.0
@@ -107,7 +107,7 @@ class SimConfig(Config):
     trials_per_run: int = 60
     """Trials per run."""
     hrf: Literal["spm", "glover"] = "spm"
-    """nilearn haemodynamic response model."""
+    """nilearn haemodynamic response model of the simulated BOLD (bids data: FMRIConfig.glm_hrf)."""
     baseline: float = 100.0
     """Mean BOLD signal (so betas are percent signal change)."""
     noise_sd: float = 0.5
@@ -119,7 +119,7 @@ class SimConfig(Config):
     drift_period: float = 150.0
     """Period of the cosine drift, seconds."""
     drift_order: int = 2
-    """Legendre polynomial order of the drift regressors of the LSA fit."""
+    """Legendre polynomial order of the drift regressors of the simulator's LSA fit (bids data: FMRIConfig.glm_drift_order)."""
     sim_seed: int = 0
     """Seed of the voxel population, design and noise."""
 

@@ -101,6 +101,13 @@ def test_bids_repetition_time_is_inherited_then_read_from_the_header(sim, tmp_pa
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), bold)
     with pytest.raises(ValueError, match=r"_bold.nii.gz: no RepetitionTime in a \*_bold.json sidecar.*--glm-tr"):
         load_bids(root)
+    from modaflow.modalities.fmri.recipe import FMRIConfig, load_trials
+
+    via_recipe = load_trials(FMRIConfig(data=f"bids:{root}", glm_tr=sim.cfg.tr, glm_noise_model="ols"))
+    np.testing.assert_array_equal(via_recipe.responses, per_run.responses)  # --glm-tr reaches the GLM
+    glover = load_trials(FMRIConfig(data=f"bids:{root}", glm_tr=sim.cfg.tr, glm_noise_model="ols", glm_hrf="glover",
+                                    glm_drift_order=1))
+    assert not np.allclose(glover.responses, per_run.responses)  # --glm-hrf / --glm-drift-order too
     slower = load_bids(root, t_r=2 * sim.cfg.tr, noise_model="ols")  # given explicitly: used, and it matters
     assert slower.responses.shape == per_run.responses.shape and not np.allclose(slower.responses, per_run.responses)
 
