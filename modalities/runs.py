@@ -58,7 +58,11 @@ def save_recipe(out_dir: str | Path, modality: str, cfg: Config) -> Path:
         if found != modality:
             raise ConfigError(f"{path}: {Path(out_dir)} holds a run of modality {found!r}, not {modality!r}; "
                               "choose another --out")
-        changed = _differences(old.get("config"), json.loads(json.dumps(config)))
+        try:  # fields the stored recipe lacks (written by an older version) take their defaults, as load_recipe does
+            stored = type(cfg).from_dict(old.get("config")).to_dict()
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}; choose another --out") from None
+        changed = _differences(json.loads(json.dumps(stored)), json.loads(json.dumps(config)))
         if changed and checkpoint_path(out_dir).is_file():
             shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
             raise ConfigError(f"{path}: {Path(out_dir)} holds a trained {modality} run whose recipe differs in {shown}; "

@@ -41,6 +41,10 @@ def test_rerun_resumes_longer_but_refuses_another_run_and_loses_nothing(tmp_path
         save_recipe(out, "language", _cfg())
     assert (out / RECIPE_FILE).read_bytes() == recipe and checkpoint_path(out).read_bytes() == ckpt
     assert load_recipe(out, NAME, ToyConfig).hidden == 16
+    stored = json.loads((out / RECIPE_FILE).read_text())  # a recipe from an older version, without a newer field:
+    del stored["config"]["sample_shift"]                   # its default stands in, so the run still resumes
+    (out / RECIPE_FILE).write_text(json.dumps(stored))
+    assert train(_cfg(max_steps=8), args, out, progress=False)["steps"] == 8
     assert np.load(sample(out, 5, 4, None, tmp_path / "s.npy", 0)).shape == (5, 2)  # the trained run still samples
 
 
