@@ -60,7 +60,10 @@ class TrialData:
         if n < 1 or t < 2 or c < 2:
             raise ValueError(f"{where}: need >= 1 trial, >= 2 bins and >= 2 channels; got (N, T, C) = {(n, t, c)}")
         if not torch.isfinite(self.x).all():
-            raise ValueError(f"{where}: x holds NaN or Inf values")
+            bad = torch.nonzero(~torch.isfinite(self.x))[0].tolist()
+            name = self.channel_names[bad[2]] if self.channel_names and bad[2] < len(self.channel_names) else bad[2]
+            raise ValueError(f"{where}: the recording holds NaN or Inf values (first: trial {bad[0]}, bin {bad[1]}, "
+                             f"channel {name!r}); expected finite samples")
         if self.likelihood == "poisson" and bool((self.x < 0).any()):
             raise ValueError(f"{where}: spike counts must be >= 0")
         if not 1 <= self.n_heldin < c:

@@ -14,7 +14,7 @@ from modaflow.modalities.ephys import data as D
 from modaflow.modalities.ephys import eeg as E
 from modaflow.modalities.ephys.lorenz import LorenzConfig, lorenz_states, make_lorenz
 from modaflow.modalities.ephys.nwb import NWBOptions, read_nwb, write_nwb
-from modaflow.modalities.ephys.spikes import NITIME_FILES, bin_spike_times, load_nitime_spikes, nitime_data_dir
+from modaflow.modalities.ephys.spikes import NITIME_FILES, TrialData, bin_spike_times, load_nitime_spikes, nitime_data_dir
 
 mne = pytest.importorskip("mne")
 
@@ -286,6 +286,15 @@ def test_a_bare_eeg_path_is_split_in_time_and_a_short_one_is_refused(tmp_path: P
     d = D.load_trials(str(short), opts)
     with pytest.raises(ValueError, match=r"short_raw.fif: too few windows \(13\) for a train/test split in time"):
         D.split_data(d, str(short), opts, 0)
+
+
+def test_non_finite_samples_are_located(tmp_path: Path) -> None:
+    x = torch.zeros(2, 4, 3)
+    x[1, 2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"rec.fif: the recording holds NaN or Inf values \(first: trial 1, bin 2, "
+                                         r"channel 'Cz'\)"):
+        TrialData(x=x, n_heldin=2, t_obs=3, bin_s=0.01, likelihood="gaussian", channel_names=("Fz", "Cz", "Pz"),
+                    source="rec.fif")
 
 
 def test_packaged_eeg_recordings() -> None:
