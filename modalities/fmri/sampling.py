@@ -136,6 +136,8 @@ def _write_voxels(out: Path, raw: np.ndarray, ckpt_dir: Path) -> Path:
             vol = np.zeros(m.shape + (len(raw),), np.float32)
             vol[m] = raw.T
             img = nib.Nifti1Image(vol, mask.affine)
+            img.set_qform(mask.affine, code=2)  # both orientations set (nibabel sets only the sform), in mm
+            img.header.set_xyzt_units("mm")
         else:  # no mask known (betas data): a (V, 1, 1, N) image with an identity affine
             img = nib.Nifti1Image(raw.T[:, None, None, :].astype(np.float32), np.eye(4))
         data = img.to_bytes()

@@ -43,6 +43,8 @@ def test_sample_encode_writes_nifti_on_the_mask_and_decode_reads_it_back(run_dir
     enc = MODALITY.sample(run_dir, 5, 4, "euler", tmp_path / "enc.nii.gz", 0, options=SampleOptions(direction="encode"))
     img, mask = nib.load(enc), nib.load(run_dir / "mask.nii.gz")
     assert img.shape == mask.shape + (5,) and np.allclose(img.affine, mask.affine)
+    assert img.header["qform_code"] > 0 and np.allclose(img.get_qform(), mask.affine)  # viewers that read the qform
+    assert img.header.get_xyzt_units()[0] == "mm"
     assert (np.asarray(img.dataobj)[np.asarray(mask.dataobj) == 0] == 0).all()
     dec = MODALITY.sample(run_dir, 0, 4, "euler", tmp_path / "dec.npy", 0,
                           options=SampleOptions(direction="decode", input=str(enc)))
