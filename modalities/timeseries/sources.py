@@ -200,8 +200,9 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
         if not allow_missing:
             r, c = np.argwhere(missing)[0]
             raise ValueError(f"{path}: {int(missing.sum())} missing value(s)/NaN, the first in row {r} (after sorting by "
-                             f"time), column {df.columns[c]!r}; fill them, or impute them with "
-                             f"'modaflow sample timeseries --task impute --input {path.name}'")
+                             f"time), column {df.columns[c]!r}; training needs complete rows: fill them, or impute "
+                             f"them with a model trained on complete data ('modaflow sample timeseries --ckpt RUN "
+                             f"--task impute --input {path.name}')")
         mask = (~missing).astype(np.float64)
         x = np.where(missing, 0.0, x)
     return Source(x, tuple(str(c) for c in df.columns), "series", mask=mask)
