@@ -80,14 +80,19 @@ def read_responses(path: str | Path, ckpt_dir: Path, voxels: int) -> np.ndarray:
         import nibabel as nib
 
         mask_path = ckpt_dir / "mask.nii.gz"
-        if not mask_path.is_file():
-            raise ValueError(f"{path}: a NIfTI input needs the run's mask, but {mask_path} does not exist (use .npy)")
-        img, mask = nib.load(path), nib.load(mask_path)
-        data = np.asarray(img.dataobj, np.float32)
+        data = np.asarray(nib.load(path).dataobj, np.float32)
         data = data[..., None] if data.ndim == 3 else data
-        if data.shape[:3] != mask.shape[:3] or not np.allclose(img.affine, mask.affine, atol=1e-4):
-            raise ValueError(f"{path}: shape {data.shape[:3]} / affine do not match the run's mask {mask_path} {mask.shape}")
-        arr = data[np.asarray(mask.dataobj) > 0].T  # (N, V), C order of the mask
+        if not mask_path.is_file():  # a run without a mask (betas data) writes voxels as a (V, 1, 1, N) image
+            if data.shape[1:3] != (1, 1):
+                raise ValueError(f"{path}: the run has no mask ({mask_path} does not exist), so a NIfTI input must be "
+                                 f"the (V, 1, 1, N) image its encoding writes; got shape {data.shape} (or use .npy)")
+            arr = data[:, 0, 0, :].T
+        else:
+            img, mask = nib.load(path), nib.load(mask_path)
+            if data.shape[:3] != mask.shape[:3] or not np.allclose(img.affine, mask.affine, atol=1e-4):
+                raise ValueError(f"{path}: shape {data.shape[:3]} / affine do not match the run's mask {mask_path} "
+                                 f"{mask.shape}")
+            arr = data[np.asarray(mask.dataobj) > 0].T  # (N, V), C order of the mask
     elif path.suffix.lower() == ".npy":
         arr = np.load(path, allow_pickle=False).astype(np.float32)
         arr = arr[None] if arr.ndim == 1 else arr

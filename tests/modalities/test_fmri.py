@@ -58,6 +58,19 @@ def test_sample_encode_writes_nifti_on_the_mask_and_decode_reads_it_back(run_dir
     assert np.load(enc2).shape == (2, int(np.asarray(mask.dataobj).sum()))
 
 
+def test_voxels_of_a_run_without_a_mask_round_trip_through_nifti(tmp_path) -> None:
+    from modaflow.modalities.fmri.sampling import _write_voxels, read_responses
+
+    raw = np.random.default_rng(0).standard_normal((3, 7)).astype(np.float32)  # (N, V); tmp_path holds no mask
+    for name in ("v.nii.gz", "v.nii"):
+        np.testing.assert_array_equal(read_responses(_write_voxels(tmp_path / name, raw, tmp_path), tmp_path, 7), raw)
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((7, 2, 1, 3), np.float32), np.eye(4)), tmp_path / "bad.nii.gz")
+    with pytest.raises(ValueError, match=r"bad.nii.gz: the run has no mask .* must be the \(V, 1, 1, N\) image"):
+        read_responses(tmp_path / "bad.nii.gz", tmp_path, 7)
+
+
 def test_sample_bad_inputs(run_dir, tmp_path) -> None:
     np.save(tmp_path / "wrong.npy", np.zeros((3, 7), np.float32))
     with pytest.raises(ValueError, match=r"expected responses \(N, "):
