@@ -89,8 +89,11 @@ def load_source(data: str, n_samples: int = 10_000, length: int = 24, seed: int 
 
 def channel_order(found: tuple[str, ...], expected: tuple[str, ...], where: str) -> np.ndarray:
     """Column indices that put the ``found`` channels in the ``expected`` (trained) order: by
-    name when both name the same channels, else by position with a warning naming both
-    (same count assumed; the caller checks it)."""
+    name when both name the same channels, else by position with a warning naming both. A
+    different channel count is an error naming ``where``."""
+    if len(found) != len(expected):
+        raise ValueError(f"{where}: {len(found)} channels ({list(found)}), but the model was trained on "
+                         f"{len(expected)} ({list(expected)})")
     if tuple(found) == tuple(expected):
         return np.arange(len(found))
     if sorted(found) == sorted(expected) and len(set(found)) == len(found):

@@ -284,9 +284,6 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
         if getattr(cfg, name) != getattr(base, name):
             raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)!r} in {ckpt_dir}); got {getattr(cfg, name)!r}")
     w, _ = prepare(cfg)
-    if len(w.channels) != base_scaler.n_channels:
-        raise ValueError(f"{data}: {len(w.channels)} channels ({list(w.channels)}), but the checkpoint {ckpt_dir} was "
-                         f"trained on {base_scaler.n_channels} ({list(base_scaler.channels)})")
     if list(D.channel_order(w.channels, base_scaler.channels, data)) != list(range(len(w.channels))):
         raise ValueError(f"{data}: the columns {list(w.channels)} are the checkpoint's channels in another order; "
                          f"put them in its order {list(base_scaler.channels)}")

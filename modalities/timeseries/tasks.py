@@ -102,13 +102,9 @@ def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int, scoring: bool 
     H = _horizon(r, opts) if opts.task == "forecast" else 0
     if opts.input:
         src = read_table(opts.input, r.cfg.time_column or None, allow_missing=opts.task == "impute")
-        x = src.values
-        if x.shape[1] != C:
-            raise ValueError(f"{opts.input}: {x.shape[1]} channels ({list(src.channels)}), but the model was trained "
-                             f"on {C} ({list(r.scaler.channels)})")
-        mask = np.ones_like(x) if src.mask is None else src.mask
         order = D.channel_order(src.channels, r.scaler.channels, opts.input)  # columns by name, not position
-        x, mask = x[:, order], mask[:, order]
+        x = src.values[:, order]
+        mask = np.ones_like(x) if src.mask is None else src.mask[:, order]
         if opts.task == "forecast":  # L - H steps observed, the next H predicted
             need = L if scoring else L - H
             if x.shape[0] < need:
@@ -134,11 +130,9 @@ def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int, scoring: bool 
     w, _ = prepare(cfg)
     if len(w.test) == 0:
         raise ValueError(f"{cfg.data}: no test windows (test_fraction = 0); give --input")
-    if len(w.channels) != C:
-        raise ValueError(f"{cfg.data}: {len(w.channels)} channels ({list(w.channels)}), but the model was trained on {C} "
-                         f"({list(r.scaler.channels)})")
+    order = D.channel_order(w.channels, r.scaler.channels, cfg.data)
     idx = np.unique(np.linspace(0, len(w.test) - 1, min(opts.windows, len(w.test))).round().astype(int))
-    u = r.scaler.transform(w.test[idx][..., D.channel_order(w.channels, r.scaler.channels, cfg.data)], cfg.data)
+    u = r.scaler.transform(w.test[idx][..., order], cfg.data)
     if opts.task == "forecast":
         m = np.zeros_like(u)
         m[:, : L - H] = 1.0
@@ -217,7 +211,7 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
                 "samples_per_window": n, "task": opts.task}
     cfg = r.cfg if data is None else r.cfg.replace(data=data)
     w, _ = prepare(cfg)
-    real = r.scaler.transform(w.train, cfg.data)
+    real = r.scaler.transform(w.train[..., D.channel_order(w.channels, r.scaler.channels, cfg.data)], cfg.data)
     fake = r.scaler.from_model(draw(r, n, steps, solver, seed, shift=opts.grid_shift))
     enc = train_ts2vec(torch.as_tensor(real, dtype=torch.float32), TS2VecConfig(iterations=opts.ts2vec_iterations), seed)
     out = generation_metrics(real, fake, enc, seed, opts.disc_iterations, opts.pred_iterations,
