@@ -49,7 +49,9 @@ class SimConfig(Config):
     """Parameters of the fMRI simulator (all on the fmri-simulated data card)."""
 
     stimuli: StimulusSet = "both"
-    """Stimulus images: digits (sklearn, 1797), faces (skimage lfw_subset, 200) or both."""
+    """Stimulus images: digits (sklearn, 1797), faces (skimage lfw_subset, 200), scenes (1979
+    patches of 12 bundled photographs, :func:`~.stimuli.scene_patches`), both (digits and
+    faces) or all three."""
     n_stimuli: int = 0
     """Use a random subset of this many stimuli (0 = all)."""
     image_size: int = 16
@@ -152,7 +154,7 @@ class Simulation:
 
     Attributes:
         cfg: the parameters.
-        images: stimuli ``(S, H, W)`` float32 in [0, 1]; ``source`` ``(S,)``: 0 digit, 1 face.
+        images: stimuli ``(S, H, W)`` float32 in [0, 1]; ``source`` ``(S,)``: 0 digit, 1 face, 2 scene (:data:`~.stimuli.SOURCES`).
         mask: ``(nx, ny, nz)`` bool; ``affine``: ``(4, 4)`` voxel-to-mm.
         prf_center: ``(V, 2)`` (x = column, y = row, pixels); ``prf_sigma`` ``(V,)``;
             ``channel`` ``(V,)`` index into ``channels``; ``amp``, ``evoked`` ``(V,)``.

@@ -1,9 +1,13 @@
 """Visual stimuli and the image features simulated voxels are tuned to.
 
 Stimuli are real images that ship offline: scikit-learn's handwritten ``digits`` (1797
-images, 8 x 8, 17 grey levels) and scikit-image's ``lfw_subset`` faces (200 images,
-25 x 25). Both are resized (bilinear, anti-aliased; ``skimage.transform.resize``) to
-``size x size`` and scaled to [0, 1].
+images, 8 x 8, 17 grey levels), scikit-image's ``lfw_subset`` faces (200 images,
+25 x 25) and ``scenes``: 32 x 32 patches of the twelve photographs of objects, people,
+animals and textures that scikit-image and scikit-learn bundle (:data:`SCENE_PHOTOS`),
+cut on a non-overlapping grid and converted to grey (ITU-R 601 luma,
+``skimage.color.rgb2gray``); patches whose standard deviation is below
+:data:`SCENE_MIN_STD` (flat sky, blank wall) are dropped. All are resized (bilinear,
+anti-aliased; ``skimage.transform.resize``) to ``size x size`` in [0, 1].
 
 Feature maps (``(S, C, size, size)``, all >= 0), the channels a voxel can be tuned to:
 
@@ -22,10 +26,23 @@ from typing import Literal, get_args
 
 import numpy as np
 
-__all__ = ["StimulusSet", "STIMULUS_SETS", "load_stimuli", "feature_names", "feature_maps"]
+__all__ = ["StimulusSet", "STIMULUS_SETS", "SOURCES", "SCENE_PHOTOS", "SCENE_PATCH", "SCENE_MIN_STD", "scene_patches",
+           "load_stimuli", "feature_names", "feature_maps"]
 
-StimulusSet = Literal["digits", "faces", "both"]
+StimulusSet = Literal["digits", "faces", "scenes", "both", "all"]
 STIMULUS_SETS: tuple[str, ...] = get_args(StimulusSet)
+SOURCES: tuple[str, ...] = ("digit", "face", "scene")
+"""Name of each ``source`` code of :func:`load_stimuli`."""
+_PARTS: dict[str, tuple[str, ...]] = {"digits": ("digit",), "faces": ("face",), "scenes": ("scene",),
+                                      "both": ("digit", "face"), "all": ("digit", "face", "scene")}
+SCENE_PHOTOS: tuple[str, ...] = ("skimage:astronaut", "skimage:camera", "skimage:chelsea", "skimage:coffee",
+                                 "skimage:coins", "skimage:rocket", "skimage:moon", "skimage:grass", "skimage:gravel",
+                                 "skimage:brick", "sklearn:china.jpg", "sklearn:flower.jpg")
+"""The photographs the ``scenes`` patches are cut from, in this order."""
+SCENE_PATCH: int = 32
+"""Edge of a scene patch in the photograph's pixels, before resizing."""
+SCENE_MIN_STD: float = 0.03
+"""Patches whose grey-level standard deviation is below this are dropped (nearly flat)."""
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -37,26 +54,58 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def _photo(name: str) -> np.ndarray:
+    """One of :data:`SCENE_PHOTOS` as grey levels ``(H, W)`` float64 in [0, 1]."""
+    from skimage.color import rgb2gray
+
+    library, key = name.split(":")
+    if library == "skimage":
+        import skimage.data
+
+        image = getattr(skimage.data, key)()
+    else:
+        from sklearn.datasets import load_sample_image
+
+        image = load_sample_image(key)
+    grey = rgb2gray(image) if image.ndim == 3 else image / 255.0  # rgb2gray returns [0, 1] from uint8
+    return np.asarray(grey, np.float64)
+
+
+def scene_patches() -> np.ndarray:
+    """Every non-flat ``SCENE_PATCH`` x ``SCENE_PATCH`` patch of :data:`SCENE_PHOTOS` on a
+    non-overlapping grid (row-major, photographs in order), ``(P, 32, 32)`` float64 in [0, 1]."""
+    k = SCENE_PATCH
+    patches = []
+    for name in SCENE_PHOTOS:
+        grey = _photo(name)
+        rows, cols = grey.shape[0] // k, grey.shape[1] // k
+        grid = grey[: rows * k, : cols * k].reshape(rows, k, cols, k).transpose(0, 2, 1, 3).reshape(-1, k, k)
+        patches.append(grid[grid.std(axis=(1, 2)) >= SCENE_MIN_STD])
+    return np.concatenate(patches)
+
+
 def load_stimuli(kind: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(images (S, size, size) float32 in [0, 1], source (S,) int64)`` where source is 0
-    for a digit and 1 for a face. ``kind``: digits, faces or both (digits first)."""
+    """``(images (S, size, size) float32 in [0, 1], source (S,) int64)`` where source
+    indexes :data:`SOURCES` (0 digit, 1 face, 2 scene). ``kind``: digits, faces, scenes,
+    both (digits then faces) or all (digits, faces, scenes)."""
     if kind not in STIMULUS_SETS:
         raise ValueError(f"stimuli must be one of {list(STIMULUS_SETS)}; got {kind!r}")
     if size < 4:
         raise ValueError(f"image size must be >= 4; got {size}")
     parts, sources = [], []
-    if kind in ("digits", "both"):
-        from sklearn.datasets import load_digits
+    for part in _PARTS[kind]:
+        if part == "digit":
+            from sklearn.datasets import load_digits
 
-        digits = load_digits().images / 16.0  # (1797, 8, 8), 0..16 -> [0, 1]
-        parts.append(_resize(digits, size))
-        sources.append(np.zeros(len(digits), np.int64))
-    if kind in ("faces", "both"):
-        from skimage.data import lfw_subset
+            images = load_digits().images / 16.0  # (1797, 8, 8), 0..16 -> [0, 1]
+        elif part == "face":
+            from skimage.data import lfw_subset
 
-        faces = lfw_subset()  # (200, 25, 25) in [0, 1]
-        parts.append(_resize(faces, size))
-        sources.append(np.ones(len(faces), np.int64))
+            images = lfw_subset()  # (200, 25, 25) in [0, 1]
+        else:
+            images = scene_patches()
+        parts.append(_resize(images, size))
+        sources.append(np.full(len(images), SOURCES.index(part), np.int64))
     images = np.clip(np.concatenate(parts), 0.0, 1.0)
     return images, np.concatenate(sources)
 

@@ -9,7 +9,7 @@ import pytest
 from modaflow.modalities.fmri.bids import load_bids, write_bids
 from modaflow.modalities.fmri.data import TrialData, load_betas, prepare, save_betas
 from modaflow.modalities.fmri.simulate import SimConfig, _ar1, drift_basis, event_regressors, lsa_betas, simulate
-from modaflow.modalities.fmri.stimuli import feature_maps, load_stimuli
+from modaflow.modalities.fmri.stimuli import SCENE_MIN_STD, SCENE_PATCH, SOURCES, _photo, feature_maps, load_stimuli, scene_patches
 
 SMALL = SimConfig(n_stimuli=120, n_test=20, trials_per_run=20, volume=(6, 6, 3))
 
@@ -28,6 +28,30 @@ def test_stimuli_are_real_images_in_unit_range() -> None:
     imgs, src = load_stimuli("both", 16)
     assert imgs.shape == (1997, 16, 16) and imgs.dtype == np.float32
     assert (src == 1).sum() == 200 and imgs.min() >= 0 and imgs.max() <= 1
+
+
+def test_scene_patches_are_the_non_flat_grid_cells_of_the_photographs() -> None:
+    patches = scene_patches()
+    camera = _photo("skimage:camera")  # 512 x 512 grey, 16 x 16 cells of 32 px
+    assert camera.shape == (512, 512) and 0 <= camera.min() and camera.max() <= 1
+    cells = [camera[r:r + SCENE_PATCH, c:c + SCENE_PATCH] for r in range(0, 512, SCENE_PATCH) for c in range(0, 512, SCENE_PATCH)]
+    kept = [cell for cell in cells if cell.std() >= SCENE_MIN_STD]
+    astronaut = (512 // SCENE_PATCH) ** 2 - int((scene_patches_of("skimage:astronaut") < SCENE_MIN_STD).sum())
+    np.testing.assert_array_equal(patches[astronaut:astronaut + len(kept)], np.stack(kept))  # camera follows astronaut
+    assert patches.std(axis=(1, 2)).min() >= SCENE_MIN_STD
+    np.testing.assert_array_equal(scene_patches(), patches)  # no randomness
+    imgs, src = load_stimuli("all", 16)
+    assert imgs.shape == (1997 + len(patches), 16, 16) and SOURCES[int(src[-1])] == "scene"
+    assert np.bincount(src).tolist() == [1797, 200, len(patches)] and imgs.min() >= 0 and imgs.max() <= 1
+    np.testing.assert_array_equal(load_stimuli("scenes", 16)[0], imgs[1997:])
+
+
+def scene_patches_of(name: str) -> np.ndarray:
+    """Grid-cell standard deviations of one photograph (the slow obvious loop)."""
+    grey = _photo(name)
+    return np.array([grey[r:r + SCENE_PATCH, c:c + SCENE_PATCH].std()
+                     for r in range(0, grey.shape[0] - SCENE_PATCH + 1, SCENE_PATCH)
+                     for c in range(0, grey.shape[1] - SCENE_PATCH + 1, SCENE_PATCH)])
 
 
 def test_gabor_energy_peaks_at_the_grating_orientation() -> None:
