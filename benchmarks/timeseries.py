@@ -31,13 +31,16 @@ protocol metric settings), ``gpu`` (full sizes on CUDA, bf16 training).
 
 A rerun into the same folder resumes: trained models are kept in ``runs/`` and each finished
 dataset in ``datasets/`` (:mod:`.timeseries_store`), reused while the profile's sizes and the
-seed are the same, so an interrupted ``full`` run loses at most the dataset it was evaluating.
+seed are the same; the dataset being evaluated is kept stage by stage (encoders, each row's
+sampler choice, the timing, each row, the references, the curves), so an interrupted ``full``
+run loses at most the stage it was in.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -51,7 +54,7 @@ from modaflow.modalities.timeseries import metrics as M
 from modaflow.modalities.timeseries.recipe import TimeSeriesConfig, draw_nfe, prepare, restore, train
 from modaflow.modalities.timeseries.sampling import resolve_solver
 from modaflow.modalities.timeseries.tasks import generation_metrics
-from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, train_ts2vec
+from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, TS2VecEncoder, train_ts2vec
 
 from . import report as R
 from . import timeseries_eval as E
@@ -189,22 +192,41 @@ VAL_SEED = 1000
 """Offset of the validation draws' noise seed and TS2Vec encoder seed from the run's seed."""
 
 
-def choose_samplers(models: dict, val: np.ndarray, encoder, scaler, seed: int) -> dict:
+def choose_samplers(models: dict, val: np.ndarray, encoder, scaler, seed: int, chosen: dict | None = None,
+                    on_choice: Callable[[dict], None] | None = None) -> dict:
     """The sampler of each flow row ``(model, NFE)``: the ``(solver, shift)`` of :data:`SAMPLERS`
     whose ``len(val)`` generated windows have the lowest context-FID against ``val`` (training
     windows, never the test split), scored with ``encoder`` (its own seed) on noise seeded by
     ``seed + VAL_SEED`` (the rows use ``seed``). Returns ``{(model, nfe): ((solver, shift),
-    {(solver, shift): validation context-FID})}`` with solvers resolved (``auto`` -> em / dpm2m / euler)."""
-    chosen = {}
+    {(solver, shift): validation context-FID})}`` with solvers resolved (``auto`` -> em / dpm2m / euler).
+    Rows already in ``chosen`` (an interrupted run's) are kept; ``on_choice`` gets the dict after each new row."""
+    chosen = dict(chosen or {})
     for _, name, nfe in ROWS:
         r = models[name]
-        if r.cfg.method == "ddpm":
+        if r.cfg.method == "ddpm" or (name, nfe) in chosen:
             continue
         fids = {(resolve_solver(r.cfg.method, solver, r.kind), a):
                 M.context_fid(encoder, val, scaler.from_model(draw_nfe(r, len(val), nfe, solver, seed + VAL_SEED, shift=a)))
                 for solver, a in SAMPLERS}
         chosen[(name, nfe)] = (min(fids, key=fids.get), fids)
+        if on_choice is not None:
+            on_choice(chosen)
     return chosen
+
+
+def _choice_json(chosen: dict) -> dict:
+    """:func:`choose_samplers`' result as JSON: ``{"model@nfe": {"pick": [solver, shift], "fids": [[solver, shift, fid]]}}``."""
+    return {f"{name}@{nfe}": {"pick": list(pick), "fids": [[b, a, v] for (b, a), v in fids.items()]}
+            for (name, nfe), (pick, fids) in chosen.items()}
+
+
+def _choice_from_json(stored: dict) -> dict:
+    """The inverse of :func:`_choice_json`."""
+    out = {}
+    for row, c in stored.items():
+        name, nfe = row.rsplit("@", 1)
+        out[(name, int(nfe))] = (tuple(c["pick"]), {(b, a): v for b, a, v in c["fids"]})
+    return out
 
 
 def _sync(device: str) -> None:
@@ -232,7 +254,7 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
     targs = TrainerArgs(accelerator="gpu" if p.device == "cuda" else "cpu", devices=1,
                         precision="bf16-mixed" if p.device == "cuda" else "32-true")
     res: dict = {"metrics": {}, "baselines": {}, "timings": {}, "curves": {}, "losses": {}, "rows": {}, "fakes": {},
-                 "draws": {}}
+                 "draws": {}, "choice": {}, "speed": {}}
     models = {}
     for name in MODELS:
         with stage(f"train {name} on {ds}", res["timings"], f"train.{ds}.{name}_s"), quiet_training():
@@ -249,14 +271,39 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
     # validation windows for the sampler choice: training windows outside ``real``; where ``real`` is every training
     # window (the full profile's Sines), the same windows with the validation encoder and noise seed
     val = real_all[perm[n : 2 * n]] if len(real_all) >= 2 * n else real_all[perm[n:]] if len(real_all) > n else real
-    with stage(f"train {p.repeats + 1} TS2Vec encoders on {ds}"):
-        encoders = [train_ts2vec(torch.as_tensor(real_all, dtype=torch.float32),
-                                 TS2VecConfig(iterations=p.ts2vec_iterations), seed + k) for k in range(p.repeats)]
-        val_encoder = train_ts2vec(torch.as_tensor(real_all, dtype=torch.float32),
-                                   TS2VecConfig(iterations=p.ts2vec_iterations), seed + VAL_SEED)
+    # an interrupted run's finished stages (timeseries_store.save_partial) are taken up where it stopped
+    key = store_key(p, seed)
+    state = S.load_partial(out, ds, key) or S.Partial(done=[], scalars={k: res[k] for k in S.PARTIAL_SCALARS})
+    res.update({k: v for k, v in state.scalars.items() if k not in ("losses", "timings")})
+    res["timings"] = {**res["timings"], **state.scalars["timings"]}  # the first run's stage times
+    res["draws"] = state.draws
+    res["fakes"] = {label: state.draws[k] for label, k in state.fakes.items()}
+
+    def keep(stage_name: str) -> None:
+        state.done.append(stage_name)
+        state.scalars = {k: res[k] for k in S.PARTIAL_SCALARS}
+        S.save_partial(out, ds, key, state)
+
+    ts2vec = TS2VecConfig(iterations=p.ts2vec_iterations)
+    if "encoders" in state.done:
+        *encoders, val_encoder = [_restore_encoder(weights, real_all.shape[-1], ts2vec) for weights in state.encoders]
+    else:
+        with stage(f"train {p.repeats + 1} TS2Vec encoders on {ds}", res["timings"], f"{ds}.ts2vec_s"):
+            x = torch.as_tensor(real_all, dtype=torch.float32)
+            encoders = [train_ts2vec(x, ts2vec, seed + k) for k in range(p.repeats)]
+            val_encoder = train_ts2vec(x, ts2vec, seed + VAL_SEED)
+        state.encoders = [{name: t.detach().cpu().numpy() for name, t in e.state_dict().items()}
+                          for e in (*encoders, val_encoder)]
+        keep("encoders")
     bounded = scaler.method != "standard"
+
+    def chose(chosen: dict) -> None:
+        res["choice"] = _choice_json(chosen)
+        name, nfe = list(chosen)[-1]
+        keep(f"sampler {name}@{nfe}")
+
     with stage(f"choose samplers on {ds} ({len(val)} validation windows)"):
-        choice = choose_samplers(models, val, val_encoder, scaler, seed)
+        choice = choose_samplers(models, val, val_encoder, scaler, seed, _choice_from_json(res["choice"]), chose)
     res["samplers"] = {key: pick for key, (pick, _) in choice.items()}
     res["sampler_notes"] = [f"{ds} {name}@{nfe}: {pick[0]}, shift {pick[1]:g} (validation context-FID "
                             + ", ".join(f"{b}/{a:g}: {v:.4f}" for (b, a), v in fids.items()) + f"; {len(val)} windows"
@@ -271,39 +318,59 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
     with stage(f"closest training windows on {ds}"):  # the copying check's reference, once for every row
         stride = models["timeflow"].cfg.stride
         dcr = partial(M.dcr_ratio, real_all, stride=stride, real_closest=M.closest_distances(real_all, real_all, stride))
-    with stage(f"time sampling on {ds}"):
-        speed = sampling_speed(models, p, res["samplers"], seed)
+    if "speed" not in state.done:
+        with stage(f"time sampling on {ds}"):
+            res["speed"] = {f"{name}@{nfe}": v for (name, nfe), v in sampling_speed(models, p, res["samplers"], seed).items()}
+        keep("speed")
+    speed = {(k.rsplit("@", 1)[0], int(k.rsplit("@", 1)[1])): v for k, v in res["speed"].items()}
     for label, name, nfe in progress(ROWS, f"evaluate {ds}"):
         r = models[name]
         nfe = p.ddpm_steps if name == "ddpm" else nfe
         solver, shift = res["samplers"].get((name, nfe), ("auto", None))  # the DDPM: ancestral, no grid
+        title = f"{label} ({nfe} NFE" + (f", {solver}, shift {shift:g})" if shift is not None else ")")
+        if f"row {title}" in state.done:
+            continue
         fake = scaler.from_model(draw_nfe(r, n, nfe, solver, seed, shift=shift))
         # the curves reuse these draws where they ask for the same solver and shift
-        res["draws"][(name, resolve_solver(r.cfg.method, solver, r.kind), nfe, shift or r.cfg.shift)] = fake
+        draw_key = (name, resolve_solver(r.cfg.method, solver, r.kind), nfe, shift or r.cfg.shift)
+        res["draws"][draw_key] = fake
         row = {"model": name, "nfe": nfe, "solver": solver, "shift": shift, **scores(fake), "dcr_ratio": dcr(fake),
                "samples_per_s": speed[(name, nfe)]}
-        title = f"{label} ({nfe} NFE" + (f", {solver}, shift {shift:g})" if shift is not None else ")")
         res["rows"][title] = row
         # each row's scores reach the log as they are measured, not only in the report at the end
         log(f"{ds} {title}: " + ", ".join(f"{m} {row[m]['mean']:.4f} ± {row[m]['ci95']:.4f}" for m in P.METRICS)
             + f", DCR ratio {row['dcr_ratio']:.3f}, {row['samples_per_s']:.0f} samples/s")
         res["fakes"][f"{label} {nfe}"] = fake
-        key = f"{ds}.{name}@nfe{nfe}"
+        state.fakes[f"{label} {nfe}"] = draw_key
+        metric_key = f"{ds}.{name}@nfe{nfe}"
         target = res["metrics"] if r.cfg.method == "timeflow" else res["baselines"].setdefault(name, {})
-        target.update({f"{key}.{m}": row[m] for m in (*P.METRICS, "dcr_ratio")})
-        res["timings"][f"{key}.samples_per_s"] = row["samples_per_s"]
+        target.update({f"{metric_key}.{m}": row[m] for m in (*P.METRICS, "dcr_ratio")})
+        res["timings"][f"{metric_key}.samples_per_s"] = row["samples_per_s"]
+        keep(f"row {title}")
     ddpm_rate = res["rows"][f"DDPM ({p.ddpm_steps} NFE)"]["samples_per_s"]
     for row in res["rows"].values():
-        row["speed_vs_ddpm"] = row["samples_per_s"] / ddpm_rate
-        res["timings"][f"{ds}.{row['model']}@nfe{row['nfe']}.speed_vs_ddpm_ratio"] = row["speed_vs_ddpm"]
-    with stage(f"score the real references on {ds}"):
-        E.real_data_rows(p, ds, models["timeflow"].cfg, real, w, scaler, encoders, seed, bounded, dcr, res)
-    with stage(f"metric-vs-NFE curves on {ds}"):
-        E.curves_vs_nfe(p, ds, models, real, encoders[0], seed, n, scaler, res, SOLVER_CHOICES)
+        if "samples_per_s" in row:
+            row["speed_vs_ddpm"] = row["samples_per_s"] / ddpm_rate
+            res["timings"][f"{ds}.{row['model']}@nfe{row['nfe']}.speed_vs_ddpm_ratio"] = row["speed_vs_ddpm"]
+    if "references" not in state.done:
+        with stage(f"score the real references on {ds}"):
+            E.real_data_rows(p, ds, models["timeflow"].cfg, real, w, scaler, encoders, seed, bounded, dcr, res)
+        keep("references")
+    if "curves" not in state.done:
+        with stage(f"metric-vs-NFE curves on {ds}"):
+            E.curves_vs_nfe(p, ds, models, real, encoders[0], seed, n, scaler, res, SOLVER_CHOICES)
+        keep("curves")
     with stage(f"forecast and imputation on {ds}"):
         E.forecast_table(p, ds, models, seed, res)
     res.update(real=real, scaler=scaler, channels=w.channels)
     return res
+
+
+def _restore_encoder(weights: dict[str, np.ndarray], channels: int, cfg: TS2VecConfig) -> TS2VecEncoder:
+    """A TS2Vec encoder from the weights an interrupted run kept (eval mode, as trained)."""
+    enc = TS2VecEncoder(channels, cfg)
+    enc.load_state_dict({name: torch.from_numpy(np.array(w)) for name, w in weights.items()})
+    return enc.eval()
 
 
 def plotted(fakes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -385,6 +452,7 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
             with stage(f"timeseries {ds}"):
                 res = _dataset(p, ds, out, seed)
             S.save_dataset(out, ds, res, key, plotted(res["fakes"]))
+        S.clear_partial(out, ds)
         trained[ds] = res
         metrics.update(res["metrics"])
         for b, ms in res["baselines"].items():

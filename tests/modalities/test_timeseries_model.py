@@ -524,3 +524,85 @@ def test_a_rerun_into_the_same_folder_reuses_finished_datasets_and_only_under_th
     (tmp_path / S.STORE_DIR / "sines.safetensors").write_bytes(b"truncated")
     with pytest.raises(Evaluated):  # unreadable arrays: evaluated again, not an unexplained crash
         B.run_profile("smoke", p, tmp_path, seed=0)
+
+
+def test_an_interrupted_dataset_continues_after_its_last_finished_stage_with_the_same_numbers(tmp_path, monkeypatch) -> None:
+    """A dataset's evaluation is kept stage by stage: a run stopped in its second row, then in its curves, continues
+    without training the encoders, choosing samplers, timing or scoring a finished row again, and ends with the numbers
+    of a run that was never stopped (same models, seeds and threads); the stage files go once the dataset is stored."""
+    import shutil
+    from dataclasses import replace
+
+    from modaflow.benchmarks import timeseries as B
+    from modaflow.benchmarks import timeseries_eval as E
+    from modaflow.benchmarks import timeseries_store as S
+
+    p = replace(B.PROFILES["smoke"], n_samples=200, eval_n=24, disc_iterations=3, pred_iterations=3, curve_nfes=(2,),
+                forecast_windows=2, forecast_samples=2, ddpm_steps=10, time_n=8, train_steps=4, repeats=2)
+    whole = B.run_profile("smoke", p, tmp_path, seed=0)
+    shutil.rmtree(tmp_path / S.STORE_DIR)  # the trained models stay in runs/
+    partial_json = tmp_path / S.STORE_DIR / "sines.partial.json"
+
+    class Stopped(Exception):
+        pass
+
+    calls = {"generation_metrics": 0, "draw_nfe": 0, "train_ts2vec": 0}
+
+    def counted(name, fn, stop_at=None):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            if stop_at is not None and calls[name] == stop_at:
+                raise Stopped
+            return fn(*args, **kwargs)
+        return wrapper
+
+    real_metrics, real_draw, real_ts2vec, real_curves = B.generation_metrics, B.draw_nfe, B.train_ts2vec, E.curves_vs_nfe
+    monkeypatch.setattr(B, "generation_metrics", counted("generation_metrics", real_metrics, stop_at=p.repeats + 1))
+    with pytest.raises(Stopped):  # in the second row's scores
+        B.run_profile("smoke", p, tmp_path, seed=0)
+    kept = json.loads(partial_json.read_text())
+    rows = [d for d in kept["done"] if d.startswith("row ")]
+    assert kept["done"][0] == "encoders" and len(rows) == 1 and "speed" in kept["done"] and kept["encoders"] == p.repeats + 1
+    assert not (tmp_path / S.STORE_DIR / "sines.json").exists()
+
+    for name, fn in (("generation_metrics", real_metrics), ("draw_nfe", real_draw), ("train_ts2vec", real_ts2vec)):
+        calls[name] = 0
+        monkeypatch.setattr(B, name, counted(name, fn))
+    calls["curves"] = 0
+    monkeypatch.setattr(E, "curves_vs_nfe", counted("curves", real_curves, stop_at=1))
+    with pytest.raises(Stopped):  # in the curves
+        B.run_profile("smoke", p, tmp_path, seed=0)
+    n_rows = len(B.ROWS)
+    assert calls["train_ts2vec"] == 0 and calls["draw_nfe"] == n_rows - 1  # only the rows not yet scored
+    assert calls["generation_metrics"] == (n_rows - 1) * p.repeats
+    assert "references" in json.loads(partial_json.read_text())["done"]
+
+    for name in calls:
+        calls[name] = 0
+    monkeypatch.setattr(E, "curves_vs_nfe", counted("curves", real_curves))
+    resumed = B.run_profile("smoke", p, tmp_path, seed=0)
+    assert calls == {"generation_metrics": 0, "draw_nfe": 0, "train_ts2vec": 0, "curves": 1}
+    assert resumed.metrics == whole.metrics and resumed.baselines == whole.baselines and resumed.curves == whole.curves
+    assert not partial_json.exists() and not partial_json.with_suffix(".safetensors").exists()
+    assert (tmp_path / S.STORE_DIR / "sines.json").exists()
+
+
+def test_stage_files_under_other_settings_or_unreadable_are_not_continued(tmp_path) -> None:
+    import numpy as np
+
+    from modaflow.benchmarks import timeseries_store as S
+
+    key = {"seed": 0, "eval_n": 24}
+    state = S.Partial(done=["encoders", "row TimeFlow (10 NFE)"], scalars={k: {} for k in S.PARTIAL_SCALARS},
+                      draws={("timeflow", "em", 10, 1.0): np.arange(6.0).reshape(1, 3, 2)},
+                      fakes={"TimeFlow 10": ("timeflow", "em", 10, 1.0)}, encoders=[{"w": np.ones((2, 2), np.float32)}])
+    S.save_partial(tmp_path, "sines", key, state)
+    back = S.load_partial(tmp_path, "sines", key)
+    assert back.done == state.done and back.fakes == state.fakes and list(back.draws) == list(state.draws)
+    np.testing.assert_array_equal(back.draws[("timeflow", "em", 10, 1.0)], state.draws[("timeflow", "em", 10, 1.0)])
+    np.testing.assert_array_equal(back.encoders[0]["w"], np.ones((2, 2)))
+    assert S.load_partial(tmp_path, "sines", {**key, "seed": 1}) is None
+    (tmp_path / S.STORE_DIR / "sines.partial.safetensors").write_bytes(b"truncated")
+    assert S.load_partial(tmp_path, "sines", key) is None
+    S.clear_partial(tmp_path, "sines")
+    assert not list((tmp_path / S.STORE_DIR).iterdir())
