@@ -304,7 +304,7 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
 
     with stage(f"choose samplers on {ds} ({len(val)} validation windows)"):
         choice = choose_samplers(models, val, val_encoder, scaler, seed, _choice_from_json(res["choice"]), chose)
-    res["samplers"] = {key: pick for key, (pick, _) in choice.items()}
+    res["samplers"] = {row: pick for row, (pick, _) in choice.items()}
     res["sampler_notes"] = [f"{ds} {name}@{nfe}: {pick[0]}, shift {pick[1]:g} (validation context-FID "
                             + ", ".join(f"{b}/{a:g}: {v:.4f}" for (b, a), v in fids.items()) + f"; {len(val)} windows"
                             + (", the reference windows" if val is real else "") + ")"
