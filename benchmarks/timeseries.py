@@ -273,7 +273,7 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
     val = real_all[perm[n : 2 * n]] if len(real_all) >= 2 * n else real_all[perm[n:]] if len(real_all) > n else real
     # an interrupted run's finished stages (timeseries_store.save_partial) are taken up where it stopped
     key = store_key(p, seed)
-    state = S.load_partial(out, ds, key) or S.Partial(done=[], scalars={k: res[k] for k in S.PARTIAL_SCALARS})
+    state = S.load_partial(out, ds, key, SCORED_FIELDS) or S.Partial(done=[], scalars={k: res[k] for k in S.PARTIAL_SCALARS})
     res.update({k: v for k, v in state.scalars.items() if k not in ("losses", "timings")})
     res["timings"] = {**res["timings"], **state.scalars["timings"]}  # the first run's stage times
     res["draws"] = state.draws
@@ -383,6 +383,9 @@ def plotted(fakes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 ROW_FIELDS: tuple[str, ...] = (*P.METRICS, "dcr_ratio", "samples_per_s", "speed_vs_ddpm")
 """What every model row of a dataset's table holds; a stored dataset whose rows lack one (older
 code) is evaluated again."""
+SCORED_FIELDS: tuple[str, ...] = ROW_FIELDS[:-1]
+"""What a model row holds once scored, before the speed ratio (set when every row is); the same
+check for the stages of an interrupted dataset."""
 
 
 def store_key(p: TSProfile, seed: int) -> dict:

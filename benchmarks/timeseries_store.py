@@ -161,9 +161,10 @@ def save_partial(out: Path, ds: str, key: Mapping[str, Any], state: Partial) -> 
     _write(meta_path, array_path, meta, arrays)
 
 
-def load_partial(out: Path, ds: str, key: Mapping[str, Any]) -> Partial | None:
+def load_partial(out: Path, ds: str, key: Mapping[str, Any], row_fields: tuple[str, ...]) -> Partial | None:
     """The finished stages of ``ds`` kept in ``out`` under ``key``; None when nothing is kept,
-    when it was kept under other settings or when its files cannot be read (logged)."""
+    when it was kept under other settings, when a scored row lacks one of ``row_fields`` (kept
+    by older code) or when its files cannot be read (each logged)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -174,8 +175,9 @@ def load_partial(out: Path, ds: str, key: Mapping[str, Any]) -> Partial | None:
         meta = json.loads(meta_path.read_text())
         if not isinstance(meta, dict):
             raise TypeError(f"expected a JSON object, got {type(meta).__name__}")
-        if meta.get("format") != FORMAT or meta.get("key") != _canonical(key):
-            log(f"{meta_path}: kept under other settings; evaluating {ds} from the start")
+        if meta.get("format") != FORMAT or meta.get("key") != _canonical(key) or any(
+                f not in row for row in meta["rows"].values() if "model" in row for f in row_fields):
+            log(f"{meta_path}: kept under other settings, format or columns; evaluating {ds} from the start")
             return None
         arrays = load_file(str(array_path))
         draw_keys = [tuple(k) for k in meta["draws"]]

@@ -593,16 +593,19 @@ def test_stage_files_under_other_settings_or_unreadable_are_not_continued(tmp_pa
     from modaflow.benchmarks import timeseries_store as S
 
     key = {"seed": 0, "eval_n": 24}
-    state = S.Partial(done=["encoders", "row TimeFlow (10 NFE)"], scalars={k: {} for k in S.PARTIAL_SCALARS},
+    row = {"model": "timeflow", "discriminative": 0.1}
+    state = S.Partial(done=["encoders", "row TimeFlow (10 NFE)"],
+                      scalars={**{k: {} for k in S.PARTIAL_SCALARS}, "rows": {"TimeFlow (10 NFE)": row}},
                       draws={("timeflow", "em", 10, 1.0): np.arange(6.0).reshape(1, 3, 2)},
                       fakes={"TimeFlow 10": ("timeflow", "em", 10, 1.0)}, encoders=[{"w": np.ones((2, 2), np.float32)}])
     S.save_partial(tmp_path, "sines", key, state)
-    back = S.load_partial(tmp_path, "sines", key)
-    assert back.done == state.done and back.fakes == state.fakes and list(back.draws) == list(state.draws)
+    back = S.load_partial(tmp_path, "sines", key, ("discriminative",))
+    assert back.scalars["rows"] == {"TimeFlow (10 NFE)": row} and back.done == state.done and back.fakes == state.fakes and list(back.draws) == list(state.draws)
     np.testing.assert_array_equal(back.draws[("timeflow", "em", 10, 1.0)], state.draws[("timeflow", "em", 10, 1.0)])
     np.testing.assert_array_equal(back.encoders[0]["w"], np.ones((2, 2)))
-    assert S.load_partial(tmp_path, "sines", {**key, "seed": 1}) is None
+    assert S.load_partial(tmp_path, "sines", {**key, "seed": 1}, ("discriminative",)) is None
+    assert S.load_partial(tmp_path, "sines", key, ("discriminative", "dcr_ratio")) is None  # a column added since
     (tmp_path / S.STORE_DIR / "sines.partial.safetensors").write_bytes(b"truncated")
-    assert S.load_partial(tmp_path, "sines", key) is None
+    assert S.load_partial(tmp_path, "sines", key, ("discriminative",)) is None
     S.clear_partial(tmp_path, "sines")
     assert not list((tmp_path / S.STORE_DIR).iterdir())
