@@ -27,12 +27,19 @@ from modaflow.modalities.fmri.metrics import noise_ceiling, voxel_r
 from modaflow.modalities.fmri.recipe import FMRIConfig, restore, train
 from modaflow.modalities.fmri.data import TrialData, prepare
 from modaflow.modalities.fmri.simulate import SimConfig, simulate
+from modaflow.modalities.fmri.stimuli import SOURCES
 
 from . import report as R
 from .fmri_plots import plot_ceiling_scatter, plot_decoded_grid, plot_voxel_r_map
 from .harness import BenchResult, progress, select_profile, stage, torch_threads
 
 __all__ = ["FMRIProfile", "PROFILES", "run"]
+
+MIN_SOURCE_STIMULI = 20
+"""A stimulus source (digits, faces, scenes) gets its own encoding scores when the test set
+holds at least this many of its stimuli and some of another source."""
+SOURCE_METRICS = ("enc.voxel_r_median", "enc.noise_ceiling_median", "enc.median_r_over_median_ceiling")
+"""The encoding scores reported per stimulus source (ceiling and r over that source's test stimuli)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,15 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
             baselines.setdefault("flow_encode_only", {}).update(
                 {f"@{k}.{m}": v for m, v in encoding_metrics(vox, prep.test_x, prep.test_trials, K, seed).items()})
             flow_imgs = imgs if k == top else flow_imgs
+    # --- encoding per stimulus source (digits, faces, scenes) at the top step count ---------------
+    source = sim.source[prep.test_ids]
+    for code, name in enumerate(SOURCES):
+        sel = source == code
+        if MIN_SOURCE_STIMULI <= sel.sum() < len(sel):  # a source with enough test stimuli, beside another
+            sub = encoding_metrics(scores[top].pred_vox[sel], prep.test_x[sel], prep.test_trials[sel],
+                                   min(K, int(sel.sum())), seed)
+            metrics.update({f"neuroflow@{top}.enc.{name}.{m.split('.', 1)[1]}": sub[m] for m in SOURCE_METRICS})
+            metrics[f"neuroflow@{top}.enc.{name}.n_test_stimuli"] = int(sel.sum())
     # --- goals of the issue (on the top step count) ------------------------------------------
     s = scores[top]
     ridge_enc = max(baselines["ridge_enc_pixels"]["enc.voxel_r_median"], baselines["ridge_enc_latent"]["enc.voxel_r_median"])

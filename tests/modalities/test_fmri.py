@@ -148,6 +148,12 @@ def test_smoke_benchmark_has_metrics_baselines_and_plots(tmp_path) -> None:
     assert res.metrics and res.baselines
     assert {"ridge_enc_pixels", "ridge_dec_latent", "flow_decode_only", "flow_encode_only", "true_model"} <= set(res.baselines)
     assert "neuroflow@4.dec.twoway_features" in res.metrics
+    # encoding per stimulus source: the digits have enough test stimuli beside a few faces (30 test stimuli in all)
+    n_digits = res.metrics["neuroflow@4.enc.digit.n_test_stimuli"]
+    assert 20 <= n_digits < 30 and "neuroflow@4.enc.face.n_test_stimuli" not in res.metrics
+    digit = {k.rsplit(".", 1)[1]: v for k, v in res.metrics.items() if k.startswith("neuroflow@4.enc.digit.")}
+    assert digit["median_r_over_median_ceiling"] == pytest.approx(digit["voxel_r_median"] / digit["noise_ceiling_median"])
+    assert digit["noise_ceiling_median"] != res.metrics["neuroflow@4.enc.noise_ceiling_median"]  # its own test subset
     for name in res.plots:
         assert (tmp_path / name).is_file()
     assert (tmp_path / "results.json").is_file() and (tmp_path / "report.md").is_file()
