@@ -36,7 +36,7 @@ def test_scene_patches_are_the_non_flat_grid_cells_of_the_photographs() -> None:
     assert camera.shape == (512, 512) and 0 <= camera.min() and camera.max() <= 1
     cells = [camera[r:r + SCENE_PATCH, c:c + SCENE_PATCH] for r in range(0, 512, SCENE_PATCH) for c in range(0, 512, SCENE_PATCH)]
     kept = [cell for cell in cells if cell.std() >= SCENE_MIN_STD]
-    astronaut = (512 // SCENE_PATCH) ** 2 - int((scene_patches_of("skimage:astronaut") < SCENE_MIN_STD).sum())
+    astronaut = (512 // SCENE_PATCH) ** 2 - int((_cell_stds("skimage:astronaut") < SCENE_MIN_STD).sum())
     np.testing.assert_array_equal(patches[astronaut:astronaut + len(kept)], np.stack(kept))  # camera follows astronaut
     assert patches.std(axis=(1, 2)).min() >= SCENE_MIN_STD
     np.testing.assert_array_equal(scene_patches(), patches)  # no randomness
@@ -46,7 +46,7 @@ def test_scene_patches_are_the_non_flat_grid_cells_of_the_photographs() -> None:
     np.testing.assert_array_equal(load_stimuli("scenes", 16)[0], imgs[1997:])
 
 
-def scene_patches_of(name: str) -> np.ndarray:
+def _cell_stds(name: str) -> np.ndarray:
     """Grid-cell standard deviations of one photograph (the slow obvious loop)."""
     grey = _photo(name)
     return np.array([grey[r:r + SCENE_PATCH, c:c + SCENE_PATCH].std()
