@@ -1,5 +1,6 @@
-"""Atomic file writes: write to a temp file in the same folder, fsync, then rename, so a
-crash never leaves a half-written checkpoint, config or report behind."""
+"""File input and output shared by the modalities: atomic writes (write to a temp file in the
+same folder, fsync, then rename, so a crash never leaves a half-written checkpoint, config or
+report behind) and a ``.npy`` reader whose errors name the file."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_text"]
+import numpy as np
+
+__all__ = ["atomic_write", "atomic_write_text", "read_npy"]
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -37,3 +40,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     atomic_write(Path(path), lambda p: p.write_text(text))
+
+
+def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
+    """Read a ``.npy`` file without unpickling (object arrays are refused). An absent, empty,
+    truncated or non-``.npy`` file raises an error that names ``path`` and ``what`` it should hold."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} file not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty; expected a .npy {what}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npy {what} ({e})") from None

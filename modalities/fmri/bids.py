@@ -30,7 +30,9 @@ from typing import Literal
 
 import numpy as np
 
-from .data import TrialData, check_trials
+from modaflow.core.io import read_npy
+
+from .data import TrialData, check_trials, images01
 from .simulate import Simulation
 
 __all__ = ["GLMMethod", "write_bids", "find_runs", "load_bids", "read_events"]
@@ -109,7 +111,7 @@ def read_events(path: Path):
         raise ValueError(f"{path}: not a readable events TSV ({e})") from None
     for col in ("onset", "duration", "stim_id"):
         if col not in ev.columns:
-            raise ValueError(f"{path}: events need an '{col}' column; found columns {list(ev.columns)}")
+            raise ValueError(f"{path}: events need the column '{col}'; found columns {list(ev.columns)}")
         values = pd.to_numeric(ev[col], errors="coerce")
         if values.isna().any() or not np.isfinite(values.to_numpy(float)).all():
             rows = np.flatnonzero(values.isna().to_numpy() | ~np.isfinite(values.to_numpy(float)))
@@ -119,6 +121,10 @@ def read_events(path: Path):
         raise ValueError(f"{path}: durations must be >= 0")
     if len(ev) == 0:
         raise ValueError(f"{path}: no events")
+    frac = np.flatnonzero(ev["stim_id"].to_numpy(float) % 1 != 0)
+    if frac.size:
+        raise ValueError(f"{path}: column 'stim_id' must hold whole stimulus indices; data row {frac[0] + 1} holds "
+                         f"{ev['stim_id'].iloc[frac[0]]:g}")
     ev["stim_id"] = ev["stim_id"].astype(np.int64)
     return ev
 
@@ -194,9 +200,7 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
         raise ValueError(f"{mask_path}: the mask must be a 3-D image; got shape {mask_img.shape}")
     mask_arr = np.asarray(mask_img.dataobj) > 0
     stim_path = root / "stimuli.npy"
-    if not stim_path.is_file():
-        raise FileNotFoundError(f"{stim_path}: stimulus images (S, H, W) not found")
-    images = np.load(stim_path, allow_pickle=False).astype(np.float32)
+    images = images01(read_npy(stim_path, "stimulus images (S, H, W)"), str(stim_path))
     masker = NiftiMasker(mask_img=mask_img, standardize=None).fit()
     betas, stim_ids = [], []
     for bold, events_path in runs:
@@ -207,6 +211,10 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
             bad = np.flatnonzero(~np.isfinite(data).all(1))
             raise ValueError(f"{bold}: {len(bad)} in-mask voxels hold NaN/Inf (first: {bad[:5].tolist()})")
         ev = read_events(events_path)
+        outside = np.flatnonzero((ev["stim_id"].to_numpy() < 0) | (ev["stim_id"].to_numpy() >= len(images)))
+        if outside.size:
+            raise ValueError(f"{events_path}: stim_id must index the {len(images)} images of {stim_path}; data row "
+                             f"{outside[0] + 1} holds {ev['stim_id'].iloc[outside[0]]}")
         t_r_run = _tr(bold, root, t_r, img)
         end = img.shape[3] * t_r_run
         late = np.flatnonzero(ev["onset"].to_numpy() >= end)
@@ -230,7 +238,7 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
         betas.append(np.stack(run_betas))
         stim_ids.append(ev["stim_id"].to_numpy())
     test_path = root / "test_stimuli.npy"
-    test = np.load(test_path, allow_pickle=False).astype(np.int64) if test_path.is_file() else None
+    test = read_npy(test_path, "test stimulus ids").astype(np.int64) if test_path.is_file() else None
     td = TrialData(np.concatenate(betas).astype(np.float32), np.concatenate(stim_ids).astype(np.int64), images,
                    str(root), test, mask_arr, np.asarray(mask_img.affine, np.float64))
     return check_trials(td)

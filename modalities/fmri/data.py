@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["TrialData", "Prepared", "check_trials", "load_betas", "save_betas", "prepare", "ResponseDataset"]
+from modaflow.core.io import read_npy
+
+__all__ = ["TrialData", "Prepared", "check_trials", "images01", "load_betas", "save_betas", "prepare", "ResponseDataset"]
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,36 @@ def check_trials(td: TrialData) -> TrialData:
     return td
 
 
-def _images01(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim == 4 and images.shape[-1] in (3, 4):  # RGB(A) -> luminance (ITU-R BT.601)
-        images = images[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
-    lo, hi = float(images.min()), float(images.max())
-    return images / 255.0 if hi > 1.0 and lo >= 0.0 else images
+OVERSHOOT = 1e-3
+"""How far float images in [0, 1] may stray outside it (resampling overshoot) before they are clipped rather than refused."""
+
+
+def images01(images: np.ndarray, source: str) -> np.ndarray:
+    """Stimulus images as float32 luminance in [0, 1], from the encodings users hold:
+    integer arrays in 0..255 (8-bit) and float arrays in [0, 1] (clipped within
+    :data:`OVERSHOOT`) or in 0..255 (their maximum above 2: scaled by 1/255); RGB(A) in the last
+    axis becomes luminance (ITU-R BT.601). Anything else (NaN/Inf, negative values, floats whose
+    maximum lies in (1, 2], integers above 255) is refused with an error naming ``source``."""
+    arr = np.asarray(images)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{source}: stimulus images must be numbers; got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError(f"{source}: no stimulus images (shape {arr.shape})")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise ValueError(f"{source}: stimulus images hold NaN/Inf")
+    lo, hi = float(arr.min()), float(arr.max())
+    if np.issubdtype(arr.dtype, np.integer):
+        if lo < 0 or hi > 255:
+            raise ValueError(f"{source}: integer stimulus images must be 8-bit (0..255); got range [{lo:g}, {hi:g}]")
+        scale = 255.0
+    elif lo < -OVERSHOOT or 1 + OVERSHOOT < hi <= 2 or hi > 255:
+        raise ValueError(f"{source}: stimulus images must lie in [0, 1] or in 0..255; got range [{lo:g}, {hi:g}]")
+    else:
+        scale = 255.0 if hi > 2 else 1.0
+    out = arr.astype(np.float32) / np.float32(scale)
+    if out.ndim == 4 and out.shape[-1] in (3, 4):  # RGB(A) -> luminance (ITU-R BT.601)
+        out = out[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(out, 0.0, 1.0)
 
 
 def load_betas(path: str | Path) -> TrialData:
@@ -98,7 +124,7 @@ def load_betas(path: str | Path) -> TrialData:
     path = Path(path)
     names = ("responses", "stimuli", "stim_id", "test_stimuli", "mask", "affine")
     if path.is_dir():
-        arrays = {n: np.load(path / f"{n}.npy", allow_pickle=False) for n in names if (path / f"{n}.npy").is_file()}
+        arrays = {n: read_npy(path / f"{n}.npy", n) for n in names if (path / f"{n}.npy").is_file()}
     elif path.suffix.lower() in (".h5", ".hdf5") and path.is_file():
         import h5py
 
@@ -113,7 +139,7 @@ def load_betas(path: str | Path) -> TrialData:
         if need not in arrays:
             raise ValueError(f"{path}: no '{need}' array (expected responses (N, V) and stimuli (S, H, W))")
     responses = np.asarray(arrays["responses"], np.float32)
-    images = _images01(arrays["stimuli"])
+    images = images01(arrays["stimuli"], f"{path} (stimuli)")
     if "stim_id" in arrays:
         stim_id = np.asarray(arrays["stim_id"], np.int64)
     elif len(images) == len(responses):
@@ -156,8 +182,9 @@ class Prepared:
             stimuli ``(N_tr, H, W)``.
         test_x: test responses averaged over repeats ``(n_test, V)`` (z-scored),
             ``test_img`` ``(n_test, H, W)``, ``test_ids`` the stimulus ids ``(n_test,)``.
-        test_trials: ``(n_test, R, V)`` z-scored single test trials (first ``R`` repeats,
-            ``R`` = the smallest repeat count) or None without repeats.
+        test_trials: ``(n_test, R, V)`` z-scored single test trials, ``R`` = the largest repeat
+            count; a stimulus shown fewer times holds NaN in its remaining rows (the noise
+            ceiling's input, :func:`~.metrics.noise_ceiling`); None when no test stimulus is repeated.
         mean, std: the training statistics ``(V,)``.
     """
 
@@ -198,10 +225,12 @@ def prepare(td: TrialData, seed: int = 0, test_fraction: float = 0.1) -> Prepare
     test = np.array([s for s in test if counts[s] > 0], np.int64)
     groups = [z[td.stim_id == s] for s in test]
     test_x = np.stack([g.mean(0) for g in groups])
-    r = min(len(g) for g in groups)
-    trials = np.stack([g[:r] for g in groups]) if r >= 2 else None
+    r = max(len(g) for g in groups)
+    trials = np.full((len(groups), r, z.shape[1]), np.nan, np.float32)
+    for row, g in zip(trials, groups):
+        row[: len(g)] = g
     return Prepared(train_x=z[~is_test], train_img=td.images[td.stim_id[~is_test]], test_x=test_x,
-                    test_img=td.images[test], test_ids=test, test_trials=trials,
+                    test_img=td.images[test], test_ids=test, test_trials=trials if r >= 2 else None,
                     mean=mean.astype(np.float32), std=std.astype(np.float32))
 
 

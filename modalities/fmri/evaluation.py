@@ -22,7 +22,7 @@ def encoding_metrics(pred_vox, test_x, test_trials, n_candidates: int = 300, see
     out = {"enc.voxel_r_median": float(np.median(r)), "enc.voxel_r_mean": float(r.mean()),
            "enc.sample_r_mean": float(sample_r(pred_vox, test_x).mean()),
            "enc.top1_retrieval": top1_retrieval(pred_vox, test_x, n_candidates, seed)}
-    if test_trials is not None:
+    if test_trials is not None and np.isfinite(test_trials).all(2).sum(1).max() >= 2:  # some stimulus repeated
         nc = noise_ceiling(test_trials)
         ok = nc > 0.1
         out["enc.noise_ceiling_median"] = float(np.median(nc))

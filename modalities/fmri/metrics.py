@@ -56,17 +56,30 @@ def sample_r(pred, true) -> np.ndarray:
 
 
 def noise_ceiling(trials) -> np.ndarray:
-    """Per-voxel r ceiling ``(V,)`` for predicting the average of ``R`` repeats from single
-    trials ``(n_stimuli, R, V)`` (NSD ncsnr formula; 0 where no signal variance is left)."""
-    x = as_numpy(trials)
-    if x.ndim != 3 or x.shape[1] < 2:
+    """Per-voxel r ceiling ``(V,)`` for predicting each stimulus's average over its repeats
+    from single trials ``(n_stimuli, R, V)``; a stimulus shown ``n_s < R`` times holds NaN in
+    its other ``R - n_s`` rows. NSD's formula (Allen et al. 2022) for mixed repeat counts:
+    noise variance pooled within stimuli, signal variance = total variance of the single
+    trials minus the noise, ncsnr² = signal / noise, and
+    ``NC = sqrt(ncsnr² / (ncsnr² + mean_s 1/n_s))`` (``1/R`` when every stimulus is shown
+    ``R`` times); 0 where no signal variance is left."""
+    x = as_numpy(trials).astype(np.float64)
+    if x.ndim != 3:
         raise ValueError(f"trials must be (n_stimuli, R >= 2 repeats, V); got shape {x.shape}")
-    R = x.shape[1]
-    noise_var = x.var(axis=1, ddof=1).mean(0)  # within-stimulus variance, pooled over stimuli
-    total_var = x.reshape(-1, x.shape[2]).var(0, ddof=1)
+    shown = np.isfinite(x).all(axis=2)  # (n_stimuli, R): which repeats exist
+    n_s = shown.sum(1)
+    dof = int((n_s - 1).clip(min=0).sum())
+    if dof == 0:
+        raise ValueError(f"trials must be (n_stimuli, R >= 2 repeats, V) with some stimulus shown at least twice; "
+                         f"got shape {x.shape} with at most {int(n_s.max(initial=0))} repeat(s) per stimulus")
+    x, n_s = x[n_s > 0], n_s[n_s > 0]
+    shown = np.isfinite(x).all(axis=2)
+    means = np.nansum(x, axis=1) / n_s[:, None]
+    noise_var = np.nansum((x - means[:, None]) ** 2, axis=(0, 1)) / dof  # within-stimulus variance, pooled
+    total_var = x[shown].var(0, ddof=1)  # every single trial
     signal_var = np.maximum(total_var - noise_var, 0.0)
     ncsnr2 = signal_var / np.maximum(noise_var, 1e-12)
-    return np.sqrt(ncsnr2 / (ncsnr2 + 1.0 / R))
+    return np.sqrt(ncsnr2 / (ncsnr2 + np.mean(1.0 / n_s)))
 
 
 def pixcorr(pred, true) -> float:

@@ -440,4 +440,5 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     trials = None if prep.test_trials is None else prep.test_trials[:k]
     scores = score_neuroflow(model, prep.test_x[:k], prep.test_img[:k], trials, steps or cfg.steps,
                              solver or cfg.solver, model.ae.encode, cfg.n_candidates, seed)
-    return {**dict(scores), "n_test": k, "steps": steps or cfg.steps}
+    # top-1 retrieval draws its candidates among the k test stimuli: chance is 1 / min(n_candidates, k)
+    return {**dict(scores), "n_test": k, "retrieval_candidates": min(cfg.n_candidates, k), "steps": steps or cfg.steps}

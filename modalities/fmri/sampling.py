@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from modaflow.core.config import Config, ConfigError
-from modaflow.core.io import atomic_write
+from modaflow.core.io import atomic_write, read_npy
 from modaflow.core.training import TrainerArgs
 
 from ..runs import load_recipe, save_recipe
-from .data import prepare
+from .data import images01, prepare
 from .models import NeuroVAE, NeuroVAEConfig
 from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
 from .recipe import NAME, FMRIConfig, load_prepared, load_trials, restore, vae_partners, validation_split
@@ -48,27 +48,25 @@ class SampleOptions(Config):
 
 
 def read_images(path: str | Path, size: int) -> np.ndarray:
-    """Images ``(N, size, size)`` float32 in [0, 1] from ``.npy`` or ``.png``."""
+    """Images ``(N, size, size)`` float32 in [0, 1] from ``.npy`` (``(N, H, W)`` or ``(H, W)``,
+    in [0, 1] or 0..255: :func:`~.data.images01`) or a ``.png`` (any size, resized)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input images not found")
     if path.suffix.lower() == ".npy":
-        arr = np.load(path, allow_pickle=False).astype(np.float32)
+        arr = images01(read_npy(path, "images (N, H, W)"), str(path))
     elif path.suffix.lower() == ".png":
-        from skimage.color import rgb2gray, rgba2rgb
         from skimage.io import imread
         from skimage.transform import resize
 
-        arr = imread(path).astype(np.float32)
-        arr = rgb2gray(rgba2rgb(arr) if arr.ndim == 3 and arr.shape[-1] == 4 else arr) if arr.ndim == 3 else arr
-        arr = arr / 255.0 if arr.max() > 1 else arr
+        arr = images01(imread(path)[None], str(path))[0]  # (1, H, W[, C]): RGB(A) -> luminance
         arr = resize(arr, (size, size), anti_aliasing=True)[None].astype(np.float32)
     else:
         raise ValueError(f"{path}: expected .npy images (N, H, W) or a .png")
     arr = arr[None] if arr.ndim == 2 else arr
     if arr.ndim != 3 or arr.shape[1:] != (size, size):
         raise ValueError(f"{path}: expected images of shape (N, {size}, {size}); got {arr.shape}")
-    return arr / 255.0 if arr.max() > 1.0 else arr
+    return arr
 
 
 def read_responses(path: str | Path, ckpt_dir: Path, voxels: int) -> np.ndarray:
@@ -94,7 +92,7 @@ def read_responses(path: str | Path, ckpt_dir: Path, voxels: int) -> np.ndarray:
                                  f"{mask.shape}")
             arr = data[np.asarray(mask.dataobj) > 0].T  # (N, V), C order of the mask
     elif path.suffix.lower() == ".npy":
-        arr = np.load(path, allow_pickle=False).astype(np.float32)
+        arr = read_npy(path, "responses (N, V)").astype(np.float32)
         arr = arr[None] if arr.ndim == 1 else arr
     else:
         raise ValueError(f"{path}: expected .npy responses (N, V) or a NIfTI image")

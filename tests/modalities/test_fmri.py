@@ -77,6 +77,20 @@ def test_sample_bad_inputs(run_dir, tmp_path) -> None:
         MODALITY.sample(run_dir, 0, 2, None, tmp_path / "o.npy", 0, options=SampleOptions(input=str(tmp_path / "wrong.npy")))
     with pytest.raises(ValueError, match="decoding writes .png or .npy"):
         MODALITY.sample(run_dir, 2, 2, None, tmp_path / "o.txt", 0, options=SampleOptions())
+    nan_images = np.full((2, 16, 16), 0.5, np.float32)
+    nan_images[1, 3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan_images)
+    with pytest.raises(ValueError, match=r"nan.npy: stimulus images hold NaN/Inf"):
+        MODALITY.sample(run_dir, 0, 2, None, tmp_path / "o.npy", 0,
+                        options=SampleOptions(direction="encode", input=str(tmp_path / "nan.npy")))
+    import nibabel as nib
+
+    mask = nib.load(run_dir / "mask.nii.gz")
+    off_grid = np.diag([3.0, 3.0, 3.0, 1.0])
+    for name, shape, affine in (("shape.nii.gz", (5, 6, 3, 2), mask.affine), ("affine.nii.gz", mask.shape + (2,), off_grid)):
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), affine), tmp_path / name)
+        with pytest.raises(ValueError, match=rf"{name}: shape .* / affine do not match the run's mask .*mask.nii.gz"):
+            MODALITY.sample(run_dir, 0, 2, None, tmp_path / "o.npy", 0, options=SampleOptions(input=str(tmp_path / name)))
     with pytest.raises(ConfigError, match="direction"):
         SampleOptions(direction="sideways")
     with pytest.raises(ConfigError, match="FMRIConfig.data"):
@@ -89,7 +103,7 @@ def test_evaluate_reports_both_directions_and_the_cycle(run_dir) -> None:
                 "dec.pixcorr", "dec.ssim", "dec.twoway_pixels", "dec.twoway_features", "dec.top1_retrieval",
                 "cycle.pixcorr", "cycle.latent_rmse"):
         assert np.isfinite(m[key]), key
-    assert m["n_test"] == 20 and 0 <= m["dec.twoway_pixels"] <= 1
+    assert m["n_test"] == 20 and m["retrieval_candidates"] == 10 and 0 <= m["dec.twoway_pixels"] <= 1
     from modaflow.modalities.fmri.sampling import SampleOptions
 
     with pytest.raises(ConfigError, match="--direction and --input are options of 'modaflow sample fmri'"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from modaflow.modalities.fmri.bids import load_bids, write_bids
-from modaflow.modalities.fmri.data import TrialData, load_betas, prepare, save_betas
+from modaflow.modalities.fmri.data import TrialData, images01, load_betas, prepare, save_betas
 from modaflow.modalities.fmri.simulate import SimConfig, _ar1, drift_basis, event_regressors, lsa_betas, simulate
 from modaflow.modalities.fmri.stimuli import SCENE_MIN_STD, SCENE_PATCH, SOURCES, _photo, feature_maps, load_stimuli, scene_patches
 
@@ -165,18 +165,28 @@ def test_bids_bad_inputs_name_the_file(sim, bids_root, tmp_path) -> None:
 
     bad_shape = tmp_path / "mask_shape.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((5, 6, 3), np.uint8), sim.affine), bad_shape)
-    with pytest.raises(ValueError, match="mask shape"):
+    with pytest.raises(ValueError, match=r"mask_shape.nii.gz: mask shape .* of .*_bold.nii.gz"):
         load_bids(bids_root, mask=bad_shape, max_runs=1)
     bad_affine = tmp_path / "mask_affine.nii.gz"
     nib.save(nib.Nifti1Image(sim.mask.astype(np.uint8), np.diag([3.0, 3.0, 3.0, 1.0])), bad_affine)
-    with pytest.raises(ValueError, match="mask affine"):
+    with pytest.raises(ValueError, match=r"mask_affine.nii.gz: mask affine does not match that of .*_bold.nii.gz"):
         load_bids(bids_root, mask=bad_affine, max_runs=1)
     root = write_bids(sim, tmp_path / "ev", runs=1)
     events = next(root.rglob("*_events.tsv"))
     text = events.read_text().splitlines()
     events.write_text("\n".join(["duration\ttrial_type\tstim_id"] + ["\t".join(l.split("\t")[1:]) for l in text[1:]]))
-    with pytest.raises(ValueError, match="events need an 'onset' column"):
+    with pytest.raises(ValueError, match="_events.tsv: events need the column 'onset'"):
         load_bids(root)
+    events.write_text("\n".join(["onset\ttrial_type\tstim_id"] + ["\t".join(l.split("\t")[:1] + l.split("\t")[2:])
+                                                                   for l in text[1:]]))
+    with pytest.raises(ValueError, match="_events.tsv: events need the column 'duration'"):
+        load_bids(root)
+    for stim_id, message in (("3.5", "'stim_id' must hold whole stimulus indices; data row 2 holds 3.5"),
+                             (str(len(sim.images)), f"stim_id must index the {len(sim.images)} images of .*stimuli.npy; "
+                                                    "data row 2 holds 120")):
+        events.write_text("\n".join(text[:2] + [f"5.0\t1.0\tstimulus\t{stim_id}"]))
+        with pytest.raises(ValueError, match=r"_events.tsv: .*" + message):
+            load_bids(root)
     events.write_text("\n".join(text[:2] + ["5.0\t\tstimulus\t3"]))
     with pytest.raises(ValueError, match="'duration' has missing"):
         load_bids(root)
@@ -189,6 +199,38 @@ def test_bids_bad_inputs_name_the_file(sim, bids_root, tmp_path) -> None:
     with pytest.raises(ValueError, match="NaN"):
         load_bids(nan_root)
     assert json.loads(next(bids_root.rglob("*_bold.json")).read_text())["RepetitionTime"] == 1.0
+
+
+def test_bids_stimuli_in_0_255_are_scaled_and_a_corrupt_npy_is_named(sim, tmp_path) -> None:
+    root = write_bids(sim, tmp_path / "u8", runs=1)
+    np.save(root / "stimuli.npy", np.round(sim.images * 255).astype(np.uint8))
+    td = load_bids(root)
+    np.testing.assert_allclose(td.images, sim.images, atol=0.5 / 255 + 1e-6)
+    (root / "stimuli.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
+    with pytest.raises(ValueError, match=r"stimuli.npy: not a readable .npy stimulus images"):
+        load_bids(root)
+    (root / "stimuli.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"stimuli.npy: the file is empty"):
+        load_bids(root)
+
+
+def test_images01_reads_the_usual_encodings_and_refuses_the_ambiguous_ones() -> None:
+    x = np.linspace(0, 1, 2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    u8 = np.round(x * 255).astype(np.uint8)
+    np.testing.assert_allclose(images01(u8, "s"), u8 / 255.0, rtol=1e-6)  # 8-bit
+    np.testing.assert_allclose(images01(u8.astype(np.float64), "s"), u8 / 255.0, rtol=1e-6)  # 0..255 as floats
+    np.testing.assert_array_equal(images01(x, "s"), x)  # already in [0, 1]
+    over = x.copy()
+    over[0, 0, 0] = 1.0005  # resampling overshoot: clipped, the rest untouched
+    np.testing.assert_array_equal(images01(over, "s"), np.clip(over, 0, 1))
+    rgb = np.stack([x, np.zeros_like(x), np.ones_like(x)], -1)
+    np.testing.assert_allclose(images01(rgb, "s"), 0.299 * x + 0.114, rtol=1e-6)  # BT.601 luminance
+    for bad, message in ((x * 1.5, r"must lie in \[0, 1\] or in 0..255; got range \[0, 1.5\]"),
+                         (x - 0.5, r"must lie in \[0, 1\]"), (np.where(x > 0.5, np.nan, x), "NaN/Inf"),
+                         (u8.astype(np.int32) * 2, r"8-bit \(0..255\); got range \[0, 510\]"),
+                         (np.zeros((0, 4, 4)), "no stimulus images")):
+        with pytest.raises(ValueError, match=r"^stim.npy: .*" + message):
+            images01(bad, "stim.npy")
 
 
 def _td(sim) -> TrialData:
@@ -224,6 +266,10 @@ def test_betas_bad_inputs(sim, tmp_path) -> None:
         load_betas(tmp_path / "ids.h5")
     with pytest.raises(FileNotFoundError, match="expected an .h5"):
         load_betas(tmp_path / "missing.h5")
+    folder = save_betas(tmp_path / "corrupt_npy", _td(sim))
+    (folder / "stim_id.npy").write_bytes(b"not an array")
+    with pytest.raises(ValueError, match=r"corrupt_npy/stim_id.npy: not a readable .npy stim_id"):
+        load_betas(folder)
     for name, extra, message in (
         ("test_ids.h5", {"test_stimuli": np.array([0, len(sim.images)])}, r"test_ids.h5: test_stimuli must be integer ids "
                                                                            r"of the 120 stimuli; .*range \[0, 120\]"),
@@ -245,6 +291,13 @@ def test_prepare_zscores_with_training_statistics_and_averages_repeats(sim) -> N
     raw = sim.betas[sim.stim_id == s]
     np.testing.assert_allclose(prep.test_x[0], ((raw - prep.mean) / prep.std).mean(0), atol=1e-5)
     assert prep.test_trials.shape == (20, 3, prep.train_x.shape[1])
+    uneven = _td(sim)
+    first = np.flatnonzero(uneven.stim_id == s)
+    keep = np.ones(len(uneven.stim_id), bool)
+    keep[first[1:]] = False  # stimulus s now shown once: NaN rows in its trials, its mean is its one trial
+    cut = prepare(TrialData(uneven.responses[keep], uneven.stim_id[keep], uneven.images, "sim", uneven.test_stimuli))
+    assert cut.test_trials.shape == prep.test_trials.shape and np.isnan(cut.test_trials[0, 1:]).all()
+    np.testing.assert_allclose(cut.test_x[0], cut.test_trials[0, 0])
     np.testing.assert_array_equal(prep.test_img, sim.images[prep.test_ids])
 
 

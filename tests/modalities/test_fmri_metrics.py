@@ -93,6 +93,24 @@ def test_noise_ceiling_closed_form() -> None:
         noise_ceiling(trials[:, :1])
 
 
+def test_noise_ceiling_with_mixed_repeat_counts_is_nsds_formula() -> None:
+    # signal sd 1, noise sd 1; a third of the stimuli shown once, twice, three times (NaN rows for the
+    # missing repeats): NC = sqrt(1 / (1 + mean 1/n)) = sqrt(1 / (1 + 11/18))
+    rng = np.random.default_rng(6)
+    n, v = 30000, 3
+    signal = rng.normal(size=(n, 1, v))
+    trials = signal + rng.normal(size=(n, 3, v))
+    counts = np.repeat([1, 2, 3], n // 3)
+    trials[np.arange(3)[None, :] >= counts[:, None]] = np.nan
+    nc = noise_ceiling(trials)
+    np.testing.assert_allclose(nc, np.sqrt(1 / (1 + 11 / 18)), atol=0.01)
+    averages = np.nanmean(trials, 1)  # what a test set of these stimuli holds
+    np.testing.assert_allclose(voxel_r(signal[:, 0], averages), nc, atol=0.02)
+    equal = trials[counts == 3]  # every stimulus shown R times: the same as without NaN rows
+    np.testing.assert_allclose(noise_ceiling(np.concatenate([equal, np.full((5, 3, v), np.nan)])), noise_ceiling(equal),
+                               rtol=1e-12)
+
+
 def test_stimulus_means_average_the_repeats_of_each_input() -> None:
     from modaflow.modalities.fmri.baselines import stimulus_means
 
