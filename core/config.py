@@ -124,11 +124,12 @@ class Config:
         """Check value ranges; raise :class:`ConfigError` naming the bad field."""
 
     def _require(self, ok: bool, name: str, expected: str) -> None:
-        """Raise ``ConfigError`` for field ``name`` unless ``ok``."""
+        """Raise ``ConfigError`` for field ``name`` (``fm.path``: a nested config's field) unless ``ok``."""
         if not ok:
-            raise ConfigError(
-                f"{type(self).__name__}.{name}: expected {expected}, got {getattr(self, name)!r}"
-            )
+            value = self
+            for part in name.split("."):
+                value = getattr(value, part)
+            raise ConfigError(f"{type(self).__name__}.{name}: expected {expected}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""

@@ -277,9 +277,22 @@ class Scaler:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: scaler not found; is this a run folder written by 'modaflow train timeseries'?")
-        d = json.loads(path.read_text())
-        return cls(d["method"], tuple(d["shift"]), tuple(d["scale"]), tuple(d["channels"]),
-                   tuple(d.get("model_lo", ())), tuple(d.get("model_hi", ())))
+        try:
+            d = json.loads(path.read_text())
+            scaler = cls(d["method"], tuple(d["shift"]), tuple(d["scale"]), tuple(d["channels"]),
+                         tuple(d.get("model_lo", ())), tuple(d.get("model_hi", ())))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); the run folder's scaler is damaged") from None
+        except KeyError as e:
+            raise ValueError(f"{path}: the scaler lacks the field {e.args[0]!r} (expected method, shift, scale, "
+                             f"channels)") from None
+        except TypeError as e:
+            raise ValueError(f"{path}: a scaler field has the wrong type ({e})") from None
+        n = len(scaler.channels)
+        if len(scaler.shift) != n or len(scaler.scale) != n:
+            raise ValueError(f"{path}: shift ({len(scaler.shift)}) and scale ({len(scaler.scale)}) need one value per "
+                             f"channel ({n})")
+        return scaler
 
 
 def save_samples(path: str | Path, x: np.ndarray, channels: tuple[str, ...]) -> Path:

@@ -145,6 +145,19 @@ class TimeSeriesConfig(Config):
         self._require(0 <= self.max_horizon < self.window, "max_horizon", f"an integer in [0, window = {self.window})")
         self._require(self.sample_shift >= 0, "sample_shift", "a number >= 0 (0 = the method's default)")
         self._require(self.em_diffusion >= 0, "em_diffusion", "a number >= 0")
+        # what build() sets from the method: refused rather than silently replaced
+        fm = self.fm
+        self._require(fm.parametrization == "velocity", "fm.parametrization",
+                      "unset: the method sets it (TimeFlow: --prediction velocity|data; linear_fm velocity; ddpm data)")
+        self._require(fm.path == "linear", "fm.path", "unset: the method sets it (TimeFlow: the linear path with its "
+                      "stochastic term; linear_fm linear; ddpm the cosine discrete schedule)")
+        self._require(fm.cond_dropout == 0, "fm.cond_dropout", "0: the models are unconditional or, for TimeFlow, "
+                      "trained on random observation masks (p_forecast, p_impute) instead")
+        if self.method == "timeflow":
+            self._require(fm.loss_weighting == "none", "fm.loss_weighting", "none for TimeFlow (its data prediction "
+                          "is weighted by weight_cap's schedule)")
+            self._require(fm.coupling == "independent", "fm.coupling", "independent for TimeFlow (its loss pairs each "
+                          "window with its own noise)")
 
     @property
     def shift(self) -> float:
@@ -221,10 +234,12 @@ def restore(ckpt_dir: str | Path) -> Restored:
 
 @torch.no_grad()
 def draw(r: Restored, n: int, steps: int | None = None, solver: str | None = None, seed: int = 0,
-         cond: Tensor | None = None, shift: float | None = None, batch: int = 2048) -> Tensor:
+         cond: Tensor | None = None, shift: float | None = None, batch: int = 2048,
+         diffusion: float | None = None) -> Tensor:
     """``n`` samples ``(n, L, C)`` in network space; ``x0`` comes from a CPU generator seeded
     by ``seed`` (so every device starts from the same noise), Brownian increments from
-    ``seed + 1``. ``cond`` ``(n, L, 2C)`` conditions a TimeFlow network."""
+    ``seed + 1``. ``cond`` ``(n, L, 2C)`` conditions a TimeFlow network. ``shift`` and
+    ``diffusion`` (Euler–Maruyama's level g) replace the recipe's ``shift`` / ``em_diffusion``."""
     cfg = r.cfg
     if n < 1:
         raise ValueError(f"n must be >= 1; got {n}")
@@ -235,7 +250,8 @@ def draw(r: Restored, n: int, steps: int | None = None, solver: str | None = Non
     for i in range(0, n, batch):
         c = None if cond is None else cond[i : i + batch].to(device)
         out.append(run_solver(r.model, cfg.method, r.kind, r.path, x0[i : i + batch], steps or cfg.steps,
-                              solver or cfg.solver, cfg.shift if shift is None else shift, cfg.em_diffusion, g, c))
+                              solver or cfg.solver, cfg.shift if shift is None else shift,
+                              cfg.em_diffusion if diffusion is None else diffusion, g, c))
     return torch.cat(out)
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from modaflow.core.config import Config
+from modaflow.core.stats import mean_ci95
 
 from . import data as D
 from . import metrics as M
@@ -50,6 +51,12 @@ class TimeSeriesOptions(Config):
     shift: float = 0.0
     """Time shift of the sampling grid (0 = the recipe's; 1 = uniform, the benchmark's validated choice for
     10 NFE with --solver midpoint --steps 5)."""
+    diffusion: float | None = None
+    """Diffusion level g of TimeFlow's Euler–Maruyama sampler (None = the recipe's em_diffusion, 0.1 as in the
+    paper; 0 = no noise, the Euler ODE). The other solvers are deterministic and ignore it."""
+    repeats: int = 5
+    """evaluate --task generate: metric repeats (seeds of the TS2Vec encoder and the GRU classifiers); each metric is
+    reported as mean ± 95% t-interval over them (protocol: 5)."""
     disc_iterations: int = 2000
     """evaluate: training iterations of the discriminative GRU (protocol: 2000)."""
     pred_iterations: int = 5000
@@ -60,10 +67,11 @@ class TimeSeriesOptions(Config):
     def validate(self) -> None:
         self._require(self.horizon >= 0, "horizon", "an integer >= 0")
         self._require(0 < self.missing_rate < 1, "missing_rate", "a number in (0, 1)")
-        for name in ("windows", "disc_iterations", "pred_iterations"):
+        for name in ("windows", "repeats", "disc_iterations", "pred_iterations"):
             self._require(getattr(self, name) >= 1, name, "an integer >= 1")
         self._require(self.ts2vec_iterations >= 0, "ts2vec_iterations", "an integer >= 0")
         self._require(self.shift >= 0, "shift", "a number >= 0 (0 = the recipe's)")
+        self._require(self.diffusion is None or self.diffusion >= 0, "diffusion", "a number >= 0 (or unset: the recipe's)")
 
     @property
     def grid_shift(self) -> float | None:
@@ -146,15 +154,16 @@ def _random_mask(shape, rate: float, seed: int) -> np.ndarray:
 
 
 def complete(r: Restored, u: np.ndarray, m: np.ndarray, n: int, steps: int | None, solver: str | None, seed: int,
-             guidance: bool = False, shift: float | None = None) -> Tensor:
+             guidance: bool = False, shift: float | None = None, diffusion: float | None = None) -> Tensor:
     """``n`` completions of each observed window: ``(W, n, L, C)`` in network space. The
     TimeFlow network conditions on ``[m y, m]``; the baselines (or ``guidance``) steer their
-    unconditional flow (:func:`.sampling.steered_impute`). ``shift``: the time grid's (None: the recipe's)."""
+    unconditional flow (:func:`.sampling.steered_impute`). ``shift``: the time grid's,
+    ``diffusion``: Euler–Maruyama's level (None: the recipe's)."""
     W = u.shape[0]
     y = r.scaler.to_model(u).repeat_interleave(n, 0)
     mk = torch.as_tensor(m, dtype=torch.float32).repeat_interleave(n, 0)
     if r.cfg.method == "timeflow" and not guidance:
-        x = draw(r, W * n, steps, solver, seed, cond=condition(y, mk), shift=shift)
+        x = draw(r, W * n, steps, solver, seed, cond=condition(y, mk), shift=shift, diffusion=diffusion)
     else:
         x0 = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
         how = "hard" if r.cfg.method == "ddpm" else "flowchef"
@@ -175,10 +184,10 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
     opts = options or TimeSeriesOptions()
     r = restore(ckpt_dir)
     if opts.task == "generate":
-        x = draw(r, n, steps, solver, seed, shift=opts.grid_shift)
+        x = draw(r, n, steps, solver, seed, shift=opts.grid_shift, diffusion=opts.diffusion)
     else:
         u, m, _ = conditioning(r, opts, seed)
-        x = complete(r, u, m, n, steps, solver, seed, opts.guidance, opts.grid_shift)
+        x = complete(r, u, m, n, steps, solver, seed, opts.guidance, opts.grid_shift, opts.diffusion)
     return D.save_samples(out_path, to_raw(r, x), r.scaler.channels)
 
 
@@ -197,24 +206,32 @@ def generation_metrics(real: np.ndarray, fake: np.ndarray, encoder, seed: int, d
 
 def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int,
              options: TimeSeriesOptions | None = None) -> dict:
-    """generate: the four protocol metrics, the roughness and the copying check (``dcr_ratio``) of ``n``
-    samples against the real training windows (of ``data`` if given, scaled by the checkpoint's scaler). forecast / impute:
-    MSE and MAE of the sample mean and CRPS over ``n`` samples per window, on the predicted
-    entries, of ``opts.input`` or else the test windows (of ``data`` if given)."""
+    """generate: the protocol (Diffusion-TS): ``n`` samples against as many real training windows drawn at random (all
+    of them when fewer; of ``data`` if given, scaled by the checkpoint's scaler), the four metrics and the roughness
+    as ``{"mean", "ci95", "n"}`` over ``opts.repeats`` seeds (TS2Vec encoder and GRUs seeded ``seed + k``, as the
+    benchmark), and the copying check (``dcr_ratio``, against every training window). forecast / impute: MSE and
+    MAE of the sample mean and CRPS over ``n`` samples per window, on the predicted entries, of ``opts.input`` or
+    else the test windows (of ``data`` if given)."""
     opts = options or TimeSeriesOptions()
     r = restore(ckpt_dir)
     if opts.task != "generate":
         u, m, target = conditioning(r, opts, seed, scoring=True, data=data)
-        x = r.scaler.from_model(complete(r, u, m, n, steps, solver, seed, opts.guidance, opts.grid_shift))  # (W, n, L, C)
+        x = r.scaler.from_model(complete(r, u, m, n, steps, solver, seed, opts.guidance, opts.grid_shift,
+                                         opts.diffusion))  # (W, n, L, C)
         s = np.moveaxis(x, 1, 0)  # (n, W, L, C)
         return {**M.point_errors(s, u, target), "crps": M.crps_samples(s, u, target), "windows": int(u.shape[0]),
                 "samples_per_window": n, "task": opts.task}
     cfg = r.cfg if data is None else r.cfg.replace(data=data)
     w, _ = prepare(cfg)
-    real = r.scaler.transform(w.train[..., D.channel_order(w.channels, r.scaler.channels, cfg.data)], cfg.data)
-    fake = r.scaler.from_model(draw(r, n, steps, solver, seed, shift=opts.grid_shift))
-    enc = train_ts2vec(torch.as_tensor(real, dtype=torch.float32), TS2VecConfig(iterations=opts.ts2vec_iterations), seed)
-    out = generation_metrics(real, fake, enc, seed, opts.disc_iterations, opts.pred_iterations,
-                             bounded=r.scaler.method != "standard")
+    real_all = r.scaler.transform(w.train[..., D.channel_order(w.channels, r.scaler.channels, cfg.data)], cfg.data)
+    n = min(n, len(real_all))  # equal counts: the discriminator's accuracy is measured on balanced classes
+    real = real_all[np.random.default_rng(seed).permutation(len(real_all))[:n]]
+    fake = r.scaler.from_model(draw(r, n, steps, solver, seed, shift=opts.grid_shift, diffusion=opts.diffusion))
+    x = torch.as_tensor(real_all, dtype=torch.float32)
+    reps = [generation_metrics(real, fake, train_ts2vec(x, TS2VecConfig(iterations=opts.ts2vec_iterations), seed + k),
+                               seed + k, opts.disc_iterations, opts.pred_iterations, bounded=r.scaler.method != "standard")
+            for k in range(opts.repeats)]
+    scores = {m: mean_ci95(rep[m] for rep in reps) for m in reps[0]}
     # copying check against every training window (metrics.dcr_ratio; ideal 1, a copy 0)
-    return {**out, "dcr_ratio": M.dcr_ratio(real, fake, cfg.stride), "n_samples": n, "n_real": int(real.shape[0])}
+    return {**scores, "dcr_ratio": M.dcr_ratio(real_all, fake, cfg.stride), "n_samples": n, "n_real": n,
+            "n_train_windows": int(real_all.shape[0]), "repeats": opts.repeats}

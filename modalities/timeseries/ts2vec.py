@@ -10,8 +10,18 @@ temporal (eq. 1) contrastive losses, then max-pooling by 2 along time, until one
 left. A series' embedding is the max over time of its per-step representation
 ("full_series" encoding, as the context-FID of Jeha et al. 2022 uses).
 
-Defaults follow TS2Vec's: hidden 64, 10 blocks, output 320, batch 8, lr 1e-3, 600
-iterations for data larger than 100 000 values, 200 otherwise.
+Defaults follow TS2Vec's: hidden 64, output 320, batch 8, lr 1e-3, 600 iterations for data
+larger than 100 000 values, 200 otherwise. Where this encoder departs from TS2Vec's released
+code (context-FID's scale depends on such settings, REFERENCE §2, so compare our numbers
+with each other first and with published ones second):
+
+* 10 residual blocks, the last one widening to 320; TS2Vec's ``depth=10`` stacks 10 hidden
+  blocks and one more to the output (11; dilations up to 2^10). On windows of 24 steps the
+  dilations from 2^5 on reach only the zero padding, so the missing block is one more
+  pointwise residual map;
+* the last weights embed, not a stochastic-weight-averaged copy;
+* the two crops are placed at the same offsets for every series of a batch, not shifted
+  per series.
 
 Shapes: series ``(N, T, C)``; representations ``(N, T, D)``; embeddings ``(N, D)``.
 """

@@ -110,6 +110,46 @@ def test_cli_trains_samples_with_the_scaling_undone_and_evaluates(run_dir, capsy
     assert set(scores) >= {"mse", "mae", "crps"} and scores["crps"] > 0
 
 
+def test_evaluate_generate_follows_the_protocol_equal_counts_and_repeats(run_dir, capsys) -> None:
+    from modaflow.core.stats import mean_ci95
+    from modaflow.modalities.timeseries.ts2vec import TS2VecConfig, train_ts2vec
+
+    tmp, out = run_dir
+    capsys.readouterr()
+    assert main(["evaluate", "timeseries", "--ckpt", str(out), "--n", "20", "--steps", "2", "--repeats", "2",
+                 "--disc-iterations", "3", "--pred-iterations", "3", "--ts2vec-iterations", "2"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["n_samples"] == scores["n_real"] == 20 and scores["n_train_windows"] > 20 and scores["repeats"] == 2
+    # the same computation by hand: 20 random training windows, seeds 0 and 1 for the encoder and the GRUs
+    r = R.restore(out)
+    w, _ = R.prepare(r.cfg)
+    real_all = r.scaler.transform(w.train, r.cfg.data)
+    real = real_all[np.random.default_rng(0).permutation(len(real_all))[:20]]
+    fake = r.scaler.from_model(R.draw(r, 20, 2, None, 0))
+    x = torch.as_tensor(real_all, dtype=torch.float32)
+    reps = [tasks.generation_metrics(real, fake, train_ts2vec(x, TS2VecConfig(iterations=2), k), k, 3, 3) for k in (0, 1)]
+    for m in ("discriminative", "predictive", "context_fid", "correlational", "roughness"):
+        want = mean_ci95(rep[m] for rep in reps)
+        assert scores[m]["n"] == 2 and scores[m]["mean"] == pytest.approx(want["mean"], rel=1e-5, abs=1e-7), m
+        assert scores[m]["ci95"] == pytest.approx(want["ci95"], rel=1e-4, abs=1e-7), m
+
+
+def test_diffusion_level_is_a_sampling_parameter(run_dir) -> None:
+    tmp, out = run_dir
+    r = R.restore(out)
+    assert r.cfg.method == "timeflow" and r.kind == "velocity"
+    noisy = R.draw(r, 6, 4, "em", 0)  # the recipe's g = 0.1
+    np.testing.assert_allclose(R.draw(r, 6, 4, "em", 0, diffusion=r.cfg.em_diffusion), noisy)
+    # g = 0: Euler–Maruyama without noise is the Euler ODE
+    np.testing.assert_allclose(R.draw(r, 6, 4, "em", 0, diffusion=0.0), R.draw(r, 6, 4, "euler", 0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(R.draw(r, 6, 4, "em", 0, diffusion=0.5), noisy)
+    assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "g0.npy"), "--n", "6", "--steps", "4",
+                 "--solver", "em", "--diffusion", "0"]) == 0
+    np.testing.assert_allclose(np.load(tmp / "g0.npy"), R.to_raw(r, R.draw(r, 6, 4, "euler", 0)), rtol=1e-5)
+    with pytest.raises(ConfigError, match="diffusion"):
+        tasks.TimeSeriesOptions(diffusion=-0.1)
+
+
 def test_file_conditioning_covers_the_tail_and_scores_only_known_hidden_entries(run_dir) -> None:
     tmp, out = run_dir
     r = R.restore(out)  # window L = 12
@@ -176,6 +216,33 @@ def test_conditional_samples_keep_the_observations_and_steering_too(run_dir) -> 
         np.testing.assert_allclose((x * m[:, None])[..., :], np.broadcast_to((u * m)[:, None], x.shape), atol=1e-6)
 
 
+def test_guided_imputation_reaches_the_exact_conditional_mean_of_gaussian_windows() -> None:
+    # windows of L = 3 steps, C = 1 channel drawn from N(mu, S), the network replaced by the exact velocity: steering
+    # (FlowChef through sampling.steered_impute, the path of complete(..., guidance=True)) must move the unobserved
+    # steps to E[x_u | x_0 = 2] = mu_u + S_u0 (2 - mu_0) / S_00, away from their prior mean
+    from modaflow.core.gaussian import GaussianOracle
+    from modaflow.core.paths import LinearPath
+    from modaflow.modalities.timeseries.sampling import steered_impute
+
+    mean = torch.tensor([1.0, -0.5, 0.3], dtype=torch.float64)
+    cov = torch.tensor([[1.0, 0.6, 0.2], [0.6, 1.5, -0.4], [0.2, -0.4, 0.8]], dtype=torch.float64)
+    oracle = GaussianOracle(mean, cov, LinearPath())
+
+    class ExactVelocity(torch.nn.Module):
+        def forward(self, x, t):
+            return oracle.velocity(x.reshape(x.shape[0], 3), t).reshape(x.shape)
+
+    n = 20000
+    x0 = torch.randn(n, 3, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    m = torch.zeros(n, 3, 1, dtype=torch.float64)
+    m[:, 0] = 1.0
+    y = torch.full((n, 3, 1), 2.0, dtype=torch.float64)
+    x = steered_impute(ExactVelocity(), "velocity", LinearPath(), x0, y, m, 50, 1.0)
+    assert (x[:, 0, 0] == 2.0).all()
+    want = mean[1:] + cov[1:, 0] * (2.0 - mean[0]) / cov[0, 0]  # (0.1, 0.5); the prior mean (-0.5, 0.3) is 0.63 away
+    assert (x[:, 1:, 0].mean(0) - want).abs().max().item() < 0.04
+
+
 def test_draw_at_a_given_nfe_takes_half_as_many_midpoint_steps(run_dir) -> None:
     tmp, out = run_dir
     r = R.restore(out)
@@ -212,6 +279,26 @@ def test_cli_bad_inputs_name_the_file_and_the_problem(run_dir, capsys) -> None:
     (tmp / "nan.csv").write_text("time,c0,c1\n" + "".join(f"{i},{i},{'nan' if i == 5 else i}\n" for i in range(40)))
     assert main(["train", "timeseries", "--data", str(tmp / "nan.csv"), "--out", str(tmp / "e3"), *SMALL]) == 2
     assert "nan.csv: 1 missing value(s)/NaN, the first in row 5" in capsys.readouterr().err
+    (tmp / "inf.csv").write_text("time,c0,c1\n" + "".join(f"{i},{i},{'inf' if i == 5 else i}\n" for i in range(40)))
+    assert main(["train", "timeseries", "--data", str(tmp / "inf.csv"), "--out", str(tmp / "e4"), *SMALL]) == 2
+    assert "inf.csv: Inf in row 5 (after sorting by time), column 'c1'; expected finite numbers" in capsys.readouterr().err
+    (tmp / "five.csv").write_text("time,c0,c1\n" + "".join(f"{i},{100 + i},{90 - i}\n" for i in range(5)))
+    assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "f.npy"), "--task", "forecast",
+                 "--input", str(tmp / "five.csv"), "--horizon", "4"]) == 2
+    assert "five.csv: the series has 5 steps; forecasting needs >= 8" in capsys.readouterr().err
+    wide = _csv(tmp / "three_long.csv", n=300, channels=3)
+    assert main(["evaluate", "timeseries", "--ckpt", str(out), "--data", wide, "--n", "4", "--repeats", "1"]) == 2
+    assert "three_long.csv: 3 channels" in capsys.readouterr().err
+    import shutil
+
+    broken = tmp / "broken_run"
+    shutil.copytree(out, broken)
+    (broken / "scaler.json").write_text("{broken")
+    assert main(["sample", "timeseries", "--ckpt", str(broken), "--out", str(tmp / "b.npy"), "--n", "2"]) == 2
+    assert "broken_run/scaler.json: not valid JSON" in capsys.readouterr().err
+    (broken / "scaler.json").write_text(json.dumps({"method": "minmax", "shift": [0, 0], "scale": [1, 1]}))
+    assert main(["sample", "timeseries", "--ckpt", str(broken), "--out", str(tmp / "b.npy"), "--n", "2"]) == 2
+    assert "broken_run/scaler.json: the scaler lacks the field 'channels'" in capsys.readouterr().err
 
 
 def test_finetune_continues_from_the_checkpoint(run_dir) -> None:
@@ -335,6 +422,24 @@ def test_timeflow_loss_matches_a_slow_per_window_computation(prediction) -> None
     assert abs(loss.item() - want) < 1e-5 * want
     with pytest.raises(ConfigError, match="prediction"):
         R.TimeSeriesConfig(method="linear_fm", prediction="data")
+
+
+def test_training_options_the_method_sets_are_refused_not_ignored(run_dir, capsys) -> None:
+    fm = R.TimeSeriesConfig().fm
+    for method, change, field in (("timeflow", {"parametrization": "data"}, "fm.parametrization"),
+                                  ("linear_fm", {"path": "vp_cosine"}, "fm.path"),
+                                  ("ddpm", {"cond_dropout": 0.1}, "fm.cond_dropout"),
+                                  ("timeflow", {"loss_weighting": "min_snr"}, "fm.loss_weighting"),
+                                  ("timeflow", {"coupling": "exact_ot"}, "fm.coupling")):
+        with pytest.raises(ConfigError, match=rf"^TimeSeriesConfig\.{field}: expected .*, got "):
+            R.TimeSeriesConfig(method=method, fm=fm.replace(**change))
+    R.TimeSeriesConfig(method="linear_fm", fm=fm.replace(coupling="exact_ot"))  # minibatch OT: a linear FM option
+    tmp, _ = run_dir
+    capsys.readouterr()
+    assert main(["train", "timeseries", "--data", str(tmp / "series.csv"), "--out", str(tmp / "refused"), *SMALL,
+                 "--parametrization", "data"]) == 2
+    assert ("argument --parametrization: TimeSeriesConfig.fm.parametrization: expected unset: the method sets it "
+            "(TimeFlow: --prediction") in capsys.readouterr().err
 
 
 def test_flow_methods_train_on_logit_normal_times_and_the_ddpm_on_uniform_steps() -> None:
