@@ -181,13 +181,23 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
         df = df.reset_index()
     tcol = _time_column(df, time_column, path)
     if tcol is not None:
-        df = df.assign(**{tcol: _time_values(df[tcol], tcol, path)}).sort_values(tcol, kind="stable").drop(columns=[tcol])
+        times = _time_values(df[tcol], tcol, path)
+        repeated = np.flatnonzero(times.duplicated(keep="first").to_numpy())
+        if repeated.size:
+            first = int(np.flatnonzero((times == times.iloc[repeated[0]]).to_numpy())[0])
+            value = df[tcol].iloc[repeated[0]]
+            value = value.item() if isinstance(value, np.generic) else value
+            raise ValueError(f"{path}: time column {tcol!r} holds {repeated.size} repeated value(s); the first, "
+                             f"{value!r}, in rows {first} and {repeated[0]}: one row per time step "
+                             f"expected (aggregate or drop the repeats)")
+        df = df.assign(**{tcol: times}).sort_values(tcol, kind="stable").drop(columns=[tcol])
     bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     if bad:
         col = df[bad[0]]
         row = int(np.flatnonzero(pd.to_numeric(col, errors="coerce").isna() & col.notna())[0])
         raise ValueError(f"{path}: channel columns must be numeric; column(s) {bad} are not (the first bad value: "
-                         f"{col.iloc[row]!r} in row {row}); if one is the time column, name it with --time-column")
+                         f"{col.iloc[row]!r} in row {row}); if one is the time column, name it with --time-column (train and "
+                         f"finetune; sample and evaluate use the run's)")
     if df.shape[1] == 0:
         raise ValueError(f"{path}: no channel columns besides the time column {tcol!r}")
     x = df.to_numpy(dtype=np.float64)
@@ -202,7 +212,7 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
             raise ValueError(f"{path}: {int(missing.sum())} missing value(s)/NaN, the first in row {r} (after sorting by "
                              f"time), column {df.columns[c]!r}; training needs complete rows: fill them, or impute "
                              f"them with a model trained on complete data ('modaflow sample timeseries --ckpt RUN "
-                             f"--task impute --input {path.name}')")
+                             f"--task impute --input {path}')")
         mask = (~missing).astype(np.float64)
         x = np.where(missing, 0.0, x)
     return Source(x, tuple(str(c) for c in df.columns), "series", mask=mask)
@@ -244,4 +254,5 @@ def _time_values(col, name: str, path: Path):
             return pd.to_datetime(col, errors="raise")
     except (ValueError, TypeError, OverflowError) as e:
         raise ValueError(f"{path}: time column {name!r} holds values that are neither numbers nor dates ({e}); "
-                         f"name the time column with --time-column") from None
+                         f"name the time column with --time-column (train and finetune; sample and evaluate use the "
+                         f"run's)") from None

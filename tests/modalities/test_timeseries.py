@@ -144,6 +144,10 @@ def test_dates_sort_as_dates_not_strings_and_a_text_channel_is_never_time(tmp_pa
         ("time,a,b\n1,1,2\n2,,3\n", False, r"bad.csv: 1 missing value\(s\)/NaN, the first in row 1 .*column 'a'.*--task impute"),
         ("time,a,b\n1,1,2\n2,inf,3\n", True, "bad.csv: Inf in row 1"),
         ("time,a,b\n1,1,x\n2,2,y\n", False, r"bad.csv: channel columns must be numeric; column\(s\) \['b'\]"),
+        ("time,a\n3,1\n1,2\n3,3\n", False, r"bad.csv: time column 'time' holds 1 repeated value\(s\); the first, 3, in "
+                                             r"rows 0 and 2: one row per time step"),
+        ("date,a\n2020-01-02,1\n2020-01-01,2\n2020-01-02,3\n", False, r"bad.csv: time column 'date' holds 1 repeated "
+                                                                      r"value\(s\); the first, '2020-01-02', in rows 0 and 2"),
     ],
 )
 def test_bad_files_name_the_file_and_the_problem(tmp_path, text, allow, message) -> None:
