@@ -124,7 +124,9 @@ def sktime_set(name: str) -> Source:
     ``uschange`` (187 quarters x 5: consumption and its four regressors)."""
     key = name.lower()
     if key not in SKTIME_SETS:
-        raise ValueError(f"unknown sktime dataset {name!r}; known: {list(SKTIME_SETS)}")
+        raise ValueError(f"unknown sktime dataset {name!r}; the ones with a data card here: {list(SKTIME_SETS)}. For another "
+                         f"sktime set, write it to a CSV (a time column, one column per channel; e.g. "
+                         f"load_airline().to_frame().to_csv('airline.csv')) and pass the file")
     try:
         from sktime import datasets as skd
     except ImportError as e:  # pragma: no cover
