@@ -24,6 +24,7 @@ from modaflow.core.training import FlowMatchingConfig, TrainerArgs
 from modaflow.modalities.fmri.baselines import ridge_fit_predict, stimulus_means, train_one_direction
 from modaflow.modalities.fmri.evaluation import decoding_metrics, encoding_metrics, score_neuroflow
 from modaflow.modalities.fmri.metrics import noise_ceiling, voxel_r
+from modaflow.modalities.fmri.neuroflow import FEATURES_FILE, load_features
 from modaflow.modalities.fmri.recipe import FMRIConfig, restore, train
 from modaflow.modalities.fmri.data import TrialData, prepare
 from modaflow.modalities.fmri.simulate import SimConfig, simulate
@@ -116,7 +117,7 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
                "train_neuroflow_s"):
         summary = train(cfg, targs, out / "neuroflow", progress=False, data=(td, prep))
     _, nf = restore(out / "neuroflow")
-    feats, K = nf.ae.encode, cfg.n_candidates
+    feats, K = load_features(out / "neuroflow" / FEATURES_FILE).encode, cfg.n_candidates
     metrics, baselines, curves = {}, {}, {}
     scores = {}
     for k in progress(p.ode_steps, "score NeuroFlow"):
@@ -206,7 +207,7 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         f"NeuroFlow@{top}": s.voxel_r, "ridge (latent)": voxel_r(enc_lat, prep.test_x),
         "true model": voxel_r(true_z, prep.test_x)}).name)
     losses = {"visual AE": summary["ae"].get("history", []), "NeuroVAE": summary["neurovae"].get("history", []),
-              "XFM": summary["xfm"]["history"]}
+              "XFM": summary["xfm"]["history"], "metrics' feature net": summary["features"].get("history", [])}
     plots.append(R.plot_loss(out / "loss.png", {k: tuple(zip(*v)) for k, v in losses.items() if v}, "training loss").name)
     curve_keys = ("dec.twoway_features", "dec.top1_retrieval", "enc.voxel_r_median")
     curves["metric_vs_steps"] = {"xlabel": "ODE steps", "series": {
@@ -230,7 +231,9 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
            if "refit_steps" in summary["neurovae"] else "")
         + (f" (weights: EMA of the iterates, decay {cfg.vae_ema:g})" if cfg.vae_ema > 0 else "")
         + f"; learning rate {cfg.vae_lr:g}, {cfg.vae_lr_schedule} schedule, weight decay {cfg.vae_weight_decay:g}",
-        "features for two-way identification / retrieval: the visual AE encoder trained here on the training stimuli",
+        "features for two-way identification / retrieval: a convolutional autoencoder's feature maps (models.FeatureNet), "
+        "trained here on the training stimuli apart from NeuroFlow (not its visual AE, whose latent NeuroFlow and the latent "
+        "ridge decoder aim at)",
         f"retrieval: top-1 among min({K}, n_test) candidates; two-way chance 0.5",
         "true_model: the simulator's noise-free responses (the encoding ceiling); goals: enc median r / median ceiling "
         ">= 0.9, dec two-way >= 0.95, top-1 >= 0.5, ratios vs the best ridge >= 1",

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .metrics import noise_ceiling, pixcorr, sample_r, ssim, top1_retrieval, two_way_identification, voxel_r
+from .metrics import (as_numpy, noise_ceiling, pixcorr, sample_cosine, sample_r, ssim, top1_retrieval,
+                      two_way_identification, voxel_r)
 
 __all__ = ["encoding_metrics", "decoding_metrics", "NeuroFlowScores", "score_neuroflow"]
 
@@ -17,10 +18,13 @@ __all__ = ["encoding_metrics", "decoding_metrics", "NeuroFlowScores", "score_neu
 def encoding_metrics(pred_vox, test_x, test_trials, n_candidates: int = 300, seed: int = 0) -> dict[str, float]:
     """Per-voxel r (median, mean), its fraction of the noise ceiling (median over voxels of
     ``r / ceiling`` where the ceiling exceeds 0.1, and ``median r / median ceiling``),
-    per-sample r across voxels (mean) and image -> brain top-1 retrieval."""
+    per-sample r and cosine across voxels (means), the MSE (z-scored units) and image -> brain
+    top-1 retrieval."""
     r = voxel_r(pred_vox, test_x)
     out = {"enc.voxel_r_median": float(np.median(r)), "enc.voxel_r_mean": float(r.mean()),
            "enc.sample_r_mean": float(sample_r(pred_vox, test_x).mean()),
+           "enc.sample_cosine_mean": float(sample_cosine(pred_vox, test_x).mean()),
+           "enc.mse": float(np.mean((as_numpy(pred_vox) - as_numpy(test_x)) ** 2)),
            "enc.top1_retrieval": top1_retrieval(pred_vox, test_x, n_candidates, seed)}
     if test_trials is not None and np.isfinite(test_trials).all(2).sum(1).max() >= 2:  # some stimulus repeated
         nc = noise_ceiling(test_trials)
@@ -34,7 +38,8 @@ def encoding_metrics(pred_vox, test_x, test_trials, n_candidates: int = 300, see
 def decoding_metrics(pred_img, test_img, features: Callable[[Tensor], Tensor], n_candidates: int = 300,
                      seed: int = 0, prefix: str = "dec") -> dict[str, float]:
     """PixCorr, SSIM, two-way identification in pixels and in ``features`` (a feature
-    space trained here), and brain -> image top-1 retrieval in that feature space."""
+    space trained here, :class:`~.models.FeatureNet`, apart from the decoders), and brain -> image top-1
+    retrieval in that feature space."""
     pred = torch.as_tensor(np.asarray(pred_img), dtype=torch.float32).clamp(0, 1)
     true = torch.as_tensor(np.asarray(test_img), dtype=torch.float32)
     with torch.no_grad():

@@ -4,6 +4,8 @@ Encoding (stimulus -> brain):
 
 * :func:`voxel_r` — per-voxel Pearson r over held-out stimuli ``(V,)``;
 * :func:`sample_r` — per-sample Pearson r across voxels ``(N,)``;
+* :func:`sample_cosine` — per-sample cosine similarity across voxels ``(N,)`` (NeuroFlow's
+  encoding table also reports it and the MSE, in the z-scored units of the responses);
 * :func:`noise_ceiling` — the r a perfect model reaches on averages of ``R`` repeats, from
   the NSD noise-ceiling SNR (Allen et al. 2022, Nat. Neurosci. 25, 116, Methods:
   ``ncsnr = sigma_signal / sigma_noise``, ``NC = ncsnr^2 / (ncsnr^2 + 1/R)``, as r:
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_numpy", "voxel_r", "sample_r", "noise_ceiling", "pixcorr", "ssim", "corr_matrix",
+__all__ = ["as_numpy", "voxel_r", "sample_r", "sample_cosine", "noise_ceiling", "pixcorr", "ssim", "corr_matrix",
            "two_way_identification", "top1_retrieval"]
 
 
@@ -53,6 +55,16 @@ def sample_r(pred, true) -> np.ndarray:
         raise ValueError(f"pred and true must have one shape; got {p.shape} and {t.shape}")
     p, t = p.reshape(len(p), -1), t.reshape(len(t), -1)
     return (_standardise(p, 1) * _standardise(t, 1)).sum(1)
+
+
+def sample_cosine(pred, true) -> np.ndarray:
+    """Cosine similarity of every row (sample) over the flattened features: ``(N,)``; 0 for a zero row."""
+    p, t = as_numpy(pred), as_numpy(true)
+    if p.shape != t.shape:
+        raise ValueError(f"pred and true must have one shape; got {p.shape} and {t.shape}")
+    p, t = p.reshape(len(p), -1), t.reshape(len(t), -1)
+    norms = np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1)
+    return (p * t).sum(1) / np.where(norms > 0, norms, np.inf)
 
 
 def noise_ceiling(trials) -> np.ndarray:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from modaflow.core.config import Config
 from modaflow.core.nn import ResidualMLP, ResidualMLPConfig
 
-__all__ = ["AEConfig", "VisualAE", "NeuroVAEConfig", "NeuroVAE", "kl_standard_normal", "build_xfm", "CondVelocity"]
+__all__ = ["AEConfig", "VisualAE", "FeatureNetConfig", "FeatureNet", "NeuroVAEConfig", "NeuroVAE", "kl_standard_normal", "build_xfm", "CondVelocity"]
 
 
 def _mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
@@ -66,6 +66,51 @@ class VisualAE(nn.Module):
     def loss(self, img: Tensor) -> Tensor:
         """Pixel MSE of the reconstruction."""
         return ((self.decode(self.encode(img)) - img) ** 2).mean()
+
+
+@dataclass
+class FeatureNetConfig(Config):
+    """Shape of the feature network of the decoding metrics."""
+
+    image_size: int = 16
+    """Images are image_size x image_size."""
+    channels: int = 32
+    """Feature maps of the second convolution (the first has half as many)."""
+
+    def validate(self) -> None:
+        self._require(self.image_size >= 4, "image_size", "an integer >= 4")
+        self._require(self.channels >= 2 and self.channels % 2 == 0, "channels", "an even integer >= 2")
+
+
+class FeatureNet(nn.Module):
+    """The feature space of two-way identification and retrieval of decoded images: a
+    convolutional autoencoder trained here on the training stimuli, apart from NeuroFlow.
+    ``encode (B, H, W) -> (B, channels * ceil(H/4) * ceil(W/4))`` is its encoder's feature
+    map (two 3 x 3 convolutions of stride 2), as NSD decoding papers score images in the
+    layers of a network trained elsewhere. Identification in the visual AE's own latent would
+    score decoded images in the space NeuroFlow and the latent ridge decoder aim at; this
+    network has another architecture and seed and no part in any decoder."""
+
+    def __init__(self, cfg: FeatureNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.channels
+        self.encoder = nn.Sequential(nn.Conv2d(1, c // 2, 3, stride=2, padding=1), nn.SiLU(),
+                                     nn.Conv2d(c // 2, c, 3, stride=2, padding=1), nn.SiLU())
+        self.decoder = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1), nn.SiLU(),
+                                     nn.ConvTranspose2d(c // 2, 1, 4, stride=2, padding=1))
+
+    def _maps(self, img: Tensor) -> Tensor:
+        return self.encoder(img[:, None])
+
+    def encode(self, img: Tensor) -> Tensor:
+        return self._maps(img).flatten(1)
+
+    def loss(self, img: Tensor) -> Tensor:
+        """Pixel MSE of the reconstruction (cropped to the image where the strides round up)."""
+        s = self.cfg.image_size
+        rec = torch.sigmoid(self.decoder(self._maps(img)))[:, 0, :s, :s]
+        return ((rec - img) ** 2).mean()
 
 
 @dataclass

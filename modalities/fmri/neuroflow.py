@@ -11,7 +11,8 @@ arXiv 2303.08797, eq. 2.1). One model serves both directions:
   ``t = 1`` to ``0`` (a decreasing time grid), decode voxels with the NeuroVAE.
 
 Run-folder files: ``visual_ae.safetensors``, ``neurovae.safetensors``, ``stats.safetensors``
-(voxel mean/std; latent mean/std), ``checkpoints/last.safetensors`` (XFM, core ``fit``).
+(voxel mean/std; latent mean/std), ``checkpoints/last.safetensors`` (XFM, core ``fit``), and
+``features.safetensors`` (the decoding metrics' feature network, not part of the model).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from modaflow.core.io import atomic_write
 from modaflow.core.ode import solve_ode, time_grid
 from modaflow.core.training import CheckpointError, read_checkpoint, apply_checkpoint
 
-from .models import AEConfig, NeuroVAE, NeuroVAEConfig, VisualAE
+from .models import AEConfig, FeatureNet, FeatureNetConfig, NeuroVAE, NeuroVAEConfig, VisualAE
 
-__all__ = ["STAT_KEYS", "NeuroFlow", "check_stimulus_size", "save_stats", "load_stats", "load_ae", "load_vae", "read_ae", "read_vae", "AE_FILE", "VAE_FILE", "STATS_FILE"]
+__all__ = ["STAT_KEYS", "NeuroFlow", "check_stimulus_size", "save_stats", "load_stats", "load_ae", "load_vae", "read_ae", "read_vae", "read_features", "load_features", "AE_FILE", "VAE_FILE", "STATS_FILE", "FEATURES_FILE"]
 
 AE_FILE, VAE_FILE, STATS_FILE = "visual_ae.safetensors", "neurovae.safetensors", "stats.safetensors"
+FEATURES_FILE = "features.safetensors"
 STAT_KEYS = ("vox_mean", "vox_std", "zv_mean", "zv_std", "zn_mean", "zn_std")
 
 
@@ -76,6 +78,15 @@ def read_ae(path: str | Path) -> tuple[VisualAE, dict]:
 def read_vae(path: str | Path) -> tuple[NeuroVAE, dict]:
     """The NeuroVAE of ``path`` and its saved ``extra`` (loss history, best validation step)."""
     return _read(path, NeuroVAEConfig, NeuroVAE)
+
+
+def read_features(path: str | Path) -> tuple[FeatureNet, dict]:
+    """The decoding metrics' feature network of ``path`` and its saved ``extra`` (loss history)."""
+    return _read(path, FeatureNetConfig, FeatureNet)
+
+
+def load_features(path: str | Path) -> FeatureNet:
+    return read_features(path)[0]
 
 
 def load_ae(path: str | Path) -> VisualAE:

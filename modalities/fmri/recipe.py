@@ -34,8 +34,9 @@ from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, Train
 from ..runs import load_recipe, load_weights, save_recipe
 from .bids import GLMMethod, load_bids
 from .data import Prepared, TrialData, load_betas, prepare
-from .models import AEConfig, NeuroVAE, NeuroVAEConfig, VisualAE, build_xfm
-from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, load_ae, load_stats, load_vae, read_ae, read_vae, save_stats
+from .models import AEConfig, FeatureNet, FeatureNetConfig, NeuroVAE, NeuroVAEConfig, VisualAE, build_xfm
+from .neuroflow import (AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, load_ae, load_features,
+                        load_stats, load_vae, read_ae, read_features, read_vae, save_stats)
 from .simulate import SimConfig, simulate
 from .training import AutoencoderModule, LRSchedule, fit_autoencoder, repeat_partners
 
@@ -330,13 +331,51 @@ def _stage(path: Path, read, train_fn) -> tuple[torch.nn.Module, dict]:
     return train_fn()
 
 
+def fit_neurovae(cfg: FMRIConfig, vae_cfg: NeuroVAEConfig, images: np.ndarray, tensors: tuple[torch.Tensor, ...],
+                 align: float, seed: int, out: Path, trainer_args: TrainerArgs, progress: bool) -> tuple[NeuroVAE, dict]:
+    """The NeuroVAE of a run folder ``out`` (its ``VAE_FILE``), fit on the training trials ``tensors`` (responses,
+    then the latents their means are pulled onto with weight ``align``; ``images``: each row's stimulus): early
+    stopping on the ``vae_val_fraction`` held-out stimuli chooses the step ``k``, then (``vae_refit``) a fresh
+    NeuroVAE trains on every row for ``k`` steps (:class:`FMRIConfig`'s ``vae_refit``). ``train`` and ``finetune``
+    (a new subject's head) both fit this way."""
+    fit_rows, val_rows = validation_split(images, cfg.vae_val_fraction, seed)
+    val = tuple(t[val_rows] for t in tensors) if len(val_rows) else None
+    refit = cfg.vae_refit and val is not None
+
+    def fit_vae(rows, steps: int, path: Path, val=None, notes: dict | None = None):
+        """A NeuroVAE fit on ``rows`` for ``steps`` (the schedule always spans ``vae_steps``)."""
+        partners = vae_partners(cfg, images[rows])
+        m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, align, seed=seed, val=val,
+                              val_every=cfg.vae_val_every, ema_decay=cfg.vae_ema, lr_schedule=cfg.vae_lr_schedule,
+                              weight_decay=cfg.vae_weight_decay, cross_trial=partners is not None,
+                              schedule_steps=cfg.vae_steps)
+        return m.model, fit_autoencoder(m, tuple(t[rows] for t in tensors), cfg.fm.batch_size, steps, trainer_args,
+                                        path, seed, progress, partners=partners, notes=notes)
+
+    # with a refit to follow, the selection run gets its own file: VAE_FILE (what a resumed run reads as this
+    # stage's result) is only ever the NeuroVAE the run keeps, even when training stops between the two
+    select = out / SELECT_FILE if refit else out / VAE_FILE
+    model, s = fit_vae(fit_rows, cfg.vae_steps, select, val)
+    if not refit:
+        return model, s
+    k = max(1, int(s["best_step"]))
+    torch.manual_seed(seed)
+    notes = {"best_step": k, "val_history": s["val_history"], "refit_steps": k, "refit_rows": len(images)}
+    model, s = fit_vae(np.arange(len(images)), k, out / VAE_FILE, notes=notes)
+    for f in (select, select.with_suffix(".json")):
+        f.unlink(missing_ok=True)
+    return model, s
+
+
 def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True,
           data: tuple[TrialData, Prepared] | None = None) -> dict:
-    """Train the three stages into ``out_dir`` (``data``: already loaded data, else
-    ``cfg.data`` is loaded). Returns per-stage summaries."""
+    """Train the three stages into ``out_dir``, and the decoding metrics' feature network
+    (``data``: already loaded data, else ``cfg.data`` is loaded). Returns per-stage summaries."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     td, prep = data or load_prepared(cfg)
+    if prep.train_img.shape[-1] != prep.train_img.shape[-2]:  # refused before anything is written
+        raise ValueError(f"{td.source}: stimuli must be square; got {prep.train_img.shape[1:]}")
+    out.mkdir(parents=True, exist_ok=True)
     save_recipe(out, NAME, cfg)
     if td.mask is not None and td.affine is not None:
         import nibabel as nib
@@ -345,8 +384,6 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
     seed = cfg.fm.seed
     torch.manual_seed(seed)
     ae_cfg = AEConfig(image_size=prep.train_img.shape[-1], hidden=cfg.ae_hidden, latent=cfg.latent)
-    if prep.train_img.shape[-1] != prep.train_img.shape[-2]:
-        raise ValueError(f"{td.source}: stimuli must be square; got {prep.train_img.shape[1:]}")
 
     def train_ae():
         m = AutoencoderModule(VisualAE(ae_cfg), cfg.ae_lr, seed=seed)
@@ -355,6 +392,14 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
         return m.model, s
 
     ae, ae_sum = _stage(out / AE_FILE, read_ae, train_ae)
+
+    def train_features():  # the decoding metrics' feature space (models.FeatureNet), apart from the model
+        m = AutoencoderModule(FeatureNet(FeatureNetConfig(image_size=ae_cfg.image_size)), cfg.ae_lr, seed=seed + 2)
+        s = fit_autoencoder(m, (torch.as_tensor(prep.train_img),), cfg.fm.batch_size, cfg.ae_steps, trainer_args,
+                            out / FEATURES_FILE, seed + 2, progress)
+        return m.model, s
+
+    _, features_sum = _stage(out / FEATURES_FILE, read_features, train_features)
     vae_cfg = NeuroVAEConfig(voxels=prep.train_x.shape[1], hidden=cfg.vae_hidden, latent=cfg.latent, beta=cfg.vae_beta,
                              dropout=cfg.vae_dropout)
 
@@ -364,34 +409,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
             with torch.no_grad():
                 zv = ae.encode(torch.as_tensor(prep.train_img))
             tensors += ((zv - zv.mean(0)) / zv.std(0).clamp_min(1e-6),)
-        fit_rows, val_rows = validation_split(prep.train_img, cfg.vae_val_fraction, seed + 1)
-        val = tuple(t[val_rows] for t in tensors) if len(val_rows) else None
-        refit = cfg.vae_refit and val is not None
-
-        def fit_vae(rows, steps: int, path: Path, val=None, notes: dict | None = None):
-            """A NeuroVAE fit on ``rows`` for ``steps`` (the schedule always spans ``vae_steps``)."""
-            partners = vae_partners(cfg, prep.train_img[rows])
-            m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, cfg.vae_align, seed=seed + 1, val=val,
-                                  val_every=cfg.vae_val_every, ema_decay=cfg.vae_ema, lr_schedule=cfg.vae_lr_schedule,
-                                  weight_decay=cfg.vae_weight_decay, cross_trial=partners is not None,
-                                  schedule_steps=cfg.vae_steps)
-            return m.model, fit_autoencoder(m, tuple(t[rows] for t in tensors), cfg.fm.batch_size, steps, trainer_args,
-                                            path, seed + 1, progress, partners=partners, notes=notes)
-
-        # with a refit to follow, the selection run gets its own file: VAE_FILE (what a resumed run reads as this
-        # stage's result) is only ever the NeuroVAE the run keeps, even when training stops between the two
-        select = out / SELECT_FILE if refit else out / VAE_FILE
-        model, s = fit_vae(fit_rows, cfg.vae_steps, select, val)
-        if not refit:
-            return model, s
-        # refit on every training stimulus for the chosen step count (vae_refit)
-        k = max(1, int(s["best_step"]))
-        torch.manual_seed(seed + 1)
-        notes = {"best_step": k, "val_history": s["val_history"], "refit_steps": k, "refit_rows": len(prep.train_x)}
-        model, s = fit_vae(np.arange(len(prep.train_x)), k, out / VAE_FILE, notes=notes)
-        for f in (select, select.with_suffix(".json")):
-            f.unlink(missing_ok=True)
-        return model, s
+        return fit_neurovae(cfg, vae_cfg, prep.train_img, tensors, cfg.vae_align, seed + 1, out, trainer_args, progress)
 
     vae, vae_sum = _stage(out / VAE_FILE, read_vae, train_vae)
     ae.eval(), vae.eval()
@@ -406,7 +424,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
         res = fit(module, loader, out, trainer_args, progress=progress)
     final = res.history[-1][1] if res.history else math.nan
     return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint),  # the XFM's, as the CLI prints
-            "ae": ae_sum, "neurovae": vae_sum, "xfm": {"steps": res.step, "final_loss": final, "history": res.history},
+            "ae": ae_sum, "features": features_sum, "neurovae": vae_sum, "xfm": {"steps": res.step, "final_loss": final, "history": res.history},
             "voxels": int(prep.train_x.shape[1]), "train_trials": int(len(prep.train_x)), "test_stimuli": int(len(prep.test_x))}
 
 
@@ -439,6 +457,7 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     k = len(prep.test_x) if n <= 0 else min(n, len(prep.test_x))
     trials = None if prep.test_trials is None else prep.test_trials[:k]
     scores = score_neuroflow(model, prep.test_x[:k], prep.test_img[:k], trials, steps or cfg.steps,
-                             solver or cfg.solver, model.ae.encode, cfg.n_candidates, seed)
+                             solver or cfg.solver, load_features(Path(ckpt_dir) / FEATURES_FILE).encode, cfg.n_candidates,
+                             seed)
     # top-1 retrieval draws its candidates among the k test stimuli: chance is 1 / min(n_candidates, k)
     return {**dict(scores), "n_test": k, "retrieval_candidates": min(cfg.n_candidates, k), "steps": steps or cfg.steps}

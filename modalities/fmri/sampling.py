@@ -29,10 +29,9 @@ from modaflow.core.training import TrainerArgs
 
 from ..runs import load_recipe, save_recipe
 from .data import images01, prepare
-from .models import NeuroVAE, NeuroVAEConfig
-from .neuroflow import AE_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
-from .recipe import NAME, FMRIConfig, load_prepared, load_trials, restore, vae_partners, validation_split
-from .training import AutoencoderModule, fit_autoencoder
+from .models import NeuroVAEConfig
+from .neuroflow import AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
+from .recipe import NAME, FMRIConfig, fit_neurovae, load_prepared, load_trials, restore
 
 __all__ = ["SampleOptions", "sample", "finetune", "read_images", "read_responses", "save_image_grid"]
 
@@ -183,13 +182,13 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
              progress: bool = True) -> dict:
     """A new subject on the same XFM: train a new NeuroVAE on ``data`` whose latents are
     pulled (``align_weight``) onto the XFM's encoding of the same stimuli (integrated from
-    the visual latent at t = 1 to t = 0); the visual AE, XFM and latent statistics are
-    copied unchanged. ``overrides`` may change vae_* fields, align_weight and the data
+    the visual latent at t = 1 to t = 0); the visual AE, XFM, latent statistics and the
+    metrics' feature network are copied unchanged. ``overrides`` may change vae_* fields, align_weight and the data
     source settings (sim, glm, mask)."""
     ckpt_dir, out = Path(ckpt_dir), Path(out_dir)
     base = load_recipe(ckpt_dir, NAME, FMRIConfig)
     allowed = {"sim", "glm", "glm_noise_model", "glm_hrf", "glm_drift_order", "glm_tr", "mask", "vae_hidden", "vae_steps", "vae_lr", "vae_beta", "vae_dropout",
-               "vae_val_fraction", "vae_val_every", "vae_ema", "align_weight", "steps", "solver"}
+               "vae_val_fraction", "vae_val_every", "vae_ema", "vae_refit", "align_weight", "steps", "solver"}
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ConfigError(f"finetune cannot change {bad}: the visual AE and XFM are shared (allowed: {sorted(allowed)})")
@@ -203,7 +202,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     prep = prepare(td, seed=cfg.fm.seed)
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(out, NAME, cfg)
-    for name in (AE_FILE, "checkpoints"):
+    for name in (AE_FILE, FEATURES_FILE, "checkpoints"):
         src, dst = ckpt_dir / name, out / name
         if src.is_dir():
             shutil.copytree(src, dst, dirs_exist_ok=True)
@@ -217,17 +216,12 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     img = torch.as_tensor(prep.train_img)
     zn_std = model.flow(model.visual_latent(img), 1.0, 0.0, cfg.steps, cfg.solver)
     target = zn_std * model.stats["zn_std"] + model.stats["zn_mean"]  # raw neural-latent space of the XFM
-    vae = NeuroVAE(NeuroVAEConfig(voxels=prep.train_x.shape[1], hidden=cfg.vae_hidden, latent=cfg.latent,
-                                  beta=cfg.vae_beta, dropout=cfg.vae_dropout))
+    vae_cfg = NeuroVAEConfig(voxels=prep.train_x.shape[1], hidden=cfg.vae_hidden, latent=cfg.latent,
+                             beta=cfg.vae_beta, dropout=cfg.vae_dropout)
     tensors = (torch.as_tensor(prep.train_x), target)
-    fit_rows, val_rows = validation_split(prep.train_img, cfg.vae_val_fraction, cfg.fm.seed + 2)  # early stopping
-    val = tuple(t[val_rows] for t in tensors) if len(val_rows) else None
-    partners = vae_partners(cfg, prep.train_img[fit_rows])  # Noise2Noise targets (cfg.vae_target)
-    module = AutoencoderModule(vae, cfg.vae_lr, cfg.align_weight, seed=cfg.fm.seed + 2, val=val, val_every=cfg.vae_val_every,
-                               ema_decay=cfg.vae_ema, lr_schedule=cfg.vae_lr_schedule,  # the recipe's NeuroVAE optimiser
-                               weight_decay=cfg.vae_weight_decay, cross_trial=partners is not None)
-    summary = fit_autoencoder(module, tuple(t[fit_rows] for t in tensors), cfg.fm.batch_size, cfg.vae_steps,
-                              trainer_args, out / VAE_FILE, cfg.fm.seed + 2, progress, partners=partners)
+    # early stopping and refit as the recipe's NeuroVAE (recipe.fit_neurovae), pulled onto the XFM's latents
+    vae, summary = fit_neurovae(cfg, vae_cfg, prep.train_img, tensors, cfg.align_weight, cfg.fm.seed + 2, out,
+                                trainer_args, progress)
     stats = {**model.stats, "vox_mean": torch.as_tensor(prep.mean), "vox_std": torch.as_tensor(prep.std)}
     save_stats(out / STATS_FILE, stats)
     new = NeuroFlow(model.ae, vae.eval(), model.xfm, stats, cfg.solver)

@@ -33,7 +33,7 @@ def run_dir(tmp_path_factory):
 
 def test_run_folder_holds_every_stage(run_dir) -> None:
     for name in ("recipe.json", "visual_ae.safetensors", "neurovae.safetensors", "stats.safetensors",
-                 "checkpoints/last.safetensors", "mask.nii.gz"):
+                 "checkpoints/last.safetensors", "mask.nii.gz", "features.safetensors"):
         assert (run_dir / name).is_file(), name
 
 
@@ -99,7 +99,8 @@ def test_sample_bad_inputs(run_dir, tmp_path) -> None:
 
 def test_evaluate_reports_both_directions_and_the_cycle(run_dir) -> None:
     m = MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0)
-    for key in ("enc.voxel_r_median", "enc.frac_ceiling_median", "enc.sample_r_mean", "enc.top1_retrieval",
+    for key in ("enc.voxel_r_median", "enc.frac_ceiling_median", "enc.sample_r_mean", "enc.sample_cosine_mean", "enc.mse",
+                "enc.top1_retrieval",
                 "dec.pixcorr", "dec.ssim", "dec.twoway_pixels", "dec.twoway_features", "dec.top1_retrieval",
                 "cycle.pixcorr", "cycle.latent_rmse"):
         assert np.isfinite(m[key]), key
@@ -127,6 +128,24 @@ def test_one_field_runs_both_ways_the_backward_ode_inverts_the_forward_one() -> 
     torch.testing.assert_close(nf.flow(forward, 1.0, 0.0, 40), z, atol=1e-4, rtol=0)  # RK4 O(h^4) + float32
 
 
+def test_metrics_feature_net_is_trained_apart_from_the_visual_ae(run_dir) -> None:
+    from modaflow.modalities.fmri.models import FeatureNet, FeatureNetConfig
+    from modaflow.modalities.fmri.neuroflow import load_ae, read_features
+
+    net, extra = read_features(run_dir / "features.safetensors")
+    losses = [loss for _, loss in extra["history"]]
+    assert losses[-1] < losses[0]  # trained on the stimuli
+    img = torch.rand(5, SIM.image_size, SIM.image_size)
+    assert net.encode(img).shape == (5, 32 * (SIM.image_size // 4) ** 2)
+    assert net.encode(img).shape[1] != load_ae(run_dir / "visual_ae.safetensors").encode(img).shape[1]  # another space
+    for size in (15, 25):  # strides that round up: the reconstruction is cropped back to the image
+        odd = FeatureNet(FeatureNetConfig(image_size=size))
+        assert odd.encode(torch.rand(2, size, size)).shape == (2, 32 * (-(-size // 4)) ** 2)
+        assert torch.isfinite(odd.loss(torch.rand(2, size, size)))
+    with pytest.raises(ConfigError, match="channels"):
+        FeatureNetConfig(channels=3)
+
+
 def test_bridge_endpoints_are_the_two_latents() -> None:
     for kind in ("linear", "cosine"):
         path = build_path(_cfg(xfm_path=kind, xfm_noise=0.04))
@@ -145,7 +164,10 @@ def test_finetune_trains_a_new_subject_head_on_the_same_xfm(run_dir, tmp_path) -
     v1, v2 = (int(np.asarray(nib.load(d / "mask.nii.gz").dataobj).sum()) for d in (run_dir, out))
     assert summary["voxels"] == v2 != v1  # a new subject with another voxel count
     assert np.isfinite(summary["align_rmse"])
-    assert (out / "checkpoints/last.safetensors").read_bytes() == (run_dir / "checkpoints/last.safetensors").read_bytes()
+    assert 1 <= summary["refit_steps"] <= 30  # early stopping chose the step, then a refit on every training trial:
+    assert summary["refit_rows"] == (SIM.n_stimuli - SIM.n_test) * SIM.train_repeats
+    for shared in ("checkpoints/last.safetensors", "visual_ae.safetensors", "features.safetensors"):
+        assert (out / shared).read_bytes() == (run_dir / shared).read_bytes(), shared
     m = MODALITY.evaluate(out, None, 0, 4, "euler", 0)
     assert np.isfinite(m["dec.pixcorr"]) and np.isfinite(m["enc.voxel_r_median"])
     with pytest.raises(ConfigError, match="finetune cannot change"):
@@ -155,6 +177,18 @@ def test_finetune_trains_a_new_subject_head_on_the_same_xfm(run_dir, tmp_path) -
                                          rf"the run .* was trained on {SIM.image_size} x {SIM.image_size}"):
         MODALITY.finetune(run_dir, "simulated", tmp_path / "y", {"sim": small}, TrainerArgs(accelerator="cpu"))
     assert not (tmp_path / "y").exists()  # refused before anything is written
+
+
+def test_train_refuses_non_square_stimuli_before_writing_anything(tmp_path) -> None:
+    from modaflow.modalities.fmri.data import TrialData, save_betas
+    from modaflow.modalities.fmri.simulate import simulate
+
+    sim = simulate(SIM)
+    wide = np.zeros((len(sim.images), SIM.image_size, SIM.image_size - 4), np.float32)
+    path = save_betas(tmp_path / "wide.h5", TrialData(sim.betas, sim.stim_id.astype(np.int64), wide, "sim", sim.test_stimuli))
+    with pytest.raises(ValueError, match=r"wide.h5: stimuli must be square; got \(16, 12\)"):
+        MODALITY.train(_cfg(data=f"betas:{path}"), TrainerArgs(accelerator="cpu"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_smoke_benchmark_has_metrics_baselines_and_plots(tmp_path) -> None:

@@ -7,6 +7,7 @@ import pytest
 from modaflow.modalities.fmri.metrics import (
     noise_ceiling,
     pixcorr,
+    sample_cosine,
     sample_r,
     ssim,
     top1_retrieval,
@@ -37,6 +38,11 @@ def test_voxel_and_sample_r_match_numpy_corrcoef() -> None:
     slow_s = [np.corrcoef(a[i], b[i])[0, 1] for i in range(40)]
     np.testing.assert_allclose(voxel_r(a, b), slow_v, atol=1e-12)
     np.testing.assert_allclose(sample_r(a, b), slow_s, atol=1e-12)
+    slow_cos = [a[i] @ b[i] / np.sqrt((a[i] @ a[i]) * (b[i] @ b[i])) for i in range(40)]
+    np.testing.assert_allclose(sample_cosine(a, b), slow_cos, atol=1e-12)
+    np.testing.assert_allclose(sample_cosine(a, 3 * a), 1.0, atol=1e-12)  # scale-free, unlike r not centred:
+    assert sample_cosine(a + 10, a)[0] != pytest.approx(sample_r(a + 10, a)[0])
+    assert sample_cosine(np.zeros((2, 7)), b[:2]).tolist() == [0.0, 0.0]
 
 
 def test_two_way_matches_slow_loop() -> None:
