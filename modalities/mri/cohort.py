@@ -12,8 +12,10 @@ Subject ``i`` of a split (seeded by ``(seed, split, i)``):
 4. Rician-like noise ``sqrt((I + n1)^2 + n2^2)``;
 5. the pipeline's intensity steps: percentile clip 0.1-99.9 and scaling to [-1, 1].
 
-The template's brain box is cut to a cube and resampled to ``size^3`` first (32 or 48 on
-CPU; larger for GPU), so every step runs at the output size.
+The template's brain box is cut to a 192 mm cube (96 voxels of 2 mm) and resampled to
+``size^3`` first, so every step runs at the output size and voxels are ``192 / size`` mm:
+``size`` is the recipe's (32 by default, 6 mm voxels; the benchmark profiles use 16 smoke,
+24 quick (8 mm), 48 full, 64 gpu).
 """
 
 from __future__ import annotations

@@ -2,12 +2,26 @@
 cohort (:mod:`.cohort`) or NIfTI files (a folder or a BIDS dataset) through the MONAI
 pipeline of :mod:`.transforms`, cached with :class:`monai.data.CacheDataset`.
 
-Splits of a file source: files sorted by path; every 5th file (index 4, 9, ...) is ``test``
-(at least one when there are two or more files), the rest ``train``.
+Splits of a file source (:func:`split_files`) are by subject, so no subject has scans on both
+sides: files sorted by path are grouped by their subject, the ``sub-<label>`` entity of the
+file name (BIDS) or, failing that, the ``sub-<label>`` folder of a BIDS
+``sub-<label>/[ses-<label>/]anat/`` layout; a file without a subject is a group of its own. The
+groups, in the order of their first file, are indexed 0, 1, 2, ...; every 5th group (index 4,
+9, ...) is ``test`` (the last group when that leaves none and there are two or more groups),
+the rest ``train``. A plain folder without subjects is thus split every 5th file, and the
+sessions of one subject always land on the same side.
+
+Augmentation is random per item and per data-loader worker: the loader of
+:class:`MRIDataModule` (:func:`train_loader`) seeds the dataset's random transforms in each
+worker (and, without workers, in the main process) from the loader's seed, the worker and the
+global rank (:func:`augmentation_seed`), so workers and DDP ranks draw different flips,
+rotations and shifts and a run is reproducible for a given seed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +35,8 @@ from .cohort import cohort_affine, make_cohort
 from .nifti import NiftiError, ObliquePolicy, find_source, parse_source
 from .transforms import KEY, ToTensor, Transform, augment_transforms, canonical_affine, preprocess_transforms
 
-__all__ = ["SourceSpec", "EMBEDDED_SIZES", "split_files", "voxel_sizes", "VolumeSet", "load_volumes", "build_dataset",
-           "MRIDataModule", "embedded_dataset"]
+__all__ = ["SourceSpec", "EMBEDDED_SIZES", "subject_of", "split_files", "voxel_sizes", "VolumeSet", "load_volumes",
+           "build_dataset", "augmentation_seed", "seed_augmentation", "train_loader", "MRIDataModule", "embedded_dataset"]
 
 EMBEDDED_SIZES = {"train": 48, "test": 16}
 """Default subjects per split of the embedded cohort (its data card)."""
@@ -72,17 +86,42 @@ def voxel_sizes(spec: SourceSpec) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.linalg.norm(spec.affine[:3, :3], axis=0))
 
 
+_SUBJECT = re.compile(r"sub-([A-Za-z0-9]+)")
+
+
+def subject_of(path: Path) -> str | None:
+    """The BIDS subject label of a file (``"01"`` for ``sub-01_ses-2_T1w.nii.gz``): the
+    ``sub-<label>`` entity that starts the file name, else the ``sub-<label>`` folder of a
+    ``sub-<label>/[ses-<label>/]anat/<file>`` layout; None for a file outside any subject."""
+    path = Path(path)
+    m = re.match(r"sub-([A-Za-z0-9]+)[_.]", path.name)
+    if m:
+        return m.group(1)
+    if path.parent.name == "anat":
+        up = path.parent.parent
+        if up.name.startswith("ses-"):
+            up = up.parent
+        m = _SUBJECT.fullmatch(up.name)
+        if m:
+            return m.group(1)
+    return None
+
+
 def split_files(files: Sequence[Path], split: str) -> list[Path]:
-    """The ``split`` (train/test) of a sorted file list (module docstring)."""
+    """The ``split`` (train/test) of a file list, by subject (module docstring): every 5th
+    subject (every 5th file where files have no subject) is ``test``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
     files = sorted(files)
-    test = [f for i, f in enumerate(files) if i % 5 == 4]
-    if not test and len(files) >= 2:
-        test = [files[-1]]
-    if split == "test":
-        return test
-    if split == "train":
-        return [f for f in files if f not in test]
-    raise ValueError(f"split must be 'train' or 'test'; got {split!r}")
+    groups: dict[object, list[Path]] = {}
+    for f in files:
+        sub = subject_of(f)
+        groups.setdefault(("sub", sub) if sub is not None else ("file", f), []).append(f)
+    keys = list(groups)  # in the order of each group's first file
+    test_keys = {k for i, k in enumerate(keys) if i % 5 == 4}
+    if not test_keys and len(keys) >= 2:
+        test_keys = {keys[-1]}
+    return [f for k in keys if (k in test_keys) == (split == "test") for f in groups[k]]
 
 
 class VolumeSet(Dataset):
@@ -138,6 +177,7 @@ def _cache_dataset(files: list[Path], spec: SourceSpec, augment: bool, num_worke
 
     pre = preprocess_transforms(spec.spacing, spec.fov, oblique=spec.oblique, max_anisotropy=spec.max_anisotropy)
     post = augment_transforms(spacing=spec.spacing) if augment else Compose([ToTensor()])
+    post.set_random_state(spec.seed)  # reproducible outside a loader too (train_loader re-seeds per worker and rank)
     checked = _Checked(pre, np.zeros((1, *spec.fov), np.float32))
     try:
         ds = CacheDataset([{KEY: str(f)} for f in files], Compose([checked, *post.transforms]),
@@ -166,7 +206,8 @@ def build_dataset(spec: SourceSpec, split: str, augment: bool = False, num_worke
                          spacing=voxel_sizes(spec))
     files = split_files(find_source(spec.data), split)
     if not files:
-        raise NiftiError(f"{spec.data}: the {split} split is empty (found too few NIfTI files)")
+        raise NiftiError(f"{spec.data}: the {split} split is empty (too few NIfTI files, or all of one subject: "
+                         f"every 5th subject is held out)")
     return _cache_dataset(files, spec, augment, num_workers)
 
 
@@ -183,14 +224,68 @@ def embedded_dataset(split: str, seed: int) -> VolumeSet:
     return VolumeSet(torch.from_numpy(make_cohort(EMBEDDED_SIZES[split], 32, split, seed)))
 
 
+MAX_SEED = 2**32
+"""Seeds of MONAI's random transforms (numpy ``RandomState``) are below this."""
+
+
+def augmentation_seed(seed: int, rank: int, worker: int | None = None) -> int:
+    """The seed of the random transforms of global rank ``rank`` and data-loader worker ``worker``
+    (None: the main process, no workers); ``seed`` is torch's per-worker seed (the loader's base
+    seed plus the worker id, drawn from the loader's generator) or, without workers, the
+    loader's seed. Hashed (BLAKE2b), so nearby inputs give unrelated seeds."""
+    text = f"{seed}/{rank}/{'main' if worker is None else worker}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") % MAX_SEED
+
+
+def seed_augmentation(dataset: Dataset, seed: int) -> None:
+    """Seed every random MONAI transform reachable from ``dataset`` (:class:`VolumeSet`'s
+    augmentation, a :class:`monai.data.CacheDataset`'s transform chain, through wrappers such
+    as ``Subset``) with :func:`monai.data.utils.set_rnd` (each transform gets its own seed
+    drawn from ``seed``)."""
+    from monai.data.utils import set_rnd
+
+    set_rnd(dataset, seed)
+
+
+class _SeedWorker:
+    """``worker_init_fn`` of :func:`train_loader`: seeds the worker's copy of the dataset's random
+    transforms from torch's per-worker seed and the global rank (a class, so it pickles)."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def __call__(self, worker_id: int) -> None:
+        info = torch.utils.data.get_worker_info()
+        seed_augmentation(info.dataset, augmentation_seed(info.seed, self.rank, worker_id))
+
+
+def train_loader(dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0, rank: int = 0) -> DataLoader:
+    """Shuffled training batches ``(B, 1, X, Y, Z)`` of ``dataset``, the order drawn from ``seed``;
+    augmentations differ between workers and between global ranks and repeat for the same
+    ``(seed, rank, num_workers)`` (module docstring)."""
+    g = torch.Generator().manual_seed(seed)
+    if num_workers == 0:
+        seed_augmentation(dataset, augmentation_seed(seed, rank))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) >= batch_size,
+                      generator=g, num_workers=num_workers, persistent_workers=num_workers > 0,
+                      worker_init_fn=_SeedWorker(rank) if num_workers > 0 else None)
+
+
 class MRIDataModule(L.LightningDataModule):
-    """Shuffled training batches ``(B, 1, X, Y, Z)`` of a dataset (cycled by ``fit``)."""
+    """Shuffled training batches ``(B, 1, X, Y, Z)`` of a dataset (cycled by ``fit``), through
+    :func:`train_loader` with the trainer's global rank."""
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> None:
         super().__init__()
         self.dataset, self.batch_size, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
 
+    def _rank(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(trainer.global_rank)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank()
+        return 0
+
     def train_dataloader(self) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=len(self.dataset) >= self.batch_size,
-                          generator=g, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return train_loader(self.dataset, self.batch_size, self.seed, self.num_workers, self._rank())

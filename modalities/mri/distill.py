@@ -47,10 +47,10 @@ from modaflow.core.tensors import expand_t
 from modaflow.core.training import TrainerArgs, fit
 from modaflow.core.training.flow_map_module import FlowMapConfig, FlowMapModule
 
-from ..runs import load_weights
+from ..runs import load_weights, save_recipe
 from .data import MRIDataModule, build_dataset
 from .models import TwoTimeUNet3D
-from .recipe import MRIConfig, restore
+from .recipe import NAME, MRIConfig, load_config, restore
 from .targets import core_kind, make_path, medforj_to_data_noise
 
 __all__ = ["DistillConfig", "LinearPathTeacher", "LinearPathStudent", "initial_flow_map", "DISTILL_FILE", "distill", "is_flow_map_run", "restore_flow_map"]
@@ -206,7 +206,7 @@ def distill(d: DistillConfig, out_dir: str | Path | None, trainer_args: TrainerA
     batch = min(d.batch_size, len(ds))
     module = FlowMapModule(flow_map, LinearPath(), _flow_map_cfg(d, batch), teacher=teacher)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text((Path(d.teacher) / "recipe.json").read_text())
+    save_recipe(out, NAME, load_config(d.teacher))  # the teacher's recipe, atomically; refuses to mix with another run
     atomic_write_text(out / DISTILL_FILE, json.dumps(d.to_dict(), indent=2, sort_keys=True) + "\n")
     res = fit(module, MRIDataModule(ds, batch, seed=d.seed), out, trainer_args or TrainerArgs(), progress=progress)
     final = res.history[-1][1] if res.history else math.nan
@@ -215,9 +215,7 @@ def distill(d: DistillConfig, out_dir: str | Path | None, trainer_args: TrainerA
 
 def restore_flow_map(ckpt_dir: str | Path) -> tuple[MRIConfig, FlowMap]:
     """``(teacher's recipe, flow map with EMA weights, eval mode)`` of a distilled run."""
-    from ..runs import load_recipe
-
-    cfg = load_recipe(ckpt_dir, "mri", MRIConfig)
+    cfg = load_config(ckpt_dir)
     saved = json.loads((Path(ckpt_dir) / DISTILL_FILE).read_text())
     saved.setdefault("student", "linear")  # runs from before the field had only the linear student
     flow_map = _student(cfg, DistillConfig.from_dict(saved).student)

@@ -88,8 +88,9 @@ def real_reference(cfg: MRIConfig, features: FeatureConfig, seed: int = 0, data:
     voxel_ml = float(abs(np.linalg.det(src.affine[:3, :3]))) / 1000.0
     test = load_volumes(src, "test")
     if test.shape[0] < 2:
-        raise ValueError(f"{src.data}: the held-out split has {test.shape[0]} volume(s) (every 5th file); the Fréchet "
-                         f"distance and the tissue tests need >= 2, so give >= 10 files")
+        raise ValueError(f"{src.data}: the held-out split has {test.shape[0]} volume(s) (every 5th subject, or every "
+                         f"5th file where files have no subject); the Fréchet distance and the tissue tests need >= 2, "
+                         f"so give >= 10 subjects (files)")
     return RealReference(load_volumes(src, "train"), test, voxel_ml, features, seed)
 
 

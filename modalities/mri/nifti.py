@@ -4,8 +4,9 @@ their affine (``write_volume``).
 
 Bad input raises :class:`NiftiError` naming the file and what was expected: an unreadable
 or truncated file, a 4-D image (a 4-D file whose 4th axis has length 1 is squeezed), NaN or
-Inf voxels, an oblique affine (rejected unless ``oblique="resample"``, which resamples it onto
-an axis-aligned grid with :func:`nibabel.processing.resample_to_output`), voxels more
+Inf voxels, a constant image (all zeros, say: no brain to find, and scaling would make it a
+uniform -1), an oblique affine (rejected unless ``oblique="resample"``, which resamples it
+onto an axis-aligned grid with :func:`nibabel.processing.resample_to_output`), voxels more
 anisotropic than ``max_anisotropy``, an empty folder or a BIDS dataset without T1w images.
 """
 
@@ -148,6 +149,9 @@ def read_volume(
     bad = ~np.isfinite(data)
     if bad.any():
         raise NiftiError(f"{path}: {int(bad.sum())} NaN/Inf voxel(s); expected finite intensities")
+    if data.size and float(data.min()) == float(data.max()):  # scaling would turn it into a uniform -1 "volume"
+        raise NiftiError(f"{path}: constant intensity ({float(data.min()):g} in every voxel): no brain to find; "
+                         f"expected a T1 image")
     affine = np.asarray(img.affine, dtype=np.float64)
     zooms = np.linalg.norm(affine[:3, :3], axis=0)
     if not np.all(zooms > 0):

@@ -7,11 +7,18 @@ A model is a MONAI ``DiffusionModelUNet`` (:mod:`.models`) trained by
 Sampling (:mod:`.sampling`) starts from ``x0 ~ N(0, I)`` at t = 0 and runs DDIM (eta = 0)
 on the DDPM sub-sequence, Euler on the probability-flow ODE, ancestral DDPM, or a distilled
 flow map (:mod:`.distill`). Volumes are written as NIfTI with the data's RAS affine.
+
+The target sets the path, the parametrization and the UNet's timestep convention, and
+MedForj's loss (:class:`~.training.MedForjModule`: a plain MSE, its own noise, DDPM steps
+``k ~ U{1..T}``) reads none of the core loss options; :meth:`MRIConfig.validate` refuses
+those fields when set (:func:`unread_fields`) instead of ignoring them.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,14 +30,14 @@ from modaflow.core.config import Config, ConfigError
 from modaflow.core.paths import AffinePath
 from modaflow.core.training import FlowMatchingConfig, TrainerArgs, checkpoint_path, fit, load_checkpoint
 
-from ..runs import load_recipe, load_weights, save_recipe
+from ..runs import RECIPE_FILE, load_recipe, load_weights, save_recipe
 from .data import MRIDataModule, SourceSpec, build_dataset, load_volumes
 from .models import UNet3D, UNetConfig, apply_gpu_options
 from .nifti import ObliquePolicy, parse_source
 from .targets import DataPredictor, Target, core_kind, make_path
 from .training import MedForjModule
 
-__all__ = ["MRIConfig", "NAME", "build", "train", "restore", "finetune", "source_of"]
+__all__ = ["MRIConfig", "NAME", "build", "train", "restore", "finetune", "source_of", "unread_fields", "load_config"]
 
 NAME = "mri"
 
@@ -47,7 +54,8 @@ class MRIConfig(Config):
     data: str = "embedded"
     """embedded (synthetic cohort from the MNI152 template), bids:/path or folder:/path."""
     size: int = 32
-    """Cube side (voxels) of the embedded cohort (32 or 48 on CPU)."""
+    """Cube side (voxels) of the embedded cohort: voxels of 192/size mm (32: 6 mm; the quick benchmark uses 24,
+    8 mm)."""
     n_train: int = 48
     """Subjects of the embedded train split."""
     n_test: int = 16
@@ -82,7 +90,9 @@ class MRIConfig(Config):
     """Data-loader worker processes."""
     fm: FlowMatchingConfig = field(default_factory=_default_fm)
     """Optimiser, steps, batch size, EMA, seed and DDPM steps T (ddpm_steps, linear betas
-    1e-4 -> 2e-2); path and parametrization follow target."""
+    1e-4 -> 2e-2); path and parametrization follow target. The time sampler applies to
+    rflow only; loss weighting, coupling, t_min / t_max and conditioning dropout are not read
+    (refused when set: unread_fields)."""
 
     def validate(self) -> None:
         try:
@@ -98,11 +108,58 @@ class MRIConfig(Config):
         self._require(len(self.fov) == 3 and all(f % self.unet.divisor == 0 and f > 0 for f in self.fov), "fov",
                       f"three sizes divisible by {self.unet.divisor}")
         self._require(self.num_workers >= 0, "num_workers", "an integer >= 0")
+        # what the target sets, or MedForj's loss never reads: refused rather than silently ignored
+        for name, accepted, why in unread_fields(self.target, self.fm.ddpm_steps):
+            section, attr = name.split(".")
+            self._require(getattr(getattr(self, section), attr) in accepted, name,
+                          " or ".join(map(repr, accepted)) + f" (leave it unset): {why}")
 
     @property
     def source(self) -> SourceSpec:
         """Where the volumes come from."""
         return source_of(self)
+
+
+_DDPM_STEPS = ("DDPM targets draw their step k ~ U{1..T} (Ho et al. 2020, arXiv 2006.11239, Algorithm 1); "
+               "the time sampler applies to --target rflow only")
+
+
+def unread_fields(target: str, ddpm_steps: int) -> list[tuple[str, tuple, str]]:
+    """Fields under ``fm`` and ``unet`` that the MRI build sets from the target or that
+    :class:`~.training.MedForjModule` never reads, for ``target``: ``(dotted name, accepted
+    values, what sets it instead)``; the first accepted value is the default. The time sampler
+    fields are read with ``rflow`` (uniform t on the linear path) and are listed for the DDPM
+    targets only."""
+    fm, unet = _default_fm(), UNetConfig()
+    rflow = target == "rflow"
+
+    def keep(*values):  # the default first, then the value the target sets, once
+        return tuple(dict.fromkeys(values))
+
+    fields = [
+        ("fm.path", keep(fm.path, "linear" if rflow else "ddpm_linear"),
+         "--target sets the path (DDPM, fm.ddpm_steps linear betas 1e-4 -> 2e-2; the linear path for rflow)"),
+        ("fm.parametrization", keep(fm.parametrization, core_kind(target)),
+         "--target sets what the UNet predicts (sample, velocity, flow, noise, rflow)"),
+        ("fm.loss_weighting", (fm.loss_weighting,),
+         "MedForj's loss is a plain MSE on the target (training.MedForjModule); --target chooses the target"),
+        ("fm.min_snr_gamma", (fm.min_snr_gamma,), "it weights the min_snr loss, which the MRI recipe does not use"),
+        ("fm.t_min", (fm.t_min,), "MedForj's loss draws t itself (DDPM steps 1..T, or t in [0, 1] for rflow)"),
+        ("fm.t_max", (fm.t_max,), "MedForj's loss draws t itself (DDPM steps 1..T, or t in [0, 1] for rflow)"),
+        ("fm.coupling", (fm.coupling,), "MedForj's loss draws its own noise per volume (no coupling)"),
+        ("fm.sinkhorn_epsilon", (fm.sinkhorn_epsilon,), "it tunes the sinkhorn coupling, which the MRI recipe does not use"),
+        ("fm.sinkhorn_iterations", (fm.sinkhorn_iterations,),
+         "it tunes the sinkhorn coupling, which the MRI recipe does not use"),
+        ("fm.cond_dropout", (fm.cond_dropout,), "the MRI models are unconditional"),
+        ("fm.null_class", (fm.null_class,), "the MRI models are unconditional"),
+        ("unet.timestep_scale", keep(unet.timestep_scale, "rflow" if rflow else "ddpm"),
+         "--target sets it (rflow: the RFlow timestep; the DDPM index otherwise)"),
+        ("unet.num_train_timesteps", keep(unet.num_train_timesteps, ddpm_steps), "--ddpm-steps (fm.ddpm_steps) sets it"),
+    ]
+    if not rflow:
+        fields += [(f"fm.{name}", (getattr(fm, name),), _DDPM_STEPS)
+                   for name in ("time_sampler", "logit_normal_m", "logit_normal_s", "mode_scale", "time_shift")]
+    return fields
 
 
 def source_of(cfg: MRIConfig) -> SourceSpec:
@@ -162,9 +219,38 @@ def train(cfg: MRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progre
     return _fit(module, cfg, trainer_args, out_dir, progress)
 
 
+def load_config(ckpt_dir: str | Path) -> MRIConfig:
+    """The recipe of the run folder ``ckpt_dir`` (errors name the file). A recipe written before
+    :meth:`MRIConfig.validate` refused the :func:`unread_fields` loads with those fields at their
+    defaults, with a warning: they had no effect on the trained weights."""
+    try:
+        return load_recipe(ckpt_dir, NAME, MRIConfig)
+    except ConfigError as e:
+        error = e
+    path = Path(ckpt_dir) / RECIPE_FILE
+    try:
+        config = json.loads(path.read_text())["config"]
+        target = config.get("target", MRIConfig.target)
+        steps = config.get("fm", {}).get("ddpm_steps", _default_fm().ddpm_steps)
+        reset = []
+        for name, accepted, _ in unread_fields(target, steps):
+            section, attr = name.split(".")
+            if attr in config.get(section, {}) and config[section][attr] not in accepted:
+                config[section][attr] = accepted[0]
+                reset.append(name)
+        cfg = MRIConfig.from_dict(config) if reset else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # ConfigError is a ValueError
+        cfg = None
+    if cfg is None:
+        raise error
+    warnings.warn(f"{path}: {', '.join(reset)} had no effect on this run (the MRI recipe never read them); "
+                  "read as their defaults", stacklevel=2)
+    return cfg
+
+
 def restore(ckpt_dir: str | Path) -> tuple[MRIConfig, AffinePath, nn.Module]:
     """``(recipe, path, wrapped network with EMA weights, eval mode)`` of a run folder."""
-    cfg = load_recipe(ckpt_dir, NAME, MRIConfig)
+    cfg = load_config(ckpt_dir)
     cfg = cfg.replace(compile=False, activation_checkpointing=False)
     path, model, _ = build(cfg)
     load_weights(ckpt_dir, model, use_ema=True)
@@ -176,7 +262,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     """Continue training the run ``ckpt_dir`` on ``data`` into ``out_dir`` from its weights and
     EMA (fresh optimiser). ``overrides`` change recipe fields; the network, the target and
     the volume shape must stay those of the checkpoint."""
-    base = load_recipe(ckpt_dir, NAME, MRIConfig)
+    base = load_config(ckpt_dir)
     merged = base.to_dict()
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value

@@ -1,6 +1,6 @@
 """MRI data: NIfTI / BIDS discovery and checks on small files the tests write, the MONAI
-pipeline (canonical orientation, spacing, brain-centred FOV, [-1, 1]), augmentation,
-the embedded cohort and NIfTI output."""
+pipeline (canonical orientation, spacing, brain-centred FOV, [-1, 1]), augmentation (per
+worker and rank, reproducible), subject-wise splits, the embedded cohort and NIfTI output."""
 
 import gzip
 
@@ -14,7 +14,7 @@ pytest.importorskip("monai")
 from modaflow.modalities.mri import nifti as N  # noqa: E402
 from modaflow.modalities.mri import transforms as T  # noqa: E402
 from modaflow.modalities.mri.cohort import make_cohort  # noqa: E402
-from modaflow.modalities.mri.data import SourceSpec, build_dataset, load_volumes, split_files  # noqa: E402
+from modaflow.modalities.mri.data import MRIDataModule, SourceSpec, VolumeSet, build_dataset, load_volumes, split_files  # noqa: E402
 from modaflow.modalities.mri import data as D  # noqa: E402
 from modaflow.modalities.mri.sampling import write_volumes  # noqa: E402
 
@@ -72,8 +72,8 @@ def test_4d_is_rejected_unless_the_4th_axis_is_1(tmp_path) -> None:
     p = save(tmp_path / "bold.nii.gz", np.zeros((6, 6, 6, 3), np.float32))
     with pytest.raises(N.NiftiError, match=r"bold.nii.gz: expected a 3-D volume, got shape \(6, 6, 6, 3\)"):
         N.read_volume(p)
-    q = save(tmp_path / "single.nii.gz", np.ones((6, 6, 6, 1), np.float32))
-    assert N.read_volume(q).data.shape == (6, 6, 6)
+    q = save(tmp_path / "single.nii.gz", phantom()[..., None])
+    assert N.read_volume(q).data.shape == (24, 28, 22)
 
 
 def test_nan_voxels_are_rejected(tmp_path) -> None:
@@ -144,6 +144,48 @@ def test_split_files_is_disjoint_and_complete(tmp_path) -> None:
     assert split_files(files[:2], "test") == [files[1]]
 
 
+def test_bids_split_keeps_every_subject_on_one_side(tmp_path) -> None:
+    """Sessions of one subject never land on both sides (they did with every 5th file: sub-03's second session was
+    held out, its first trained on). Every 5th subject is held out; a plain folder still splits every 5th file."""
+    root = tmp_path / "bids"
+    two_sessions = {"01", "03", "05"}
+    for sub in ("01", "02", "03", "04", "05", "06", "07"):
+        if sub in two_sessions:
+            for ses in ("1", "2"):
+                (root / f"sub-{sub}" / f"ses-{ses}" / "anat").mkdir(parents=True)
+                (root / f"sub-{sub}" / f"ses-{ses}" / "anat" / f"sub-{sub}_ses-{ses}_T1w.nii.gz").touch()
+        else:
+            (root / f"sub-{sub}" / "anat").mkdir(parents=True)
+            (root / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz").touch()
+    files = N.find_bids(root)
+    assert len(files) == 10
+    train, test = split_files(files, "train"), split_files(files, "test")
+    assert sorted(train + test) == files and not set(train) & set(test)
+    assert [f.name for f in test] == ["sub-05_ses-1_T1w.nii.gz", "sub-05_ses-2_T1w.nii.gz"]  # the 5th subject
+    assert {D.subject_of(f) for f in train}.isdisjoint({D.subject_of(f) for f in test})
+    # the subject folder counts where a file name lacks the entity; a flat folder of BIDS-named files groups too
+    odd = root / "sub-08" / "ses-1" / "anat" / "scan_T1w.nii.gz"
+    odd.parent.mkdir(parents=True)
+    odd.touch()
+    assert D.subject_of(odd) == "08" and D.subject_of(tmp_path / "sub-08" / "a.nii") is None
+    flat = [tmp_path / f"sub-{i // 2:02d}_run-{i % 2}_T1w.nii" for i in range(12)]  # 6 subjects, 2 runs each
+    assert [f.name for f in split_files(flat, "test")] == ["sub-04_run-0_T1w.nii", "sub-04_run-1_T1w.nii"]
+    assert split_files(files[:2], "test") == [] and split_files(files[:2], "train") == files[:2]  # one subject
+
+
+def test_a_constant_volume_is_rejected_naming_the_file(tmp_path) -> None:
+    """An all-zero (or constant) image has no brain; scaling made it a uniform -1 volume without a word."""
+    for name, value in (("zeros.nii.gz", 0.0), ("flat.nii", 7.5)):
+        p = save(tmp_path / name, np.full((12, 12, 12), value, np.float32))
+        with pytest.raises(N.NiftiError, match=rf"{name}: constant intensity \({value:g} in every voxel\): no brain"):
+            N.read_volume(p)
+    save(tmp_path / "f" / "a.nii.gz", phantom())
+    save(tmp_path / "f" / "b.nii.gz", np.zeros((24, 28, 22), np.float32))
+    spec = SourceSpec(data=f"folder:{tmp_path / 'f'}", spacing=(3.0, 3.0, 3.0), fov=(16, 16, 16))
+    with pytest.raises(N.NiftiError, match="b.nii.gz: constant intensity"):
+        build_dataset(spec, "test")
+
+
 # ---------------------------------------------------------------- pipeline
 
 
@@ -209,6 +251,37 @@ def test_augmentation_shifts_are_in_millimetres() -> None:
     assert D.voxel_sizes(SourceSpec(data="folder:/x", spacing=(1.0, 1.0, 2.0), fov=(16, 16, 16))) == (1.0, 1.0, 2.0)
 
 
+def _identical_volumes(n: int = 4) -> torch.Tensor:
+    x = -torch.ones(1, 1, 8, 8, 8)
+    x[..., 1:5, 2:7, 3:5] = 1.0  # asymmetric, so every flip, rotation and shift shows
+    return x.repeat(n, 1, 1, 1, 1)
+
+
+def test_augmentations_differ_between_workers_and_repeat_for_a_seed() -> None:
+    """Each DataLoader worker held a copy of the same random state, so worker 0 and worker 1 augmented alike (batch
+    i comes from worker i % 2; all volumes here are equal, so equal batches mean equal flips, rotations and
+    shifts). Now workers and ranks differ, and the same seed gives the same augmentations."""
+    ds = VolumeSet(_identical_volumes(), augment=True)
+
+    def batches(seed: int, workers: int = 2, rank: int = 0) -> list[torch.Tensor]:
+        if rank == 0:
+            loader = MRIDataModule(ds, batch_size=1, seed=seed, num_workers=workers).train_dataloader()
+        else:
+            loader = D.train_loader(ds, 1, seed, workers, rank=rank)
+        out = list(loader)
+        del loader  # its persistent workers end here
+        return out
+
+    a = batches(0)
+    assert len(a) == 4 and not torch.equal(a[0], a[1]) and not torch.equal(a[2], a[3])  # worker 0 vs worker 1
+    assert all(torch.equal(x, y) for x, y in zip(a, batches(0)))  # reproducible
+    assert not any(torch.equal(x, y) for x, y in zip(a, batches(1)))  # another seed
+    assert not any(torch.equal(x, y) for x, y in zip(a, batches(0, rank=1)))  # another DDP rank
+    main = batches(0, workers=0)  # no workers: the main process, seeded the same way
+    assert not torch.equal(main[0], main[1]) and all(torch.equal(x, y) for x, y in zip(main, batches(0, workers=0)))
+    assert not any(torch.equal(x, y) for x, y in zip(main, batches(0, workers=0, rank=1)))
+
+
 def test_folder_dataset_is_cached_and_loads(tmp_path) -> None:
     for i in range(3):
         save(tmp_path / "f" / f"s{i}.nii.gz", phantom() * (1 + 0.1 * i))
@@ -235,7 +308,7 @@ def test_a_held_out_split_of_one_volume_is_a_clear_error(tmp_path) -> None:
     for i in range(5):
         save(tmp_path / "f" / f"s{i}.nii.gz", phantom() * (1 + 0.1 * i))
     cfg = MRIConfig(data=f"folder:{tmp_path / 'f'}", spacing=(3.0, 3.0, 3.0), fov=(16, 16, 16))
-    with pytest.raises(ValueError, match=r"the held-out split has 1 volume\(s\) \(every 5th file\).*give >= 10 files"):
+    with pytest.raises(ValueError, match=r"the held-out split has 1 volume\(s\) \(every 5th subject.*give >= 10 subjects"):
         real_reference(cfg, FeatureConfig(), 0)
 
 

@@ -1,6 +1,6 @@
 """The MRI recipe end to end at 16^3 through the CLI: train (Lightning, core fit), sample to
 NIfTI, evaluate, finetune, distil into a flow map and sample it in 2 steps; config errors
-name the field."""
+name the field, and options the recipe would ignore are refused."""
 
 import json
 
@@ -44,6 +44,8 @@ def test_train_sample_finetune_distill_through_the_cli(tmp_path) -> None:
     assert main(["distill", "mri", "--teacher", str(run), "--max-steps", "1", "--batch-size", "2",
                  "--teacher-steps", "1", "--out", str(fm)]) == 0
     one = tmp_path / "one.nii.gz"
+    assert json.loads((fm / "recipe.json").read_text()) == recipe  # the teacher's recipe (written atomically)
+    assert not [p.name for p in fm.iterdir() if p.name.endswith(".tmp")]
     assert main(["sample", "mri", "--ckpt", str(fm), "--n", "1", "--steps", "2", "--solver", "flowmap",
                  "--out", str(one)]) == 0
     assert nib.load(str(one)).shape == (16, 16, 16)
@@ -86,6 +88,69 @@ def test_config_errors_name_the_field(tmp_path) -> None:
     with pytest.raises(NiftiError, match="empty BIDS dataset"):
         MODALITY.train(MRIConfig(data=f"bids:{empty}", fov=(16, 16, 16)), TrainerArgs(accelerator="cpu"),
                        tmp_path / "r", progress=False)
+
+
+UNREAD_OPTIONS = [  # (CLI options, the field refused, part of the message saying what sets it instead)
+    (["--loss-weighting", "min_snr"], "fm.loss_weighting", "plain MSE on the target"),
+    (["--time-sampler", "logit_normal"], "fm.time_sampler", "applies to --target rflow only"),
+    (["--time-shift", "3"], "fm.time_shift", "applies to --target rflow only"),
+    (["--path", "vp_cosine"], "fm.path", "--target sets the path"),
+    (["--parametrization", "noise"], "fm.parametrization", "--target sets what the UNet predicts"),
+    (["--coupling", "exact_ot"], "fm.coupling", "draws its own noise"),
+    (["--t-max", "0.9"], "fm.t_max", "draws t itself"),
+    (["--cond-dropout", "0.1"], "fm.cond_dropout", "unconditional"),
+    (["--timestep-scale", "rflow"], "unet.timestep_scale", "--target sets it"),
+    (["--num-train-timesteps", "500"], "unet.num_train_timesteps", "--ddpm-steps"),
+]
+
+
+@pytest.mark.parametrize("options,name,why", UNREAD_OPTIONS, ids=[o[1] for o in UNREAD_OPTIONS])
+def test_options_the_recipe_never_reads_are_refused_by_the_cli(tmp_path, capsys, options, name, why) -> None:
+    """The MRI build overrides path, parametrization and the UNet's timestep convention, and MedForj's loss never
+    reads the weighting, coupling, t range or (for DDPM targets) the time sampler: such options were silently
+    ignored; now the run is refused before anything is written."""
+    assert main(["train", "mri", *TINY, *options, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"argument {options[0]}: MRIConfig.{name}: expected" in err and why in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unread_fields_raise_config_errors_and_read_ones_are_accepted(tmp_path) -> None:
+    import torch
+
+    from modaflow.modalities.mri.models import UNetConfig
+    from modaflow.modalities.mri.recipe import build, load_config
+
+    fm = MRIConfig().fm
+    with pytest.raises(ConfigError, match=r"MRIConfig.fm.loss_weighting: expected 'none' \(leave it unset\): MedForj"):
+        MRIConfig(fm=fm.replace(loss_weighting="min_snr"))
+    with pytest.raises(ConfigError, match=r"MRIConfig.fm.time_sampler: expected 'uniform'.*got 'logit_normal'"):
+        MRIConfig(target="sample", fm=fm.replace(time_sampler="logit_normal"))
+    with pytest.raises(ConfigError, match=r"MRIConfig.unet.num_train_timesteps: expected 1000 or 500 .*ddpm-steps"):
+        MRIConfig(unet=UNetConfig(num_train_timesteps=400), fm=fm.replace(ddpm_steps=500))
+    # what the target sets may be given as the target sets it; what the recipe reads stays free
+    assert MRIConfig(unet=UNetConfig(num_train_timesteps=500), fm=fm.replace(ddpm_steps=500)).fm.ddpm_steps == 500
+    MRIConfig(target="rflow", fm=fm.replace(path="linear", parametrization="velocity"),
+              unet=UNetConfig(timestep_scale="rflow"))
+    MRIConfig(fm=fm.replace(lr=5e-4, warmup_steps=10, lr_decay="cosine", weight_decay=0.01, grad_clip=0.5))
+    # rflow trains on the time sampler's t, so there it is read and accepted
+    uniform = MRIConfig(size=16, target="rflow")
+    shifted = uniform.replace(fm=fm.replace(time_sampler="logit_normal", logit_normal_m=1.0))
+    draws = [build(c)[2].draw_time(4096, torch.device("cpu"), torch.float64, torch.Generator().manual_seed(0))
+             for c in (uniform, shifted)]
+    assert abs(float(draws[0].mean()) - 0.5) < 0.02 and float(draws[1].mean()) < 0.4  # m = 1 favours t near 0
+    # a run written before the refusal still loads: the ignored field had no effect on it
+    run = tmp_path / "old"
+    run.mkdir()
+    config = MRIConfig().to_dict()
+    config["fm"]["loss_weighting"] = "min_snr"
+    (run / "recipe.json").write_text(json.dumps({"modality": "mri", "config": config}))
+    with pytest.warns(UserWarning, match="fm.loss_weighting had no effect"):
+        assert load_config(run).fm.loss_weighting == "none"
+    config["size"] = 18  # a real error still names the file and the field
+    (run / "recipe.json").write_text(json.dumps({"modality": "mri", "config": config}))
+    with pytest.raises(ConfigError, match=r"recipe.json: MRIConfig.size"):
+        load_config(run)
 
 
 def test_smoke_benchmark_has_metrics_floor_and_few_step_baseline(tmp_path) -> None:
