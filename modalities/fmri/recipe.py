@@ -345,6 +345,7 @@ def fit_neurovae(cfg: FMRIConfig, vae_cfg: NeuroVAEConfig, images: np.ndarray, t
     def fit_vae(rows, steps: int, path: Path, val=None, notes: dict | None = None):
         """A NeuroVAE fit on ``rows`` for ``steps`` (the schedule always spans ``vae_steps``)."""
         partners = vae_partners(cfg, images[rows])
+        torch.manual_seed(seed)  # the initial weights: the same whether earlier stages were trained or read from disk
         m = AutoencoderModule(NeuroVAE(vae_cfg), cfg.vae_lr, align, seed=seed, val=val,
                               val_every=cfg.vae_val_every, ema_decay=cfg.vae_ema, lr_schedule=cfg.vae_lr_schedule,
                               weight_decay=cfg.vae_weight_decay, cross_trial=partners is not None,
@@ -359,7 +360,6 @@ def fit_neurovae(cfg: FMRIConfig, vae_cfg: NeuroVAEConfig, images: np.ndarray, t
     if not refit:
         return model, s
     k = max(1, int(s["best_step"]))
-    torch.manual_seed(seed)
     notes = {"best_step": k, "val_history": s["val_history"], "refit_steps": k, "refit_rows": len(images)}
     model, s = fit_vae(np.arange(len(images)), k, out / VAE_FILE, notes=notes)
     for f in (select, select.with_suffix(".json")):
@@ -382,10 +382,12 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
 
         nib.save(nib.Nifti1Image(td.mask.astype(np.uint8), td.affine), out / "mask.nii.gz")
     seed = cfg.fm.seed
-    torch.manual_seed(seed)
     ae_cfg = AEConfig(image_size=prep.train_img.shape[-1], hidden=cfg.ae_hidden, latent=cfg.latent)
 
+    # every stage seeds its initial weights itself, so a run that reads earlier stages from disk (resumed) trains
+    # the later ones exactly as a run that trained them all
     def train_ae():
+        torch.manual_seed(seed)
         m = AutoencoderModule(VisualAE(ae_cfg), cfg.ae_lr, seed=seed)
         s = fit_autoencoder(m, (torch.as_tensor(prep.train_img),), cfg.fm.batch_size, cfg.ae_steps, trainer_args,
                             out / AE_FILE, seed, progress)
@@ -394,6 +396,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
     ae, ae_sum = _stage(out / AE_FILE, read_ae, train_ae)
 
     def train_features():  # the decoding metrics' feature space (models.FeatureNet), apart from the model
+        torch.manual_seed(seed + 2)
         m = AutoencoderModule(FeatureNet(FeatureNetConfig(image_size=ae_cfg.image_size)), cfg.ae_lr, seed=seed + 2)
         s = fit_autoencoder(m, (torch.as_tensor(prep.train_img),), cfg.fm.batch_size, cfg.ae_steps, trainer_args,
                             out / FEATURES_FILE, seed + 2, progress)
@@ -417,6 +420,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
     save_stats(out / STATS_FILE, lat)
     zv = (lat["zv"] - lat["zv_mean"]) / lat["zv_std"]
     zn = (lat["zn"] - lat["zn_mean"]) / lat["zn_std"]
+    torch.manual_seed(seed + 3)
     module = FlowMatchingModule(build_xfm(cfg.latent, cfg.xfm_hidden, cfg.xfm_depth), build_path(cfg), cfg.fm)
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(XFMPairs(zn, zv), batch_size=min(cfg.fm.batch_size, len(zn)), shuffle=True, drop_last=True, generator=g)

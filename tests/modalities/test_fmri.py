@@ -128,6 +128,24 @@ def test_one_field_runs_both_ways_the_backward_ode_inverts_the_forward_one() -> 
     torch.testing.assert_close(nf.flow(forward, 1.0, 0.0, 40), z, atol=1e-4, rtol=0)  # RK4 O(h^4) + float32
 
 
+def test_a_run_resumed_after_its_first_stages_trains_the_rest_as_a_fresh_run(run_dir, tmp_path) -> None:
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for name in ("visual_ae.safetensors", "visual_ae.json", "features.safetensors", "features.json"):
+        shutil.copy2(run_dir / name, resumed / name)  # as if training had stopped after these two stages
+    summary = MODALITY.train(_cfg(), TrainerArgs(accelerator="cpu"), resumed, progress=False)
+    assert summary["ae"]["resumed"] and summary["features"]["resumed"] and "resumed" not in summary["neurovae"]
+    from safetensors.torch import load_file
+
+    for name in ("neurovae.safetensors", "stats.safetensors", "checkpoints/last.safetensors"):
+        a, b = load_file(str(resumed / name)), load_file(str(run_dir / name))
+        assert a.keys() == b.keys(), name
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}: {key}")
+
+
 def test_metrics_feature_net_is_trained_apart_from_the_visual_ae(run_dir) -> None:
     from modaflow.modalities.fmri.models import FeatureNet, FeatureNetConfig
     from modaflow.modalities.fmri.neuroflow import load_ae, read_features
