@@ -3,7 +3,8 @@
 In one run, on the same data, seeds and starting noise:
 
 1. data: the embedded cohort (train / test splits), loader throughput (augmented volumes/s)
-   beside training throughput;
+   beside training throughput, and the NIfTI pipeline's at MedForj's 192 x 224 x 192 (cache
+   build, then augmented volumes/s per data-loader worker count);
 2. MedForj's targets (sample, velocity, flow; ``full`` adds noise and rectified flow), each
    trained with the mri recipe (core ``fit``, Lightning), sampled with DDIM at several step
    counts; metrics (3-D FD in the feature space of a net trained on the real training
@@ -52,7 +53,7 @@ from modaflow.modalities.mri.targets import core_kind
 
 from . import mri_plots as P
 from . import report as R
-from .harness import BenchResult, progress, quiet_training, select_profile
+from .harness import BenchResult, progress, quiet_training, select_profile, stage
 
 __all__ = ["MRIProfile", "PROFILES", "run"]
 
@@ -105,6 +106,11 @@ class MRIProfile:
     """Where everything runs."""
     threads: int = 1
     """torch threads (0 leaves the default)."""
+    loader_files: int = 0
+    """NIfTI files (copies of nilearn's 1 mm MNI152 template) of the file-pipeline throughput at MedForj's field of
+    view, 192 x 224 x 192 at 1 mm (:func:`_file_loader_rates`; 0 skips it)."""
+    loader_workers: tuple[int, ...] = (0, 2)
+    """Data-loader worker counts of the file-pipeline throughput."""
 
 
 _TINY = UNetConfig(channels=(8, 16, 32), attention_levels=(False, False, True), num_res_blocks=1)
@@ -116,18 +122,20 @@ PROFILES: dict[str, MRIProfile] = {
     "quick": MRIProfile(size=24, n_train=48, n_test=16, targets=("sample", "velocity", "flow"), unet=_TINY,
                         train_steps=100, batch_size=4, lr=2e-3, eval_n=8, ddim_steps=(4, 16, 32), distill_steps=40,
                         flowmap_steps=(1, 2, 4), features=FeatureConfig(width=8, steps=600, batch_size=8),
-                        timing_shape=(32, 32, 32), timing_unet=_TINY, timing_repeats=3, eval_seeds=3),
+                        timing_shape=(32, 32, 32), timing_unet=_TINY, timing_repeats=3, eval_seeds=3, loader_files=10),
     "full": MRIProfile(size=48, n_train=96, n_test=32, targets=("sample", "velocity", "flow", "noise", "rflow"),
                        unet=UNetConfig(channels=(16, 32, 64), attention_levels=(False, False, True), num_res_blocks=2,
                                        norm_num_groups=16),
                        train_steps=3000, batch_size=4, lr=1e-3, eval_n=32, ddim_steps=(4, 8, 16, 32, 64),
                        distill_steps=1500, flowmap_steps=(1, 2, 4, 8), features=FeatureConfig(width=8, steps=600),
-                       timing_shape=(48, 48, 48), timing_unet=_TINY, timing_repeats=5, threads=0, eval_seeds=3),
+                       timing_shape=(48, 48, 48), timing_unet=_TINY, timing_repeats=5, threads=0, eval_seeds=3,
+                       loader_files=10),
     "gpu": MRIProfile(size=64, n_train=128, n_test=32, targets=("sample", "velocity", "flow"),
                       unet=UNetConfig.medforj(), train_steps=2000, batch_size=4, lr=1e-4, eval_n=32,
                       ddim_steps=(4, 16, 64), distill_steps=1000, flowmap_steps=(1, 2, 4),
                       features=FeatureConfig(width=16, steps=1000), timing_shape=(192, 224, 192),
-                      timing_unet=UNetConfig.medforj(), timing_repeats=5, device="cuda", threads=0, eval_seeds=3),
+                      timing_unet=UNetConfig.medforj(), timing_repeats=5, device="cuda", threads=0, eval_seeds=3,
+                      loader_files=10, loader_workers=(0, 4, 8)),
 }
 
 
@@ -161,6 +169,37 @@ def _loader_rate(spec: SourceSpec, batch: int, seed: int, volumes: int) -> float
             if seen >= volumes:
                 break
     return seen / (time.perf_counter() - start)
+
+
+def _file_loader_rates(folder: Path, p: MRIProfile, seed: int) -> dict[str, float]:
+    """Throughput of the NIfTI pipeline at MedForj's size, the one a GPU run on the user's files trains from:
+    ``p.loader_files`` copies of nilearn's 1 mm MNI152 template (197 x 233 x 189, offline) in ``folder``; their train
+    split preprocessed once into the cache (reorientation, 1 mm resampling, percentile clip, brain-centred crop /
+    pad to 192 x 224 x 192, scaling: ``cache_s_per_volume``), then one epoch of augmented volumes (flip, rotation,
+    shift) per worker count of ``p.loader_workers``, timed from the second volume on, so worker start-up is left
+    out (``w{k}.volumes_per_s``). A GPU step of s seconds per volume needs ``1 / s`` volumes/s from the loader."""
+    from nilearn.datasets import load_mni152_template
+
+    from modaflow.modalities.mri.data import train_loader
+    from modaflow.modalities.mri.nifti import write_volume
+
+    template = load_mni152_template(resolution=1)
+    data = np.asarray(template.get_fdata(), np.float32)
+    for i in range(p.loader_files):
+        write_volume(folder / f"vol{i:02d}_T1w.nii.gz", data, template.affine)
+    spec = SourceSpec(data=f"folder:{folder}", seed=seed)
+    start = time.perf_counter()
+    ds = build_dataset(spec, "train", augment=True)
+    if len(ds) < 2:
+        raise ValueError(f"loader_files = {p.loader_files} leaves {len(ds)} training volume(s); the steady rate needs >= 2")
+    rates = {"volumes": float(len(ds)), "cache_s_per_volume": (time.perf_counter() - start) / len(ds)}
+    for workers in p.loader_workers:
+        start = 0.0
+        for i, _ in enumerate(train_loader(ds, 1, seed, workers)):
+            if i == 0:  # worker start-up and the first item are not the steady rate
+                start = time.perf_counter()
+        rates[f"w{workers}.volumes_per_s"] = i / (time.perf_counter() - start)
+    return rates
 
 
 def _evaluate(name: str, xs: list[torch.Tensor], ref: RealReference, seconds: float, metrics: dict, rows: dict) -> None:
@@ -199,6 +238,10 @@ def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
                         float(abs(np.linalg.det(spec.affine[:3, :3]))) / 1000.0, p.features, seed)
     timings["data_and_features_s"] = time.perf_counter() - t0
     timings["loader_volumes_per_s"] = _loader_rate(spec, p.batch_size, seed, max(2 * p.batch_size, min(32, p.n_train)))
+    if p.loader_files:
+        with stage(f"NIfTI pipeline throughput at 192 x 224 x 192 ({p.loader_files} files)"):
+            rates = _file_loader_rates(out / "loader_files", p, seed)
+        timings.update({f"file_loader.{k}": v for k, v in rates.items()})
     baselines["real_vs_real"] = dict(ref.values)
     baselines["real_vs_real"].update({f"fid3d_real_n{p.eval_n}.{k}": v for k, v in ref.fid3d_real_at(p.eval_n).items()})
     metrics["feature_net_accuracy"] = ref.feature_accuracy
@@ -283,6 +326,9 @@ def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
         "(real vs noise/blur/gamma/shuffled-octant degradations); real_vs_real = train vs held-out",
         "ms_ssim: generated pairs (lower = more diverse); tissue_p: permutation-test p-values of GMM tissue volumes",
         "published (MedForj, arXiv 2510.26834): velocity and flow beat sample on FID at 192x224x192; not comparable in scale",
+        "loader_volumes_per_s: the embedded cohort (in memory, augmented); file_loader.*: the NIfTI pipeline at MedForj's "
+        "192x224x192 on copies of the 1 mm MNI152 template (cache build per volume, then augmented volumes/s per "
+        "data-loader worker count, worker start-up excluded); a training step of s seconds per volume needs 1/s from it",
         "GPU path on CPU: tiny UNet, no torch.compile, no peak memory; REFERENCE s.4 (H200, published here as measured "
         "by the project): compile + channels_last_3d = 0.38x time, 0.43x memory of stock MONAI",
         *timing_notes,

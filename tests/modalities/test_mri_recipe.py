@@ -167,6 +167,24 @@ def test_smoke_benchmark_has_metrics_floor_and_few_step_baseline(tmp_path) -> No
         assert np.isfinite(m[k])
 
 
+def test_nifti_pipeline_throughput_at_medforj_size(tmp_path) -> None:
+    """The benchmark's file-pipeline rate: NIfTI copies of the 1 mm template through the full
+    192 x 224 x 192 pipeline (cached, then augmented), one rate per worker count."""
+    from dataclasses import replace
+
+    from modaflow.benchmarks.mri import PROFILES, _file_loader_rates
+    from modaflow.modalities.mri.nifti import read_volume
+
+    p = replace(PROFILES["smoke"], loader_files=4, loader_workers=(0,))
+    rates = _file_loader_rates(tmp_path, p, 0)
+    assert rates["volumes"] == 3  # 4 files: the last one is the held-out split
+    assert rates["cache_s_per_volume"] > 0 and rates["w0.volumes_per_s"] > 0
+    vol = read_volume(tmp_path / "vol00_T1w.nii.gz")
+    assert vol.data.shape == (197, 233, 189) and np.allclose(np.abs(np.diag(vol.affine))[:3], 1.0)  # 1 mm MNI152
+    with pytest.raises(ValueError, match="loader_files = 2 leaves 1 training volume"):
+        _file_loader_rates(tmp_path / "two", replace(p, loader_files=2), 0)
+
+
 def test_initialisation_depends_on_the_seed_only() -> None:
     """The UNet's initial weights come from fm.seed, not the global RNG (benchmark targets
     trained one after another start alike)."""
