@@ -20,7 +20,7 @@ from .data import embedded_dataset
 from .distill import DistillConfig, distill
 from .evaluation import evaluate, sample
 from .recipe import MRIConfig, finetune, train
-from .sampling import SOLVERS
+from .sampling import SOLVERS, SampleOptions
 
 __all__ = ["MODALITY", "MRIConfig", "DistillConfig"]
 
@@ -53,6 +53,7 @@ MODALITY = Modality(
     finetune=finetune,
     bench=_bench,
     solvers=SOLVERS,
+    sample_options=SampleOptions,
     sample_n=(4, 16),  # one 192x224x192 volume is 33 MB of float32 and 64 network calls at DDIM 64
     commands={
         "distill": ModalityCommand(

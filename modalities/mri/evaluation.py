@@ -22,7 +22,7 @@ from .distill import is_flow_map_run, restore_flow_map
 from .features import FeatureConfig, extract_features, train_feature_net
 from .metrics import TISSUES, frechet_distance, histogram_distance, ms_ssim_pairs, permutation_test, tissue_volumes
 from .recipe import MRIConfig, restore
-from .sampling import draw_noise, generate, write_volumes
+from .sampling import SampleOptions, draw_noise, generate, on_device, write_volumes
 from .data import load_volumes
 from .targets import core_kind
 
@@ -43,11 +43,15 @@ def load_generator(ckpt_dir: str | Path, solver: str | None):
     return cfg, model, core_kind(cfg.target), path, solver or cfg.solver
 
 
-def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, out_path: str | Path, seed: int) -> Path:
+def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, out_path: str | Path, seed: int,
+           options: SampleOptions | None = None) -> Path:
     """Write ``n`` generated volumes as NIfTI into the folder ``out_path`` (or one volume to a
-    ``.nii[.gz]`` file) with the data's RAS affine; returns the folder or file."""
+    ``.nii[.gz]`` file) with the data's RAS affine; returns the folder or file. ``options``: the
+    device, bf16, channels-last and compile settings (:class:`~.sampling.SampleOptions`)."""
     cfg, model, kind, path, solver = load_generator(ckpt_dir, solver)
-    x = generate(model, kind, path, draw_noise(n, cfg.source.shape, seed), steps or cfg.steps, solver)
+    model, autocast, channels_last = on_device(model, options or SampleOptions())
+    x = generate(model, kind, path, draw_noise(n, cfg.source.shape, seed), steps or cfg.steps, solver,
+                 autocast=autocast, channels_last=channels_last)
     paths = write_volumes(x, cfg.source.affine, out_path)
     return paths[0] if len(paths) == 1 and str(out_path).endswith((".nii", ".nii.gz")) else Path(out_path)
 
@@ -108,18 +112,22 @@ def evaluate_volumes(x: Tensor, ref: RealReference) -> dict[str, float]:
     return out
 
 
-def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int) -> dict:
-    """Generate ``n`` volumes and compare them with the held-out split of the run's data (or
-    of ``data``): see :func:`evaluate_volumes`; also seconds per volume."""
+def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int,
+             options: SampleOptions | None = None) -> dict:
+    """Generate ``n`` volumes (where ``options`` say, as :func:`sample`) and compare them with the
+    held-out split of the run's data (or of ``data``): see :func:`evaluate_volumes`; also seconds
+    per volume and the device."""
     cfg, model, kind, path, solver = load_generator(ckpt_dir, solver)
+    model, autocast, channels_last = on_device(model, options or SampleOptions())
     ref = real_reference(cfg, FeatureConfig(seed=seed), seed, data)
     if tuple(ref.test.shape[2:]) != tuple(cfg.source.shape):
         raise ValueError(f"{data}: held-out volumes {tuple(ref.test.shape[2:])} differ from the model's {cfg.source.shape}")
     start = time.perf_counter()
-    x = generate(model, kind, path, draw_noise(n, cfg.source.shape, seed), steps or cfg.steps, solver)
+    x = generate(model, kind, path, draw_noise(n, cfg.source.shape, seed), steps or cfg.steps, solver,
+                 autocast=autocast, channels_last=channels_last)
     seconds = (time.perf_counter() - start) / n
     metrics = evaluate_volumes(x, ref)
-    metrics.update({"seconds_per_volume": seconds, "n_samples": n, "n_reference": int(ref.test.shape[0]),
+    metrics.update({"seconds_per_volume": seconds, "device": str(next(model.parameters()).device), "n_samples": n, "n_reference": int(ref.test.shape[0]),
                     "feature_net_accuracy": ref.feature_accuracy})
     return metrics
 

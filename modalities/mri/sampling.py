@@ -9,17 +9,24 @@
   (:func:`~modaflow.core.flow_maps.sample_flow_map`).
 
 Noise ``x0 ~ N(0, I)`` is drawn on the CPU from ``seed``, so every device starts alike.
+
+``sample`` and ``evaluate`` run the network where :class:`SampleOptions` say: on the GPU when
+there is one, under bf16 autocast in ``channels_last_3d`` (the training path's settings, as the
+benchmark's GPU timing measures them), optionally compiled.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from modaflow.core.config import Config
 from modaflow.core.discrete import ddpm_grid, solve_ddim, solve_ddpm
 from modaflow.core.flow_maps import sample_flow_map
 from modaflow.core.ode import solve_ode, time_grid
@@ -28,9 +35,44 @@ from modaflow.core.paths import AffinePath, DiscreteVPPath
 
 from .nifti import write_volume
 
-__all__ = ["SOLVERS", "draw_noise", "generate", "write_volumes"]
+__all__ = ["SOLVERS", "SampleOptions", "on_device", "draw_noise", "generate", "write_volumes"]
 
 SOLVERS: tuple[str, ...] = ("ddim", "euler", "ddpm", "flowmap")
+
+
+@dataclass
+class SampleOptions(Config):
+    """Where and how ``modaflow sample mri`` / ``evaluate mri`` run the network."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the network runs: auto = cuda when a GPU is visible, else cpu."""
+    bf16: bool = True
+    """On cuda: the network under bf16 autocast (the sampler's state stays float32). Ignored on the CPU."""
+    channels_last: bool = True
+    """On cuda: weights and inputs in channels_last_3d memory format. Ignored on the CPU."""
+    compile: bool = False
+    """torch.compile the network first (pays off over many network calls: large --n or --steps)."""
+
+    def resolved_device(self) -> torch.device:
+        """The device to run on; ``cuda`` without a visible GPU is an error."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: cuda was asked for, but torch sees no GPU (torch.cuda.is_available() is False); "
+                             "use --device cpu or auto")
+        return torch.device("cuda" if self.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def on_device(model: nn.Module, opts: SampleOptions) -> tuple[nn.Module, torch.dtype | None, bool]:
+    """``(model, autocast dtype, channels_last)`` ready to sample as ``opts`` say: moved to the
+    device; on cuda in channels_last_3d (weights; :func:`generate` converts the inputs) with bf16
+    autocast where asked; compiled where asked."""
+    device = opts.resolved_device()
+    model = model.to(device).eval()
+    cuda = device.type == "cuda"
+    if cuda and opts.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    if opts.compile:
+        model = torch.compile(model)
+    return model, (torch.bfloat16 if cuda and opts.bf16 else None), cuda and opts.channels_last
 
 
 def draw_noise(n: int, shape: tuple[int, ...], seed: int) -> Tensor:
@@ -55,6 +97,7 @@ def generate(
     batch_size: int = 4,
     autocast: torch.dtype | None = None,
     generator_seed: int = 0,
+    channels_last: bool = False,
 ) -> Tensor:
     """Volumes ``(n, 1, X, Y, Z)`` float32 on the CPU from noise ``x0`` ``(n, 1, X, Y, Z)``.
 
@@ -69,16 +112,18 @@ def generate(
         batch_size: volumes per batch.
         autocast: run the network under ``torch.autocast`` with this dtype (e.g. bf16).
         generator_seed: seed of the ancestral-DDPM noise.
+        channels_last: give the network its inputs in channels_last_3d memory format.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {list(SOLVERS)}; got {solver!r}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     device = next(model.parameters()).device
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
     ctx = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     out = []
     for i, x in enumerate(x0.split(batch_size)):
-        x = x.to(device)
+        x = x.to(device).contiguous(memory_format=fmt)
         with ctx:
             if solver == "flowmap":
                 y = sample_flow_map(model, x, time_grid(steps, device=device)).x

@@ -64,6 +64,57 @@ def test_evaluate_returns_every_metric(tmp_path) -> None:
     assert 0 < m["tissue_p.gm"] <= 1
     with pytest.raises(ValueError, match="not a flow map"):
         MODALITY.sample(tmp_path / "r", 1, 2, "flowmap", tmp_path / "x", 0)
+    assert m["device"] == ("cuda:0" if __import__("torch").cuda.is_available() else "cpu")
+
+
+def _sampling_run(tmp_path):
+    from modaflow.core.training import TrainerArgs
+
+    cfg = MRIConfig(size=16, n_train=4, n_test=4, target="velocity", fm=MRIConfig().fm.replace(max_steps=1, batch_size=2))
+    MODALITY.train(cfg, TrainerArgs(accelerator="cpu"), tmp_path / "r", progress=False)
+    return tmp_path / "r"
+
+
+def test_sample_options_choose_the_device_and_the_gpu_settings(tmp_path, capsys) -> None:
+    import torch
+
+    from modaflow.modalities.mri.sampling import SampleOptions, on_device
+
+    run = _sampling_run(tmp_path)
+    # on the CPU, bf16 and channels-last are ignored: the same volumes as the plain float32 sampler
+    assert main(["sample", "mri", "--ckpt", str(run), "--n", "1", "--steps", "2", "--device", "cpu", "--bf16",
+                 "--channels-last", "--out", str(tmp_path / "a.nii.gz")]) == 0
+    assert main(["sample", "mri", "--ckpt", str(run), "--n", "1", "--steps", "2", "--device", "cpu", "--no-bf16",
+                 "--out", str(tmp_path / "b.nii.gz")]) == 0
+    a, b = (np.asarray(nib.load(str(tmp_path / f)).dataobj) for f in ("a.nii.gz", "b.nii.gz"))
+    np.testing.assert_array_equal(a, b)
+    model, autocast, channels_last = on_device(torch.nn.Conv3d(1, 1, 3), SampleOptions(device="cpu"))
+    assert next(model.parameters()).device.type == "cpu" and autocast is None and not channels_last
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: cuda was asked for, but torch sees no GPU"):
+            SampleOptions(device="cuda").resolved_device()
+        assert SampleOptions().resolved_device().type == "cpu"  # auto
+    capsys.readouterr()
+    assert main(["sample", "mri", "--ckpt", str(run), "--device", "tpu", "--out", str(tmp_path / "c")]) == 2
+    assert "--device" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_sampling_on_the_gpu_in_bf16_channels_last_follows_the_float32_cpu_sampler(tmp_path) -> None:
+    import torch
+
+    from modaflow.modalities.mri.evaluation import load_generator
+    from modaflow.modalities.mri.sampling import SampleOptions, draw_noise, generate, on_device
+
+    run = _sampling_run(tmp_path)
+    cfg, model, kind, path, solver = load_generator(run, "ddim")
+    noise = draw_noise(2, cfg.source.shape, 0)
+    cpu = generate(model, kind, path, noise, 4, solver)
+    gpu_model, autocast, channels_last = on_device(model, SampleOptions(device="cuda"))
+    assert autocast is torch.bfloat16 and channels_last
+    gpu = generate(gpu_model, kind, path, noise, 4, solver, autocast=autocast, channels_last=channels_last)
+    assert gpu.device.type == "cpu" and gpu.dtype == torch.float32
+    assert (gpu - cpu).abs().max().item() < 0.1  # bf16 network, float32 sampler state
 
 
 def test_config_errors_name_the_field(tmp_path) -> None:
