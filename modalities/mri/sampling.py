@@ -20,13 +20,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from modaflow.core.config import Config
+from modaflow.core.devices import DeviceName, pick_device
 from modaflow.core.discrete import ddpm_grid, solve_ddim, solve_ddpm
 from modaflow.core.flow_maps import sample_flow_map
 from modaflow.core.ode import solve_ode, time_grid
@@ -44,7 +44,7 @@ SOLVERS: tuple[str, ...] = ("ddim", "euler", "ddpm", "flowmap")
 class SampleOptions(Config):
     """Where and how ``modaflow sample mri`` / ``evaluate mri`` run the network."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceName = "auto"
     """Where the network runs: auto = cuda when a GPU is visible, else cpu."""
     bf16: bool = True
     """On cuda: the network under bf16 autocast (the sampler's state stays float32). Ignored on the CPU."""
@@ -53,19 +53,12 @@ class SampleOptions(Config):
     compile: bool = False
     """torch.compile the network first (pays off over many network calls: large --n or --steps)."""
 
-    def resolved_device(self) -> torch.device:
-        """The device to run on; ``cuda`` without a visible GPU is an error."""
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device: cuda was asked for, but torch sees no GPU (torch.cuda.is_available() is False); "
-                             "use --device cpu or auto")
-        return torch.device("cuda" if self.device != "cpu" and torch.cuda.is_available() else "cpu")
-
 
 def on_device(model: nn.Module, opts: SampleOptions) -> tuple[nn.Module, torch.dtype | None, bool]:
     """``(model, autocast dtype, channels_last)`` ready to sample as ``opts`` say: moved to the
     device; on cuda in channels_last_3d (weights; :func:`generate` converts the inputs) with bf16
     autocast where asked; compiled where asked."""
-    device = opts.resolved_device()
+    device = pick_device(opts.device)
     model = model.to(device).eval()
     cuda = device.type == "cuda"
     if cuda and opts.channels_last:

@@ -223,13 +223,13 @@ class Restored:
     model: nn.Module
 
 
-def restore(ckpt_dir: str | Path) -> Restored:
-    """Rebuild the run ``ckpt_dir`` from its recipe, scaler and checkpoint."""
+def restore(ckpt_dir: str | Path, device: torch.device | str = "cpu") -> Restored:
+    """Rebuild the run ``ckpt_dir`` from its recipe, scaler and checkpoint, the network on ``device``."""
     cfg = load_recipe(ckpt_dir, NAME, TimeSeriesConfig)
     scaler = D.Scaler.load(Path(ckpt_dir) / SCALER_FILE)
     path, kind, module = build(cfg, scaler.n_channels)
     load_weights(ckpt_dir, module.model, use_ema=True)
-    return Restored(cfg, scaler, path, kind, module.model.eval())
+    return Restored(cfg, scaler, path, kind, module.model.to(device).eval())
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from modaflow.core.config import Config
+from modaflow.core.devices import DeviceName, pick_device
 from modaflow.core.stats import mean_ci95
 
 from . import data as D
@@ -51,6 +52,8 @@ class TimeSeriesOptions(Config):
     shift: float = 0.0
     """Time shift of the sampling grid (0 = the recipe's; 1 = uniform, the benchmark's validated choice for
     10 NFE with --solver midpoint --steps 5)."""
+    device: DeviceName = "auto"
+    """Where the network samples: auto = cuda when a GPU is visible, else cpu."""
     diffusion: float | None = None
     """Diffusion level g of TimeFlow's Euler–Maruyama sampler (None = the recipe's em_diffusion, 0.1 as in the
     paper; 0 = no noise, the Euler ODE). The other solvers are deterministic and ignore it."""
@@ -160,12 +163,13 @@ def complete(r: Restored, u: np.ndarray, m: np.ndarray, n: int, steps: int | Non
     unconditional flow (:func:`.sampling.steered_impute`). ``shift``: the time grid's,
     ``diffusion``: Euler–Maruyama's level (None: the recipe's)."""
     W = u.shape[0]
-    y = r.scaler.to_model(u).repeat_interleave(n, 0)
-    mk = torch.as_tensor(m, dtype=torch.float32).repeat_interleave(n, 0)
+    device = next(r.model.parameters()).device
+    y = r.scaler.to_model(u).repeat_interleave(n, 0).to(device)
+    mk = torch.as_tensor(m, dtype=torch.float32).repeat_interleave(n, 0).to(device)
     if r.cfg.method == "timeflow" and not guidance:
         x = draw(r, W * n, steps, solver, seed, cond=condition(y, mk), shift=shift, diffusion=diffusion)
     else:
-        x0 = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
+        x0 = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(device)
         how = "hard" if r.cfg.method == "ddpm" else "flowchef"
         # the DDPM's clean prediction is clipped to the training range, which a bounded scaler maps onto [-1, 1]
         # (on uschange's out-of-range test windows it overshot to |x| = 30 without: benchmarks/RESULTS.md)
@@ -182,7 +186,7 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
     """Write samples in raw units to ``out_path`` (.npy or .csv): ``(n, L, C)`` for
     generate, ``(W, n, L, C)`` (windows x samples) for forecast / impute."""
     opts = options or TimeSeriesOptions()
-    r = restore(ckpt_dir)
+    r = restore(ckpt_dir, pick_device(opts.device))
     if opts.task == "generate":
         x = draw(r, n, steps, solver, seed, shift=opts.grid_shift, diffusion=opts.diffusion)
     else:
@@ -213,7 +217,7 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     MAE of the sample mean and CRPS over ``n`` samples per window, on the predicted entries, of ``opts.input`` or
     else the test windows (of ``data`` if given)."""
     opts = options or TimeSeriesOptions()
-    r = restore(ckpt_dir)
+    r = restore(ckpt_dir, pick_device(opts.device))
     if opts.task != "generate":
         u, m, target = conditioning(r, opts, seed, scoring=True, data=data)
         x = r.scaler.from_model(complete(r, u, m, n, steps, solver, seed, opts.guidance, opts.grid_shift,

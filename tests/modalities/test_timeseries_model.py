@@ -150,6 +150,30 @@ def test_diffusion_level_is_a_sampling_parameter(run_dir) -> None:
         tasks.TimeSeriesOptions(diffusion=-0.1)
 
 
+def test_sample_device_option(run_dir, capsys) -> None:
+    tmp, out = run_dir
+    assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "cpu.npy"), "--n", "4", "--steps", "4",
+                 "--device", "cpu"]) == 0
+    r = R.restore(out)
+    np.testing.assert_allclose(np.load(tmp / "cpu.npy"), R.to_raw(r, R.draw(r, 4, 4, None, 0)), rtol=1e-6)
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "gpu.npy"), "--device", "cuda"]) == 2
+        assert "device: cuda was asked for, but torch sees no GPU" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_sampling_and_imputing_on_the_gpu_match_the_cpu(run_dir) -> None:
+    tmp, out = run_dir
+    cpu, gpu = R.restore(out), R.restore(out, "cuda")
+    torch.testing.assert_close(R.draw(gpu, 8, 4, "euler", 0).cpu(), R.draw(cpu, 8, 4, "euler", 0), rtol=1e-4, atol=1e-4)
+    rng = np.random.default_rng(0)
+    u, m = rng.uniform(0, 1, (2, 12, 2)), (rng.random((2, 12, 2)) > 0.5).astype(np.float64)
+    for guidance in (False, True):
+        torch.testing.assert_close(tasks.complete(gpu, u, m, 2, 4, "euler", 0, guidance).cpu(),
+                                   tasks.complete(cpu, u, m, 2, 4, "euler", 0, guidance), rtol=1e-3, atol=1e-3)
+
+
 def test_file_conditioning_covers_the_tail_and_scores_only_known_hidden_entries(run_dir) -> None:
     tmp, out = run_dir
     r = R.restore(out)  # window L = 12
