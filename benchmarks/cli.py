@@ -57,6 +57,18 @@ def _int_or_str(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
+_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _bool_word(text: str) -> bool:
+    """One item of a list of booleans (``--attention-levels false false true``): argparse's
+    ``type=bool`` would read every non-empty word, "false" included, as True."""
+    try:
+        return _BOOL_WORDS[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
+
+
 def _arg_spec(tp: Any) -> dict[str, Any]:
     """argparse keywords for a field annotation."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -68,7 +80,8 @@ def _arg_spec(tp: Any) -> dict[str, Any]:
         kinds = {a for a in args if a is not type(None)}
         return {"type": _int_or_str if kinds == {int, str} else next(iter(kinds))}
     if origin in (tuple, list):
-        return {"nargs": "+", "type": args[0] if args else str}
+        item = args[0] if args else str
+        return {"nargs": "+", "type": _bool_word if item is bool else item}
     return {"type": tp}
 
 

@@ -29,10 +29,16 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def _example_lines() -> list[str]:
-    lines = []
+    """Every ``modaflow ...`` example, a command continued with ``\\`` joined into one line."""
+    lines, pending = [], ""
     for line in (ROOT / "README.md").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
-        if line.startswith("modaflow "):
+        if pending:
+            line = pending + " " + line
+            pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1].strip()
+        elif line.startswith("modaflow "):
             lines.append(line)
     return lines
 
@@ -46,6 +52,7 @@ def test_readme_examples_parse() -> None:
 
     examples = _example_lines()
     assert len(examples) >= 10
+    assert any("--attention-levels false false false false true" in line for line in examples)  # a continued one
     for line in examples:
         argv = shlex.split(line)[1:]
         modality = get_modality(argv[1]) if len(argv) > 1 and argv[1] in modality_names() else None

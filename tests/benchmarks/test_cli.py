@@ -195,6 +195,19 @@ def test_user_errors_exit_2_with_one_line_naming_the_argument(argv, expected, ca
     assert expected in _error(capsys, argv)
 
 
+def test_lists_of_booleans_read_true_and_false_words(capsys) -> None:
+    pytest.importorskip("monai")
+    from modaflow.benchmarks.cli import build_parser
+    from modaflow.modalities.registry import get_modality
+
+    parser = build_parser(get_modality("mri"))
+    args = parser.parse_args(["train", "mri", "--attention-levels", "false", "No", "TRUE", "--out", "x"])
+    assert vars(args)["cfg.unet.attention_levels"] == [False, False, True]  # type=bool would give [True, True, True]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "mri", "--attention-levels", "maybe", "--out", "x"])
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err
+
+
 def test_sample_and_evaluate_default_counts_are_the_modality_s() -> None:
     from modaflow.benchmarks.cli import build_parser
     from modaflow.modalities.registry import get_modality
