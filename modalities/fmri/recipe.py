@@ -454,6 +454,11 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
         raise ConfigError("evaluate fmri scores both directions on the test stimuli; --direction and --input are "
                           "options of 'modaflow sample fmri' (give other data with --data)")
     cfg, model = restore(ckpt_dir)
+    features_path = Path(ckpt_dir) / FEATURES_FILE
+    if not features_path.is_file():  # a run trained before the metrics' feature network existed
+        raise FileNotFoundError(f"{features_path}: the decoding metrics' feature network is missing; rerun the run's "
+                                f"'modaflow train fmri ... --out {ckpt_dir}': it keeps the trained stages and trains "
+                                f"only this network")
     td, prep = load_prepared(cfg if data is None else cfg.replace(data=data))
     check_stimulus_size(td.images, model.ae, data or cfg.data, ckpt_dir)
     if prep.test_x.shape[1] != model.vae.cfg.voxels:
@@ -461,7 +466,6 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     k = len(prep.test_x) if n <= 0 else min(n, len(prep.test_x))
     trials = None if prep.test_trials is None else prep.test_trials[:k]
     scores = score_neuroflow(model, prep.test_x[:k], prep.test_img[:k], trials, steps or cfg.steps,
-                             solver or cfg.solver, load_features(Path(ckpt_dir) / FEATURES_FILE).encode, cfg.n_candidates,
-                             seed)
+                             solver or cfg.solver, load_features(features_path).encode, cfg.n_candidates, seed)
     # top-1 retrieval draws its candidates among the k test stimuli: chance is 1 / min(n_candidates, k)
     return {**dict(scores), "n_test": k, "retrieval_candidates": min(cfg.n_candidates, k), "steps": steps or cfg.steps}

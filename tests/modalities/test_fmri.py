@@ -146,6 +146,22 @@ def test_a_run_resumed_after_its_first_stages_trains_the_rest_as_a_fresh_run(run
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}: {key}")
 
 
+def test_a_run_without_the_feature_network_is_told_how_to_add_it(run_dir, tmp_path) -> None:
+    import shutil
+
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old)
+    for name in ("features.safetensors", "features.json"):
+        (old / name).unlink()
+    with pytest.raises(FileNotFoundError, match=r"features.safetensors: the decoding metrics' feature network is missing; "
+                                                r"rerun the run's 'modaflow train fmri"):
+        MODALITY.evaluate(old, None, 0, 4, "euler", 0)
+    summary = MODALITY.train(_cfg(), TrainerArgs(accelerator="cpu"), old, progress=False)  # as the message says
+    assert "resumed" not in summary["features"] and summary["ae"]["resumed"] and summary["neurovae"]["resumed"]
+    assert (old / "checkpoints/last.safetensors").read_bytes() == (run_dir / "checkpoints/last.safetensors").read_bytes()
+    assert np.isfinite(MODALITY.evaluate(old, None, 0, 4, "euler", 0)["dec.top1_retrieval"])
+
+
 def test_metrics_feature_net_is_trained_apart_from_the_visual_ae(run_dir) -> None:
     from modaflow.modalities.fmri.models import FeatureNet, FeatureNetConfig
     from modaflow.modalities.fmri.neuroflow import load_ae, read_features
