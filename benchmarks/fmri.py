@@ -126,10 +126,10 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         timings[f"score_neuroflow@{k}_s"] = time.perf_counter() - ts
         metrics.update({f"neuroflow@{k}.{m}": v for m, v in scores[k].items()})
     top = max(p.ode_steps)
-    if p.cosine_variant:  # same AE and NeuroVAE files, so only the XFM is trained again
+    if p.cosine_variant:  # same AE, NeuroVAE and metrics' feature files, so only the XFM is trained again
         cos_dir = out / "neuroflow_cosine"
         cos_dir.mkdir(exist_ok=True)
-        for name in ("visual_ae", "neurovae"):
+        for name in ("visual_ae", "neurovae", "features"):
             for ext in (".safetensors", ".json"):
                 shutil.copy2(out / "neuroflow" / f"{name}{ext}", cos_dir / f"{name}{ext}")
         with stage(f"train the cosine-bridge XFM ({p.xfm_steps} steps)", timings, "train_xfm_cosine_s"):

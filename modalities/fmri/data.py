@@ -90,7 +90,7 @@ OVERSHOOT = 1e-3
 
 def images01(images: np.ndarray, source: str) -> np.ndarray:
     """Stimulus images as float32 luminance in [0, 1], from the encodings users hold:
-    integer arrays in 0..255 (8-bit) and float arrays in [0, 1] (clipped within
+    integer arrays in 0..255 (8-bit; only 0 and 1: binary, as bool arrays) and float arrays in [0, 1] (clipped within
     :data:`OVERSHOOT`) or in 0..255 (their maximum above 2: scaled by 1/255); RGB(A) in the last
     axis becomes luminance (ITU-R BT.601). Anything else (NaN/Inf, negative values, floats whose
     maximum lies in (1, 2], integers above 255) is refused with an error naming ``source``."""
@@ -105,7 +105,7 @@ def images01(images: np.ndarray, source: str) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.integer):
         if lo < 0 or hi > 255:
             raise ValueError(f"{source}: integer stimulus images must be 8-bit (0..255); got range [{lo:g}, {hi:g}]")
-        scale = 255.0
+        scale = 255.0 if hi > 1 else 1.0  # 0/1 integers: binary images, as bool arrays
     elif lo < -OVERSHOOT or 1 + OVERSHOOT < hi <= 2 or hi > 255:
         raise ValueError(f"{source}: stimulus images must lie in [0, 1] or in 0..255; got range [{lo:g}, {hi:g}]")
     else:

@@ -456,9 +456,11 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     cfg, model = restore(ckpt_dir)
     features_path = Path(ckpt_dir) / FEATURES_FILE
     if not features_path.is_file():  # a run trained before the metrics' feature network existed
-        raise FileNotFoundError(f"{features_path}: the decoding metrics' feature network is missing; rerun the run's "
-                                f"'modaflow train fmri ... --out {ckpt_dir}': it keeps the trained stages and trains "
-                                f"only this network")
+        raise FileNotFoundError(f"{features_path}: the decoding metrics' feature network is missing (a run trained "
+                                f"before it existed); rerun the run's 'modaflow train fmri ... --out {ckpt_dir}': it keeps "
+                                f"the trained stages and trains only this network. A run made by 'finetune': copy "
+                                f"features.safetensors and features.json from the run it was fine-tuned from (after "
+                                f"adding them there)")
     td, prep = load_prepared(cfg if data is None else cfg.replace(data=data))
     check_stimulus_size(td.images, model.ae, data or cfg.data, ckpt_dir)
     if prep.test_x.shape[1] != model.vae.cfg.voxels:

@@ -200,6 +200,10 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     td = load_trials(cfg)
     check_stimulus_size(td.images, model.ae, data, ckpt_dir)
     prep = prepare(td, seed=cfg.fm.seed)
+    if not (ckpt_dir / FEATURES_FILE).is_file():  # checked before anything is written
+        raise FileNotFoundError(f"{ckpt_dir / FEATURES_FILE}: the decoding metrics' feature network is missing (a run "
+                                f"trained before it existed); rerun the run's 'modaflow train fmri ... --out {ckpt_dir}' "
+                                f"first: it keeps the trained stages and trains only this network")
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(out, NAME, cfg)
     for name in (AE_FILE, FEATURES_FILE, "checkpoints"):

@@ -153,9 +153,13 @@ def test_a_run_without_the_feature_network_is_told_how_to_add_it(run_dir, tmp_pa
     shutil.copytree(run_dir, old)
     for name in ("features.safetensors", "features.json"):
         (old / name).unlink()
-    with pytest.raises(FileNotFoundError, match=r"features.safetensors: the decoding metrics' feature network is missing; "
-                                                r"rerun the run's 'modaflow train fmri"):
+    with pytest.raises(FileNotFoundError, match=r"features.safetensors: the decoding metrics' feature network is missing "
+                                                r"\(a run trained before it existed\); rerun the run's 'modaflow train "
+                                                r"fmri .*A run made by 'finetune': copy features.safetensors"):
         MODALITY.evaluate(old, None, 0, 4, "euler", 0)
+    with pytest.raises(FileNotFoundError, match=r"features.safetensors: the decoding metrics' feature network is missing"):
+        MODALITY.finetune(old, "simulated", tmp_path / "ft", {}, TrainerArgs(accelerator="cpu"), progress=False)
+    assert not (tmp_path / "ft").exists()  # refused before anything is written
     summary = MODALITY.train(_cfg(), TrainerArgs(accelerator="cpu"), old, progress=False)  # as the message says
     assert "resumed" not in summary["features"] and summary["ae"]["resumed"] and summary["neurovae"]["resumed"]
     assert (old / "checkpoints/last.safetensors").read_bytes() == (run_dir / "checkpoints/last.safetensors").read_bytes()

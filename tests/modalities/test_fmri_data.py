@@ -220,6 +220,8 @@ def test_images01_reads_the_usual_encodings_and_refuses_the_ambiguous_ones() -> 
     np.testing.assert_allclose(images01(u8, "s"), u8 / 255.0, rtol=1e-6)  # 8-bit
     np.testing.assert_allclose(images01(u8.astype(np.float64), "s"), u8 / 255.0, rtol=1e-6)  # 0..255 as floats
     np.testing.assert_array_equal(images01(x, "s"), x)  # already in [0, 1]
+    binary = (x > 0.5).astype(np.int64)
+    np.testing.assert_array_equal(images01(binary, "s"), binary)  # 0/1 integers: binary, not 0 and 1/255
     over = x.copy()
     over[0, 0, 0] = 1.0005  # resampling overshoot: clipped, the rest untouched
     np.testing.assert_array_equal(images01(over, "s"), np.clip(over, 0, 1))
