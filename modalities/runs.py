@@ -13,8 +13,10 @@ so ``sample``, ``evaluate`` and ``finetune`` rebuild the model from ``recipe.jso
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -73,9 +75,15 @@ def save_recipe(out_dir: str | Path, modality: str, cfg: Config) -> Path:
     return path
 
 
-def load_recipe(ckpt_dir: str | Path, modality: str, cfg_cls: type[C]) -> C:
+def load_recipe(ckpt_dir: str | Path, modality: str, cfg_cls: type[C],
+                inert: Callable[[dict], dict[str, Any]] | None = None) -> C:
     """The recipe config of the run folder ``ckpt_dir``; errors name the file and say what
-    was expected (a missing file, another modality's run, bad fields)."""
+    was expected (a missing file, another modality's run, bad fields).
+
+    ``inert(config)``: for a recipe that a later version's validation refuses, the fields
+    that never affected a trained run (options it accepted and ignored) as ``{"section.field":
+    default}``; where the stored value differs, it is read as the default, with a warning,
+    so that older runs still load. Any other refusal is raised as before."""
     path = Path(ckpt_dir) / RECIPE_FILE
     if not path.is_file():
         raise ConfigError(f"{path}: not found; --ckpt must be a run folder written by 'modaflow train {modality}'")
@@ -86,10 +94,28 @@ def load_recipe(ckpt_dir: str | Path, modality: str, cfg_cls: type[C]) -> C:
     if not isinstance(data, dict) or data.get("modality") != modality:
         found = data.get("modality") if isinstance(data, dict) else None
         raise ConfigError(f"{path}: a run of modality {found!r}, expected {modality!r}")
+    config = data.get("config")
     try:
-        return cfg_cls.from_dict(data.get("config"))
+        return cfg_cls.from_dict(config)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        error = ConfigError(f"{path}: {e}")
+    if inert is None or not isinstance(config, dict):
+        raise error
+    reset = []
+    for name, default in inert(config).items():
+        section, field = name.split(".")
+        if isinstance(config.get(section), dict) and field in config[section] and config[section][field] != default:
+            config[section][field] = default
+            reset.append(name)
+    try:
+        cfg = cfg_cls.from_dict(config) if reset else None
+    except ConfigError:
+        cfg = None
+    if cfg is None:
+        raise error
+    warnings.warn(f"{path}: {', '.join(reset)} had no effect on this run (the {modality} recipe never read them); "
+                  "read as their defaults", stacklevel=2)
+    return cfg
 
 
 def load_weights(ckpt_dir: str | Path, model: nn.Module, use_ema: bool = True) -> int:

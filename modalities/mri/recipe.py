@@ -16,9 +16,7 @@ those fields when set (:func:`unread_fields`) instead of ignoring them.
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,7 +28,7 @@ from modaflow.core.config import Config, ConfigError
 from modaflow.core.paths import AffinePath
 from modaflow.core.training import FlowMatchingConfig, TrainerArgs, checkpoint_path, fit, load_checkpoint
 
-from ..runs import RECIPE_FILE, load_recipe, load_weights, save_recipe
+from ..runs import load_recipe, load_weights, save_recipe
 from .data import MRIDataModule, SourceSpec, build_dataset, load_volumes
 from .models import UNet3D, UNetConfig, apply_gpu_options
 from .nifti import ObliquePolicy, parse_source
@@ -219,33 +217,23 @@ def train(cfg: MRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progre
     return _fit(module, cfg, trainer_args, out_dir, progress)
 
 
+def _inert(config: dict) -> dict[str, object]:
+    """:func:`unread_fields` of a stored recipe as ``{name: default}`` (:func:`~..runs.load_recipe`'s ``inert``)."""
+    target = config.get("target", MRIConfig.target)
+    steps = (config.get("fm") or {}).get("ddpm_steps", _default_fm().ddpm_steps)
+    out = {}
+    for name, accepted, _ in unread_fields(target, steps):
+        section, attr = name.split(".")
+        if (config.get(section) or {}).get(attr, accepted[0]) not in accepted:
+            out[name] = accepted[0]
+    return out
+
+
 def load_config(ckpt_dir: str | Path) -> MRIConfig:
     """The recipe of the run folder ``ckpt_dir`` (errors name the file). A recipe written before
     :meth:`MRIConfig.validate` refused the :func:`unread_fields` loads with those fields at their
     defaults, with a warning: they had no effect on the trained weights."""
-    try:
-        return load_recipe(ckpt_dir, NAME, MRIConfig)
-    except ConfigError as e:
-        error = e
-    path = Path(ckpt_dir) / RECIPE_FILE
-    try:
-        config = json.loads(path.read_text())["config"]
-        target = config.get("target", MRIConfig.target)
-        steps = config.get("fm", {}).get("ddpm_steps", _default_fm().ddpm_steps)
-        reset = []
-        for name, accepted, _ in unread_fields(target, steps):
-            section, attr = name.split(".")
-            if attr in config.get(section, {}) and config[section][attr] not in accepted:
-                config[section][attr] = accepted[0]
-                reset.append(name)
-        cfg = MRIConfig.from_dict(config) if reset else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # ConfigError is a ValueError
-        cfg = None
-    if cfg is None:
-        raise error
-    warnings.warn(f"{path}: {', '.join(reset)} had no effect on this run (the MRI recipe never read them); "
-                  "read as their defaults", stacklevel=2)
-    return cfg
+    return load_recipe(ckpt_dir, NAME, MRIConfig, inert=_inert)
 
 
 def restore(ckpt_dir: str | Path) -> tuple[MRIConfig, AffinePath, nn.Module]:

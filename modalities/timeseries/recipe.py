@@ -169,6 +169,17 @@ class TimeSeriesConfig(Config):
         return self.max_horizon or self.window // 2
 
 
+def inert_fields(config: dict) -> dict[str, object]:
+    """The ``fm`` fields :meth:`TimeSeriesConfig.validate` refuses because the method sets them or never
+    reads them, at their defaults: a run stored before they were refused loads with them reset
+    (:func:`~..runs.load_recipe`'s ``inert``); they never changed its training."""
+    fm = _default_fm()
+    out = {"fm.parametrization": fm.parametrization, "fm.path": fm.path, "fm.cond_dropout": fm.cond_dropout}
+    if config.get("method", "timeflow") == "timeflow":
+        out.update({"fm.loss_weighting": fm.loss_weighting, "fm.coupling": fm.coupling})
+    return out
+
+
 @lru_cache(maxsize=8)
 def _windows(data: str, window: int, stride: int, test_fraction: float, n_samples: int, seed: int,
              time_column: str) -> D.Windows:
@@ -225,7 +236,7 @@ class Restored:
 
 def restore(ckpt_dir: str | Path, device: torch.device | str = "cpu") -> Restored:
     """Rebuild the run ``ckpt_dir`` from its recipe, scaler and checkpoint, the network on ``device``."""
-    cfg = load_recipe(ckpt_dir, NAME, TimeSeriesConfig)
+    cfg = load_recipe(ckpt_dir, NAME, TimeSeriesConfig, inert=inert_fields)
     scaler = D.Scaler.load(Path(ckpt_dir) / SCALER_FILE)
     path, kind, module = build(cfg, scaler.n_channels)
     load_weights(ckpt_dir, module.model, use_ema=True)
@@ -290,7 +301,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     """Continue training the run ``ckpt_dir`` on ``data`` into ``out_dir``, from its weights
     and EMA with a fresh optimiser; the scaler is refitted on the new training split. The
     network (sizes, method, window) and the channel count must stay those of the checkpoint."""
-    base = load_recipe(ckpt_dir, NAME, TimeSeriesConfig)
+    base = load_recipe(ckpt_dir, NAME, TimeSeriesConfig, inert=inert_fields)
     base_scaler = D.Scaler.load(Path(ckpt_dir) / SCALER_FILE)
     merged = base.to_dict()
     for key, value in overrides.items():

@@ -464,6 +464,21 @@ def test_training_options_the_method_sets_are_refused_not_ignored(run_dir, capsy
                  "--parametrization", "data"]) == 2
     assert ("argument --parametrization: TimeSeriesConfig.fm.parametrization: expected unset: the method sets it "
             "(TimeFlow: --prediction") in capsys.readouterr().err
+    # a run stored when such options were accepted and ignored still loads, read as the defaults it trained with
+    import shutil
+
+    old_run = tmp / "old_recipe_run"
+    shutil.copytree(run_dir[1], old_run)
+    recipe = json.loads((old_run / "recipe.json").read_text())
+    recipe["config"]["fm"].update(parametrization="data", coupling="exact_ot")
+    (old_run / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.warns(UserWarning, match=r"recipe.json: fm.parametrization, fm.coupling had no effect on this run"):
+        r = R.restore(old_run)
+    assert r.cfg.fm.parametrization == "velocity" and r.kind == "velocity"
+    recipe["config"]["window"] = 0  # anything else refused is still an error naming the file
+    (old_run / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.raises(ConfigError, match=r"recipe.json: TimeSeriesConfig.window"):
+        R.restore(old_run)
 
 
 def test_flow_methods_train_on_logit_normal_times_and_the_ddpm_on_uniform_steps() -> None:
