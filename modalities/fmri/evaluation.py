@@ -56,14 +56,15 @@ class NeuroFlowScores(dict):
 
 def score_neuroflow(model, test_x: np.ndarray, test_img: np.ndarray, test_trials, steps: int, solver: str,
                     features: Callable[[Tensor], Tensor], n_candidates: int = 300, seed: int = 0) -> NeuroFlowScores:
-    """Encoding, decoding and cycle metrics of a :class:`~.neuroflow.NeuroFlow` at ``steps``."""
+    """Encoding, decoding and cycle metrics of a :class:`~.neuroflow.NeuroFlow` at ``steps``
+    (the model on any device; the metrics and ``features`` on the CPU)."""
     x = torch.as_tensor(test_x, dtype=torch.float32)
     img = torch.as_tensor(test_img, dtype=torch.float32)
-    pred_vox = model.encode(img, steps, solver)
-    pred_img = model.decode(x, steps, solver)
+    pred_vox = model.encode(img, steps, solver).cpu()
+    pred_img = model.decode(x, steps, solver).cpu()
     out = NeuroFlowScores(encoding_metrics(pred_vox, test_x, test_trials, n_candidates, seed))
     out.update(decoding_metrics(pred_img, test_img, features, n_candidates, seed))
-    cyc = model.decode(pred_vox, steps, solver)  # image -> brain -> image
+    cyc = model.decode(pred_vox, steps, solver).cpu()  # image -> brain -> image
     out.update({k.replace("dec.", "cycle."): v for k, v in
                 decoding_metrics(cyc, test_img, features, n_candidates, seed).items() if "retrieval" not in k})
     zv = model.visual_latent(img)

@@ -128,17 +128,30 @@ class NeuroFlow:
         if self.ae.cfg.latent != self.vae.cfg.latent:
             raise CheckpointError(f"visual latent {self.ae.cfg.latent} != neural latent {self.vae.cfg.latent}")
 
+    @property
+    def device(self) -> torch.device:
+        """Where the networks are (:meth:`to`); inputs are moved there, outputs stay there."""
+        return next(self.xfm.parameters()).device
+
+    def to(self, device: torch.device | str) -> "NeuroFlow":
+        """The model with its three networks and statistics on ``device`` (the networks move in place,
+        as ``nn.Module.to`` does)."""
+        return NeuroFlow(self.ae.to(device), self.vae.to(device), self.xfm.to(device),
+                         {k: v.to(device) for k, v in self.stats.items()}, self.solver)
+
     def _s(self, key: str, like: Tensor) -> Tensor:
         return self.stats[key].to(like)
 
     @torch.no_grad()
     def visual_latent(self, img: Tensor) -> Tensor:
-        """Standardised visual latent ``(B, d)`` of images ``(B, H, W)``."""
+        """Standardised visual latent ``(B, d)`` of images ``(B, H, W)`` (on any device)."""
+        img = img.to(self.device)
         return (self.ae.encode(img) - self._s("zv_mean", img)) / self._s("zv_std", img)
 
     @torch.no_grad()
     def neural_latent(self, x: Tensor) -> Tensor:
-        """Standardised neural latent ``(B, d)`` (NeuroVAE mean) of z-scored voxels ``(B, V)``."""
+        """Standardised neural latent ``(B, d)`` (NeuroVAE mean) of z-scored voxels ``(B, V)`` (on any device)."""
+        x = x.to(self.device)
         mu, _ = self.vae.encode(x)
         return (mu - self._s("zn_mean", x)) / self._s("zn_std", x)
 

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from modaflow.core.config import Config, ConfigError
+from modaflow.core.devices import pick_device
 from modaflow.core.paths import LinearPath, VPCosinePath, bridge
 from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit, quiet_lightning
 
@@ -450,10 +451,14 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     number of test stimuli (0 = all)."""
     from .evaluation import score_neuroflow
 
-    if options is not None and options != type(options)():  # sample's options, set: refuse rather than ignore
+    from .sampling import SampleOptions
+
+    opts = options if isinstance(options, SampleOptions) else SampleOptions()
+    if opts.replace(device="auto") != SampleOptions():  # sample's other options, set: refuse rather than ignore
         raise ConfigError("evaluate fmri scores both directions on the test stimuli; --direction and --input are "
                           "options of 'modaflow sample fmri' (give other data with --data)")
     cfg, model = restore(ckpt_dir)
+    model = model.to(pick_device(opts.device))
     features_path = Path(ckpt_dir) / FEATURES_FILE
     if not features_path.is_file():  # a run trained before the metrics' feature network existed
         raise FileNotFoundError(f"{features_path}: the decoding metrics' feature network is missing (a run trained "

@@ -10,6 +10,9 @@ Inputs and outputs of ``sample``:
 * ``--direction decode``: responses in -> images out. ``--input``: ``.npy`` ``(N, V)`` raw
   responses, or a 3-D/4-D NIfTI on the run's mask; empty = the run's averaged test
   responses. Output ``.png`` (a grid) or ``.npy`` ``(N, H, W)``.
+
+``--device auto|cpu|cuda`` chooses where the networks run (``evaluate`` too); the ODE is
+deterministic, so devices differ only by floating-point rounding.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from modaflow.core.config import Config, ConfigError
+from modaflow.core.devices import DeviceName, pick_device
 from modaflow.core.io import atomic_write, read_npy
 from modaflow.core.training import TrainerArgs
 
@@ -44,6 +48,8 @@ class SampleOptions(Config):
     """encode: stimuli -> brain responses (NIfTI/NPY); decode: brain responses -> images (PNG/NPY)."""
     input: str = ""
     """encode: .npy images or a .png; decode: .npy responses (N, V) or NIfTI on the run's mask. '' = the test set."""
+    device: DeviceName = "auto"
+    """Where the networks run: auto (a GPU when torch sees one), cpu or cuda (also for ``evaluate``)."""
 
 
 def read_images(path: str | Path, size: int) -> np.ndarray:
@@ -158,6 +164,7 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
     ckpt_dir, out = Path(ckpt_dir), Path(out_path)
     opts = options or SampleOptions()
     cfg, model = restore(ckpt_dir)
+    model = model.to(pick_device(opts.device))
     steps, solver = steps or cfg.steps, solver or cfg.solver
     out.parent.mkdir(parents=True, exist_ok=True)
     if opts.direction == "encode":
@@ -165,12 +172,12 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
         imgs = read_images(opts.input, size) if opts.input else load_prepared(cfg)[1].test_img
         imgs = imgs[: n or None]
         z = model.encode(torch.as_tensor(imgs), steps, solver)
-        return _write_voxels(out, model.unzscore(z).numpy(), ckpt_dir)
+        return _write_voxels(out, model.unzscore(z).cpu().numpy(), ckpt_dir)
     if opts.input:
         x = model.zscore(torch.as_tensor(read_responses(opts.input, ckpt_dir, model.vae.cfg.voxels)))
     else:
         x = torch.as_tensor(load_prepared(cfg)[1].test_x)
-    imgs = model.decode(x[: n or None], steps, solver).numpy()
+    imgs = model.decode(x[: n or None], steps, solver).cpu().numpy()
     if out.suffix.lower() == ".png":
         return save_image_grid(out, imgs)
     if out.suffix.lower() == ".npy":

@@ -111,6 +111,32 @@ def test_evaluate_reports_both_directions_and_the_cycle(run_dir) -> None:
         MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0, options=SampleOptions(input="x.npy"))
 
 
+def test_device_option_of_sample_and_evaluate(run_dir, tmp_path) -> None:
+    base = MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0)
+    on_cpu = MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0, options=SampleOptions(device="cpu"))
+    assert {k: v for k, v in on_cpu.items()} == {k: v for k, v in base.items()}  # --device is not --direction/--input
+    if not torch.cuda.is_available():
+        for call in (lambda: MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0, options=SampleOptions(device="cuda")),
+                     lambda: MODALITY.sample(run_dir, 2, 2, None, tmp_path / "o.npy", 0, options=SampleOptions(device="cuda"))):
+            with pytest.raises(ValueError, match="cuda was asked for, but torch sees no GPU"):
+                call()
+    with pytest.raises(ConfigError, match="device"):
+        SampleOptions(device="tpu")
+
+
+@pytest.mark.gpu
+def test_sample_and_evaluate_on_cuda_match_the_cpu(run_dir, tmp_path) -> None:
+    for direction in ("encode", "decode"):
+        cpu = np.load(MODALITY.sample(run_dir, 5, 4, "euler", tmp_path / f"{direction}_cpu.npy", 0,
+                                      options=SampleOptions(direction=direction, device="cpu")))
+        gpu = np.load(MODALITY.sample(run_dir, 5, 4, "euler", tmp_path / f"{direction}_gpu.npy", 0,
+                                      options=SampleOptions(direction=direction, device="cuda")))
+        np.testing.assert_allclose(gpu, cpu, atol=1e-3, rtol=0)  # float32 on another device: rounding only
+    cpu_m = MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0, options=SampleOptions(device="cpu"))
+    gpu_m = MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0, options=SampleOptions(device="cuda"))
+    assert abs(gpu_m["enc.voxel_r_median"] - cpu_m["enc.voxel_r_median"]) < 1e-3
+
+
 def test_one_field_runs_both_ways_the_backward_ode_inverts_the_forward_one() -> None:
     torch.manual_seed(0)
     xfm = build_xfm(6, 32, 2)
