@@ -149,12 +149,14 @@ def sktime_set(name: str) -> Source:
 def read_table(path: str | Path, time_column: str | None = None, allow_missing: bool = False) -> Source:
     """The user's series from a ``.csv`` or ``.parquet`` file: one row per time step, a time
     column (``time_column``, else one named date/time/timestamp/datetime, else a nameless
-    index column that pandas' ``to_csv`` writes, else the first text
+    index column that pandas' ``to_csv`` writes (dropped, never a channel, when another
+    column is the time), else the first text
     column that reads as dates, else a DatetimeIndex; rows are sorted by its numbers or parsed
     dates, never as strings) and numeric channel columns. A text column that is not dates is
     an error naming its first bad value, never silently taken as time.
 
-    Missing values (empty cells, NaN) are an error unless ``allow_missing`` (imputation):
+    A time column with an empty cell is an error (its row has no place in the order).
+    Missing values (empty cells, NaN) in channels are an error unless ``allow_missing`` (imputation):
     then they come back as ``mask == 0`` with the value 0. Inf is always an error. Errors
     name the file and say what was expected.
     """
@@ -182,8 +184,14 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
     if isinstance(df.index, pd.DatetimeIndex):  # a Parquet file written from a time-indexed frame
         df = df.reset_index()
     tcol = _time_column(df, time_column, path)
+    if tcol is not None and df.columns[0] == "Unnamed: 0" and tcol != df.columns[0]:
+        df = df.drop(columns=[df.columns[0]])  # pandas' to_csv row index beside a time column: not a channel
     if tcol is not None:
         times = _time_values(df[tcol], tcol, path)
+        gaps = np.flatnonzero(times.isna().to_numpy())
+        if gaps.size:
+            raise ValueError(f"{path}: time column {tcol!r} has {gaps.size} empty value(s), the first in row {gaps[0]}; "
+                             f"every row needs its time (fill or drop those rows)")
         repeated = np.flatnonzero(times.duplicated(keep="first").to_numpy())
         if repeated.size:
             first = int(np.flatnonzero((times == times.iloc[repeated[0]]).to_numpy())[0])
@@ -212,9 +220,9 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
         if not allow_missing:
             r, c = np.argwhere(missing)[0]
             raise ValueError(f"{path}: {int(missing.sum())} missing value(s)/NaN, the first in row {r} (after sorting by "
-                             f"time), column {df.columns[c]!r}; training needs complete rows: fill them, or impute "
-                             f"them with a model trained on complete data ('modaflow sample timeseries --ckpt RUN "
-                             f"--task impute --input {path}')")
+                             f"time), column {df.columns[c]!r}; training and forecasting need complete rows: fill "
+                             f"them, or impute them with a model trained on complete data ('modaflow sample timeseries "
+                             f"--ckpt RUN --task impute --input {path}')")
         mask = (~missing).astype(np.float64)
         x = np.where(missing, 0.0, x)
     return Source(x, tuple(str(c) for c in df.columns), "series", mask=mask)
@@ -245,7 +253,8 @@ def _time_column(df, name: str | None, path: Path) -> str | None:
 
 def _time_values(col, name: str, path: Path):
     """The sort key of a time column: numbers as they are, text parsed as dates (so that
-    '01/15/2020' or '15.01.2020' sort by date, not as strings). Errors name the file and value."""
+    '01/15/2020' or '15.01.2020' sort by date, not as strings; month first when every value
+    reads so, else day first). Errors name the file and value."""
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_datetime64_any_dtype(col):
@@ -253,7 +262,12 @@ def _time_values(col, name: str, path: Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # pandas' "could not infer format" note
-            return pd.to_datetime(col, errors="raise")
+            try:
+                return pd.to_datetime(col, errors="raise")
+            except (ValueError, TypeError, OverflowError):
+                # pandas takes the format from the first value, month first when it can be ('01/02/2020'); a day-first
+                # file whose first day is <= 12 then fails at its first day > 12 ('13/01/2020'): read it day first
+                return pd.to_datetime(col, errors="raise", dayfirst=True)
     except (ValueError, TypeError, OverflowError) as e:
         raise ValueError(f"{path}: time column {name!r} holds values that are neither numbers nor dates ({e}); "
                          f"name the time column with --time-column (train and finetune; sample and evaluate use the "

@@ -69,6 +69,14 @@ class TimeSeriesOptions(Config):
 
     def validate(self) -> None:
         self._require(self.horizon >= 0, "horizon", "an integer >= 0")
+        # conditioning options of another task are refused, not ignored (a forgotten --task would give unconditional
+        # samples that look like an answer)
+        self._require(not self.input or self.task != "generate", "input",
+                      "empty for --task generate (condition on a file with --task forecast or --task impute)")
+        self._require(not self.horizon or self.task == "forecast", "horizon",
+                      f"0 for --task {self.task} (a horizon is a forecasting option: --task forecast)")
+        self._require(not self.guidance or self.task != "generate", "guidance",
+                      "off for --task generate (steering conditions forecasts and imputations)")
         self._require(0 < self.missing_rate < 1, "missing_rate", "a number in (0, 1)")
         for name in ("windows", "repeats", "disc_iterations", "pred_iterations"):
             self._require(getattr(self, name) >= 1, name, "an integer >= 1")
@@ -217,6 +225,9 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     MAE of the sample mean and CRPS over ``n`` samples per window, on the predicted entries, of ``opts.input`` or
     else the test windows (of ``data`` if given)."""
     opts = options or TimeSeriesOptions()
+    if opts.input and data:
+        raise ValueError(f"evaluate takes --input ({opts.input}) or --data ({data}), not both: --input scores the "
+                         f"conditioning on that file, --data the test windows of that data")
     r = restore(ckpt_dir, pick_device(opts.device))
     if opts.task != "generate":
         u, m, target = conditioning(r, opts, seed, scoring=True, data=data)

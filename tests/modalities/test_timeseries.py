@@ -121,6 +121,10 @@ def test_dates_sort_as_dates_not_strings_and_a_text_channel_is_never_time(tmp_pa
         rows = "".join(f"{d.strftime(fmt)},{i}\n" for i, d in enumerate(days))
         src = S.read_table(_write_csv(tmp_path / "d.csv", "date," + "a\n" + rows))
         np.testing.assert_array_equal(src.values[:, 0], [0, 1, 2, 3])  # already in time order: kept so
+    # day first, the first day <= 12: pandas guessed month first from '01/01/2021' and failed at the first day > 12
+    jan = pd.date_range("2021-01-01", periods=15, freq="D")
+    rows = "".join(f"{jan[i].strftime('%d/%m/%Y')},{i}\n" for i in [0, *range(14, 0, -1)])  # first row 01/01, then unsorted
+    np.testing.assert_array_equal(S.read_table(_write_csv(tmp_path / "eu.csv", "date,a\n" + rows)).values[:, 0], np.arange(15))
     rows = "".join(f"{d.strftime('%m/%d/%Y')},{i}\n" for i, d in reversed(list(enumerate(days))))
     np.testing.assert_array_equal(S.read_table(_write_csv(tmp_path / "r.csv", "when,a\n" + rows)).values[:, 0], [0, 1, 2, 3])
     # no time column, one bad cell in channel b: an error naming it, not b taken as time
@@ -148,11 +152,26 @@ def test_dates_sort_as_dates_not_strings_and_a_text_channel_is_never_time(tmp_pa
                                              r"rows 0 and 2: one row per time step"),
         ("date,a\n2020-01-02,1\n2020-01-01,2\n2020-01-02,3\n", False, r"bad.csv: time column 'date' holds 1 repeated "
                                                                       r"value\(s\); the first, '2020-01-02', in rows 0 and 2"),
+        # a row without its time: was sorted to the end silently (one) or an IndexError (two, as "repeats")
+        ("date,a\n2020-01-01,1\n,2\n2020-01-03,3\n", False, r"bad.csv: time column 'date' has 1 empty value\(s\), the "
+                                                           r"first in row 1; every row needs its time"),
+        ("time,a\n1,1\n,2\n,3\n4,4\n", False, r"bad.csv: time column 'time' has 2 empty value\(s\), the first in row 1"),
     ],
 )
 def test_bad_files_name_the_file_and_the_problem(tmp_path, text, allow, message) -> None:
     with pytest.raises(ValueError, match=message):
         S.read_table(_write_csv(tmp_path / "bad.csv", text), allow_missing=allow)
+
+
+def test_pandas_row_index_beside_a_date_column_is_not_a_channel(tmp_path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"date": pd.date_range("2020-01-01", periods=5, freq="D").strftime("%Y-%m-%d"),
+                       "a": np.arange(5.0), "b": 10 + np.arange(5.0)})
+    df.iloc[::-1].to_csv(tmp_path / "indexed.csv")  # pandas' default: its row index (4..0) as a nameless first column
+    src = S.read_table(tmp_path / "indexed.csv")
+    assert src.channels == ("a", "b")
+    np.testing.assert_array_equal(src.values, [[0, 10], [1, 11], [2, 12], [3, 13], [4, 14]])
 
 
 def test_missing_values_become_a_mask_when_imputing(tmp_path) -> None:

@@ -325,6 +325,41 @@ def test_cli_bad_inputs_name_the_file_and_the_problem(run_dir, capsys) -> None:
     assert "broken_run/scaler.json: the scaler lacks the field 'channels'" in capsys.readouterr().err
 
 
+def test_conditioning_options_of_another_task_are_refused_not_ignored(run_dir, capsys) -> None:
+    tmp, out = run_dir
+    capsys.readouterr()
+    # --input without --task forecast/impute used to write unconditional samples as if it had conditioned on the file
+    assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "gi.npy"), "--n", "2", "--steps", "2",
+                 "--input", str(tmp / "series.csv")]) == 2
+    assert "TimeSeriesOptions.input: expected empty for --task generate" in capsys.readouterr().err
+    assert not (tmp / "gi.npy").exists()
+    with pytest.raises(ConfigError, match="TimeSeriesOptions.horizon: expected 0 for --task impute"):
+        tasks.TimeSeriesOptions(task="impute", horizon=4)
+    with pytest.raises(ConfigError, match="TimeSeriesOptions.horizon: expected 0 for --task generate"):
+        tasks.TimeSeriesOptions(horizon=4)
+    assert tasks.TimeSeriesOptions(task="forecast", horizon=4, input="x.csv").horizon == 4
+    with pytest.raises(ConfigError, match="TimeSeriesOptions.guidance: expected off for --task generate"):
+        tasks.TimeSeriesOptions(guidance=True)
+    capsys.readouterr()
+    assert main(["evaluate", "timeseries", "--ckpt", str(out), "--n", "2", "--steps", "2", "--task", "forecast",
+                 "--input", str(tmp / "series.csv"), "--data", str(tmp / "series.csv")]) == 2  # --data was dropped
+    assert f"evaluate takes --input ({tmp / 'series.csv'}) or --data ({tmp / 'series.csv'}), not both" in capsys.readouterr().err
+
+
+def test_a_run_on_a_relative_file_samples_its_test_windows_from_another_directory(run_dir, monkeypatch, capsys) -> None:
+    tmp, _ = run_dir
+    monkeypatch.chdir(tmp)
+    assert main(["train", "timeseries", "--data", "series.csv", "--out", "rel_run", *SMALL, "--max-steps", "2"]) == 0
+    recipe = json.loads((tmp / "rel_run" / "recipe.json").read_text())
+    assert recipe["config"]["data"] == str((tmp / "series.csv").resolve())
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # forecasting on the run's test windows reads its data file again
+    assert main(["sample", "timeseries", "--ckpt", str(tmp / "rel_run"), "--out", "f.npy", "--n", "2", "--steps", "2",
+                 "--task", "forecast", "--windows", "3"]) == 0, capsys.readouterr().err
+    assert np.load(elsewhere / "f.npy").shape == (3, 2, 12, 2)
+
+
 def test_finetune_continues_from_the_checkpoint(run_dir) -> None:
     tmp, out = run_dir
     other = _csv(tmp / "other.csv", n=120, offset=-5.0)
