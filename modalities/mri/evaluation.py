@@ -118,10 +118,14 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     held-out split of the run's data (or of ``data``): see :func:`evaluate_volumes`; also seconds
     per volume and the device."""
     cfg, model, kind, path, solver = load_generator(ckpt_dir, solver)
+    shape = (cfg.source if data is None else cfg.replace(data=data).source).shape
+    if tuple(shape) != tuple(cfg.source.shape):  # before the real volumes are loaded and the feature net trained
+        raise ValueError(f"{data}: its volumes would have shape {tuple(shape)} (the run's "
+                         f"{'size' if data == 'embedded' else 'fov'}), not the model's {tuple(cfg.source.shape)}; "
+                         f"evaluate on data of the model's shape, or finetune the run on this data first "
+                         f"(modaflow finetune mri --ckpt {ckpt_dir} --data {data}, with --size / --fov matching)")
     model, autocast, channels_last = on_device(model, options or SampleOptions())
     ref = real_reference(cfg, FeatureConfig(seed=seed), seed, data)
-    if tuple(ref.test.shape[2:]) != tuple(cfg.source.shape):
-        raise ValueError(f"{data}: held-out volumes {tuple(ref.test.shape[2:])} differ from the model's {cfg.source.shape}")
     start = time.perf_counter()
     x = generate(model, kind, path, draw_noise(n, cfg.source.shape, seed), steps or cfg.steps, solver,
                  autocast=autocast, channels_last=channels_last)

@@ -60,7 +60,15 @@ class Volume:
 
 
 def _is_nifti(p: Path) -> bool:
-    return p.is_file() and p.name.endswith(NIFTI_SUFFIXES)
+    """A NIfTI file by name; hidden files (macOS ``._*`` resource forks, editors' ``.*``) are not
+    images. A broken link (a DataLad / git-annex file whose content was never fetched) raises,
+    naming it, rather than dropping that scan without a word."""
+    if p.name.startswith(".") or not p.name.endswith(NIFTI_SUFFIXES):
+        return False
+    if p.is_symlink() and not p.exists():
+        raise NiftiError(f"{p}: a broken link (DataLad / git-annex content not fetched? 'datalad get' it); "
+                         f"expected a NIfTI file")
+    return p.is_file()
 
 
 def find_folder(root: str | Path) -> list[Path]:
@@ -137,7 +145,13 @@ def read_volume(
     path = Path(path)
     try:
         img = nib.load(str(path))
+        dtype = img.get_data_dtype()
+        if dtype.kind not in "biuf":  # RGB (structured) or complex voxels: get_fdata fails or drops the imaginary part
+            raise NiftiError(f"{path}: voxel data type {dtype} (RGB or complex); expected real-valued "
+                             f"T1 intensities (one number per voxel)")
         data = np.asarray(img.get_fdata(dtype=np.float32))
+    except NiftiError:
+        raise
     except FileNotFoundError:
         raise NiftiError(f"{path}: file not found") from None
     except (nib.filebasedimages.ImageFileError, EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as e:
