@@ -48,6 +48,7 @@ __all__ = [
     "split_windows",
     "check_finite_windows",
     "save_samples",
+    "save_series",
     "SeriesDataModule",
     "WindowDataset",
     "default_test_fraction",
@@ -317,6 +318,30 @@ def save_samples(path: str | Path, x: np.ndarray, channels: tuple[str, ...]) -> 
     else:
         raise ValueError(f"{path}: output must end in .npy or .csv; got suffix {suffix!r}")
     atomic_write(path, write)
+    return path
+
+
+def save_series(path: str | Path, x: np.ndarray, channels: tuple[str, ...], times: np.ndarray | None = None,
+                time_name: str | None = None) -> Path:
+    """Write whole filled series ``(S, T, C)`` (samples x time steps, raw units) to ``.npy`` or
+    to a long-format ``.csv``: ``sample``, the time column (``times`` as the input file wrote
+    them, under ``time_name``; else ``step`` = 0..T-1), then one column per channel; atomically."""
+    path = Path(path)
+    S, T, C = x.shape
+    if path.suffix.lower() == ".npy":
+        return save_samples(path, x, channels)
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"{path}: output must end in .npy or .csv; got suffix {path.suffix.lower()!r}")
+    import pandas as pd
+
+    name = "step" if times is None or not time_name or time_name.startswith("Unnamed:") else time_name
+    when = np.arange(T) if times is None else np.asarray(times)
+    if len(when) != T:
+        raise ValueError(f"{path}: {len(when)} time values for {T} steps")
+    table = pd.DataFrame({"sample": np.repeat(np.arange(S), T), name: np.tile(when, S)})
+    for c, ch in enumerate(channels):
+        table[ch] = x[:, :, c].reshape(-1)
+    atomic_write(path, lambda p: table.to_csv(p, index=False, float_format="%.10g"))
     return path
 
 

@@ -52,6 +52,9 @@ class Source:
         test_values: a predefined test split of the same kind (sktime sets ship one), or None.
         mask: ``values``' observed entries (1) and missing ones (0, their value set to 0),
             for a user file read with missing values allowed; None when complete.
+        times: a user file's time column as written there (text), in the rows' (sorted)
+            order, so that a filled series can be written back beside it; None without one.
+        time_name: that column's name.
     """
 
     values: np.ndarray
@@ -59,6 +62,8 @@ class Source:
     kind: str
     test_values: np.ndarray | None = None
     mask: np.ndarray | None = field(default=None)
+    times: np.ndarray | None = None
+    time_name: str | None = None
 
 
 def sines(n: int = 10_000, length: int = 24, channels: int = 5, seed: int = 0) -> Source:
@@ -187,6 +192,7 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
     if tcol is not None and df.columns[0] == "Unnamed: 0" and tcol != df.columns[0]:
         df = df.drop(columns=[df.columns[0]])  # pandas' to_csv row index beside a time column: not a channel
     if tcol is not None:
+        df = df.reset_index(drop=True)  # row labels = positions, for the time order below
         times = _time_values(df[tcol], tcol, path)
         gaps = np.flatnonzero(times.isna().to_numpy())
         if gaps.size:
@@ -200,7 +206,10 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
             raise ValueError(f"{path}: time column {tcol!r} holds {repeated.size} repeated value(s); the first, "
                              f"{value!r}, in rows {first} and {repeated[0]}: one row per time step "
                              f"expected (aggregate or drop the repeats)")
-        df = df.assign(**{tcol: times}).sort_values(tcol, kind="stable").drop(columns=[tcol])
+        written = df[tcol].astype(str).to_numpy()
+        df = df.assign(**{tcol: times}).sort_values(tcol, kind="stable")
+        written = written[df.index.to_numpy()]  # the time values as the file writes them, in time order
+        df = df.drop(columns=[tcol])
     bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     if bad:
         col = df[bad[0]]
@@ -225,7 +234,8 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
                              f"--ckpt RUN --task impute --input {path}')")
         mask = (~missing).astype(np.float64)
         x = np.where(missing, 0.0, x)
-    return Source(x, tuple(str(c) for c in df.columns), "series", mask=mask)
+    return Source(x, tuple(str(c) for c in df.columns), "series", mask=mask,
+                  times=None if tcol is None else written, time_name=tcol)
 
 
 def _time_column(df, name: str | None, path: Path) -> str | None:

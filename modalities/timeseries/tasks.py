@@ -24,7 +24,7 @@ from . import data as D
 from . import metrics as M
 from .recipe import Restored, draw, prepare, restore, to_raw
 from .sampling import condition, steered_impute
-from .sources import read_table
+from .sources import Source, read_table
 from .ts2vec import TS2VecConfig, train_ts2vec
 
 __all__ = ["TimeSeriesOptions", "conditioning", "complete", "sample", "evaluate", "generation_metrics"]
@@ -38,7 +38,8 @@ class TimeSeriesOptions(Config):
     """generate (unconditional), forecast (the last --horizon steps) or impute (masked / missing entries)."""
     input: str = ""
     """forecast/impute: a .csv/.parquet series to condition on (forecast: continue its end; impute: fill its NaN,
-    in windows tiling the file, the last one aligned to its end); empty = test windows of the training data.
+    in windows tiling the file, the last one aligned to its end, and write the whole series back, n filled copies
+    with the file's time column); empty = test windows of the training data.
     evaluate scores known values: forecast holds out the file's last horizon steps, impute hides observed entries."""
     horizon: int = 0
     """forecast: steps to predict (0 = window // 4)."""
@@ -120,31 +121,19 @@ def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int, scoring: bool 
     L, C = r.cfg.window, r.scaler.n_channels
     H = _horizon(r, opts) if opts.task == "forecast" else 0
     if opts.input:
-        src = read_table(opts.input, r.cfg.time_column or None, allow_missing=opts.task == "impute")
-        order = D.channel_order(src.channels, r.scaler.channels, opts.input)  # columns by name, not position
-        x = src.values[:, order]
-        mask = np.ones_like(x) if src.mask is None else src.mask[:, order]
-        if opts.task == "forecast":  # L - H steps observed, the next H predicted
-            need = L if scoring else L - H
-            if x.shape[0] < need:
-                raise ValueError(f"{opts.input}: the series has {x.shape[0]} steps; "
-                                 f"{'scoring a forecast' if scoring else 'forecasting'} needs >= {need}")
-            u = np.zeros((1, L, C))
-            u[0, :need] = r.scaler.transform(x[-need:], opts.input)
-            m = np.zeros((1, L, C))
-            m[0, : L - H] = 1.0
-            return u, m, (1.0 - m) if scoring else np.zeros_like(m)
-        if x.shape[0] < L:
-            raise ValueError(f"{opts.input}: the series has {x.shape[0]} time steps, shorter than the window length {L}")
-        starts = _tiling(x.shape[0], L)
-        xs = np.stack([x[s : s + L] for s in starts])
-        ms = np.stack([mask[s : s + L] for s in starts])
-        known = r.scaler.transform(xs, opts.input) * ms
-        if scoring or ms.min() == 1.0:  # hide observed entries at random (and score them when scoring)
-            hide = 1.0 - _random_mask(xs.shape, opts.missing_rate, seed)
-            m = ms * (1.0 - hide)
-            return known, m, ms * hide if scoring else np.zeros_like(m)
-        return known, ms, np.zeros_like(ms)
+        _, x, mask = _input_series(r, opts)
+        if opts.task == "impute":
+            return _impute_windows(r, opts, x, mask, seed, scoring)
+        # forecast: L - H steps observed, the next H predicted
+        need = L if scoring else L - H
+        if x.shape[0] < need:
+            raise ValueError(f"{opts.input}: the series has {x.shape[0]} steps; "
+                             f"{'scoring a forecast' if scoring else 'forecasting'} needs >= {need}")
+        u = np.zeros((1, L, C))
+        u[0, :need] = r.scaler.transform(x[-need:], opts.input)
+        m = np.zeros((1, L, C))
+        m[0, : L - H] = 1.0
+        return u, m, (1.0 - m) if scoring else np.zeros_like(m)
     cfg = r.cfg if data is None else r.cfg.replace(data=data)
     w, _ = prepare(cfg)
     if len(w.test) == 0:
@@ -158,6 +147,48 @@ def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int, scoring: bool 
     else:
         m = _random_mask(u.shape, opts.missing_rate, seed)
     return u, m, 1.0 - m
+
+
+def _input_series(r: Restored, opts: TimeSeriesOptions) -> tuple[Source, np.ndarray, np.ndarray]:
+    """``opts.input`` read as the run reads data: ``(source, values (T, C), observed mask (T, C))``,
+    its columns put in the run's channel order by name (not position); NaN allowed for impute."""
+    src = read_table(opts.input, r.cfg.time_column or None, allow_missing=opts.task == "impute")
+    order = D.channel_order(src.channels, r.scaler.channels, opts.input)
+    x = src.values[:, order]
+    return src, x, np.ones_like(x) if src.mask is None else src.mask[:, order]
+
+
+def _impute_windows(r: Restored, opts: TimeSeriesOptions, x: np.ndarray, mask: np.ndarray, seed: int,
+                    scoring: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`conditioning` of impute on a file's series ``x`` (``(T, C)``, raw) with its observed ``mask``:
+    windows tiling it (:func:`_tiling`)."""
+    L = r.cfg.window
+    if x.shape[0] < L:
+        raise ValueError(f"{opts.input}: the series has {x.shape[0]} time steps, shorter than the window length {L}")
+    starts = _tiling(x.shape[0], L)
+    xs = np.stack([x[s : s + L] for s in starts])
+    ms = np.stack([mask[s : s + L] for s in starts])
+    known = r.scaler.transform(xs, opts.input) * ms
+    if scoring or ms.min() == 1.0:  # hide observed entries at random (and score them when scoring)
+        hide = 1.0 - _random_mask(xs.shape, opts.missing_rate, seed)
+        m = ms * (1.0 - hide)
+        return known, m, ms * hide if scoring else np.zeros_like(m)
+    return known, ms, np.zeros_like(ms)
+
+
+def stitch(windows: np.ndarray, seen: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Whole series ``(S, T, C)`` from completions ``windows`` ``(W, S, L, C)`` of the windows that
+    tile ``x`` ``(T, C)`` (:func:`_tiling`): each step from the first window that covers it, and every
+    entry the model saw (``seen`` ``(W, L, C)`` = 1) the file's own value, exactly."""
+    W, S, L, C = windows.shape
+    T = x.shape[0]
+    out = np.full((S, T, C), np.nan)
+    known = np.zeros((T, C), bool)
+    for w, s in enumerate(_tiling(T, L)):
+        fresh = np.isnan(out[0, s : s + L, 0])  # steps no earlier window covered
+        out[:, s : s + L][:, fresh] = windows[w][:, fresh]
+        known[s : s + L][fresh] = seen[w][fresh] == 1
+    return np.where(known, x, out)
 
 
 def _random_mask(shape, rate: float, seed: int) -> np.ndarray:
@@ -192,11 +223,18 @@ def complete(r: Restored, u: np.ndarray, m: np.ndarray, n: int, steps: int | Non
 def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, out_path: str | Path, seed: int,
            options: TimeSeriesOptions | None = None) -> Path:
     """Write samples in raw units to ``out_path`` (.npy or .csv): ``(n, L, C)`` for
-    generate, ``(W, n, L, C)`` (windows x samples) for forecast / impute."""
+    generate, ``(W, n, L, C)`` (windows x samples) for forecast and for impute on test windows;
+    impute with ``--input``: the file's whole series filled, ``(n, T, C)`` (:func:`stitch`; the
+    CSV with the file's time column beside ``sample``)."""
     opts = options or TimeSeriesOptions()
     r = restore(ckpt_dir, pick_device(opts.device))
     if opts.task == "generate":
         x = draw(r, n, steps, solver, seed, shift=opts.grid_shift, diffusion=opts.diffusion)
+    elif opts.task == "impute" and opts.input:  # the file's series back, filled
+        src, raw, mask = _input_series(r, opts)
+        u, m, _ = _impute_windows(r, opts, raw, mask, seed, scoring=False)
+        x = complete(r, u, m, n, steps, solver, seed, opts.guidance, opts.grid_shift, opts.diffusion)
+        return D.save_series(out_path, stitch(to_raw(r, x), m, raw), r.scaler.channels, src.times, src.time_name)
     else:
         u, m, _ = conditioning(r, opts, seed)
         x = complete(r, u, m, n, steps, solver, seed, opts.guidance, opts.grid_shift, opts.diffusion)

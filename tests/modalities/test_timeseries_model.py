@@ -98,11 +98,23 @@ def test_cli_trains_samples_with_the_scaling_undone_and_evaluates(run_dir, capsy
     gaps.write_text("time,c0,c1\n" + "".join(f"{i},{100 + i},{'' if i % 5 == 2 else 90 - i}\n" for i in range(24)))
     assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "imp.npy"), "--n", "2", "--steps", "4",
                  "--task", "impute", "--input", str(gaps)]) == 0
-    imp = np.load(tmp / "imp.npy")
-    assert imp.shape == (2, 2, 12, 2) and np.isfinite(imp).all()
-    np.testing.assert_allclose(imp[0, :, :, 0], np.broadcast_to(100 + np.arange(12.0), (2, 12)), rtol=1e-5)
-    np.testing.assert_allclose(imp[1, :, 1, 1], 90 - 13.0, rtol=1e-5)  # row 13 observed: kept, in raw units
-    assert not np.allclose(imp[1, 0, 0, 1], imp[1, 1, 0, 1])  # row 12 missing: two different draws
+    imp = np.load(tmp / "imp.npy")  # the file's whole series, filled: (samples, T, C)
+    assert imp.shape == (2, 24, 2) and np.isfinite(imp).all()
+    observed = np.arange(24) % 5 != 2
+    np.testing.assert_array_equal(imp[:, :, 0], np.broadcast_to(100 + np.arange(24.0), (2, 24)))  # the file's, exactly
+    np.testing.assert_array_equal(imp[:, observed, 1], np.broadcast_to(90 - np.arange(24.0)[observed], (2, 19)))
+    assert not np.allclose(imp[0, 12, 1], imp[1, 12, 1])  # row 12 missing: two different draws
+    r = R.restore(out)  # the same draws as the windows the model completes (rows 0-11 and 12-23)
+    u, m, _ = tasks.conditioning(r, tasks.TimeSeriesOptions(task="impute", input=str(gaps)), 0)
+    windows = R.to_raw(r, tasks.complete(r, u, m, 2, 4, None, 0))
+    gap = ~observed[12:]  # the filled cells are those draws (the observed ones the file's, above)
+    np.testing.assert_allclose(imp[:, 12:, 1][:, gap], windows[1, :, :, 1][:, gap], rtol=1e-12)
+    assert main(["sample", "timeseries", "--ckpt", str(out), "--out", str(tmp / "imp.csv"), "--n", "2", "--steps", "4",
+                 "--task", "impute", "--input", str(gaps)]) == 0
+    table = np.loadtxt(tmp / "imp.csv", delimiter=",", skiprows=1)
+    assert (tmp / "imp.csv").read_text().splitlines()[0] == "sample,time,c0,c1"  # the file's time column, by name
+    np.testing.assert_array_equal(table[:, :2], np.stack([np.repeat([0, 1], 24), np.tile(np.arange(24), 2)], 1))
+    np.testing.assert_allclose(table[:, 2:].reshape(2, 24, 2), imp, rtol=1e-9)
     capsys.readouterr()
     assert main(["evaluate", "timeseries", "--ckpt", str(out), "--n", "4", "--steps", "4", "--task", "impute",
                  "--windows", "3"]) == 0
@@ -172,6 +184,18 @@ def test_sampling_and_imputing_on_the_gpu_match_the_cpu(run_dir) -> None:
     for guidance in (False, True):
         torch.testing.assert_close(tasks.complete(gpu, u, m, 2, 4, "euler", 0, guidance).cpu(),
                                    tasks.complete(cpu, u, m, 2, 4, "euler", 0, guidance), rtol=1e-3, atol=1e-3)
+
+
+def test_stitch_takes_each_step_from_the_first_window_covering_it_and_seen_entries_from_the_file() -> None:
+    T, L, C, S = 30, 12, 2, 3  # tiles start at 0, 12 and 18 (the last aligned to the end)
+    windows = np.broadcast_to(np.arange(3.0)[:, None, None, None], (3, S, L, C)).copy()  # window w fills w
+    seen = np.zeros((3, L, C))
+    seen[2, -1, 1] = 1  # row 29, channel 1: the model saw it
+    x = -np.arange(T * C, dtype=float).reshape(T, C)
+    out = tasks.stitch(windows, seen, x)
+    want = np.concatenate([np.zeros((12, C)), np.ones((12, C)), np.full((6, C), 2.0)])
+    want[29, 1] = x[29, 1]
+    np.testing.assert_array_equal(out, np.broadcast_to(want, (S, T, C)))
 
 
 def test_file_conditioning_covers_the_tail_and_scores_only_known_hidden_entries(run_dir) -> None:
