@@ -20,7 +20,8 @@ from torch import Tensor
 
 from .distill import is_flow_map_run, restore_flow_map
 from .features import FeatureConfig, extract_features, train_feature_net
-from .metrics import TISSUES, frechet_distance, histogram_distance, ms_ssim_pairs, permutation_test, tissue_volumes
+from .metrics import (TISSUES, frechet_distance, histogram_distance, ms_ssim_min_side, ms_ssim_pairs, permutation_test,
+                      tissue_volumes)
 from .recipe import MRIConfig, restore
 from .sampling import SampleOptions, draw_noise, generate, on_device, write_volumes
 from .data import load_volumes
@@ -48,6 +49,8 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
     """Write ``n`` generated volumes as NIfTI into the folder ``out_path`` (or one volume to a
     ``.nii[.gz]`` file) with the data's RAS affine; returns the folder or file. ``options``: the
     device, bf16, channels-last and compile settings (:class:`~.sampling.SampleOptions`)."""
+    if str(out_path).endswith((".nii", ".nii.gz")) and n != 1:  # before minutes of sampling, not after
+        raise ValueError(f"{out_path}: a single NIfTI file holds one volume; got --n {n} (pass a folder)")
     cfg, model, kind, path, solver = load_generator(ckpt_dir, solver)
     model, autocast, channels_last = on_device(model, options or SampleOptions())
     x = generate(model, kind, path, draw_noise(n, cfg.source.shape, seed), steps or cfg.steps, solver,
@@ -91,6 +94,9 @@ def real_reference(cfg: MRIConfig, features: FeatureConfig, seed: int = 0, data:
     src = cfg.source if data is None else cfg.replace(data=data).source
     voxel_ml = float(abs(np.linalg.det(src.affine[:3, :3]))) / 1000.0
     test = load_volumes(src, "test")
+    if test.shape[0] < 2 and src.data == "embedded":
+        raise ValueError(f"{src.data}: the held-out split has {test.shape[0]} volume(s) (n_test); the Fréchet "
+                         f"distance and the tissue tests need >= 2, so train with --n-test >= 2")
     if test.shape[0] < 2:
         raise ValueError(f"{src.data}: the held-out split has {test.shape[0]} volume(s) (every 5th subject, or every "
                          f"5th file where files have no subject); the Fréchet distance and the tissue tests need >= 2, "
@@ -124,6 +130,9 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
                          f"{'size' if data == 'embedded' else 'fov'}), not the model's {tuple(cfg.source.shape)}; "
                          f"evaluate on data of the model's shape, or finetune the run on this data first "
                          f"(modaflow finetune mri --ckpt {ckpt_dir} --data {data}, with --size / --fov matching)")
+    if min(shape) < ms_ssim_min_side():
+        raise ValueError(f"{ckpt_dir}: volumes {tuple(shape)} are too small to evaluate: MS-SSIM needs every side "
+                         f">= {ms_ssim_min_side()} voxels (train with a larger --size / --fov)")
     model, autocast, channels_last = on_device(model, options or SampleOptions())
     ref = real_reference(cfg, FeatureConfig(seed=seed), seed, data)
     start = time.perf_counter()

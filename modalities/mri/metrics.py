@@ -27,6 +27,7 @@ __all__ = [
     "gmm_segment",
     "tissue_volumes",
     "permutation_test",
+    "ms_ssim_min_side",
     "frechet_distance",
     "ms_ssim_pairs",
     "histogram_distance",
@@ -109,6 +110,12 @@ def _psd_sqrt(s: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
+def ms_ssim_min_side(kernel_size: int = 3, n_scales: int = 3) -> int:
+    """The smallest volume side :func:`ms_ssim_pairs` accepts: MONAI's ``MultiScaleSSIMMetric``
+    needs ``side // max(1, n_scales - 1) ** 2 > kernel_size - 1`` (12 for the defaults)."""
+    return kernel_size * max(1, n_scales - 1) ** 2
+
+
 def ms_ssim_pairs(x: Tensor, kernel_size: int = 3, weights: tuple[float, ...] = (0.3, 0.3, 0.4)) -> float:
     """Mean MS-SSIM over the pairs ``(x[2i], x[2i+1])`` (MONAI ``MultiScaleSSIMMetric``, data
     range 2 for [-1, 1]); ``len(weights)`` scales, each halving the volume."""
@@ -117,6 +124,10 @@ def ms_ssim_pairs(x: Tensor, kernel_size: int = 3, weights: tuple[float, ...] = 
     n = (x.shape[0] // 2) * 2
     if n < 2:
         raise ValueError("ms_ssim_pairs needs at least 2 volumes")
+    side = ms_ssim_min_side(kernel_size, len(weights))
+    if min(x.shape[2:]) < side:
+        raise ValueError(f"ms_ssim_pairs: volumes {tuple(x.shape[2:])} are too small for MS-SSIM with {len(weights)} "
+                         f"scales and a {kernel_size}-voxel kernel: every side must be >= {side} voxels")
     metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=2.0, kernel_size=kernel_size, weights=weights)
     a, b = x[0:n:2].float(), x[1:n:2].float()
     return float(metric(a, b).mean())

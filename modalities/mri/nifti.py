@@ -7,7 +7,9 @@ or truncated file, a 4-D image (a 4-D file whose 4th axis has length 1 is squeez
 Inf voxels, a constant image (all zeros, say: no brain to find, and scaling would make it a
 uniform -1), an oblique affine (rejected unless ``oblique="resample"``, which resamples it
 onto an axis-aligned grid with :func:`nibabel.processing.resample_to_output`), voxels more
-anisotropic than ``max_anisotropy``, an empty folder or a BIDS dataset without T1w images.
+anisotropic than ``max_anisotropy``, a header without orientation (``qform_code`` and ``sform_code``
+both 0), RGB or complex voxels, an empty folder or a BIDS dataset without T1w images, a broken
+link in it (DataLad content not fetched). Hidden files (``._*``) are not images.
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ def _is_nifti(p: Path) -> bool:
 
 
 def find_folder(root: str | Path) -> list[Path]:
-    """Every ``*.nii`` / ``*.nii.gz`` file directly in ``root`` (sorted)."""
-    root = Path(root)
+    """Every ``*.nii`` / ``*.nii.gz`` file directly in ``root`` (sorted; ``~`` expanded)."""
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise NiftiError(f"{root}: not a folder (expected a folder of .nii / .nii.gz files)")
     files = sorted(p for p in root.iterdir() if _is_nifti(p))
@@ -83,8 +85,9 @@ def find_folder(root: str | Path) -> list[Path]:
 
 
 def find_bids(root: str | Path) -> list[Path]:
-    """T1-weighted images of a BIDS dataset: ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` (sorted)."""
-    root = Path(root)
+    """T1-weighted images of a BIDS dataset: ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` (sorted; ``~``
+    expanded: a shell leaves ``bids:~/data`` as it is)."""
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise NiftiError(f"{root}: not a folder (expected a BIDS dataset root)")
     subjects = sorted(p for p in root.glob("sub-*") if p.is_dir())
@@ -94,7 +97,7 @@ def find_bids(root: str | Path) -> list[Path]:
     for sub in subjects:
         for anat in [sub / "anat", *sorted(s / "anat" for s in sub.glob("ses-*"))]:
             if anat.is_dir():
-                files += [p for p in anat.iterdir() if _is_nifti(p) and p.name.split(".nii")[0].endswith("_T1w")]
+                files += [p for p in anat.iterdir() if p.name.split(".nii")[0].endswith("_T1w") and _is_nifti(p)]
     if not files:
         raise NiftiError(f"{root}: BIDS dataset with {len(subjects)} subject(s) but no "
                          f"sub-*/[ses-*/]anat/*_T1w.nii[.gz] image")
@@ -156,6 +159,12 @@ def read_volume(
         raise NiftiError(f"{path}: file not found") from None
     except (nib.filebasedimages.ImageFileError, EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as e:
         raise NiftiError(f"{path}: not a readable NIfTI file (truncated or corrupt?): {e}") from None
+    hdr = img.header
+    if isinstance(hdr, nib.Nifti1Header) and int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 0:
+        # NIfTI "method 1": nibabel falls back to a bare voxel-size matrix (LAS), so left and right are a guess
+        raise NiftiError(f"{path}: qform_code and sform_code are both 0: the header gives no orientation, so "
+                         f"left and right are unknown; expected a scanner or aligned affine (set the sform, "
+                         f"e.g. with fslorient or nibabel's set_sform)")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

@@ -16,6 +16,7 @@ those fields when set (:func:`unread_fields`) instead of ignoring them.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from modaflow.core.config import Config, ConfigError
 from modaflow.core.paths import AffinePath
 from modaflow.core.training import FlowMatchingConfig, TrainerArgs, checkpoint_path, fit, load_checkpoint
 
-from ..runs import load_recipe, load_weights, save_recipe
+from ..runs import RECIPE_FILE, load_recipe, load_weights, save_recipe
 from .data import MRIDataModule, SourceSpec, build_dataset, load_volumes
 from .models import UNet3D, UNetConfig, apply_gpu_options
 from .nifti import ObliquePolicy, parse_source
@@ -201,6 +202,38 @@ def _fit(module: MedForjModule, cfg: MRIConfig, trainer_args: TrainerArgs, out_d
     return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
 
 
+EMBEDDED_FIELDS = ("size", "n_train", "n_test", "data_seed")
+"""Fields read by the embedded cohort only (a NIfTI source's volumes are ``fov`` voxels of ``spacing`` mm)."""
+FILE_FIELDS = ("spacing", "fov", "oblique", "max_anisotropy")
+"""Fields read by the NIfTI pipeline only."""
+
+
+def _check_source_fields(cfg: MRIConfig, given) -> None:
+    """Refuse the fields among ``given`` that the source ``cfg.data`` never reads (``--size 32`` with
+    ``--data bids:...`` left the volumes at the default 192 x 224 x 192 ``fov``, without a word)."""
+    embedded = parse_source(cfg.data)[0] == "embedded"
+    for name in given:
+        if embedded and name in FILE_FIELDS:
+            raise ConfigError(f"MRIConfig.{name}: read for NIfTI sources (bids:/path, folder:/path) only; the embedded "
+                              f"cohort has {cfg.size}^3 voxels of 192/size mm (set --size instead; leave it unset)")
+        if not embedded and name in EMBEDDED_FIELDS:
+            raise ConfigError(f"MRIConfig.{name}: read for --data embedded only; the volumes of {cfg.data} are --fov "
+                              f"{tuple(cfg.fov)} voxels of --spacing {tuple(cfg.spacing)} mm (set those instead; "
+                              f"leave it unset)")
+
+
+def _set_fields(cfg: MRIConfig, out_dir: str | Path) -> list[str]:
+    """The source fields of ``cfg`` that differ from their defaults (set by the user), less those a run
+    in ``out_dir`` already stores with the same value (resuming a run trained before the refusal)."""
+    default, new = MRIConfig(), json.loads(json.dumps(cfg.to_dict()))
+    try:
+        stored = json.loads((Path(out_dir) / RECIPE_FILE).read_text()).get("config") or {}
+    except (OSError, ValueError, AttributeError):  # none, or a broken one: save_recipe says what is wrong
+        stored = {}
+    return [n for n in (*EMBEDDED_FIELDS, *FILE_FIELDS)
+            if getattr(cfg, n) != getattr(default, n) and stored.get(n) != new[n]]
+
+
 def _check_shape(cfg: MRIConfig) -> None:
     shape = cfg.source.shape
     if any(s % cfg.unet.divisor for s in shape):
@@ -211,6 +244,7 @@ def _check_shape(cfg: MRIConfig) -> None:
 def train(cfg: MRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True) -> dict:
     """Train into ``out_dir`` (resumes if it holds a checkpoint); returns
     ``{"steps", "final_loss", "checkpoint", "history"}``."""
+    _check_source_fields(cfg, _set_fields(cfg, out_dir))
     _check_shape(cfg)
     save_recipe(out_dir, NAME, cfg)
     _, _, module = build(cfg)
@@ -255,6 +289,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
     cfg = MRIConfig.from_dict({**merged, "data": data})
+    _check_source_fields(cfg, overrides)  # the checkpoint's own values of the other source's fields are carried
     for name in ("unet", "target"):
         if getattr(cfg, name) != getattr(base, name):
             raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)} in {ckpt_dir}); got {getattr(cfg, name)}")

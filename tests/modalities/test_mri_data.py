@@ -136,6 +136,35 @@ def test_bids_discovery_and_empty_datasets(tmp_path) -> None:
         N.parse_source("nifti:/x")
 
 
+def test_bids_broken_links_raise_and_hidden_files_are_skipped(tmp_path) -> None:
+    """A DataLad / git-annex T1w whose content was never fetched is a broken link: it was dropped without a word
+    (a subject fewer); macOS ``._*`` resource forks were taken for images and failed to read."""
+    root = tmp_path / "bids"
+    save(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz", phantom())
+    (root / "sub-01" / "anat" / "._sub-01_T1w.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "sub-02" / "anat").mkdir(parents=True)
+    (root / "sub-02" / "anat" / "sub-02_T2w.nii.gz").symlink_to("../../.git/annex/objects/missing-T2w")  # not used
+    assert [p.name for p in N.find_bids(root)] == ["sub-01_T1w.nii.gz"]
+    link = root / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
+    link.symlink_to("../../.git/annex/objects/missing")
+    with pytest.raises(N.NiftiError, match=r"sub-02/anat/sub-02_T1w.nii.gz: a broken link \(DataLad / git-annex "
+                                           r"content not fetched\? 'datalad get' it\)"):
+        N.find_bids(root)
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "._a.nii").write_bytes(b"\x00\x05\x16\x07")
+    save(tmp_path / "f" / "a.nii", phantom())
+    assert [p.name for p in N.find_folder(tmp_path / "f")] == ["a.nii"]
+
+
+def test_a_home_relative_source_is_expanded(tmp_path, monkeypatch) -> None:
+    """``--data bids:~/ds``: the shell does not expand ``~`` after ``bids:``; it was a 'not a folder' error."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save(tmp_path / "ds" / "sub-01" / "anat" / "sub-01_T1w.nii.gz", phantom())
+    save(tmp_path / "flat" / "a.nii.gz", phantom())
+    assert N.find_source("bids:~/ds") == [tmp_path / "ds" / "sub-01" / "anat" / "sub-01_T1w.nii.gz"]
+    assert N.find_source("folder:~/flat") == [tmp_path / "flat" / "a.nii.gz"]
+
+
 def test_split_files_is_disjoint_and_complete(tmp_path) -> None:
     files = [tmp_path / f"s{i:02d}.nii" for i in range(11)]
     train, test = split_files(files, "train"), split_files(files, "test")
@@ -171,6 +200,33 @@ def test_bids_split_keeps_every_subject_on_one_side(tmp_path) -> None:
     flat = [tmp_path / f"sub-{i // 2:02d}_run-{i % 2}_T1w.nii" for i in range(12)]  # 6 subjects, 2 runs each
     assert [f.name for f in split_files(flat, "test")] == ["sub-04_run-0_T1w.nii", "sub-04_run-1_T1w.nii"]
     assert split_files(files[:2], "test") == [] and split_files(files[:2], "train") == files[:2]  # one subject
+
+
+def test_rgb_and_complex_voxels_are_rejected_naming_the_file(tmp_path) -> None:
+    """RGB voxels crashed inside numpy (a DTypePromotionError naming no file, an abort in the caching threads);
+    complex voxels lost their imaginary part without a word."""
+    rgb = np.zeros((12, 12, 12), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(tmp_path / "rgb.nii.gz"))
+    with pytest.raises(N.NiftiError, match=r"rgb.nii.gz: voxel data type .*\(RGB or complex\); expected real-valued"):
+        N.read_volume(tmp_path / "rgb.nii.gz")
+    c = save(tmp_path / "complex.nii", (phantom() + 1j * phantom()).astype(np.complex64))
+    with pytest.raises(N.NiftiError, match=r"complex.nii: voxel data type complex64 \(RGB or complex\)"):
+        N.read_volume(c)
+
+
+def test_a_header_without_orientation_is_rejected(tmp_path) -> None:
+    """qform_code = sform_code = 0: nibabel falls back to a bare LAS voxel-size matrix, so the pipeline's
+    'orientation to RAS' was a guess about left and right."""
+    img = nib.Nifti1Image(phantom(), None)
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, str(tmp_path / "noorient.nii.gz"))
+    with pytest.raises(N.NiftiError, match=r"noorient.nii.gz: qform_code and sform_code are both 0: the header gives "
+                                           r"no orientation, so left and right are unknown"):
+        N.read_volume(tmp_path / "noorient.nii.gz")
+    img.set_sform(np.diag([2.0, 2.0, 2.0, 1.0]), code=2)  # an aligned sform alone is enough
+    nib.save(img, str(tmp_path / "aligned.nii.gz"))
+    np.testing.assert_allclose(N.read_volume(tmp_path / "aligned.nii.gz").affine, np.diag([2.0, 2.0, 2.0, 1.0]))
 
 
 def test_a_constant_volume_is_rejected_naming_the_file(tmp_path) -> None:
@@ -310,6 +366,16 @@ def test_a_held_out_split_of_one_volume_is_a_clear_error(tmp_path) -> None:
     cfg = MRIConfig(data=f"folder:{tmp_path / 'f'}", spacing=(3.0, 3.0, 3.0), fov=(16, 16, 16))
     with pytest.raises(ValueError, match=r"the held-out split has 1 volume\(s\) \(every 5th subject.*give >= 10 subjects"):
         real_reference(cfg, FeatureConfig(), 0)
+
+
+def test_an_embedded_held_out_split_of_one_volume_names_n_test() -> None:
+    """The message spoke of every 5th subject and '>= 10 subjects (files)' for the embedded cohort too."""
+    from modaflow.modalities.mri.evaluation import FeatureConfig, real_reference
+    from modaflow.modalities.mri.recipe import MRIConfig
+
+    with pytest.raises(ValueError, match=r"^embedded: the held-out split has 1 volume\(s\) \(n_test\); the Fréchet "
+                                         r"distance and the tissue tests need >= 2, so train with --n-test >= 2$"):
+        real_reference(MRIConfig(size=16, n_train=2, n_test=1), FeatureConfig(), 0)
 
 
 def test_bad_files_among_good_ones_end_with_the_error_not_an_abort(tmp_path) -> None:

@@ -80,6 +80,21 @@ def test_ms_ssim_is_one_on_identical_pairs_and_low_on_noise() -> None:
         M.ms_ssim_pairs(base)
 
 
+def test_ms_ssim_names_the_smallest_side_monai_accepts() -> None:
+    """MONAI's MS-SSIM (3 scales, kernel 3) refuses sides below 12 with 'must be larger than 8'; 8^3 runs (the
+    smallest --size) failed evaluate with that. The bound is MONAI's: 11 fails there, 12 works."""
+    from monai.metrics import MultiScaleSSIMMetric
+
+    assert M.ms_ssim_min_side() == 12 and M.ms_ssim_min_side(5, 2) == 5
+    metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=2.0, kernel_size=3, weights=(0.3, 0.3, 0.4))
+    with pytest.raises(ValueError, match="larger than 8"):
+        metric(torch.zeros(1, 1, 11, 12, 12), torch.zeros(1, 1, 11, 12, 12))
+    assert float(metric(torch.zeros(1, 1, 12, 12, 12), torch.zeros(1, 1, 12, 12, 12)).mean()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"ms_ssim_pairs: volumes \(12, 11, 12\) are too small for MS-SSIM with 3 "
+                                         r"scales and a 3-voxel kernel: every side must be >= 12 voxels"):
+        M.ms_ssim_pairs(torch.zeros(2, 1, 12, 11, 12))
+
+
 def shells(size=24, noise=0.02, seed=0):
     g = np.meshgrid(*[np.arange(size, dtype=np.float64)] * 3, indexing="ij")
     r = np.sqrt(sum((x - (size - 1) / 2) ** 2 for x in g))

@@ -3,6 +3,7 @@ NIfTI, evaluate, finetune, distil into a flow map and sample it in 2 steps; conf
 name the field, and options the recipe would ignore are refused."""
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -138,6 +139,68 @@ def test_config_errors_name_the_field(tmp_path) -> None:
     with pytest.raises(NiftiError, match="empty BIDS dataset"):
         MODALITY.train(MRIConfig(data=f"bids:{empty}", fov=(16, 16, 16)), TrainerArgs(accelerator="cpu"),
                        tmp_path / "r", progress=False)
+
+
+def test_source_fields_the_data_never_reads_are_refused(tmp_path, capsys) -> None:
+    """``--size 16`` with ``--data bids:...`` left the volumes at the default 192 x 224 x 192 fov without a word
+    (and ``--fov`` with the embedded cohort likewise); now the run is refused before anything is written."""
+    bids = tmp_path / "bids"
+    assert main(["train", "mri", "--data", f"bids:{bids}", "--size", "16", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert (f"argument --size: MRIConfig.size: read for --data embedded only; the volumes of bids:{bids} are --fov "
+            f"(192, 224, 192) voxels of --spacing (1.0, 1.0, 1.0) mm (set those instead; leave it unset)") in err, err
+    assert main(["train", "mri", *TINY, "--fov", "16", "16", "16", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "argument --fov: MRIConfig.fov: read for NIfTI sources (bids:/path, folder:/path) only; the embedded " \
+           "cohort has 16^3 voxels of 192/size mm" in err, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # a run trained with it before the refusal still resumes (its recipe stores the value; the data is checked next)
+    old = tmp_path / "old"
+    old.mkdir()
+    stored = MRIConfig(data=f"bids:{bids}", size=16).to_dict()
+    (old / "recipe.json").write_text(json.dumps({"modality": "mri", "config": stored}))
+    assert main(["train", "mri", "--data", f"bids:{bids}", "--size", "16", "--out", str(old)]) == 2
+    assert f"modaflow train: error: {bids}: not a folder (expected a BIDS dataset root)" in capsys.readouterr().err
+    # finetune refuses them given on the command line, and carries the checkpoint's own values silently
+    run = tmp_path / "run"
+    run.mkdir()
+    config = MRIConfig(size=16, fm=MRIConfig().fm.replace(max_steps=1)).to_dict()
+    (run / "recipe.json").write_text(json.dumps({"modality": "mri", "config": config}))
+    assert main(["finetune", "mri", "--ckpt", str(run), "--data", f"folder:{tmp_path}", "--fov", "16", "16", "16",
+                 "--n-test", "2", "--out", str(tmp_path / "c")]) == 2
+    assert "argument --n-test: MRIConfig.n_test: read for --data embedded only" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_evaluate_refuses_data_of_another_shape_and_tiny_volumes_before_loading_it(tmp_path, monkeypatch) -> None:
+    """An embedded 16^3 run evaluated on a BIDS folder preprocessed every file at 192 x 224 x 192 and trained the
+    feature net on them (15 min on CPU at 40 x 44 x 36 files) before refusing the shape; an 8^3 run failed in
+    MONAI's MS-SSIM with 'larger than 8' (9 to 11 fail too)."""
+    from modaflow.modalities.mri import evaluation
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the real volumes were loaded")
+
+    monkeypatch.setattr(evaluation, "real_reference", no_reference)
+    run = _sampling_run(tmp_path)
+    data = f"bids:{tmp_path / 'bids'}"
+    with pytest.raises(ValueError, match=re.escape(
+            f"{data}: its volumes would have shape (192, 224, 192) (the run's fov), not the model's (16, 16, 16); "
+            f"evaluate on data of the model's shape, or finetune the run on this data first")):
+        MODALITY.evaluate(run, data, 2, 2, "ddim", 0)
+    from modaflow.core.training import TrainerArgs
+
+    cfg = MRIConfig(size=8, n_train=2, n_test=2, fm=MRIConfig().fm.replace(max_steps=1, batch_size=2))
+    MODALITY.train(cfg, TrainerArgs(accelerator="cpu"), tmp_path / "r8", progress=False)
+    with pytest.raises(ValueError, match=re.escape("r8: volumes (8, 8, 8) are too small to evaluate: MS-SSIM needs "
+                                                   "every side >= 12 voxels")):
+        MODALITY.evaluate(tmp_path / "r8", None, 2, 2, "ddim", 0)
+
+
+def test_sample_to_one_file_refuses_several_volumes_before_sampling(tmp_path) -> None:
+    """``--n 4 --out x.nii.gz`` loaded the run and sampled all four volumes (minutes at full size) before refusing."""
+    with pytest.raises(ValueError, match=re.escape("x.nii.gz: a single NIfTI file holds one volume; got --n 2")):
+        MODALITY.sample(tmp_path / "no_run_here", 2, 2, None, tmp_path / "x.nii.gz", 0)
 
 
 UNREAD_OPTIONS = [  # (CLI options, the field refused, part of the message saying what sets it instead)
