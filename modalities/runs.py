@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from modaflow.core.config import Config, ConfigError
 from modaflow.core.io import atomic_write_text
 from modaflow.core.training import EMA, CheckpointError, checkpoint_path, load_checkpoint
 
-__all__ = ["RECIPE_FILE", "RESUMABLE", "save_recipe", "load_recipe", "load_weights"]
+__all__ = ["RECIPE_FILE", "RESUMABLE", "absolute_source", "save_recipe", "load_recipe", "load_weights"]
 
 RECIPE_FILE = "recipe.json"
 C = TypeVar("C", bound=Config)
@@ -32,6 +32,34 @@ C = TypeVar("C", bound=Config)
 
 RESUMABLE: frozenset[str] = frozenset({"max_steps", "log_every", "ckpt_every"})
 """Recipe fields that may change when training resumes in a run folder (how long, how often)."""
+
+
+def _absolute(path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p.resolve()) if path and p.exists() else path
+
+
+def absolute_source(data: str, prefixes: Collection[str] = (), names: Collection[str] = ()) -> str:
+    """``--data`` as a run stores it: a path to an existing file or folder, bare or after one of
+    ``prefixes`` (``bids:``, ``nwb:``, ...), made absolute with ``~`` expanded, so that ``sample``,
+    ``evaluate`` and ``finetune`` find it from any working directory (stored as typed, a relative
+    path broke them everywhere but in the folder training ran from). A dataset of ``names``, or
+    anything that names no existing path, stays as it is."""
+    if data in names:
+        return data
+    kind, sep, rest = data.partition(":")
+    if sep and kind in prefixes:
+        return f"{kind}:{_absolute(rest)}"
+    return _absolute(data)
+
+
+def _same_source(stored: object, new: object) -> bool:
+    """Whether a recipe's stored ``data`` (relative, written before :func:`absolute_source`)
+    names the same path as ``new`` from the working directory of this rerun."""
+    if not isinstance(stored, str) or not isinstance(new, str):
+        return False
+    kind, sep, rest = stored.partition(":")
+    return new in (_absolute(stored), f"{kind}:{_absolute(rest)}" if sep else None)
 
 
 def _differences(old: object, new: object, where: str = "") -> list[str]:
@@ -64,7 +92,10 @@ def save_recipe(out_dir: str | Path, modality: str, cfg: Config) -> Path:
             stored = type(cfg).from_dict(old.get("config")).to_dict()
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}; choose another --out") from None
-        changed = _differences(json.loads(json.dumps(stored)), json.loads(json.dumps(config)))
+        stored = json.loads(json.dumps(stored))
+        if stored.get("data") != config.get("data") and _same_source(stored.get("data"), config.get("data")):
+            stored["data"] = config["data"]  # a run that stored its path relative, resumed from the same folder
+        changed = _differences(stored, json.loads(json.dumps(config)))
         if changed and checkpoint_path(out_dir).is_file():
             shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
             raise ConfigError(f"{path}: {Path(out_dir)} holds a trained {modality} run whose recipe differs in {shown}; "

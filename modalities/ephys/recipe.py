@@ -25,7 +25,7 @@ from modaflow.core.config import ConfigError, Config
 from modaflow.core.io import atomic_write
 from modaflow.core.training import TrainerArgs, checkpoint_path
 
-from ..runs import load_recipe, save_recipe
+from ..runs import absolute_source, load_recipe, save_recipe
 from . import data as D
 from . import metrics as M
 from .baselines import LFADS, LFADSConfig, gaussian_smooth
@@ -92,6 +92,7 @@ def _fit(cfg: EphysConfig, model: nn.Module, data: TrialData, trainer_args, out_
 def train(cfg: EphysConfig, trainer_args: TrainerArgs | None, out_dir: str | Path, progress: bool = True) -> dict:
     """Train ``cfg`` into ``out_dir`` (resumes from its checkpoint); returns ``{"steps",
     "final_loss", "history", "seconds", "checkpoint"}``."""
+    cfg = cfg.replace(data=absolute_source(cfg.data, ("nwb", "eeg"), D.NAMED))
     data = D.load_split(cfg.data, "train", cfg.options, cfg.data_seed)
     save_recipe(out_dir, NAME, cfg)
     return _fit(cfg, build_model(cfg, data), data, trainer_args, out_dir, progress)
@@ -222,7 +223,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     merged = base.to_dict()
     for key, value in overrides.items():
         merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) else value
-    cfg = EphysConfig.from_dict({**merged, "data": data})
+    cfg = EphysConfig.from_dict({**merged, "data": absolute_source(data, ("nwb", "eeg"), D.NAMED)})
     for name in ("model", "langevin", "lfads"):
         if getattr(cfg, name) != getattr(base, name):
             raise ConfigError(f"finetune cannot change {name} (the network of {ckpt_dir})")

@@ -32,7 +32,7 @@ from modaflow.core.devices import pick_device
 from modaflow.core.paths import LinearPath, VPCosinePath, bridge
 from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit, quiet_lightning
 
-from ..runs import load_recipe, load_weights, save_recipe
+from ..runs import absolute_source, load_recipe, load_weights, save_recipe
 from .bids import GLMMethod, load_bids
 from .data import Prepared, TrialData, load_betas, prepare
 from .models import AEConfig, FeatureNet, FeatureNetConfig, NeuroVAE, NeuroVAEConfig, VisualAE, build_xfm
@@ -245,6 +245,13 @@ def _simulated(sim_json: str) -> TrialData:
                      sim.affine)
 
 
+def with_absolute_paths(cfg: FMRIConfig) -> FMRIConfig:
+    """``cfg`` with its data and mask paths absolute, as a run stores them (so that ``sample``,
+    ``evaluate`` and ``finetune`` find them from any folder: :func:`~modaflow.modalities.runs.absolute_source`)."""
+    return cfg.replace(data=absolute_source(cfg.data, ("bids", "betas"), ("simulated",)),
+                       mask=absolute_source(cfg.mask) if cfg.mask else cfg.mask)
+
+
 def load_trials(cfg: FMRIConfig) -> TrialData:
     """The single-trial responses named by ``cfg.data``."""
     if cfg.data == "simulated":
@@ -373,6 +380,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
     """Train the three stages into ``out_dir``, and the decoding metrics' feature network
     (``data``: already loaded data, else ``cfg.data`` is loaded). Returns per-stage summaries."""
     out = Path(out_dir)
+    cfg = with_absolute_paths(cfg)
     td, prep = data or load_prepared(cfg)
     if prep.train_img.shape[-1] != prep.train_img.shape[-2]:  # refused before anything is written
         raise ValueError(f"{td.source}: stimuli must be square; got {prep.train_img.shape[1:]}")

@@ -35,7 +35,7 @@ from ..runs import load_recipe, save_recipe
 from .data import images01, prepare
 from .models import NeuroVAEConfig
 from .neuroflow import AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
-from .recipe import NAME, FMRIConfig, fit_neurovae, load_prepared, load_trials, restore
+from .recipe import NAME, FMRIConfig, fit_neurovae, load_prepared, load_trials, restore, with_absolute_paths
 
 __all__ = ["SampleOptions", "sample", "finetune", "read_images", "read_responses", "save_image_grid"]
 
@@ -202,7 +202,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     merged = base.to_dict()
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
-    cfg = FMRIConfig.from_dict({**merged, "data": data})
+    cfg = with_absolute_paths(FMRIConfig.from_dict({**merged, "data": data}))
     _, model = restore(ckpt_dir)
     td = load_trials(cfg)
     check_stimulus_size(td.images, model.ae, data, ckpt_dir)

@@ -23,7 +23,7 @@ from modaflow.core.flow_map_losses import FlowMapLoss, StopGradient
 from modaflow.core.flow_maps import FlowMap
 from modaflow.core.training import TrainerArgs, checkpoint_path, fit, load_checkpoint
 
-from ..runs import load_recipe, load_weights, save_recipe
+from ..runs import absolute_source, load_recipe, load_weights, save_recipe
 from . import data as D
 from .evaluator import ARModule, CausalLM, CausalLMConfig
 from .flm import FLMConfig, FLMModule
@@ -285,7 +285,7 @@ def train(cfg: LanguageConfig, trainer_args: TrainerArgs, out_dir: str | Path, p
         tok, blocks, _ = prepare(cfg, tok)
     else:
         tok, blocks, _ = prepare(cfg)
-    cfg = cfg.replace(vocab=vocab_of(cfg, tok))
+    cfg = cfg.replace(vocab=vocab_of(cfg, tok), data=absolute_source(cfg.data, names=("shakespeare", "markov")))
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(out, NAME, cfg)  # refuses a folder holding another run before anything is written
     if tok is not None:
@@ -321,7 +321,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     merged = base.to_dict()
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
-    cfg = LanguageConfig.from_dict({**merged, "data": data})
+    cfg = LanguageConfig.from_dict({**merged, "data": absolute_source(data, names=("shakespeare", "markov"))})
     for name in (*_VOCAB, *_SHAPE, "method"):
         if getattr(cfg, name) != getattr(base, name):
             longer = ", longer than the model's" if name == "block_len" and cfg.block_len > base.block_len else ""

@@ -29,7 +29,7 @@ from modaflow.core.config import Config, ConfigError
 from modaflow.core.paths import AffinePath
 from modaflow.core.training import FlowMatchingConfig, TrainerArgs, checkpoint_path, fit, load_checkpoint
 
-from ..runs import RECIPE_FILE, load_recipe, load_weights, save_recipe
+from ..runs import RECIPE_FILE, absolute_source, load_recipe, load_weights, save_recipe
 from .data import MRIDataModule, SourceSpec, build_dataset, load_volumes
 from .models import UNet3D, UNetConfig, apply_gpu_options
 from .nifti import ObliquePolicy, parse_source
@@ -202,6 +202,8 @@ def _fit(module: MedForjModule, cfg: MRIConfig, trainer_args: TrainerArgs, out_d
     return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
 
 
+SOURCE_PREFIXES = ("bids", "folder")
+"""``--data`` forms that name a path (stored absolute: :func:`~modaflow.modalities.runs.absolute_source`)."""
 EMBEDDED_FIELDS = ("size", "n_train", "n_test", "data_seed")
 """Fields read by the embedded cohort only (a NIfTI source's volumes are ``fov`` voxels of ``spacing`` mm)."""
 FILE_FIELDS = ("spacing", "fov", "oblique", "max_anisotropy")
@@ -245,6 +247,7 @@ def train(cfg: MRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progre
     """Train into ``out_dir`` (resumes if it holds a checkpoint); returns
     ``{"steps", "final_loss", "checkpoint", "history"}``."""
     _check_source_fields(cfg, _set_fields(cfg, out_dir))
+    cfg = cfg.replace(data=absolute_source(cfg.data, SOURCE_PREFIXES, ("embedded",)))
     _check_shape(cfg)
     save_recipe(out_dir, NAME, cfg)
     _, _, module = build(cfg)
@@ -288,7 +291,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     merged = base.to_dict()
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
-    cfg = MRIConfig.from_dict({**merged, "data": data})
+    cfg = MRIConfig.from_dict({**merged, "data": absolute_source(data, SOURCE_PREFIXES, ("embedded",))})
     _check_source_fields(cfg, overrides)  # the checkpoint's own values of the other source's fields are carried
     for name in ("unet", "target"):
         if getattr(cfg, name) != getattr(base, name):

@@ -22,7 +22,7 @@ from modaflow.core.config import Config, ConfigError
 from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, fit, load_checkpoint
 from modaflow.core.training import checkpoint_path
 
-from ..runs import load_recipe, load_weights, save_recipe
+from ..runs import absolute_source, load_recipe, load_weights, save_recipe
 from .data import DemoDataModule, Demos, collect, load_demos, make_windows
 from .envs import ENV_SPECS
 from .policies import ARPolicy, Policy, build_policy
@@ -138,6 +138,7 @@ def train_policy(cfg: RoboticsConfig, demos: Demos, trainer_args: TrainerArgs, o
     if demos.env != cfg.env:
         raise ConfigError(f"demonstrations are of {demos.env!r} but env = {cfg.env!r}")
     windows = make_windows(demos, cfg.n_obs, cfg.horizon)
+    cfg = cfg.replace(data=absolute_source(cfg.data, names=("expert",)))
     save_recipe(out_dir, NAME, cfg)
     policy = build(cfg)
     policy.set_normalizer(windows.cond)

@@ -33,7 +33,7 @@ from modaflow.core.config import Config, ConfigError
 from modaflow.core.paths import AffinePath, DiscreteVPPath, LinearPath
 from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, TrainerArgs, checkpoint_path, fit, load_checkpoint
 
-from ..runs import load_recipe, load_weights, save_recipe
+from ..runs import absolute_source, load_recipe, load_weights, save_recipe
 from . import data as D
 from .models import TimeFlowNet, TimeFlowNetConfig
 from .sampling import run_solver, steps_for_nfe
@@ -292,9 +292,7 @@ def _absolute(data: str) -> str:
     """``data`` as the recipe stores it: a user file as its absolute path (so that ``sample`` and
     ``evaluate`` find it from any working directory), a dataset name as it is."""
     key = data.lower()
-    if key in D.NAMED or key.startswith("sktime:") or not Path(data).is_file():
-        return data
-    return str(Path(data).resolve())
+    return data if key in D.NAMED or key.startswith("sktime:") else absolute_source(data)
 
 
 def train(cfg: TimeSeriesConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True) -> dict:

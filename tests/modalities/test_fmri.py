@@ -530,3 +530,21 @@ def test_cross_trial_training_reconstructs_the_partner_not_the_input(tmp_path) -
     s = fit_autoencoder(m, (x, t), 4, 4, TrainerArgs(accelerator="cpu"), tmp_path / "b.safetensors", 0,
                         partners=repeat_partners(stim))
     assert s["steps"] == 4 and np.isfinite(s["final_loss"])
+
+
+def test_a_run_on_relative_files_stores_them_absolute_and_evaluates_from_elsewhere(tmp_path, monkeypatch) -> None:
+    from modaflow.modalities.fmri.data import TrialData, save_betas
+    from modaflow.modalities.fmri.simulate import simulate
+
+    sim = simulate(SIM)
+    (tmp_path / "data").mkdir()
+    save_betas(tmp_path / "data" / "betas.h5", TrialData(sim.betas, sim.stim_id.astype(np.int64), sim.images, "sim",
+                                                         sim.test_stimuli))
+    monkeypatch.chdir(tmp_path / "data")
+    MODALITY.train(_cfg(data="betas:betas.h5"), TrainerArgs(accelerator="cpu"), tmp_path / "run", progress=False)
+    monkeypatch.chdir(tmp_path)
+    assert MODALITY.evaluate(tmp_path / "run", None, 0, 2, "euler", 0)["n_test"] == SIM.n_test
+    import json
+
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["config"]["data"] == \
+        f"betas:{tmp_path / 'data' / 'betas.h5'}"

@@ -361,3 +361,24 @@ def test_a_run_trained_with_activation_checkpointing_restores(tmp_path) -> None:
             p.mul_(1.5)
     assert not torch.allclose(twin(x, t), y)  # the copy runs its own weights, not the original's
     assert sum(isinstance(m, Checkpointed) for m in twin.modules()) == sum(isinstance(m, Checkpointed) for m in trained.modules())
+
+
+def test_a_run_on_a_relative_folder_stores_it_absolute_and_reads_it_from_elsewhere(tmp_path, monkeypatch) -> None:
+    """``--data folder:vols`` was stored as typed, so evaluate / finetune / distill from another folder failed
+    with 'not a folder'."""
+    from modaflow.core.training import TrainerArgs
+    from modaflow.modalities.mri.data import load_volumes
+
+    g = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in (24, 28, 22)], indexing="ij")
+    brain = np.where(np.sqrt(((g[0] - 12) / 8) ** 2 + ((g[1] - 14) / 10) ** 2 + ((g[2] - 11) / 7) ** 2) < 1, 60.0, 2.0)
+    (tmp_path / "data" / "vols").mkdir(parents=True)
+    for i in range(5):
+        nib.save(nib.Nifti1Image((brain * (1 + 0.05 * i)).astype(np.float32), np.eye(4)),
+                 str(tmp_path / "data" / "vols" / f"s{i}.nii.gz"))
+    monkeypatch.chdir(tmp_path / "data")
+    cfg = MRIConfig(data="folder:vols", fov=(16, 16, 16), fm=MRIConfig().fm.replace(max_steps=1, batch_size=2))
+    MODALITY.train(cfg, TrainerArgs(accelerator="cpu"), tmp_path / "run", progress=False)
+    stored = json.loads((tmp_path / "run" / "recipe.json").read_text())["config"]["data"]
+    assert stored == f"folder:{tmp_path / 'data' / 'vols'}"
+    monkeypatch.chdir(tmp_path)
+    assert load_volumes(MRIConfig(data=stored, fov=(16, 16, 16)).source, "test").shape[2:] == (16, 16, 16)

@@ -55,3 +55,36 @@ def test_recipe_without_a_checkpoint_may_change_and_a_broken_one_is_named(tmp_pa
     (tmp_path / RECIPE_FILE).write_text("{not json")
     with pytest.raises(ConfigError, match=r"recipe\.json: not valid JSON"):
         save_recipe(tmp_path, NAME, _cfg())
+
+
+def test_absolute_source_stores_paths_absolute_and_leaves_dataset_names(tmp_path: Path, monkeypatch) -> None:
+    from modaflow.modalities.runs import absolute_source
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "x.csv").write_text("t,a\n0,1\n")
+    (tmp_path / "ds").mkdir()
+    assert absolute_source("x.csv") == str(tmp_path / "x.csv")
+    assert absolute_source("bids:ds", ("bids", "folder")) == f"bids:{tmp_path / 'ds'}"
+    assert absolute_source("folder:~/ds", ("bids", "folder")) == f"folder:{tmp_path / 'ds'}"  # a shell leaves ~ here
+    assert absolute_source("nwb:ds", ("bids",)) == "nwb:ds"  # not a path prefix of this modality
+    assert absolute_source("ds", names=("ds",)) == "ds"  # a dataset name, even where a folder has its name
+    assert absolute_source("missing.csv") == "missing.csv"  # no such path: the loader names it
+    assert absolute_source("sktime:uschange") == "sktime:uschange"
+    assert absolute_source(str(tmp_path / "x.csv")) == str(tmp_path / "x.csv")
+
+
+def test_a_run_that_stored_a_relative_path_resumes_from_its_folder(tmp_path: Path, monkeypatch) -> None:
+    from modaflow.modalities.timeseries.recipe import TimeSeriesConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "series.csv").write_text("t,a\n0,1\n")
+    out = tmp_path / "run"
+    save_recipe(out, "timeseries", TimeSeriesConfig(data="series.csv"))  # as runs were stored before
+    checkpoint_path(out).parent.mkdir(parents=True)
+    checkpoint_path(out).write_bytes(b"trained")
+    save_recipe(out, "timeseries", TimeSeriesConfig(data=str(tmp_path / "series.csv")))  # the same file: resumes
+    assert json.loads((out / RECIPE_FILE).read_text())["config"]["data"] == str(tmp_path / "series.csv")
+    (tmp_path / "other.csv").write_text("t,a\n0,1\n")
+    with pytest.raises(ConfigError, match="recipe differs in data"):
+        save_recipe(out, "timeseries", TimeSeriesConfig(data=str(tmp_path / "other.csv")))
