@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .cohort import cohort_affine, make_cohort
-from .nifti import NiftiError, ObliquePolicy, find_source, parse_source
+from .nifti import NanPolicy, NiftiError, ObliquePolicy, find_source, parse_source
 from .transforms import KEY, ToTensor, Transform, augment_transforms, canonical_affine, preprocess_transforms
 
 __all__ = ["SourceSpec", "EMBEDDED_SIZES", "subject_of", "split_files", "voxel_sizes", "VolumeSet", "load_volumes",
@@ -56,6 +56,7 @@ class SourceSpec:
         fov: field of view (voxels) of file sources.
         oblique: oblique affines: reject or resample.
         max_anisotropy: largest voxel-side ratio accepted from files.
+        nan: NaN voxels of files: reject, or read as background (the smallest intensity).
     """
 
     data: str = "embedded"
@@ -67,6 +68,7 @@ class SourceSpec:
     fov: tuple[int, int, int] = (192, 224, 192)
     oblique: ObliquePolicy = "reject"
     max_anisotropy: float = 4.0
+    nan: NanPolicy = "reject"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -175,7 +177,8 @@ def _cache_dataset(files: list[Path], spec: SourceSpec, augment: bool, num_worke
     from monai.data import CacheDataset
     from monai.transforms import Compose
 
-    pre = preprocess_transforms(spec.spacing, spec.fov, oblique=spec.oblique, max_anisotropy=spec.max_anisotropy)
+    pre = preprocess_transforms(spec.spacing, spec.fov, oblique=spec.oblique, max_anisotropy=spec.max_anisotropy,
+                                nan=spec.nan)
     post = augment_transforms(spacing=spec.spacing) if augment else Compose([ToTensor()])
     post.set_random_state(spec.seed)  # reproducible outside a loader too (train_loader re-seeds per worker and rank)
     checked = _Checked(pre, np.zeros((1, *spec.fov), np.float32))

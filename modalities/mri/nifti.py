@@ -3,8 +3,8 @@ dataset, reading one 3-D T1 volume (``read_volume``) and writing generated volum
 their affine (``write_volume``).
 
 Bad input raises :class:`NiftiError` naming the file and what was expected: an unreadable
-or truncated file, a 4-D image (a 4-D file whose 4th axis has length 1 is squeezed), NaN or
-Inf voxels, a constant image (all zeros, say: no brain to find, and scaling would make it a
+or truncated file, a 4-D image (a 4-D file whose 4th axis has length 1 is squeezed), NaN voxels
+(unless ``nan="background"``: masked FSL / SPM outputs), Inf voxels, a constant image (all zeros, say: no brain to find, and scaling would make it a
 uniform -1), an oblique affine (rejected unless ``oblique="resample"``, which resamples it
 onto an axis-aligned grid with :func:`nibabel.processing.resample_to_output`), voxels more
 anisotropic than ``max_anisotropy``, a header without orientation (``qform_code`` and ``sform_code``
@@ -40,6 +40,7 @@ __all__ = [
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ObliquePolicy = Literal["reject", "resample"]
+NanPolicy = Literal["reject", "background"]
 
 
 class NiftiError(ValueError):
@@ -134,6 +135,7 @@ def read_volume(
     oblique: ObliquePolicy = "reject",
     max_oblique_deg: float = 1.0,
     max_anisotropy: float = 4.0,
+    nan: NanPolicy = "reject",
 ) -> Volume:
     """Read one 3-D NIfTI volume, checked.
 
@@ -144,6 +146,8 @@ def read_volume(
         max_oblique_deg: tolerance of the obliquity check.
         max_anisotropy: largest allowed ratio of the longest to the shortest voxel side
             (thick-slice scans resampled to 1 mm would be mostly interpolation).
+        nan: ``"reject"`` NaN voxels, or read them as ``"background"``: the smallest finite
+            intensity (masked outputs of FSL / SPM hold NaN outside the brain). Inf is refused.
     """
     path = Path(path)
     try:
@@ -169,9 +173,15 @@ def read_volume(
         data = data[..., 0]
     if data.ndim != 3:
         raise NiftiError(f"{path}: expected a 3-D volume, got shape {data.shape} ({data.ndim}-D)")
-    bad = ~np.isfinite(data)
-    if bad.any():
-        raise NiftiError(f"{path}: {int(bad.sum())} NaN/Inf voxel(s); expected finite intensities")
+    if np.isinf(data).any():
+        raise NiftiError(f"{path}: {int(np.isinf(data).sum())} Inf voxel(s); expected finite intensities")
+    nans = np.isnan(data)
+    if nans.any():
+        if nan == "reject" or nans.all():
+            raise NiftiError(f"{path}: {int(nans.sum())} NaN voxel(s) of {data.size}; expected finite intensities"
+                             + ("" if nans.all() else " (NaN outside a brain mask? --nan background reads them as "
+                                                      "the smallest intensity)"))
+        data = np.where(nans, data[~nans].min(), data)
     if data.size and float(data.min()) == float(data.max()):  # scaling would turn it into a uniform -1 "volume"
         raise NiftiError(f"{path}: constant intensity ({float(data.min()):g} in every voxel): no brain to find; "
                          f"expected a T1 image")

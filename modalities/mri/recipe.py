@@ -32,7 +32,7 @@ from modaflow.core.training import FlowMatchingConfig, TrainerArgs, checkpoint_p
 from ..runs import RECIPE_FILE, absolute_source, load_recipe, load_weights, save_recipe
 from .data import MRIDataModule, SourceSpec, build_dataset, load_volumes
 from .models import UNet3D, UNetConfig, apply_gpu_options
-from .nifti import ObliquePolicy, parse_source
+from .nifti import NanPolicy, ObliquePolicy, parse_source
 from .targets import DataPredictor, Target, core_kind, make_path
 from .training import MedForjModule
 
@@ -69,6 +69,8 @@ class MRIConfig(Config):
     """Oblique NIfTI affines: reject, or resample onto an axis-aligned grid."""
     max_anisotropy: float = 4.0
     """Largest ratio of a NIfTI file's longest to shortest voxel side; more anisotropic files are refused."""
+    nan: NanPolicy = "reject"
+    """NaN voxels of NIfTI files: reject, or read as background (the smallest intensity; masked FSL/SPM outputs)."""
     augment: bool = True
     """MedForj's augmentation while training (L-R flip, +-5 degrees, +-5 voxels)."""
     target: Target = "velocity"
@@ -165,7 +167,7 @@ def source_of(cfg: MRIConfig) -> SourceSpec:
     """The :class:`SourceSpec` of a recipe."""
     return SourceSpec(data=cfg.data, size=cfg.size, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.data_seed,
                       spacing=tuple(cfg.spacing), fov=tuple(cfg.fov), oblique=cfg.oblique,
-                      max_anisotropy=cfg.max_anisotropy)
+                      max_anisotropy=cfg.max_anisotropy, nan=cfg.nan)
 
 
 def _fm(cfg: MRIConfig) -> FlowMatchingConfig:
@@ -206,7 +208,7 @@ SOURCE_PREFIXES = ("bids", "folder")
 """``--data`` forms that name a path (stored absolute: :func:`~modaflow.modalities.runs.absolute_source`)."""
 EMBEDDED_FIELDS = ("size", "n_train", "n_test", "data_seed")
 """Fields read by the embedded cohort only (a NIfTI source's volumes are ``fov`` voxels of ``spacing`` mm)."""
-FILE_FIELDS = ("spacing", "fov", "oblique", "max_anisotropy")
+FILE_FIELDS = ("spacing", "fov", "oblique", "max_anisotropy", "nan")
 """Fields read by the NIfTI pipeline only."""
 
 

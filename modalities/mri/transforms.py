@@ -35,7 +35,7 @@ from monai.transforms import (
 )
 from scipy import ndimage
 
-from .nifti import ObliquePolicy, read_volume
+from .nifti import NanPolicy, ObliquePolicy, read_volume
 
 __all__ = [
     "KEY",
@@ -89,14 +89,15 @@ class LoadChecked(MapTransform):
     """Read ``d[key]`` (a path) with :func:`~.nifti.read_volume` into a channel-first
     :class:`MetaTensor` ``(1, X, Y, Z)`` carrying the affine."""
 
-    def __init__(self, keys: Sequence[Hashable], oblique: ObliquePolicy = "reject", max_anisotropy: float = 4.0) -> None:
+    def __init__(self, keys: Sequence[Hashable], oblique: ObliquePolicy = "reject", max_anisotropy: float = 4.0,
+                 nan: NanPolicy = "reject") -> None:
         super().__init__(keys)
-        self.oblique, self.max_anisotropy = oblique, max_anisotropy
+        self.oblique, self.max_anisotropy, self.nan = oblique, max_anisotropy, nan
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            vol = read_volume(d[key], oblique=self.oblique, max_anisotropy=self.max_anisotropy)
+            vol = read_volume(d[key], oblique=self.oblique, max_anisotropy=self.max_anisotropy, nan=self.nan)
             meta = {"filename_or_obj": str(vol.path)}
             d[key] = MetaTensor(torch.from_numpy(vol.data[None].copy()), affine=torch.from_numpy(vol.affine), meta=meta)
         return d
@@ -160,11 +161,12 @@ def preprocess_transforms(
     upper_pct: float = 99.9,
     oblique: ObliquePolicy = "reject",
     max_anisotropy: float = 4.0,
+    nan: NanPolicy = "reject",
 ) -> Compose:
     """The deterministic part of the pipeline (see the module docstring); its output is a
     dict with ``"image"`` a :class:`MetaTensor` ``(1, *fov)`` in [-1, 1] with its affine."""
     return Compose([
-        LoadChecked([KEY], oblique=oblique, max_anisotropy=max_anisotropy),
+        LoadChecked([KEY], oblique=oblique, max_anisotropy=max_anisotropy, nan=nan),
         Orientationd(keys=[KEY], axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Spacingd(keys=[KEY], pixdim=tuple(spacing), mode="bilinear"),
         ScaleIntensityRangePercentilesd(keys=[KEY], lower=lower_pct, upper=upper_pct, b_min=0.0, b_max=1.0, clip=True),

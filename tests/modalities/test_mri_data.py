@@ -76,13 +76,26 @@ def test_4d_is_rejected_unless_the_4th_axis_is_1(tmp_path) -> None:
     assert N.read_volume(q).data.shape == (24, 28, 22)
 
 
-def test_nan_voxels_are_rejected(tmp_path) -> None:
+def test_nan_voxels_are_rejected_or_read_as_background_and_inf_always_rejected(tmp_path) -> None:
     data = phantom()
     data[3, 4, 5] = np.nan
-    data[1, 1, 1] = np.inf
+    data[0, 0, :] = np.nan  # outside the 'brain', as masked FSL / SPM outputs
     p = save(tmp_path / "nan.nii.gz", data)
-    with pytest.raises(N.NiftiError, match="nan.nii.gz: 2 NaN/Inf voxel"):
+    with pytest.raises(N.NiftiError, match=r"nan.nii.gz: 23 NaN voxel\(s\) of 14784; .*--nan background"):
         N.read_volume(p)
+    vol = N.read_volume(p, nan="background")
+    want = np.where(np.isnan(data), np.nanmin(data), data)
+    np.testing.assert_array_equal(vol.data, want)  # the smallest finite intensity, 2.0, everything else as read
+    assert vol.data[0, 0, 0] == 2.0
+    data[1, 1, 1] = np.inf
+    with pytest.raises(N.NiftiError, match="inf.nii.gz: 1 Inf voxel"):
+        N.read_volume(save(tmp_path / "inf.nii.gz", data), nan="background")
+    with pytest.raises(N.NiftiError, match=r"all_nan.nii.gz: 14784 NaN voxel\(s\) of 14784; expected finite intensities$"):
+        N.read_volume(save(tmp_path / "all_nan.nii.gz", np.full_like(data, np.nan)), nan="background")
+    spec = SourceSpec(data=f"folder:{tmp_path / 'f'}", spacing=(3.0, 3.0, 3.0), fov=(16, 16, 16), nan="background")
+    for i in range(2):
+        save(tmp_path / "f" / f"s{i}.nii.gz", np.where(np.isnan(data) | np.isinf(data), np.nan, data))
+    assert np.isfinite(build_dataset(spec, "train")[0].numpy()).all()  # through the whole pipeline
 
 
 def test_oblique_affine_rejected_or_resampled(tmp_path) -> None:
@@ -353,7 +366,7 @@ def test_bad_file_in_a_dataset_names_it(tmp_path) -> None:
     bad[0, 0, 0] = np.nan
     save(tmp_path / "f" / "b.nii.gz", bad)
     spec = SourceSpec(data=f"folder:{tmp_path / 'f'}", spacing=(3.0, 3.0, 3.0), fov=(16, 16, 16))
-    with pytest.raises(N.NiftiError, match="b.nii.gz: 1 NaN/Inf voxel"):
+    with pytest.raises(N.NiftiError, match="b.nii.gz: 1 NaN voxel"):
         build_dataset(spec, "test")
 
 
@@ -395,7 +408,7 @@ def test_bad_files_among_good_ones_end_with_the_error_not_an_abort(tmp_path) -> 
             f"'train', num_workers=4)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr[-2000:]
-    assert "NiftiError" in run.stderr and "s3.nii.gz: 1 NaN/Inf voxel" in run.stderr
+    assert "NiftiError" in run.stderr and "s3.nii.gz: 1 Inf voxel" in run.stderr
     assert "(and 1 more file(s) rejected: ['s7.nii.gz'])" in run.stderr
 
 
