@@ -30,9 +30,10 @@ from .targets import core_kind
 __all__ = ["load_generator", "sample", "evaluate", "RealReference", "real_reference", "evaluate_volumes"]
 
 
-def load_generator(ckpt_dir: str | Path, solver: str | None):
+def load_generator(ckpt_dir: str | Path, solver: str | None, steps: int | None = None):
     """``(cfg, model, kind, path, solver)`` of a run folder: a diffusion run, or a
-    distilled flow map (solver ``flowmap``)."""
+    distilled flow map (solver ``flowmap``). ``steps`` (as asked, None = the recipe's) is
+    refused with ``ddpm``, which takes every step of the path, rather than ignored."""
     if is_flow_map_run(ckpt_dir):
         cfg, fm = restore_flow_map(ckpt_dir)
         if solver not in (None, "flowmap"):
@@ -41,7 +42,12 @@ def load_generator(ckpt_dir: str | Path, solver: str | None):
     cfg, path, model = restore(ckpt_dir)
     if solver == "flowmap":
         raise ValueError(f"{ckpt_dir} is a diffusion run, not a flow map: distil it first (modaflow distill mri)")
-    return cfg, model, core_kind(cfg.target), path, solver or cfg.solver
+    solver = solver or cfg.solver
+    T = getattr(path, "num_steps", None)
+    if solver == "ddpm" and steps is not None and steps != T:
+        raise ValueError(f"--steps {steps}: the ancestral DDPM sampler (--solver ddpm) takes all {T} steps of the "
+                         f"path; use --solver ddim for {steps} steps (or leave --steps out)")
+    return cfg, model, core_kind(cfg.target), path, solver
 
 
 def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, out_path: str | Path, seed: int,
@@ -51,7 +57,7 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
     device, bf16, channels-last and compile settings (:class:`~.sampling.SampleOptions`)."""
     if str(out_path).endswith((".nii", ".nii.gz")) and n != 1:  # before minutes of sampling, not after
         raise ValueError(f"{out_path}: a single NIfTI file holds one volume; got --n {n} (pass a folder)")
-    cfg, model, kind, path, solver = load_generator(ckpt_dir, solver)
+    cfg, model, kind, path, solver = load_generator(ckpt_dir, solver, steps)
     model, autocast, channels_last = on_device(model, options or SampleOptions())
     x = generate(model, kind, path, draw_noise(n, cfg.source.shape, seed), steps or cfg.steps, solver,
                  autocast=autocast, channels_last=channels_last)
@@ -123,7 +129,7 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     """Generate ``n`` volumes (where ``options`` say, as :func:`sample`) and compare them with the
     held-out split of the run's data (or of ``data``): see :func:`evaluate_volumes`; also seconds
     per volume and the device."""
-    cfg, model, kind, path, solver = load_generator(ckpt_dir, solver)
+    cfg, model, kind, path, solver = load_generator(ckpt_dir, solver, steps)
     shape = (cfg.source if data is None else cfg.replace(data=data).source).shape
     if tuple(shape) != tuple(cfg.source.shape):  # before the real volumes are loaded and the feature net trained
         raise ValueError(f"{data}: its volumes would have shape {tuple(shape)} (the run's "

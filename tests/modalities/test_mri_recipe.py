@@ -382,3 +382,14 @@ def test_a_run_on_a_relative_folder_stores_it_absolute_and_reads_it_from_elsewhe
     assert stored == f"folder:{tmp_path / 'data' / 'vols'}"
     monkeypatch.chdir(tmp_path)
     assert load_volumes(MRIConfig(data=stored, fov=(16, 16, 16)).source, "test").shape[2:] == (16, 16, 16)
+
+
+def test_ddpm_with_fewer_steps_is_refused_not_run_over_all_of_them(tmp_path) -> None:
+    """``--solver ddpm --steps 4`` sampled all 1000 steps of the path without a word."""
+    run = _sampling_run(tmp_path)
+    for call in (lambda: MODALITY.sample(run, 1, 4, "ddpm", tmp_path / "x.nii.gz", 0),
+                 lambda: MODALITY.evaluate(run, None, 2, 4, "ddpm", 0)):
+        with pytest.raises(ValueError, match=re.escape("--steps 4: the ancestral DDPM sampler (--solver ddpm) takes all "
+                                                       "1000 steps of the path; use --solver ddim for 4 steps")):
+            call()
+    assert not (tmp_path / "x.nii.gz").exists()
