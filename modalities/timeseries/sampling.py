@@ -13,8 +13,9 @@
 * DDPM (data prediction on a DDPM cosine schedule): ancestral sampling over every step
   (:func:`modaflow.core.discrete.solve_ddpm`) or DDIM on a sub-grid.
 
-Conditioning (TimeFlow): the network reads ``cond = [m * y, m]``; the observed entries of
-the result are then set to ``y``. An unconditional velocity model imputes through the
+Conditioning (TimeFlow): the network reads ``cond = [m * y, m]`` and sees the observed
+entries of its input on the path (:func:`observed_on_path`); the observed entries of the
+result are then set to ``y``. An unconditional velocity model imputes through the
 core's gradient-free steering instead (:func:`steered_impute`).
 """
 
@@ -30,9 +31,11 @@ from modaflow.core.ode import ODE_METHODS, ODE_STAGES, solve_ode, time_grid
 from modaflow.core.parametrizations import as_velocity_field
 from modaflow.core.paths import AffinePath
 from modaflow.core.sde import solve_sde
+from modaflow.core.tensors import expand_t
 from modaflow.core.steering import Mask, SteeringConfig, steer
 
-__all__ = ["SOLVERS", "DEFAULT_SOLVER", "resolve_solver", "steps_for_nfe", "condition", "run_solver", "steered_impute"]
+__all__ = ["SOLVERS", "DEFAULT_SOLVER", "resolve_solver", "steps_for_nfe", "condition", "run_solver", "observed_on_path",
+           "steered_impute"]
 
 SOLVERS: tuple[str, ...] = ("auto", "em") + ODE_METHODS + ("ddpm", "ddim", "dpm2m")
 """Sampler names; ``auto`` = em (TimeFlow), dpm2m (TimeFlow predicting the data), euler (linear FM), ddpm (DDPM)."""
@@ -79,11 +82,15 @@ def run_solver(
     cond: Tensor | None = None,
 ) -> Tensor:
     """Integrate from ``x0`` ``(B, L, C)`` at t = 0 to t = 1. ``kind`` is what the network
-    predicts (velocity or data); ``cond`` (TimeFlow) is passed to every call."""
+    predicts (velocity or data); ``cond`` ``[m * y, m]`` (TimeFlow) is passed to every call, and
+    the network sees the observed entries of its input on the path, ``alpha(t) y + sigma(t) x0``
+    (:func:`observed_on_path`), as in training, instead of the state's own."""
     solver = resolve_solver(method, solver, kind)
 
     def net(x: Tensor, t: Tensor) -> Tensor:
-        return model(x, t) if cond is None else model(x, t, cond)
+        if cond is None:
+            return model(x, t)
+        return model(observed_on_path(x, t, cond, x0, path), t, cond)
 
     if solver == "ddpm":
         if method != "ddpm":
@@ -99,6 +106,19 @@ def run_solver(
     if solver == "em":
         return solve_sde(field, x0, grid, path, em_diffusion, generator=generator).x
     return solve_ode(field, x0, grid, method=solver).x
+
+
+def observed_on_path(x: Tensor, t: Tensor, cond: Tensor, x0: Tensor, path: AffinePath) -> Tensor:
+    """``x`` ``(B, L, C)`` with its observed entries (``m`` of ``cond = [m * y, m]``) replaced by the
+    path's point ``x_t = alpha(t) y + sigma(t) x0`` (``t`` ``(B,)``). TimeFlow's loss scores the
+    unobserved entries only (training.TimeFlowModule), so the network never learns a velocity for the
+    observed ones and the state's observed entries drift during sampling; in training the network
+    always saw them on the path (marginally ``alpha y + sigma eps``: ``sigma`` is the stochastic
+    interpolant's total), which this keeps true at sampling (imputation and forecasts; RESULTS.md)."""
+    C = x.shape[-1]
+    my, m = cond[..., :C], cond[..., C:]
+    on_path = expand_t(path.alpha(t), x) * my + expand_t(path.sigma(t), x) * x0
+    return m * on_path + (1 - m) * x
 
 
 def steered_impute(model: nn.Module, kind: str, path: AffinePath, x0: Tensor, y: Tensor, m: Tensor, steps: int,

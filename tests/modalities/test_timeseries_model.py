@@ -812,3 +812,31 @@ def test_stage_files_under_other_settings_or_unreadable_are_not_continued(tmp_pa
     assert S.load_partial(tmp_path, "sines", key, ("discriminative",)) is None
     S.clear_partial(tmp_path, "sines")
     assert not list((tmp_path / S.STORE_DIR).iterdir())
+
+
+def test_conditional_sampling_shows_the_network_its_observed_entries_on_the_path() -> None:
+    """TimeFlow's loss scores the unobserved entries only, so the velocity of the observed ones is untrained; the
+    sampler used to feed the network the state's drifting observed entries (MuJoCo imputation MSE 2.6e-3 -> 4.3e-4
+    once they sit on the path as in training: benchmarks/RESULTS.md)."""
+    from modaflow.core.paths import LinearPath, StochasticInterpolant
+    from modaflow.modalities.timeseries.sampling import condition, observed_on_path, run_solver
+
+    torch.manual_seed(0)
+    x0, y = torch.randn(3, 6, 2, dtype=torch.float64), torch.randn(3, 6, 2, dtype=torch.float64)
+    m = (torch.rand(3, 6, 2) > 0.5).double()
+    seen = []
+
+    def still(x, t, cond):  # zero velocity: the state stays x0; record what the network is shown
+        seen.append((x.clone(), t.clone()))
+        return torch.zeros_like(x)
+
+    run_solver(still, "timeflow", "velocity", LinearPath(), x0, 4, "euler", 1.0, 0.0, cond=condition(y, m))
+    assert [float(t[0]) for _, t in seen] == [0.0, 0.25, 0.5, 0.75]
+    for x, t in seen:  # observed: t y + (1 - t) x0 exactly; unobserved: the state
+        tt = t[:, None, None]
+        torch.testing.assert_close(x, m * (tt * y + (1 - tt) * x0) + (1 - m) * x0, rtol=0, atol=0)
+    path = StochasticInterpolant(LinearPath(), 0.5, shape="sqrt")  # TimeFlow's: sigma(t) the total noise level
+    t = torch.full((3,), 0.3, dtype=torch.float64)
+    got = observed_on_path(torch.zeros_like(x0), t, condition(y, m), x0, path)
+    sigma = float(np.sqrt(0.7 ** 2 + 0.25 * 0.3 * 0.7))
+    torch.testing.assert_close(got, m * (0.3 * y + sigma * x0), rtol=1e-12, atol=1e-12)
