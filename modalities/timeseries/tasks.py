@@ -27,7 +27,7 @@ from .sampling import condition, steered_impute
 from .sources import Source, read_table
 from .ts2vec import TS2VecConfig, train_ts2vec
 
-__all__ = ["TimeSeriesOptions", "conditioning", "complete", "sample", "evaluate", "generation_metrics"]
+__all__ = ["TimeSeriesOptions", "conditioning", "complete", "stitch", "sample", "evaluate", "generation_metrics"]
 
 
 @dataclass
@@ -180,7 +180,7 @@ def stitch(windows: np.ndarray, seen: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Whole series ``(S, T, C)`` from completions ``windows`` ``(W, S, L, C)`` of the windows that
     tile ``x`` ``(T, C)`` (:func:`_tiling`): each step from the first window that covers it, and every
     entry the model saw (``seen`` ``(W, L, C)`` = 1) the file's own value, exactly."""
-    W, S, L, C = windows.shape
+    _, S, L, C = windows.shape
     T = x.shape[0]
     out = np.full((S, T, C), np.nan)
     known = np.zeros((T, C), bool)
