@@ -152,7 +152,8 @@ def sktime_set(name: str) -> Source:
 
 
 def read_table(path: str | Path, time_column: str | None = None, allow_missing: bool = False) -> Source:
-    """The user's series from a ``.csv`` or ``.parquet`` file: one row per time step, a time
+    """The user's series from a ``.csv`` (comma-, or semicolon-separated with decimal points or
+    commas) or ``.parquet`` file: one row per time step, a time
     column (``time_column``, else one named date/time/timestamp/datetime, else a nameless
     index column that pandas' ``to_csv`` writes (dropped, never a channel, when another
     column is the time), else the first text
@@ -176,6 +177,12 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
     try:
         if suffix == ".csv":
             df = pd.read_csv(path)
+            if len(df.columns) == 1 and ";" in str(df.columns[0]):  # a semicolon-separated file (European locales)
+                df = pd.read_csv(path, sep=";")
+                comma = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])
+                         and df[c].astype(str).str.fullmatch(r"-?\d+,\d+").any()]
+                if comma:
+                    df = pd.read_csv(path, sep=";", decimal=",")  # and its decimal commas
         elif suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
         else:

@@ -377,3 +377,15 @@ def test_ts2vec_embeds_series_and_context_fid_of_identical_sets_is_zero() -> Non
     assert T.embed(enc, x).shape == (32, 16)
     assert M.context_fid(enc, x, x) == pytest.approx(0.0, abs=1e-6)
     assert M.context_fid(enc, x, x + 1.0) > 0.0
+
+
+def test_semicolon_separated_files_with_decimal_commas_read_as_numbers(tmp_path) -> None:
+    from modaflow.modalities.timeseries.sources import read_table
+
+    (tmp_path / "eu.csv").write_text("date;load;temp\n02.01.2020;1,5;-3,25\n01.01.2020;2;4,0\n03.01.2020;3,75;0,5\n")
+    src = read_table(tmp_path / "eu.csv")
+    assert src.channels == ("load", "temp") and src.time_name == "date"
+    np.testing.assert_array_equal(src.values, [[2.0, 4.0], [1.5, -3.25], [3.75, 0.5]])  # sorted by date
+    assert list(src.times) == ["01.01.2020", "02.01.2020", "03.01.2020"]
+    (tmp_path / "pt.csv").write_text("time;a;b\n0;1.5;2\n1;2.5;3\n")  # semicolons with decimal points
+    np.testing.assert_array_equal(read_table(tmp_path / "pt.csv").values, [[1.5, 2.0], [2.5, 3.0]])
