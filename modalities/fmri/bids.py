@@ -11,6 +11,10 @@ Layout read (and written by :func:`write_bids` for the simulator)::
     ROOT/stimuli.npy                                    (S, H, W) images; stim_id indexes them
     ROOT/test_stimuli.npy                               optional test stimulus ids
 
+One subject per run: a dataset with several subjects is refused; ``bids:ROOT/sub-XX`` reads
+that subject's runs, and its own ``mask.nii.gz`` / ``stimuli.npy`` / ``test_stimuli.npy`` or
+else ROOT's.
+
 Single-trial estimates (Mumford et al. 2012, NeuroImage 59, 2636):
 
 * ``lsa`` (least-squares-all): one nilearn ``FirstLevelModel`` per run whose design has one
@@ -32,7 +36,7 @@ import numpy as np
 
 from modaflow.core.io import read_npy
 
-from .data import TrialData, check_trials, images01
+from .data import TrialData, check_trials, images01, stimulus_indices
 from .simulate import Simulation
 
 __all__ = ["GLMMethod", "write_bids", "find_runs", "load_bids", "read_events"]
@@ -183,7 +187,9 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
     """Single-trial responses ``(N, V)`` of every run under ``root`` (``max_runs``: the
     first ones only) estimated with nilearn's ``FirstLevelModel`` (``method`` lsa or lss,
     polynomial drift of ``drift_order``, ``noise_model`` ar1 or ols), masked by ``mask``
-    (default ``root/mask.nii.gz``)."""
+    (default ``root/mask.nii.gz``). ``root`` is one subject's runs: a dataset or a subject's folder
+    ``ROOT/sub-XX``, which reads ``stimuli.npy``, ``test_stimuli.npy`` and ``mask.nii.gz`` from ``ROOT``
+    when it has none itself."""
     import nibabel as nib
     from nilearn.glm.first_level import FirstLevelModel
     from nilearn.maskers import NiftiMasker
@@ -192,14 +198,26 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
         raise ValueError(f"method must be 'lsa' or 'lss'; got {method!r}")
     root = Path(root)
     runs = find_runs(root)[: max_runs or None]
-    mask_path = Path(mask) if mask is not None else root / "mask.nii.gz"
+    subjects = sorted({e for bold, _ in runs for e in _entities(bold.name) if e.startswith("sub-")})
+    if len(subjects) > 1:  # pooled, their trials would train one NeuroVAE as if they were one brain
+        names = ", ".join(subjects[:5]) + (", ..." if len(subjects) > 5 else "")
+        raise ValueError(f"{root}: runs of {len(subjects)} subjects ({names}); a run trains one subject (finetune adds "
+                         f"another): pass bids:{root / subjects[0]} (its stimuli.npy, test_stimuli.npy and mask.nii.gz "
+                         f"are read there, else in {root})")
+    # a subject's folder (ROOT/sub-XX) reads the files it lacks, and the BIDS-inherited sidecars, from ROOT
+    top = root.parent if root.name.startswith("sub-") else root
+
+    def shared(name: str) -> Path:
+        return root / name if (root / name).is_file() or not (top / name).is_file() else top / name
+
+    mask_path = Path(mask) if mask is not None else shared("mask.nii.gz")
     if not mask_path.is_file():
         raise FileNotFoundError(f"{mask_path}: mask image not found (pass --mask or put mask.nii.gz in {root})")
     mask_img = nib.funcs.squeeze_image(nib.load(mask_path))  # (X, Y, Z, 1) -> (X, Y, Z)
     if mask_img.ndim != 3:
         raise ValueError(f"{mask_path}: the mask must be a 3-D image; got shape {mask_img.shape}")
     mask_arr = np.asarray(mask_img.dataobj) > 0
-    stim_path = root / "stimuli.npy"
+    stim_path = shared("stimuli.npy")
     images = images01(read_npy(stim_path, "stimulus images (S, H, W)"), str(stim_path))
     masker = NiftiMasker(mask_img=mask_img, standardize=None).fit()
     betas, stim_ids = [], []
@@ -215,7 +233,7 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
         if outside.size:
             raise ValueError(f"{events_path}: stim_id must index the {len(images)} images of {stim_path}; data row "
                              f"{outside[0] + 1} holds {ev['stim_id'].iloc[outside[0]]}")
-        t_r_run = _tr(bold, root, t_r, img)
+        t_r_run = _tr(bold, top, t_r, img)
         end = img.shape[3] * t_r_run
         late = np.flatnonzero(ev["onset"].to_numpy() >= end)
         if late.size:
@@ -237,8 +255,8 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
                 run_betas.append(np.ravel(masker.transform(flm.compute_contrast("target", output_type="effect_size"))))
         betas.append(np.stack(run_betas))
         stim_ids.append(ev["stim_id"].to_numpy())
-    test_path = root / "test_stimuli.npy"
-    test = read_npy(test_path, "test stimulus ids").astype(np.int64) if test_path.is_file() else None
+    test_path = shared("test_stimuli.npy")
+    test = stimulus_indices(read_npy(test_path, "test stimulus ids"), str(test_path)) if test_path.is_file() else None
     td = TrialData(np.concatenate(betas).astype(np.float32), np.concatenate(stim_ids).astype(np.int64), images,
                    str(root), test, mask_arr, np.asarray(mask_img.affine, np.float64))
     return check_trials(td)

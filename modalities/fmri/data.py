@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from modaflow.core.io import read_npy
 
-__all__ = ["TrialData", "Prepared", "check_trials", "images01", "load_betas", "save_betas", "prepare", "ResponseDataset"]
+__all__ = ["TrialData", "Prepared", "check_trials", "images01", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ def check_trials(td: TrialData) -> TrialData:
     if td.images.ndim != 3:
         raise ValueError(f"{src}: stimuli must be (S, H, W) greyscale images; got shape {td.images.shape}")
     N, V = td.responses.shape
+    if td.stim_id.ndim != 1:
+        raise ValueError(f"{src}: stim_id must be one id per trial, shape ({N},); got shape {td.stim_id.shape}")
     if td.stim_id.shape != (N,):
         raise ValueError(f"{src}: stimuli and responses have different counts: {td.stim_id.shape[0]} stimulus "
                          f"ids for {N} response trials")
@@ -116,6 +118,20 @@ def images01(images: np.ndarray, source: str) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def stimulus_indices(values: np.ndarray, source: str) -> np.ndarray:
+    """``values`` as int64 stimulus indices; float arrays (as MATLAB writes) must hold whole,
+    finite numbers, else ``ValueError`` naming ``source`` and the first bad entry."""
+    arr = np.asarray(values)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{source}: stimulus indices must be numbers; got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = np.flatnonzero(~np.isfinite(arr.ravel()) | (np.nan_to_num(arr.ravel()) % 1 != 0))
+        if bad.size:
+            raise ValueError(f"{source}: stimulus indices must be whole numbers; entry {bad[0]} holds "
+                             f"{arr.ravel()[bad[0]]:g}")
+    return arr.astype(np.int64)
+
+
 def load_betas(path: str | Path) -> TrialData:
     """Read precomputed trial responses: an ``.h5``/``.hdf5`` file or a folder with
     ``responses.npy``, ``stimuli.npy`` and optionally ``stim_id.npy``, ``test_stimuli.npy``,
@@ -125,29 +141,32 @@ def load_betas(path: str | Path) -> TrialData:
     names = ("responses", "stimuli", "stim_id", "test_stimuli", "mask", "affine")
     if path.is_dir():
         arrays = {n: read_npy(path / f"{n}.npy", n) for n in names if (path / f"{n}.npy").is_file()}
+        present = sorted(p.name for p in path.glob("*.npy"))
     elif path.suffix.lower() in (".h5", ".hdf5") and path.is_file():
         import h5py
 
         try:
             with h5py.File(path, "r") as fh:
                 arrays = {n: fh[n][()] for n in names if n in fh}
+                present = sorted(fh.keys())
         except OSError as e:
             raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
     else:
         raise FileNotFoundError(f"{path}: expected an .h5/.hdf5 file or a folder of .npy files (responses, stimuli)")
     for need in ("responses", "stimuli"):
         if need not in arrays:
-            raise ValueError(f"{path}: no '{need}' array (expected responses (N, V) and stimuli (S, H, W))")
+            raise ValueError(f"{path}: no '{need}' array (expected responses (N, V) and stimuli (S, H, W)); it holds "
+                             f"{present}; the names read are {list(names)}")
     responses = np.asarray(arrays["responses"], np.float32)
     images = images01(arrays["stimuli"], f"{path} (stimuli)")
     if "stim_id" in arrays:
-        stim_id = np.asarray(arrays["stim_id"], np.int64)
+        stim_id = stimulus_indices(arrays["stim_id"], f"{path} (stim_id)")
     elif len(images) == len(responses):
         stim_id = np.arange(len(responses), dtype=np.int64)
     else:
         raise ValueError(f"{path}: stimuli and responses have different counts ({len(images)} images, "
                          f"{len(responses)} trials) and no stim_id maps trials to images")
-    test = np.asarray(arrays["test_stimuli"], np.int64) if "test_stimuli" in arrays else None
+    test = stimulus_indices(arrays["test_stimuli"], f"{path} (test_stimuli)") if "test_stimuli" in arrays else None
     mask = np.asarray(arrays["mask"], bool) if "mask" in arrays else None
     affine = np.asarray(arrays["affine"], np.float64) if "affine" in arrays else None
     return check_trials(TrialData(responses, stim_id, images, str(path), test, mask, affine))

@@ -139,6 +139,8 @@ def top1_retrieval(query, candidates, n_candidates: int = 300, seed: int = 0) ->
     from ``seed``; all others when fewer exist). Chance is ``1 / n_candidates``."""
     C = corr_matrix(query, candidates)
     n = len(C)
+    if n < 2:
+        raise ValueError("top-1 retrieval needs at least 2 samples")
     k = min(n_candidates, n)
     rng = np.random.default_rng(seed)
     hits = 0

@@ -56,6 +56,14 @@ def _default_fm() -> FlowMatchingConfig:
                               weight_decay=1e-4)
 
 
+XFM_UNREAD: dict[str, str] = {
+    "path": "xfm_path sets the bridge's base path", "ddpm_steps": "xfm_path sets the path",
+    "coupling": "the XFM's pairs (z_neu, z_vis) are given, no noise is drawn to couple",
+    "sinkhorn_epsilon": "no coupling is drawn", "sinkhorn_iterations": "no coupling is drawn",
+    "cond_dropout": "the XFM is unconditional", "null_class": "the XFM is unconditional"}
+"""``fm`` fields the XFM's training never reads, refused by :meth:`FMRIConfig.validate` (name -> why)."""
+
+
 @dataclass
 class FMRIConfig(Config):
     """NeuroFlow: data, the three networks, the bridge, the sampler and training."""
@@ -236,6 +244,21 @@ class FMRIConfig(Config):
         self._require(0 <= self.vae_ema < 1, "vae_ema", "a decay in [0, 1)")
         self._require(0 <= self.vae_dropout < 1, "vae_dropout", "a probability in [0, 1)")
         self._require(self.vae_target in ("input", "other_trial"), "vae_target", "input or other_trial")
+        # the XFM is a velocity field on the bridge build_path makes, trained on given (z_neu, z_vis) pairs:
+        # the fm fields below are never read (or, parametrization, misread), so they are refused rather than ignored
+        fm, fm0 = self.fm, FlowMatchingConfig()
+        self._require(fm.parametrization == "velocity", "fm.parametrization",
+                      "velocity (NeuroFlow integrates the XFM as a velocity field in both directions)")
+        for name, why in XFM_UNREAD.items():
+            self._require(getattr(fm, name) == getattr(fm0, name), f"fm.{name}", f"unset ({getattr(fm0, name)!r}): {why}")
+
+
+def inert_fields(config: dict) -> dict[str, object]:
+    """:data:`XFM_UNREAD` at their defaults: a run stored before they were refused loads with them reset
+    (:func:`~..runs.load_recipe`'s ``inert``); they never changed its training. ``fm.parametrization``
+    is not among them: a run trained to predict the data is refused, since it never sampled right."""
+    fm = FlowMatchingConfig()
+    return {f"fm.{name}": getattr(fm, name) for name in XFM_UNREAD}
 
 
 @functools.lru_cache(maxsize=4)
@@ -444,7 +467,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
 def restore(ckpt_dir: str | Path) -> tuple[FMRIConfig, NeuroFlow]:
     """``(recipe, NeuroFlow with the XFM's EMA weights)`` of a run folder."""
     ckpt_dir = Path(ckpt_dir)
-    cfg = load_recipe(ckpt_dir, NAME, FMRIConfig)
+    cfg = load_recipe(ckpt_dir, NAME, FMRIConfig, inert=inert_fields)
     xfm = build_xfm(cfg.latent, cfg.xfm_hidden, cfg.xfm_depth)
     load_weights(ckpt_dir, xfm, use_ema=True)
     model = NeuroFlow(load_ae(ckpt_dir / AE_FILE), load_vae(ckpt_dir / VAE_FILE), xfm.eval(),
@@ -479,6 +502,9 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     if prep.test_x.shape[1] != model.vae.cfg.voxels:
         raise ValueError(f"{data}: {prep.test_x.shape[1]} voxels, the run {ckpt_dir} has {model.vae.cfg.voxels}")
     k = len(prep.test_x) if n <= 0 else min(n, len(prep.test_x))
+    if k < 2:  # voxel r, identification and retrieval compare test stimuli with each other
+        raise ValueError(f"{data or cfg.data}: evaluation needs at least 2 test stimuli; got {k}"
+                         + (f" (--n {n} of {len(prep.test_x)})" if k < len(prep.test_x) else ""))
     trials = None if prep.test_trials is None else prep.test_trials[:k]
     scores = score_neuroflow(model, prep.test_x[:k], prep.test_img[:k], trials, steps or cfg.steps,
                              solver or cfg.solver, load_features(features_path).encode, cfg.n_candidates, seed)

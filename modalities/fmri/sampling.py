@@ -31,11 +31,12 @@ from modaflow.core.devices import DeviceName, pick_device
 from modaflow.core.io import atomic_write, read_npy
 from modaflow.core.training import TrainerArgs
 
-from ..runs import load_recipe, save_recipe
+from ..runs import absolute_source, load_recipe, save_recipe
 from .data import images01, prepare
 from .models import NeuroVAEConfig
 from .neuroflow import AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
-from .recipe import NAME, FMRIConfig, fit_neurovae, load_prepared, load_trials, restore, with_absolute_paths
+from .recipe import (NAME, FMRIConfig, fit_neurovae, inert_fields, load_prepared, load_trials, restore,
+                     with_absolute_paths)
 
 __all__ = ["SampleOptions", "sample", "finetune", "read_images", "read_responses", "save_image_grid"]
 
@@ -54,7 +55,7 @@ class SampleOptions(Config):
 
 def read_images(path: str | Path, size: int) -> np.ndarray:
     """Images ``(N, size, size)`` float32 in [0, 1] from ``.npy`` (``(N, H, W)`` or ``(H, W)``,
-    in [0, 1] or 0..255: :func:`~.data.images01`) or a ``.png`` (any size, resized)."""
+    in [0, 1] or 0..255: :func:`~.data.images01`) or a ``.png`` (any size, resized; grey, grey + alpha, RGB(A), 8 or 16 bits)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input images not found")
@@ -64,7 +65,10 @@ def read_images(path: str | Path, size: int) -> np.ndarray:
         from skimage.io import imread
         from skimage.transform import resize
 
-        arr = images01(imread(path)[None], str(path))[0]  # (1, H, W[, C]): RGB(A) -> luminance
+        raw = np.asarray(imread(path))
+        raw = raw[..., 0] if raw.ndim == 3 and raw.shape[-1] == 2 else raw  # grey + alpha: the grey
+        raw = raw / 65535.0 if raw.dtype == np.uint16 else raw  # a 16-bit PNG
+        arr = images01(raw[None], str(path))[0]  # (1, H, W[, C]): RGB(A) -> luminance
         arr = resize(arr, (size, size), anti_aliasing=True)[None].astype(np.float32)
     else:
         raise ValueError(f"{path}: expected .npy images (N, H, W) or a .png")
@@ -191,15 +195,19 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     pulled (``align_weight``) onto the XFM's encoding of the same stimuli (integrated from
     the visual latent at t = 1 to t = 0); the visual AE, XFM, latent statistics and the
     metrics' feature network are copied unchanged. ``overrides`` may change vae_* fields, align_weight and the data
-    source settings (sim, glm, mask)."""
+    source settings (sim, glm, mask). On data other than the base run's, ``mask`` and ``glm_tr`` start from their
+    defaults (ROOT/mask.nii.gz; the runs' sidecars), not from the base run's subject."""
     ckpt_dir, out = Path(ckpt_dir), Path(out_dir)
-    base = load_recipe(ckpt_dir, NAME, FMRIConfig)
+    base = load_recipe(ckpt_dir, NAME, FMRIConfig, inert=inert_fields)
     allowed = {"sim", "glm", "glm_noise_model", "glm_hrf", "glm_drift_order", "glm_tr", "mask", "vae_hidden", "vae_steps", "vae_lr", "vae_beta", "vae_dropout",
                "vae_val_fraction", "vae_val_every", "vae_ema", "vae_refit", "align_weight", "steps", "solver"}
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ConfigError(f"finetune cannot change {bad}: the visual AE and XFM are shared (allowed: {sorted(allowed)})")
     merged = base.to_dict()
+    if absolute_source(data, ("bids", "betas"), ("simulated",)) != base.data:
+        # another subject's data: its own mask image and TR, not those the base run's data needed
+        merged.update(mask=FMRIConfig.mask, glm_tr=FMRIConfig.glm_tr)
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
     cfg = with_absolute_paths(FMRIConfig.from_dict({**merged, "data": data}))

@@ -97,6 +97,22 @@ def test_sample_bad_inputs(run_dir, tmp_path) -> None:
         FMRIConfig(data="nsd")
 
 
+def test_encode_reads_grey_alpha_and_16_bit_pngs(tmp_path) -> None:
+    from PIL import Image
+
+    from modaflow.modalities.fmri.sampling import read_images
+
+    grey = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(grey, mode="L").save(tmp_path / "l.png")
+    Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), mode="LA").save(tmp_path / "la.png")
+    deep = grey.astype(np.uint16) * 257  # 0..255 -> 0..65535
+    Image.fromarray(deep).save(tmp_path / "i16.png")
+    ref = read_images(tmp_path / "l.png", 16)
+    np.testing.assert_allclose(ref, grey[None] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(read_images(tmp_path / "la.png", 16), ref)  # was: refused as (1, 16, 16, 2)
+    np.testing.assert_allclose(read_images(tmp_path / "i16.png", 16), ref, atol=1e-6)  # was: refused as not 8-bit
+
+
 def test_evaluate_reports_both_directions_and_the_cycle(run_dir) -> None:
     m = MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0)
     for key in ("enc.voxel_r_median", "enc.frac_ceiling_median", "enc.sample_r_mean", "enc.sample_cosine_mean", "enc.mse",
@@ -109,6 +125,33 @@ def test_evaluate_reports_both_directions_and_the_cycle(run_dir) -> None:
 
     with pytest.raises(ConfigError, match="--direction and --input are options of 'modaflow sample fmri'"):
         MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0, options=SampleOptions(input="x.npy"))
+
+
+def test_evaluate_refuses_fewer_than_two_test_stimuli_by_name(run_dir, tmp_path) -> None:
+    from modaflow.modalities.fmri.data import TrialData, save_betas
+    from modaflow.modalities.fmri.simulate import simulate
+
+    sim = simulate(SIM)
+    path = save_betas(tmp_path / "one_test.h5", TrialData(sim.betas, sim.stim_id.astype(np.int64), sim.images, "sim",
+                                                          sim.test_stimuli[:1]))
+    with pytest.raises(ValueError, match=rf"^betas:{path}: evaluation needs at least 2 test stimuli; got 1$"):
+        MODALITY.evaluate(run_dir, f"betas:{path}", 0, 4, "euler", 0)
+    with pytest.raises(ValueError, match=r"^simulated: evaluation needs at least 2 test stimuli; got 1 \(--n 1 of 20\)$"):
+        MODALITY.evaluate(run_dir, None, 1, 4, "euler", 0)
+    assert MODALITY.evaluate(run_dir, None, 2, 4, "euler", 0)["n_test"] == 2
+
+
+def test_config_refuses_flow_matching_fields_the_xfm_never_reads() -> None:
+    for field, value, expected in (
+        ("parametrization", "data", "velocity \\(NeuroFlow integrates the XFM as a velocity field in both directions\\)"),
+        ("path", "vp_cosine", "unset \\('linear'\\): xfm_path sets the bridge's base path"),
+        ("coupling", "sinkhorn", "unset \\('independent'\\): the XFM's pairs"),
+        ("cond_dropout", 0.1, "unset \\(0.0\\): the XFM is unconditional"),
+    ):
+        with pytest.raises(ConfigError, match=f"^FMRIConfig.fm.{field}: expected {expected}"):
+            FMRIConfig(fm=FlowMatchingConfig(**{field: value}))
+    free = FMRIConfig(fm=FlowMatchingConfig(time_sampler="logit_normal", loss_weighting="min_snr"))
+    assert (free.fm.time_sampler, free.fm.loss_weighting) == ("logit_normal", "min_snr")  # fields the XFM's training reads
 
 
 def test_device_option_of_sample_and_evaluate(run_dir, tmp_path) -> None:
@@ -241,6 +284,34 @@ def test_finetune_trains_a_new_subject_head_on_the_same_xfm(run_dir, tmp_path) -
                                          rf"the run .* was trained on {SIM.image_size} x {SIM.image_size}"):
         MODALITY.finetune(run_dir, "simulated", tmp_path / "y", {"sim": small}, TrainerArgs(accelerator="cpu"))
     assert not (tmp_path / "y").exists()  # refused before anything is written
+
+
+def test_finetune_on_another_subjects_bids_data_reads_its_own_mask_and_tr(run_dir, tmp_path) -> None:
+    import json
+    import shutil
+
+    import nibabel as nib
+
+    from modaflow.modalities.fmri.bids import write_bids
+    from modaflow.modalities.fmri.simulate import simulate
+
+    base = shutil.copytree(run_dir, tmp_path / "base")  # subject A's run, made with --mask A --glm-tr 1.0
+    recipe = json.loads((base / "recipe.json").read_text())
+    recipe["config"].update(mask=str(run_dir / "mask.nii.gz"), glm_tr=1.0)
+    (base / "recipe.json").write_text(json.dumps(recipe))
+    root = write_bids(simulate(SIM.replace(volume=(5, 5, 3), sim_seed=7, tr=2.0)), tmp_path / "subB", runs=4)
+    out = tmp_path / "ft"  # was: A's (6, 6, 3) mask refused against B's (5, 5, 3) BOLD, or B's runs fit with A's TR
+    summary = MODALITY.finetune(base, f"bids:{root}", out, {"vae_steps": 30}, TrainerArgs(accelerator="cpu"),
+                                progress=False)
+    assert summary["voxels"] == int((np.asarray(nib.load(root / "mask.nii.gz").dataobj) > 0).sum())
+    saved = json.loads((out / "recipe.json").read_text())["config"]
+    assert (saved["mask"], saved["glm_tr"]) == ("", 0.0)
+    other = tmp_path / "other_mask.nii.gz"  # given explicitly, they are still used
+    shutil.copy(root / "mask.nii.gz", other)
+    MODALITY.finetune(base, f"bids:{root}", tmp_path / "ft2", {"vae_steps": 30, "mask": str(other), "glm_tr": 2.0},
+                      TrainerArgs(accelerator="cpu"), progress=False)
+    saved = json.loads((tmp_path / "ft2" / "recipe.json").read_text())["config"]
+    assert (saved["mask"], saved["glm_tr"]) == (str(other), 2.0)
 
 
 def test_train_refuses_non_square_stimuli_before_writing_anything(tmp_path) -> None:
@@ -548,3 +619,21 @@ def test_a_run_on_relative_files_stores_them_absolute_and_evaluates_from_elsewhe
 
     assert json.loads((tmp_path / "run" / "recipe.json").read_text())["config"]["data"] == \
         f"betas:{tmp_path / 'data' / 'betas.h5'}"
+
+
+def test_a_run_stored_with_fm_fields_the_xfm_never_read_still_loads(run_dir, tmp_path) -> None:
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    recipe = json.loads((old / "recipe.json").read_text())
+    recipe["config"]["fm"]["path"] = "vp_cosine"  # accepted and ignored before FMRIConfig refused it
+    (old / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.warns(UserWarning, match="fm.path"):
+        base = MODALITY.evaluate(old, None, 0, 4, "euler", 0)
+    assert base["enc.voxel_r_median"] == MODALITY.evaluate(run_dir, None, 0, 4, "euler", 0)["enc.voxel_r_median"]
+    recipe["config"]["fm"]["parametrization"] = "data"  # that one changed training: refused
+    (old / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.raises(ConfigError, match="fm.parametrization"):
+        MODALITY.evaluate(old, None, 0, 4, "euler", 0)

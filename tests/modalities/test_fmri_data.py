@@ -319,3 +319,64 @@ def test_training_repeats_are_separate_trials_and_never_cross_the_split(sim) -> 
     assert len(single.betas) == 100 + 20 * 3
     np.testing.assert_array_equal(prepare(TrialData(single.betas, single.stim_id.astype(np.int64), single.images,
                                                     "sim")).test_ids, single.test_stimuli)
+
+
+def test_betas_stimulus_ids_must_be_whole_numbers_and_one_per_trial(sim, tmp_path) -> None:
+    import h5py
+
+    half, nan = sim.stim_id.astype(np.float64), sim.stim_id.astype(np.float64)
+    half[0], nan[3] = 2.5, np.nan  # were truncated to 2 / wrapped to int64's minimum
+    whole_float_test = sim.test_stimuli.astype(np.float64)  # MATLAB writes doubles: whole ones are fine
+    for name, arrays, message in (
+        ("half.h5", {"stim_id": half}, r"half.h5 \(stim_id\): stimulus indices must be whole numbers; entry 0 holds 2.5$"),
+        ("nan.h5", {"stim_id": nan}, r"nan.h5 \(stim_id\): stimulus indices must be whole numbers; entry 3 holds nan$"),
+        ("test.h5", {"stim_id": sim.stim_id, "test_stimuli": whole_float_test + 0.4},
+         r"test.h5 \(test_stimuli\): stimulus indices must be whole numbers; entry 0 holds "),
+        ("column.h5", {"stim_id": sim.stim_id[:, None]},
+         rf"column.h5: stim_id must be one id per trial, shape \({len(sim.betas)},\); got shape \({len(sim.betas)}, 1\)$"),
+        ("betas_key.h5", {"betas": sim.betas}, r"betas_key.h5: no 'responses' array .* it holds \['betas', 'stimuli'\]"),
+    ):
+        with h5py.File(tmp_path / name, "w") as fh:
+            if "betas" not in arrays:
+                fh["responses"] = sim.betas
+            fh["stimuli"] = sim.images
+            for key, value in arrays.items():
+                fh[key] = value
+        with pytest.raises(ValueError, match=message):
+            load_betas(tmp_path / name)
+    with h5py.File(tmp_path / "doubles.h5", "w") as fh:
+        fh["responses"], fh["stimuli"] = sim.betas, sim.images
+        fh["stim_id"], fh["test_stimuli"] = sim.stim_id.astype(np.float64), whole_float_test
+    td = load_betas(tmp_path / "doubles.h5")
+    np.testing.assert_array_equal(td.stim_id, sim.stim_id)
+    np.testing.assert_array_equal(td.test_stimuli, sim.test_stimuli)
+
+
+def test_bids_test_stimuli_with_fractions_are_refused(sim, bids_root, tmp_path) -> None:
+    import shutil
+
+    root = shutil.copytree(bids_root, tmp_path / "frac")
+    np.save(root / "test_stimuli.npy", np.array([0.5, 3.0]))  # was truncated to [0, 3]
+    with pytest.raises(ValueError, match=r"frac/test_stimuli.npy: stimulus indices must be whole numbers; entry 0 "
+                                         r"holds 0.5$"):
+        load_bids(root)
+
+
+def test_bids_with_several_subjects_is_refused_and_a_subject_folder_reads_the_shared_files(sim, bids_root, tmp_path) -> None:
+    import shutil
+
+    root = shutil.copytree(bids_root, tmp_path / "two")
+    func = root / "sub-02" / "func"
+    func.mkdir(parents=True)
+    for f in (root / "sub-01" / "func").iterdir():
+        if not f.name.endswith("_bold.json"):  # sub-02 inherits its TR from ROOT/task-sim_bold.json
+            shutil.copy(f, func / f.name.replace("sub-01", "sub-02"))
+    (root / "task-sim_bold.json").write_text(json.dumps({"RepetitionTime": 1.1}))
+    with pytest.raises(ValueError, match=rf"^{root}: runs of 2 subjects \(sub-01, sub-02\); a run trains one subject "
+                                         rf"\(finetune adds another\): pass bids:{root}/sub-01 "):
+        load_bids(root)  # was: both subjects' trials pooled as one brain's
+    one = load_bids(root / "sub-02")  # stimuli.npy, test_stimuli.npy, mask.nii.gz and the TR sidecar from ROOT
+    ref = load_bids(bids_root, t_r=1.1)
+    np.testing.assert_array_equal(one.responses, ref.responses)
+    np.testing.assert_array_equal(one.test_stimuli, sim.test_stimuli)
+    assert one.source == str(root / "sub-02")

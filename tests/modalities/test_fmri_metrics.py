@@ -126,3 +126,11 @@ def test_stimulus_means_average_the_repeats_of_each_input() -> None:
     assert xu.shape == (2, 2)
     got = {tuple(a): float(b[0]) for a, b in zip(xu.tolist(), ym)}
     assert got == {(1.0, 0.0): 3.0, (0.0, 1.0): 15.0}
+
+
+def test_one_sample_is_refused_by_the_identification_metrics() -> None:
+    one = np.random.default_rng(0).standard_normal((1, 5))
+    with pytest.raises(ValueError, match="^top-1 retrieval needs at least 2 samples$"):  # was numpy's empty max()
+        top1_retrieval(one, one, 10)
+    with pytest.raises(ValueError, match="^two-way identification needs at least 2 samples$"):
+        two_way_identification(one, one)
