@@ -113,6 +113,10 @@ class TSProfile:
     """Learning rate after the warm-up for every model (None: the recipe's default)."""
     ema_decay: float | None = None
     """EMA decay of the weights of every model (None: the recipe's default)."""
+    speed_nfes: tuple[int, ...] = ()
+    """Extra TimeFlow x1-prediction rows at these NFEs (below 10), for the speed goal: ``>= 50x`` the DDPM's
+    samples/s at an equal or better discriminative score needs fewer than 10 NFE, since 500 / 10 is exactly 50
+    (RESULTS.md, MuJoCo below 10 NFE). Each gets a sampler chosen on validation like every flow row."""
 
 
 PROFILES: dict[str, TSProfile] = {
@@ -145,12 +149,13 @@ PROFILES: dict[str, TSProfile] = {
     "full": TSProfile(("sines", "mujoco", "stocks", "basicmotions", "italypowerdemand", "solar", "uschange"),
                       n_samples=10_000, d_model=64, layers=3, train_steps=12_000, batch_size=128, eval_n=10_000,
                       repeats=5, disc_iterations=2000, pred_iterations=5000, ts2vec_iterations=0,
-                      curve_nfes=(1, 2, 5, 10, 20, 50, 100), forecast_windows=64, forecast_samples=32, threads=0),
+                      curve_nfes=(1, 2, 5, 10, 20, 50, 100), forecast_windows=64, forecast_samples=32, threads=0,
+                      speed_nfes=(6, 8)),
     "gpu": TSProfile(("sines", "mujoco", "stocks", "basicmotions", "italypowerdemand", "solar", "uschange"),
                      n_samples=10_000, d_model=128, layers=4, train_steps=30_000, batch_size=256, eval_n=10_000,
                      repeats=5, disc_iterations=2000, pred_iterations=5000, ts2vec_iterations=0,
                      curve_nfes=(1, 2, 5, 10, 20, 50, 100), forecast_windows=256, forecast_samples=100, threads=0,
-                     device="cuda"),
+                     device="cuda", speed_nfes=(6, 8)),
 }
 
 MODELS: dict[str, tuple[str, str]] = {
@@ -166,6 +171,11 @@ ROWS: tuple[tuple[str, str, int], ...] = (
     ("linear FM", "linear_fm", 10), ("linear FM", "linear_fm", 100), ("DDPM", "ddpm", 500),
 )
 """(label, model, NFE) of each table row; DDPM's NFE is its step count (profile's ddpm_steps)."""
+
+
+def rows_of(p: TSProfile) -> tuple[tuple[str, str, int], ...]:
+    """The table rows of profile ``p``: :data:`ROWS` and its ``speed_nfes`` rows (TimeFlow x1-prediction)."""
+    return ROWS + tuple(("TimeFlow x1-prediction", "timeflow_x1", nfe) for nfe in p.speed_nfes)
 
 
 def _config(p: TSProfile, ds: str, name: str, seed: int) -> TimeSeriesConfig:
@@ -193,15 +203,16 @@ VAL_SEED = 1000
 
 
 def choose_samplers(models: dict, val: np.ndarray, encoder, scaler, seed: int, chosen: dict | None = None,
-                    on_choice: Callable[[dict], None] | None = None) -> dict:
+                    on_choice: Callable[[dict], None] | None = None, rows: tuple[tuple[str, str, int], ...] = ROWS) -> dict:
     """The sampler of each flow row ``(model, NFE)``: the ``(solver, shift)`` of :data:`SAMPLERS`
     whose ``len(val)`` generated windows have the lowest context-FID against ``val`` (training
     windows, never the test split), scored with ``encoder`` (its own seed) on noise seeded by
     ``seed + VAL_SEED`` (the rows use ``seed``). Returns ``{(model, nfe): ((solver, shift),
     {(solver, shift): validation context-FID})}`` with solvers resolved (``auto`` -> em / dpm2m / euler).
-    Rows already in ``chosen`` (an interrupted run's) are kept; ``on_choice`` gets the dict after each new row."""
+    Rows already in ``chosen`` (an interrupted run's) are kept; ``on_choice`` gets the dict after each new row;
+    ``rows``: the table's (:func:`rows_of`)."""
     chosen = dict(chosen or {})
-    for _, name, nfe in ROWS:
+    for _, name, nfe in rows:
         r = models[name]
         if r.cfg.method == "ddpm" or (name, nfe) in chosen:
             continue
@@ -240,7 +251,7 @@ def sampling_speed(models: dict, p: TSProfile, samplers: dict, seed: int) -> dic
     of one sampling call of ``p.time_n`` windows, rounds interleaving the rows (harness
     :func:`median_times`), so a busy machine slows every row alike."""
     calls = {}
-    for _, name, nfe in ROWS:
+    for _, name, nfe in rows_of(p):
         nfe = p.ddpm_steps if name == "ddpm" else nfe
         solver, shift = samplers.get((name, nfe), ("auto", None))
         calls[(name, nfe)] = partial(draw_nfe, models[name], p.time_n, nfe, solver, seed, shift=shift)
@@ -303,7 +314,8 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
         keep(f"sampler {name}@{nfe}")
 
     with stage(f"choose samplers on {ds} ({len(val)} validation windows)"):
-        choice = choose_samplers(models, val, val_encoder, scaler, seed, _choice_from_json(res["choice"]), chose)
+        choice = choose_samplers(models, val, val_encoder, scaler, seed, _choice_from_json(res["choice"]), chose,
+                                 rows_of(p))
     res["samplers"] = {row: pick for row, (pick, _) in choice.items()}
     res["sampler_notes"] = [f"{ds} {name}@{nfe}: {pick[0]}, shift {pick[1]:g} (validation context-FID "
                             + ", ".join(f"{b}/{a:g}: {v:.4f}" for (b, a), v in fids.items()) + f"; {len(val)} windows"
@@ -323,7 +335,7 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
             res["speed"] = {f"{name}@{nfe}": v for (name, nfe), v in sampling_speed(models, p, res["samplers"], seed).items()}
         keep("speed")
     speed = {(k.rsplit("@", 1)[0], int(k.rsplit("@", 1)[1])): v for k, v in res["speed"].items()}
-    for label, name, nfe in progress(ROWS, f"evaluate {ds}"):
+    for label, name, nfe in progress(rows_of(p), f"evaluate {ds}"):
         r = models[name]
         nfe = p.ddpm_steps if name == "ddpm" else nfe
         solver, shift = res["samplers"].get((name, nfe), ("auto", None))  # the DDPM: ancestral, no grid

@@ -840,3 +840,20 @@ def test_conditional_sampling_shows_the_network_its_observed_entries_on_the_path
     got = observed_on_path(torch.zeros_like(x0), t, condition(y, m), x0, path)
     sigma = float(np.sqrt(0.7 ** 2 + 0.25 * 0.3 * 0.7))
     torch.testing.assert_close(got, m * (0.3 * y + sigma * x0), rtol=1e-12, atol=1e-12)
+
+
+def test_speed_rows_below_ten_nfe_are_chosen_scored_and_timed_like_every_row(tmp_path) -> None:
+    from dataclasses import replace
+
+    import modaflow.benchmarks.timeseries as B
+
+    p = replace(B.PROFILES["smoke"], speed_nfes=(4,))
+    assert B.rows_of(p) == B.ROWS + (("TimeFlow x1-prediction", "timeflow_x1", 4),)
+    assert B.rows_of(B.PROFILES["smoke"]) == B.ROWS and B.PROFILES["full"].speed_nfes == (6, 8)
+    res = B.run_profile("smoke", p, tmp_path, seed=0)
+    for m in ("discriminative", "context_fid", "dcr_ratio"):
+        assert f"sines.timeflow_x1@nfe4.{m}" in res.metrics
+    ratio = res.timings["sines.timeflow_x1@nfe4.speed_vs_ddpm_ratio"]
+    assert ratio == res.timings["sines.timeflow_x1@nfe4.samples_per_s"] / res.timings["sines.ddpm@nfe100.samples_per_s"]
+    assert any(note.count("sines timeflow_x1@4: ") == 1 for note in res.notes)  # its sampler chosen on validation
+    assert "| TimeFlow x1-prediction (4 NFE, " in (tmp_path / "report.md").read_text()
