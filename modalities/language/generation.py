@@ -11,6 +11,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from modaflow.core.config import ConfigError
+from modaflow.core.devices import pick_device
 
 from .evaluator import token_nll
 from .flm import generate_flm
@@ -56,7 +57,8 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
     if solver not in (None, *SOLVERS):
         raise ConfigError(f"solver: language samplers are {list(SOLVERS)}; got {solver!r}")
     cfg, tok, net = restore(ckpt_dir)
-    texts = decode(tok, generate(cfg, net, n, steps or cfg.steps, seed, options))
+    net = net.to(pick_device((options or SampleOptions()).device))
+    texts = decode(tok, generate(cfg, net, n, steps or cfg.steps, seed, options).cpu())
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".jsonl":
@@ -86,12 +88,14 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     run's tokenizer): entropy, n-gram JS, Self-BLEU, the data's entropy; gen PPL with
     ``options.evaluator``; markov data: the true chain NLL per token and its expectation."""
     o = options or SampleOptions()
+    device = pick_device(o.device)
     cfg, tok, net = restore(ckpt_dir)
+    net = net.to(device)
     ref_cfg = cfg if data is None else cfg.replace(data=data)
     if data is not None:
         check_vocabulary(ref_cfg, cfg, tok, "test")  # another vocabulary's tokens would be scored as ours
     _, _, ref = prepare(ref_cfg, tok)
-    x = generate(cfg, net, n, steps or cfg.steps, seed, o)
+    x = generate(cfg, net, n, steps or cfg.steps, seed, o).cpu()
     eos = None if tok is None else EOS
     out = {**score(x, ref, eos), "data_entropy": sample_entropy(ref),
            "data_entropy_prefix": sample_entropy(ref, first_eos_mask(ref, eos)), "n_samples": n}
@@ -101,6 +105,7 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
         out["data_true_nll"] = src.expected_nll(x.shape[1])
     if o.evaluator:
         ecfg, etok, ev = restore(o.evaluator)
+        ev = ev.to(device)  # token_nll returns the NLL on the CPU
         if ecfg.method != "ar" or ecfg.vocab != cfg.vocab:
             raise ConfigError(f"evaluator: {o.evaluator} must be an 'ar' run with the same vocabulary ({cfg.vocab})")
         out["gen_ppl"] = gen_ppl(token_nll(ev, x), first_eos_mask(x, eos))

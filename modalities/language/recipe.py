@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from modaflow.core.config import Config, ConfigError
+from modaflow.core.devices import DeviceName
 from modaflow.core.flow_map_losses import FlowMapLoss, StopGradient
 from modaflow.core.flow_maps import FlowMap
 from modaflow.core.training import TrainerArgs, checkpoint_path, fit, load_checkpoint
@@ -175,6 +176,9 @@ class SampleOptions(Config):
     evaluator: str = ""
     """evaluate: the run folder of a trained 'ar' model for generative perplexity (same
     tokenizer); empty: no gen PPL (markov data is scored by the true chain)."""
+    device: DeviceName = "auto"
+    """Where the networks run: auto (a GPU when torch sees one), cpu or cuda; the noise is drawn
+    from the same seed on every device."""
 
     def validate(self) -> None:
         self._require(self.temperature >= 0 or self.temperature == -1, "temperature", "a number >= 0, or -1")

@@ -14,7 +14,7 @@ from modaflow.benchmarks.cli import main
 from modaflow.core.config import ConfigError
 from modaflow.core.training import TrainerArgs
 from modaflow.modalities.language.data import CorpusError
-from modaflow.modalities.language.generation import evaluate, generate
+from modaflow.modalities.language.generation import evaluate, generate, sample
 from modaflow.modalities.language.recipe import LanguageConfig, SampleOptions, finetune, restore, train
 from modaflow.modalities.language.tokenizer import TokenizerError, load_tokenizer
 
@@ -59,6 +59,29 @@ def test_cli_sample_prints_decoded_text(runs, capsys, tmp_path) -> None:
     texts = [json.loads(line)["text"] for line in out.read_text().splitlines()]
     assert len(texts) == 3 and "=== sample 2 ===" in printed and texts[0] in printed
     assert main(["sample", "language", "--ckpt", str(runs["root"] / "flm"), "--n", "2", "--out", str(tmp_path / "s.txt")]) == 0
+
+
+def test_device_option_of_sample_and_evaluate(runs, tmp_path) -> None:
+    opts = SampleOptions(evaluator=str(runs["root"] / "ar"), device="cpu")
+    assert evaluate(runs["root"] / "mdlm", None, 4, 2, None, 0, opts) == \
+        evaluate(runs["root"] / "mdlm", None, 4, 2, None, 0, SampleOptions(evaluator=str(runs["root"] / "ar")))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda was asked for, but torch sees no GPU"):
+            sample(runs["root"] / "flm", 2, 2, None, tmp_path / "s.txt", 0, SampleOptions(device="cuda"))
+
+
+@pytest.mark.gpu
+def test_sampling_on_cuda_matches_the_cpu(runs, tmp_path) -> None:
+    from modaflow.modalities.language.flm import final_logits_flm
+
+    cfg, _, net = restore(runs["root"] / "flm")
+    cpu = final_logits_flm(net, 3, cfg.block_len, 2, 0)
+    gpu = final_logits_flm(net.to("cuda"), 3, cfg.block_len, 2, 0).cpu()
+    torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)  # the same noise (drawn on the CPU): rounding only
+    out = sample(runs["root"] / "fmlm", 3, 1, None, tmp_path / "s.txt", 0, SampleOptions(device="cuda"))
+    assert out.read_text().count("=== sample ") == 3
+    m = evaluate(runs["root"] / "mdlm", None, 4, 2, None, 0, SampleOptions(evaluator=str(runs["root"] / "ar"), device="cuda"))
+    assert 1 < m["gen_ppl"] < math.inf
 
 
 def test_evaluate_reports_metrics_with_the_evaluator(runs) -> None:
