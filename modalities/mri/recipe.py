@@ -300,7 +300,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
             raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)} in {ckpt_dir}); got {getattr(cfg, name)}")
     if cfg.source.shape != base.source.shape:
         raise ConfigError(f"{data}: volumes of shape {cfg.source.shape} do not match the checkpoint's "
-                          f"{base.source.shape} (set size / fov to match)")
+                          f"{base.source.shape} (set --{'size' if cfg.data == 'embedded' else 'fov'} to match)")
     save_recipe(out_dir, NAME, cfg)
     _, _, module = build(cfg)
     if not checkpoint_path(out_dir).exists():

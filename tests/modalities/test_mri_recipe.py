@@ -393,3 +393,16 @@ def test_ddpm_with_fewer_steps_is_refused_not_run_over_all_of_them(tmp_path) -> 
                                                        "1000 steps of the path; use --solver ddim for 4 steps")):
             call()
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_finetune_on_volumes_of_another_shape_names_the_option_of_its_source(tmp_path) -> None:
+    from modaflow.core.training import TrainerArgs
+
+    run = _sampling_run(tmp_path)  # embedded, 16^3
+    with pytest.raises(ConfigError, match=re.escape("embedded: volumes of shape (24, 24, 24) do not match the "
+                                                    "checkpoint's (16, 16, 16) (set --size to match)")):
+        MODALITY.finetune(run, "embedded", tmp_path / "a", {"size": 24}, TrainerArgs(accelerator="cpu"))
+    with pytest.raises(ConfigError, match=re.escape("(192, 224, 192) do not match the checkpoint's (16, 16, 16) "
+                                                    "(set --fov to match)")):
+        MODALITY.finetune(run, f"folder:{tmp_path}", tmp_path / "b", {}, TrainerArgs(accelerator="cpu"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
