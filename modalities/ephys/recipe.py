@@ -89,10 +89,15 @@ def _fit(cfg: EphysConfig, model: nn.Module, data: TrialData, trainer_args, out_
     return {**res, "checkpoint": str(checkpoint_path(out_dir))}
 
 
+def _stored_data(data: str) -> str:
+    """``--data`` as a run stores it: files (bare, ``nwb:`` or ``eeg:``) by absolute path, the named sets as they are."""
+    return absolute_source(data, ("nwb", "eeg"), D.NAMED)
+
+
 def train(cfg: EphysConfig, trainer_args: TrainerArgs | None, out_dir: str | Path, progress: bool = True) -> dict:
     """Train ``cfg`` into ``out_dir`` (resumes from its checkpoint); returns ``{"steps",
     "final_loss", "history", "seconds", "checkpoint"}``."""
-    cfg = cfg.replace(data=absolute_source(cfg.data, ("nwb", "eeg"), D.NAMED))
+    cfg = cfg.replace(data=_stored_data(cfg.data))
     data = D.load_split(cfg.data, "train", cfg.options, cfg.data_seed)
     save_recipe(out_dir, NAME, cfg)
     return _fit(cfg, build_model(cfg, data), data, trainer_args, out_dir, progress)
@@ -223,7 +228,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     merged = base.to_dict()
     for key, value in overrides.items():
         merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) else value
-    cfg = EphysConfig.from_dict({**merged, "data": absolute_source(data, ("nwb", "eeg"), D.NAMED)})
+    cfg = EphysConfig.from_dict({**merged, "data": _stored_data(data)})
     for name in ("model", "langevin", "lfads"):
         if getattr(cfg, name) != getattr(base, name):
             raise ConfigError(f"finetune cannot change {name} (the network of {ckpt_dir})")

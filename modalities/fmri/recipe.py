@@ -268,11 +268,16 @@ def _simulated(sim_json: str) -> TrialData:
                      sim.affine)
 
 
+def stored_data(data: str) -> str:
+    """``--data`` as a run stores it: ``bids:`` / ``betas:`` paths absolute
+    (:func:`~modaflow.modalities.runs.absolute_source`), ``simulated`` as it is."""
+    return absolute_source(data, ("bids", "betas"), ("simulated",))
+
+
 def with_absolute_paths(cfg: FMRIConfig) -> FMRIConfig:
     """``cfg`` with its data and mask paths absolute, as a run stores them (so that ``sample``,
-    ``evaluate`` and ``finetune`` find them from any folder: :func:`~modaflow.modalities.runs.absolute_source`)."""
-    return cfg.replace(data=absolute_source(cfg.data, ("bids", "betas"), ("simulated",)),
-                       mask=absolute_source(cfg.mask) if cfg.mask else cfg.mask)
+    ``evaluate`` and ``finetune`` find them from any folder)."""
+    return cfg.replace(data=stored_data(cfg.data), mask=absolute_source(cfg.mask) if cfg.mask else cfg.mask)
 
 
 def load_trials(cfg: FMRIConfig) -> TrialData:

@@ -31,12 +31,12 @@ from modaflow.core.devices import DeviceName, pick_device
 from modaflow.core.io import atomic_write, read_npy
 from modaflow.core.training import TrainerArgs
 
-from ..runs import absolute_source, load_recipe, save_recipe
+from ..runs import load_recipe, save_recipe
 from .data import images01, prepare
 from .models import NeuroVAEConfig
 from .neuroflow import AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
 from .recipe import (NAME, FMRIConfig, fit_neurovae, inert_fields, load_prepared, load_trials, restore,
-                     with_absolute_paths)
+                     stored_data, with_absolute_paths)
 
 __all__ = ["SampleOptions", "sample", "finetune", "read_images", "read_responses", "save_image_grid"]
 
@@ -205,7 +205,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     if bad:
         raise ConfigError(f"finetune cannot change {bad}: the visual AE and XFM are shared (allowed: {sorted(allowed)})")
     merged = base.to_dict()
-    if absolute_source(data, ("bids", "betas"), ("simulated",)) != base.data:
+    if stored_data(data) != base.data:
         # another subject's data: its own mask image and TR, not those the base run's data needed
         merged.update(mask=FMRIConfig.mask, glm_tr=FMRIConfig.glm_tr)
     for key, value in overrides.items():

@@ -278,6 +278,11 @@ def _teacher(cfg: LanguageConfig) -> tuple[LanguageConfig, object | None, DiT]:
     return tcfg, tok, teacher
 
 
+def _stored_data(data: str) -> str:
+    """``--data`` as a run stores it: a file or folder by absolute path, the named corpora as they are."""
+    return absolute_source(data, names=("shakespeare", "markov"))
+
+
 def train(cfg: LanguageConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True) -> dict:
     """Train ``cfg.method`` into ``out_dir`` (resumes if it holds a checkpoint); returns
     ``{"steps", "final_loss", "checkpoint", "history"}``."""
@@ -289,7 +294,7 @@ def train(cfg: LanguageConfig, trainer_args: TrainerArgs, out_dir: str | Path, p
         tok, blocks, _ = prepare(cfg, tok)
     else:
         tok, blocks, _ = prepare(cfg)
-    cfg = cfg.replace(vocab=vocab_of(cfg, tok), data=absolute_source(cfg.data, names=("shakespeare", "markov")))
+    cfg = cfg.replace(vocab=vocab_of(cfg, tok), data=_stored_data(cfg.data))
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(out, NAME, cfg)  # refuses a folder holding another run before anything is written
     if tok is not None:
@@ -325,7 +330,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     merged = base.to_dict()
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
-    cfg = LanguageConfig.from_dict({**merged, "data": absolute_source(data, names=("shakespeare", "markov"))})
+    cfg = LanguageConfig.from_dict({**merged, "data": _stored_data(data)})
     for name in (*_VOCAB, *_SHAPE, "method"):
         if getattr(cfg, name) != getattr(base, name):
             longer = ", longer than the model's" if name == "block_len" and cfg.block_len > base.block_len else ""

@@ -100,13 +100,11 @@ def real_reference(cfg: MRIConfig, features: FeatureConfig, seed: int = 0, data:
     src = cfg.source if data is None else cfg.replace(data=data).source
     voxel_ml = float(abs(np.linalg.det(src.affine[:3, :3]))) / 1000.0
     test = load_volumes(src, "test")
-    if test.shape[0] < 2 and src.data == "embedded":
-        raise ValueError(f"{src.data}: the held-out split has {test.shape[0]} volume(s) (n_test); the Fréchet "
-                         f"distance and the tissue tests need >= 2, so train with --n-test >= 2")
     if test.shape[0] < 2:
-        raise ValueError(f"{src.data}: the held-out split has {test.shape[0]} volume(s) (every 5th subject, or every "
-                         f"5th file where files have no subject); the Fréchet distance and the tissue tests need >= 2, "
-                         f"so give >= 10 subjects (files)")
+        how = ("(n_test)", "train with --n-test >= 2") if src.data == "embedded" else (
+            "(every 5th subject, or every 5th file where files have no subject)", "give >= 10 subjects (files)")
+        raise ValueError(f"{src.data}: the held-out split has {test.shape[0]} volume(s) {how[0]}; the Fréchet "
+                         f"distance and the tissue tests need >= 2, so {how[1]}")
     return RealReference(load_volumes(src, "train"), test, voxel_ml, features, seed)
 
 
@@ -132,10 +130,10 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     cfg, model, kind, path, solver = load_generator(ckpt_dir, solver, steps)
     shape = (cfg.source if data is None else cfg.replace(data=data).source).shape
     if tuple(shape) != tuple(cfg.source.shape):  # before the real volumes are loaded and the feature net trained
-        raise ValueError(f"{data}: its volumes would have shape {tuple(shape)} (the run's "
-                         f"{'size' if data == 'embedded' else 'fov'}), not the model's {tuple(cfg.source.shape)}; "
-                         f"evaluate on data of the model's shape, or finetune the run on this data first "
-                         f"(modaflow finetune mri --ckpt {ckpt_dir} --data {data}, with --size / --fov matching)")
+        option = "size" if data == "embedded" else "fov"
+        raise ValueError(f"{data}: its volumes would have shape {tuple(shape)} (the run's {option}), not the model's "
+                         f"{tuple(cfg.source.shape)}; evaluate on data of the model's shape, or finetune the run on this "
+                         f"data first (modaflow finetune mri --ckpt {ckpt_dir} --data {data}, with --{option} matching)")
     if min(shape) < ms_ssim_min_side():
         raise ValueError(f"{ckpt_dir}: volumes {tuple(shape)} are too small to evaluate: MS-SSIM needs every side "
                          f">= {ms_ssim_min_side()} voxels (train with a larger --size / --fov)")

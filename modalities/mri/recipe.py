@@ -204,8 +204,12 @@ def _fit(module: MedForjModule, cfg: MRIConfig, trainer_args: TrainerArgs, out_d
     return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
 
 
-SOURCE_PREFIXES = ("bids", "folder")
-"""``--data`` forms that name a path (stored absolute: :func:`~modaflow.modalities.runs.absolute_source`)."""
+def _stored_data(data: str) -> str:
+    """``--data`` as a run stores it: ``bids:`` / ``folder:`` paths absolute
+    (:func:`~modaflow.modalities.runs.absolute_source`), ``embedded`` as it is."""
+    return absolute_source(data, ("bids", "folder"), ("embedded",))
+
+
 EMBEDDED_FIELDS = ("size", "n_train", "n_test", "data_seed")
 """Fields read by the embedded cohort only (a NIfTI source's volumes are ``fov`` voxels of ``spacing`` mm)."""
 FILE_FIELDS = ("spacing", "fov", "oblique", "max_anisotropy", "nan")
@@ -249,7 +253,7 @@ def train(cfg: MRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progre
     """Train into ``out_dir`` (resumes if it holds a checkpoint); returns
     ``{"steps", "final_loss", "checkpoint", "history"}``."""
     _check_source_fields(cfg, _set_fields(cfg, out_dir))
-    cfg = cfg.replace(data=absolute_source(cfg.data, SOURCE_PREFIXES, ("embedded",)))
+    cfg = cfg.replace(data=_stored_data(cfg.data))
     _check_shape(cfg)
     save_recipe(out_dir, NAME, cfg)
     _, _, module = build(cfg)
@@ -293,7 +297,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     merged = base.to_dict()
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
-    cfg = MRIConfig.from_dict({**merged, "data": absolute_source(data, SOURCE_PREFIXES, ("embedded",))})
+    cfg = MRIConfig.from_dict({**merged, "data": _stored_data(data)})
     _check_source_fields(cfg, overrides)  # the checkpoint's own values of the other source's fields are carried
     for name in ("unet", "target"):
         if getattr(cfg, name) != getattr(base, name):

@@ -327,7 +327,7 @@ def save_series(path: str | Path, x: np.ndarray, channels: tuple[str, ...], time
     to a long-format ``.csv``: ``sample``, the time column (``times`` as the input file wrote
     them, under ``time_name``; else ``step`` = 0..T-1), then one column per channel; atomically."""
     path = Path(path)
-    S, T, C = x.shape
+    S, T, _ = x.shape
     if path.suffix.lower() == ".npy":
         return save_samples(path, x, channels)
     if path.suffix.lower() != ".csv":

@@ -288,7 +288,7 @@ def _train_tensor(cfg: TimeSeriesConfig, out_dir) -> tuple[Tensor, D.Scaler]:
     return scaler.to_model(scaler.transform(w.train, cfg.data)), scaler
 
 
-def _absolute(data: str) -> str:
+def _stored_data(data: str) -> str:
     """``data`` as the recipe stores it: a user file as its absolute path (so that ``sample`` and
     ``evaluate`` find it from any working directory), a dataset name as it is."""
     key = data.lower()
@@ -298,7 +298,7 @@ def _absolute(data: str) -> str:
 def train(cfg: TimeSeriesConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True) -> dict:
     """Train ``cfg.method`` on ``cfg.data`` into ``out_dir`` (resumes from its checkpoint);
     returns ``{"steps", "final_loss", "checkpoint", "history"}``."""
-    cfg = cfg.replace(data=_absolute(cfg.data))
+    cfg = cfg.replace(data=_stored_data(cfg.data))
     x, scaler = _train_tensor(cfg, out_dir)
     _, _, module = build(cfg, scaler.n_channels)
     return _fit(module, cfg, x, trainer_args, out_dir, progress)
@@ -314,7 +314,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     merged = base.to_dict()
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
-    cfg = TimeSeriesConfig.from_dict({**merged, "data": _absolute(data)})
+    cfg = TimeSeriesConfig.from_dict({**merged, "data": _stored_data(data)})
     for name in ("method", "prediction", "window", "d_model", "layers", "heads", "mlp_ratio", "kernel"):
         if getattr(cfg, name) != getattr(base, name):
             raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)!r} in {ckpt_dir}); got {getattr(cfg, name)!r}")

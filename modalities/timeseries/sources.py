@@ -179,9 +179,8 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
             df = pd.read_csv(path)
             if len(df.columns) == 1 and ";" in str(df.columns[0]):  # a semicolon-separated file (European locales)
                 df = pd.read_csv(path, sep=";")
-                comma = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])
-                         and df[c].astype(str).str.fullmatch(r"-?\d+,\d+").any()]
-                if comma:
+                if any(not pd.api.types.is_numeric_dtype(df[c]) and df[c].astype(str).str.fullmatch(r"-?\d+,\d+").any()
+                       for c in df.columns):
                     df = pd.read_csv(path, sep=";", decimal=",")  # and its decimal commas
         elif suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
