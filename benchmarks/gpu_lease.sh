@@ -33,6 +33,6 @@ case "$STAGE" in
   mri_profile) run_part mri_profile 150 ;;
   mri_candidates) run_part mri_candidates 480 ;;
   toy) run_part toy 120 ;;
-  tests) timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/core/test_graph.py tests/benchmarks/test_gpu_speed.py tests/modalities/test_mri_recipe.py tests/modalities/test_timeseries_model.py tests/modalities/test_fmri.py tests/modalities/test_language_recipe.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -3 ;;
+  tests) timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/core/test_graph.py tests/benchmarks/test_gpu_speed.py tests/modalities/test_mri_recipe.py tests/modalities/test_timeseries_model.py tests/modalities/test_fmri.py tests/modalities/test_language_recipe.py tests/modalities/test_ephys_model.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -3 ;;
   *) echo "unknown stage $STAGE (language, mri, mri_profile, mri_candidates, tests, toy)"; exit 2 ;;
 esac

@@ -359,6 +359,10 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
         target.update({f"{metric_key}.{m}": row[m] for m in (*P.METRICS, "dcr_ratio")})
         res["timings"][f"{metric_key}.samples_per_s"] = row["samples_per_s"]
         keep(f"row {title}")
+    for row in res["rows"].values():  # every row's rate from the one timing stage (also rows kept from before it)
+        if "samples_per_s" in row:
+            row["samples_per_s"] = speed[(row["model"], row["nfe"])]
+            res["timings"][f"{ds}.{row['model']}@nfe{row['nfe']}.samples_per_s"] = row["samples_per_s"]
     ddpm_rate = res["rows"][f"DDPM ({p.ddpm_steps} NFE)"]["samples_per_s"]
     for row in res["rows"].values():
         if "samples_per_s" in row:

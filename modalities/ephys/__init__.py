@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..registry import DatasetInfo, Modality
 from . import data
-from .recipe import SOLVERS, EphysConfig, evaluate, finetune, sample, train
+from .recipe import SOLVERS, EphysConfig, EphysOptions, evaluate, finetune, sample, train
 
 __all__ = ["MODALITY", "EphysConfig"]
 
@@ -52,4 +52,5 @@ MODALITY = Modality(
     finetune=finetune,
     bench=_bench,
     solvers=SOLVERS,
+    sample_options=EphysOptions,  # --device
 )

@@ -8,7 +8,8 @@ Run folder (``modaflow train ephys --out OUT``): ``OUT/recipe.json``,
 ``n`` test trials (``z``, ``v`` or LFADS ``factors``, ``rates`` or ``mean``/``logvar``,
 ``spikes`` drawn from the rates, and ``true_rates`` where known); its "solvers" are
 ``posterior_mean`` (rates averaged over ``steps`` posterior draws) and ``posterior_sample``
-(one stochastic draw). ``evaluate`` scores the test split with :mod:`.metrics`.
+(one stochastic draw). ``evaluate`` scores the test split with :mod:`.metrics`. Both take
+``--device auto|cpu|cuda`` (:class:`EphysOptions`): where the network runs; metrics stay on the CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from modaflow.core.config import ConfigError, Config
+from modaflow.core.devices import DeviceName, pick_device
 from modaflow.core.io import atomic_write
 from modaflow.core.training import TrainerArgs, checkpoint_path
 
@@ -33,7 +35,7 @@ from .models import LangevinFlow, LangevinFlowConfig
 from .spikes import TrialData
 from .training import SeqVAEModule, VAETrainConfig, fit_vae, predict
 
-__all__ = ["EphysConfig", "SOLVERS", "build_model", "train", "restore", "sample", "evaluate", "finetune",
+__all__ = ["EphysConfig", "EphysOptions", "SOLVERS", "build_model", "train", "restore", "sample", "evaluate", "finetune",
            "score", "NAME"]
 
 NAME = "ephys"
@@ -67,6 +69,15 @@ class EphysConfig(Config):
         self._require(bool(self.data), "data", "a dataset name, nwb:PATH or eeg:PATH")
         self._require(self.eval_samples >= 0, "eval_samples", "an integer >= 0")
         self._require(self.vel_lag_bins >= 0, "vel_lag_bins", "an integer >= 0")
+
+
+@dataclass
+class EphysOptions(Config):
+    """Extra options of ``sample ephys`` and ``evaluate ephys``."""
+
+    device: DeviceName = "auto"
+    """Where the network runs: auto (a GPU when torch sees one), cpu or cuda. Posterior draws come from a
+    generator seeded on that device, so cpu and cuda give different draws of the same distribution."""
 
 
 def build_model(cfg: EphysConfig, data: TrialData) -> nn.Module:
@@ -133,9 +144,11 @@ def _data_for(cfg: EphysConfig, data: str | None) -> TrialData:
     return D.load_split(data, "test", cfg.options, cfg.data_seed)
 
 
-def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, out_path: str | Path, seed: int) -> Path:
+def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, out_path: str | Path, seed: int,
+           options: EphysOptions | None = None) -> Path:
     """Write posterior latent trajectories and rates of the first ``n`` test trials to
-    ``out_path`` (``.npz``; see the module docstring)."""
+    ``out_path`` (``.npz``; see the module docstring); the network runs on ``options.device``."""
+    device = pick_device((options or EphysOptions()).device)
     out_path = Path(out_path)
     if out_path.suffix != ".npz":
         raise ValueError(f"{out_path}: ephys samples are written as .npz; got suffix {out_path.suffix!r}")
@@ -147,7 +160,7 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
     data = data.subset(np.arange(min(n, data.x.shape[0])))
     cfg, model = restore(ckpt_dir, data)
     draws = (steps or cfg.eval_samples) if solver == "posterior_mean" else 1
-    params, latents = predict(model, data, draws, seed)
+    params, latents = predict(model.to(device), data, draws, seed)
     arrays = {"observed": data.x.numpy(), "n_heldin": np.int64(data.n_heldin), "t_obs": np.int64(data.t_obs),
               "bin_s": np.float64(data.bin_s)}
     if cfg.model == "langevin":
@@ -202,12 +215,16 @@ def score(data: TrialData, params: torch.Tensor, train: TrialData | None = None,
     return out
 
 
-def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int) -> dict:
-    """Metrics on (at most ``n`` trials of) the test split of the recipe's data or of ``data``."""
+def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int,
+             options: EphysOptions | None = None) -> dict:
+    """Metrics on (at most ``n`` trials of) the test split of the recipe's data or of ``data``; the network
+    runs on ``options.device``, the metrics on the CPU."""
+    device = pick_device((options or EphysOptions()).device)
     cfg = load_recipe(ckpt_dir, NAME, EphysConfig)
     test = _data_for(cfg, data)
     test = test.subset(np.arange(min(n, test.x.shape[0])))
     cfg, model = restore(ckpt_dir, test)
+    model = model.to(device)
     draws = (steps or cfg.eval_samples) if (solver or SOLVERS[0]) == "posterior_mean" else 1
     params, _ = predict(model, test, draws, seed)
     train = train_params = None

@@ -114,10 +114,17 @@ def test_cli_train_sample_evaluate_finetune_and_resume(tmp_path: Path, capsys) -
     s = np.load(tmp_path / "s.npz")
     assert s["z"].shape == (3, 16, 16) and s["rates"].shape == (3, 16, 12) and s["true_rates"].shape == (3, 16, 12)
     assert (s["rates"] > 0).all()
+    # --device cpu is where auto runs on a machine without a GPU: the same draws
+    assert _cli("sample", "ephys", "--ckpt", str(run), "--out", str(tmp_path / "c.npz"), "--n", "3", "--device", "cpu") == 0
+    if not torch.cuda.is_available():
+        np.testing.assert_array_equal(np.load(tmp_path / "c.npz")["rates"], s["rates"])
     capsys.readouterr()
     assert _cli("evaluate", "ephys", "--ckpt", str(run), "--steps", "2") == 0
     metrics = json.loads(capsys.readouterr().out)
     assert {"co_bps", "fp_bps", "rate_r2", "psth_r2"} <= set(metrics) and metrics["n_trials"] == 3
+    if not torch.cuda.is_available():
+        assert _cli("evaluate", "ephys", "--ckpt", str(run), "--device", "cuda") == 2
+        assert "device: cuda was asked for, but torch sees no GPU" in capsys.readouterr().err
     # resume: the same folder continues to 6 steps
     assert _cli("train", "ephys", "--data", "lorenz", "--out", str(run), "--max-steps", "6", *small) == 0
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 6
@@ -131,6 +138,22 @@ def test_cli_train_sample_evaluate_finetune_and_resume(tmp_path: Path, capsys) -
     assert "trained with n_channels = 12" in capsys.readouterr().err
     assert _cli("train", "ephys", "--data", "mnist", "--out", str(tmp_path / "x")) == 2
     assert "unknown ephys data 'mnist'" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_posterior_mean_rates_on_the_gpu_match_the_cpu(tmp_path: Path) -> None:
+    """With eval_samples = 0 evaluate scores the noise-free posterior mean, which is deterministic: cuda and
+    cpu agree to float32 rounding."""
+    from modaflow.modalities.ephys.recipe import EphysConfig, EphysOptions, evaluate, train
+
+    cfg = EphysConfig.from_dict({"data": "lorenz", "eval_samples": 0, "train": {"max_steps": 3},
+                                 "options": {"n_conditions": 4, "trials_per_condition": 4, "n_neurons": 12, "bins": 12,
+                                             "fp_bins": 4}})
+    train(cfg, None, tmp_path, progress=False)
+    cpu = evaluate(tmp_path, None, 8, None, None, 0, EphysOptions(device="cpu"))
+    gpu = evaluate(tmp_path, None, 8, None, None, 0, EphysOptions(device="cuda"))
+    for k in ("co_bps", "rate_r2"):
+        assert gpu[k] == pytest.approx(cpu[k], rel=1e-4, abs=1e-5)
 
 
 def test_eeg_training_through_the_recipe(tmp_path: Path) -> None:
