@@ -69,23 +69,26 @@ def default_test_fraction(data: str) -> float:
 
 
 def load_source(data: str, n_samples: int = 10_000, length: int = 24, seed: int = 0,
-                time_column: str | None = None, allow_missing: bool = False) -> S.Source:
+                time_column: str | None = None, allow_missing: bool = False, columns: tuple[str, ...] = ()) -> S.Source:
     """The raw :class:`~.sources.Source` named by ``data`` (generated sets use ``n_samples``,
-    ``length`` and ``seed``)."""
+    ``length`` and ``seed``), with only the channels ``columns`` in that order when given."""
     key = data.lower()
+    if Path(data).suffix.lower() in (".csv", ".parquet", ".pq") or (key not in NAMED and not key.startswith("sktime:")
+                                                                     and Path(data).exists()):
+        return S.read_table(data, time_column, allow_missing, columns)
     if key.startswith("sktime:"):
-        return S.sktime_set(key.split(":", 1)[1])
-    if key == "sines":
-        return S.sines(n_samples, length, seed=seed)
-    if key == "mujoco":
-        return S.mujoco_hopper(n_samples, length, seed=seed)
-    if key == "stocks":
-        return S.stocks()
-    if key in S.SKTIME_SETS:
-        return S.sktime_set(key)
-    if Path(data).suffix.lower() in (".csv", ".parquet", ".pq") or Path(data).exists():
-        return S.read_table(data, time_column, allow_missing)
-    raise ValueError(f"unknown dataset {data!r}; expected one of {list(NAMED)}, 'sktime:NAME' or a .csv/.parquet file")
+        src = S.sktime_set(key.split(":", 1)[1])
+    elif key == "sines":
+        src = S.sines(n_samples, length, seed=seed)
+    elif key == "mujoco":
+        src = S.mujoco_hopper(n_samples, length, seed=seed)
+    elif key == "stocks":
+        src = S.stocks()
+    elif key in S.SKTIME_SETS:
+        src = S.sktime_set(key)
+    else:
+        raise ValueError(f"unknown dataset {data!r}; expected one of {list(NAMED)}, 'sktime:NAME' or a .csv/.parquet file")
+    return S.select_channels(src, columns, data)
 
 
 def channel_order(found: tuple[str, ...], expected: tuple[str, ...], where: str) -> np.ndarray:
@@ -94,7 +97,8 @@ def channel_order(found: tuple[str, ...], expected: tuple[str, ...], where: str)
     different channel count is an error naming ``where``."""
     if len(found) != len(expected):
         raise ValueError(f"{where}: {len(found)} channels ({list(found)}), but the model was trained on "
-                         f"{len(expected)} ({list(expected)})")
+                         f"{len(expected)} ({list(expected)}); a run trained or finetuned with --columns reads only "
+                         f"the channels it names")
     if tuple(found) == tuple(expected):
         return np.arange(len(found))
     if sorted(found) == sorted(expected) and len(set(found)) == len(found):

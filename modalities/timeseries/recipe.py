@@ -84,6 +84,9 @@ class TimeSeriesConfig(Config):
     """Per-channel scaling fitted on the training split: auto = identity for sines (already in [0, 1]), else minmax."""
     time_column: str = ""
     """Time column of a user file (empty: the first non-numeric column or one named date/time)."""
+    columns: tuple[str, ...] = ()
+    """Channel columns to model, in this order (empty: every channel of the data in its own order); a user file's
+    other columns are not read, so they may hold text or gaps."""
     d_model: int = 64
     """Token width of the network."""
     layers: int = 3
@@ -133,6 +136,7 @@ class TimeSeriesConfig(Config):
         for name in ("window", "stride", "n_samples", "d_model", "layers", "heads", "steps"):
             self._require(getattr(self, name) >= 1, name, "an integer >= 1")
         self._require(self.window >= 2, "window", "an integer >= 2")
+        self._require(len(set(self.columns)) == len(self.columns), "columns", "distinct channel names")
         self._require(self.test_fraction == -1 or 0 <= self.test_fraction < 1, "test_fraction", "a number in [0, 1), or -1")
         self._require(self.d_model % self.heads == 0, "heads", f"a divisor of d_model = {self.d_model}")
         self._require(self.kernel >= 1 and self.kernel % 2 == 1, "kernel", "an odd integer >= 1")
@@ -182,8 +186,8 @@ def inert_fields(config: dict) -> dict[str, object]:
 
 @lru_cache(maxsize=8)
 def _windows(data: str, window: int, stride: int, test_fraction: float, n_samples: int, seed: int,
-             time_column: str) -> D.Windows:
-    src = D.load_source(data, n_samples, window, seed, time_column or None)
+             time_column: str, columns: tuple[str, ...]) -> D.Windows:
+    src = D.load_source(data, n_samples, window, seed, time_column or None, columns=columns)
     w = D.split_windows(src, window, stride, test_fraction, where=data)
     D.check_finite_windows(w.train, f"{data} (training windows)")
     return w
@@ -193,7 +197,7 @@ def prepare(cfg: TimeSeriesConfig) -> tuple[D.Windows, D.Scaler]:
     """Raw train/test windows of ``cfg.data`` and the scaler fitted on the training split
     (cached per data settings within a process)."""
     frac = D.default_test_fraction(cfg.data) if cfg.test_fraction == -1 else cfg.test_fraction
-    w = _windows(cfg.data, cfg.window, cfg.stride, frac, cfg.n_samples, cfg.data_seed, cfg.time_column)
+    w = _windows(cfg.data, cfg.window, cfg.stride, frac, cfg.n_samples, cfg.data_seed, cfg.time_column, cfg.columns)
     method = cfg.scaling if cfg.scaling != "auto" else ("identity" if cfg.data.lower() == "sines" else "minmax")
     return w, D.Scaler.fit(w.train, method, w.channels)
 
@@ -319,9 +323,9 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
         if getattr(cfg, name) != getattr(base, name):
             raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)!r} in {ckpt_dir}); got {getattr(cfg, name)!r}")
     w, _ = prepare(cfg)
-    if list(D.channel_order(w.channels, base_scaler.channels, data)) != list(range(len(w.channels))):
-        raise ValueError(f"{data}: the columns {list(w.channels)} are the checkpoint's channels in another order; "
-                         f"put them in its order {list(base_scaler.channels)}")
+    order = D.channel_order(w.channels, base_scaler.channels, data)  # the checkpoint's channel count
+    if not cfg.columns and tuple(w.channels[i] for i in order) == base_scaler.channels:
+        cfg = cfg.replace(columns=base_scaler.channels)  # the checkpoint's channels by name, in its order
     x, scaler = _train_tensor(cfg, out_dir)
     _, _, module = build(cfg, scaler.n_channels)
     if not checkpoint_path(out_dir).exists():  # a rerun into the same folder resumes there instead

@@ -21,7 +21,7 @@ used by Diffusion-TS, Yuan & Qiao 2024, arXiv 2403.01742, app. C, and TimeFlow, 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,8 @@ __all__ = [
     "stocks",
     "sktime_set",
     "read_table",
+    "column_indices",
+    "select_channels",
 ]
 
 TIME_NAMES: frozenset[str] = frozenset({"date", "time", "timestamp", "datetime"})
@@ -151,7 +153,30 @@ def sktime_set(name: str) -> Source:
     return Source(x, (str(y.name),) + tuple(str(c) for c in X.columns), "series")
 
 
-def read_table(path: str | Path, time_column: str | None = None, allow_missing: bool = False) -> Source:
+def column_indices(available: tuple[str, ...], columns: tuple[str, ...], where: str) -> list[int]:
+    """Positions of the channel names ``columns`` among ``available``, in the order of ``columns``;
+    a name that is not there is an error naming ``where`` and the channels it has."""
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise ValueError(f"{where}: channel column(s) {missing} not found (--columns); its channels are {list(available)}")
+    return [available.index(c) for c in columns]
+
+
+def select_channels(src: Source, columns: tuple[str, ...], where: str) -> Source:
+    """``src`` with only the channels named ``columns``, in that order (all of them when empty)."""
+    if not columns:
+        return src
+    idx = column_indices(src.channels, columns, where)
+
+    def pick(a: np.ndarray | None) -> np.ndarray | None:  # channels are the last axis of every array
+        return None if a is None else a[..., idx]
+
+    return replace(src, values=src.values[..., idx], channels=tuple(columns), test_values=pick(src.test_values),
+                   mask=pick(src.mask))
+
+
+def read_table(path: str | Path, time_column: str | None = None, allow_missing: bool = False,
+               columns: tuple[str, ...] = ()) -> Source:
     """The user's series from a ``.csv`` (comma-, or semicolon-separated with decimal points or
     commas) or ``.parquet`` file: one row per time step, a time
     column (``time_column``, else one named date/time/timestamp/datetime, else a nameless
@@ -164,7 +189,8 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
     A time column with an empty cell is an error (its row has no place in the order).
     Missing values (empty cells, NaN) in channels are an error unless ``allow_missing`` (imputation):
     then they come back as ``mask == 0`` with the value 0. Inf is always an error. Errors
-    name the file and say what was expected.
+    name the file and say what was expected. ``columns`` keeps only the channel columns of those
+    names, in that order (before the checks, so a column left out may hold anything).
     """
     import pandas as pd
 
@@ -216,6 +242,8 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
         df = df.assign(**{tcol: times}).sort_values(tcol, kind="stable")
         written = written[df.index.to_numpy()]  # the time values as the file writes them, in time order
         df = df.drop(columns=[tcol])
+    if columns:
+        df = df.iloc[:, column_indices(tuple(str(c) for c in df.columns), columns, str(path))]
     bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     if bad:
         col = df[bad[0]]

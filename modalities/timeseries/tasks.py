@@ -152,7 +152,7 @@ def conditioning(r: Restored, opts: TimeSeriesOptions, seed: int, scoring: bool 
 def _input_series(r: Restored, opts: TimeSeriesOptions) -> tuple[Source, np.ndarray, np.ndarray]:
     """``opts.input`` read as the run reads data: ``(source, values (T, C), observed mask (T, C))``,
     its columns put in the run's channel order by name (not position); NaN allowed for impute."""
-    src = read_table(opts.input, r.cfg.time_column or None, allow_missing=opts.task == "impute")
+    src = read_table(opts.input, r.cfg.time_column or None, allow_missing=opts.task == "impute", columns=r.cfg.columns)
     order = D.channel_order(src.channels, r.scaler.channels, opts.input)
     x = src.values[:, order]
     return src, x, np.ones_like(x) if src.mask is None else src.mask[:, order]

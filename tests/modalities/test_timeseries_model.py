@@ -245,11 +245,39 @@ def test_input_columns_are_matched_by_name(run_dir, capsys) -> None:
     _csv(longer, n=300)
     assert tasks.conditioning(r, imp, 0, scoring=True, data=str(longer))[0].shape[0] > 0
     assert not np.array_equal(tasks.conditioning(r, imp, 0, scoring=True, data=str(longer))[0][0], own[0])
+    # finetune on the columns in another order: the new run models them in the checkpoint's order, by name
+    ft = tmp / "ft_swapped"
+    assert main(["finetune", "timeseries", "--ckpt", str(out), "--data", str(tmp / "swapped.csv"), "--out", str(ft),
+                 *SMALL]) == 0
+    assert json.loads((ft / "recipe.json").read_text())["config"]["columns"] == ["c0", "c1"]
+    assert json.loads((ft / "scaler.json").read_text())["channels"] == ["c0", "c1"]
+    np.testing.assert_array_equal(tasks.conditioning(R.restore(ft), imp, 0, scoring=True)[0], own)
+
+
+def test_columns_choose_and_order_the_channels_of_a_file(tmp_path, capsys) -> None:
+    """--columns reads only the channels named, in that order: other columns may hold text or gaps."""
+    import pandas as pd
+
+    _csv(tmp_path / "base.csv", n=150, channels=3)
+    df = pd.read_csv(tmp_path / "base.csv").assign(comment="text", c1=np.nan)
+    df.to_csv(tmp_path / "wide.csv", index=False)
+    run = tmp_path / "run"
+    assert main(["train", "timeseries", "--data", str(tmp_path / "wide.csv"), "--columns", "c2", "c0", "--out",
+                 str(run), *SMALL]) == 0
+    r = R.restore(run)
+    assert r.scaler.channels == ("c2", "c0")
+    w, _ = R.prepare(r.cfg)
+    base = pd.read_csv(tmp_path / "base.csv")
+    np.testing.assert_allclose(w.train[0], base[["c2", "c0"]].to_numpy()[:12])
+    assert main(["sample", "timeseries", "--ckpt", str(run), "--task", "forecast", "--input", str(tmp_path / "wide.csv"),
+                 "--horizon", "3", "--n", "2", "--steps", "2", "--out", str(tmp_path / "f.npy")]) == 0
+    assert np.load(tmp_path / "f.npy").shape[-1] == 2
     capsys.readouterr()
-    assert main(["finetune", "timeseries", "--ckpt", str(out), "--data", str(tmp / "swapped.csv"), "--out",
-                 str(tmp / "ft_swapped"), *SMALL]) == 2
-    assert "swapped.csv: the columns ['c1', 'c0'] are the checkpoint's channels in another order" in capsys.readouterr().err
-    assert not (tmp / "ft_swapped" / "recipe.json").exists()  # refused before writing anything
+    assert main(["train", "timeseries", "--data", str(tmp_path / "wide.csv"), "--columns", "c0", "c9", "--out",
+                 str(tmp_path / "bad"), *SMALL]) == 2
+    assert "wide.csv: channel column(s) ['c9'] not found (--columns)" in capsys.readouterr().err
+    assert main(["train", "timeseries", "--data", "sines", "--columns", "0", "0", "--out", str(tmp_path / "dup")]) == 2
+    assert "columns" in capsys.readouterr().err
 
 
 def test_conditional_samples_keep_the_observations_and_steering_too(run_dir) -> None:
