@@ -6,7 +6,9 @@ Layout read (and written by :func:`write_bids` for the simulator)::
     ROOT/sub-XX/func/sub-XX_task-T_run-RR_bold.json     {"RepetitionTime": TR}, or inherited from a
                                                         *_bold.json higher up (ROOT/task-T_bold.json), or
                                                         the NIfTI header's time step
-    ROOT/sub-XX/func/sub-XX_task-T_run-RR_events.tsv    onset, duration, stim_id (+ trial_type)
+    ROOT/sub-XX/func/sub-XX_task-T_run-RR_events.tsv    onset, duration, stim_id (+ trial_type); rows whose
+                                                        stim_id is n/a (or empty) are other events (responses,
+                                                        cues): one nuisance regressor per trial_type
     ROOT/mask.nii.gz                                    3-D brain mask (or --mask)
     ROOT/stimuli.npy                                    (S, H, W) images; stim_id indexes them
     ROOT/test_stimuli.npy                               optional test stimulus ids
@@ -21,6 +23,10 @@ Single-trial estimates (Mumford et al. 2012, NeuroImage 59, 2636):
   regressor per trial; each trial's beta is the ``effect_size`` of its regressor.
 * ``lss`` (least-squares-separate): per trial, a model with that trial as one regressor
   and all other trials of the run as a second one.
+
+In both, the run's other events (stim_id n/a) enter the design as one regressor per
+``trial_type`` (``nuisance_<type>``), so that a response or cue is not left in the trials'
+betas or the noise.
 
 Data are masked through a ``NiftiMasker`` on the mask image (C order of the mask's voxels).
 """
@@ -39,7 +45,7 @@ from modaflow.core.io import read_npy
 from .data import TrialData, check_trials, images01, stimulus_indices
 from .simulate import Simulation
 
-__all__ = ["GLMMethod", "write_bids", "find_runs", "load_bids", "read_events"]
+__all__ = ["GLMMethod", "NO_STIMULUS", "write_bids", "find_runs", "load_bids", "read_events"]
 
 GLMMethod = Literal["lsa", "lss"]
 _RUN = re.compile(r"_bold\.nii(\.gz)?$")
@@ -104,32 +110,43 @@ def find_runs(root: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+NO_STIMULUS = -1
+"""``stim_id`` of an event that shows no stimulus (n/a in the TSV): a nuisance event."""
+
+
 def read_events(path: Path):
-    """The events table of ``path`` with ``onset``, ``duration`` (finite, >= 0) and integer
-    ``stim_id``; errors name the file and the missing or bad column."""
+    """The events table of ``path`` with ``onset``, ``duration`` (finite, >= 0), integer
+    ``stim_id`` (:data:`NO_STIMULUS` where the TSV says n/a or leaves it empty: another kind
+    of event, modelled as a nuisance regressor) and ``trial_type`` (``events`` where the TSV has
+    none); errors name the file and the missing or bad column."""
     import pandas as pd
 
     try:
-        ev = pd.read_csv(path, sep="\t")
+        ev = pd.read_csv(path, sep="\t")  # "n/a", BIDS' missing value, and empty cells read as NaN
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
         raise ValueError(f"{path}: not a readable events TSV ({e})") from None
     for col in ("onset", "duration", "stim_id"):
         if col not in ev.columns:
             raise ValueError(f"{path}: events need the column '{col}'; found columns {list(ev.columns)}")
         values = pd.to_numeric(ev[col], errors="coerce")
-        if values.isna().any() or not np.isfinite(values.to_numpy(float)).all():
-            rows = np.flatnonzero(values.isna().to_numpy() | ~np.isfinite(values.to_numpy(float)))
-            raise ValueError(f"{path}: column '{col}' has missing or non-numeric values (rows {rows[:5].tolist()})")
+        bad = values.isna() & (ev[col].notna() if col == "stim_id" else True)  # stim_id may be n/a, not text
+        if bad.any() or not np.isfinite(values.dropna().to_numpy(float)).all():
+            rows = np.flatnonzero(bad.to_numpy() | (values.notna() & ~np.isfinite(values.fillna(0))).to_numpy())
+            raise ValueError(f"{path}: column '{col}' has missing or non-numeric values (data rows "
+                             f"{(rows[:5] + 1).tolist()})")
         ev[col] = values
     if (ev["duration"] < 0).any():
         raise ValueError(f"{path}: durations must be >= 0")
-    if len(ev) == 0:
-        raise ValueError(f"{path}: no events")
-    frac = np.flatnonzero(ev["stim_id"].to_numpy(float) % 1 != 0)
+    stimulus = ev["stim_id"].notna()
+    if not stimulus.any():
+        raise ValueError(f"{path}: no stimulus events (every stim_id is n/a)" if len(ev) else f"{path}: no events")
+    frac = np.flatnonzero(stimulus.to_numpy() & (ev["stim_id"].fillna(0).to_numpy(float) % 1 != 0))
     if frac.size:
         raise ValueError(f"{path}: column 'stim_id' must hold whole stimulus indices; data row {frac[0] + 1} holds "
                          f"{ev['stim_id'].iloc[frac[0]]:g}")
-    ev["stim_id"] = ev["stim_id"].astype(np.int64)
+    ev["stim_id"] = ev["stim_id"].fillna(NO_STIMULUS).astype(np.int64)
+    kinds = ev["trial_type"].astype(object) if "trial_type" in ev.columns else pd.Series("events", index=ev.index)
+    ev["trial_type"] = kinds.where(kinds.notna(), "events").astype(str)
     return ev
 
 
@@ -229,7 +246,8 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
             bad = np.flatnonzero(~np.isfinite(data).all(1))
             raise ValueError(f"{bold}: {len(bad)} in-mask voxels hold NaN/Inf (first: {bad[:5].tolist()})")
         ev = read_events(events_path)
-        outside = np.flatnonzero((ev["stim_id"].to_numpy() < 0) | (ev["stim_id"].to_numpy() >= len(images)))
+        ids = ev["stim_id"].to_numpy()
+        outside = np.flatnonzero(((ids < 0) & (ids != NO_STIMULUS)) | (ids >= len(images)))
         if outside.size:
             raise ValueError(f"{events_path}: stim_id must index the {len(images)} images of {stim_path}; data row "
                              f"{outside[0] + 1} holds {ev['stim_id'].iloc[outside[0]]}")
@@ -242,19 +260,26 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
                              f"(onset {ev['onset'].iloc[late[0]]:g} s); is the TR or the events file wrong?")
         flm = FirstLevelModel(t_r=t_r_run, hrf_model=hrf_model, drift_model="polynomial", drift_order=drift_order,
                               noise_model=noise_model, mask_img=masker, signal_scaling=False, minimize_memory=True)
-        labels = [f"trial{i:04d}" for i in range(len(ev))]
+        trials = np.flatnonzero(ids != NO_STIMULUS)  # the stimulus events, in file order
+        nuisance = np.array(["nuisance_" + k for k in ev["trial_type"]], dtype=object)  # one regressor per other kind
         base = ev[["onset", "duration"]].copy()
+
+        def design(names: np.ndarray):  # the events table with the stimulus trials named, the other events nuisance
+            kinds = nuisance.copy()
+            kinds[trials] = names
+            return base.assign(trial_type=kinds)
+
         if method == "lsa":
-            flm.fit(img, events=base.assign(trial_type=labels))
+            labels = np.array([f"trial{i:04d}" for i in range(len(trials))], dtype=object)
+            flm.fit(img, events=design(labels))
             run_betas = [np.ravel(masker.transform(flm.compute_contrast(lab, output_type="effect_size"))) for lab in labels]
         else:
             run_betas = []
-            for i in range(len(ev)):
-                kinds = np.where(np.arange(len(ev)) == i, "target", "other")
-                flm.fit(img, events=base.assign(trial_type=kinds))
+            for i in range(len(trials)):
+                flm.fit(img, events=design(np.where(np.arange(len(trials)) == i, "target", "other").astype(object)))
                 run_betas.append(np.ravel(masker.transform(flm.compute_contrast("target", output_type="effect_size"))))
         betas.append(np.stack(run_betas))
-        stim_ids.append(ev["stim_id"].to_numpy())
+        stim_ids.append(ids[trials])
     test_path = shared("test_stimuli.npy")
     test = stimulus_indices(read_npy(test_path, "test stimulus ids"), str(test_path)) if test_path.is_file() else None
     td = TrialData(np.concatenate(betas).astype(np.float32), np.concatenate(stim_ids).astype(np.int64), images,

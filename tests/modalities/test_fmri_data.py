@@ -160,6 +160,49 @@ def test_bids_mask_4d_derivatives_and_late_events(sim, tmp_path) -> None:
         load_bids(root)
 
 
+def test_bids_other_events_are_nuisance_regressors(sim, tmp_path) -> None:
+    """Events with stim_id n/a (responses) enter the GLM as their own regressor: a response-locked signal
+    added to every voxel lies in the design's span, so with OLS the trials' betas are those without it
+    (to float error), while leaving the rows out lets it leak into them."""
+    import nibabel as nib
+    import pandas as pd
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    root = write_bids(sim, tmp_path / "clean", runs=1)
+    want = load_bids(root, noise_model="ols")
+    events_path = next(root.rglob("*_events.tsv"))
+    ev = pd.read_csv(events_path, sep="\t")
+    bold = next(root.rglob("*_bold.nii.gz"))
+    img = nib.load(bold)
+    n_scans = img.shape[3]
+    responses = pd.DataFrame({"onset": ev["onset"].to_numpy()[::3] + 1.3, "duration": 0.5, "trial_type": "response",
+                              "stim_id": "n/a"})
+    mixed = pd.concat([ev, responses]).sort_values("onset", kind="stable")
+    mixed.to_csv(events_path, sep="\t", index=False, na_rep="n/a")
+    modelled = load_bids(root, noise_model="ols")  # the clean BOLD, the responses modelled
+    np.testing.assert_array_equal(modelled.stim_id, want.stim_id)  # the response rows are no trials
+    frame_times = np.arange(n_scans) * sim.cfg.tr
+    x = make_first_level_design_matrix(frame_times, responses[["onset", "duration", "trial_type"]], hrf_model="spm",
+                                       drift_model=None)["response"].to_numpy()
+    data = np.asarray(img.dataobj, np.float64)
+    scale = 3.0 * np.abs(data[sim.mask]).std()
+    nib.save(nib.Nifti1Image((data + scale * x).astype(np.float32), img.affine, img.header), bold)
+    got = load_bids(root, noise_model="ols")
+    err = np.abs(got.responses - modelled.responses).max()
+    assert err < 1e-4 * np.abs(modelled.responses).max()  # float32 BOLD: the signal is removed to rounding
+    events_path.write_text(ev.to_csv(sep="\t", index=False))  # the responses left out of the model
+    leaked = load_bids(root, noise_model="ols")
+    assert np.abs(leaked.responses - want.responses).max() > max(0.05 * np.abs(want.responses).max(), 1000 * err)
+    lss = load_bids(root, "lss", noise_model="ols", max_runs=1)  # LSS reads the same table
+    assert lss.responses.shape == want.responses.shape
+    mixed.assign(stim_id="n/a").to_csv(events_path, sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"_events.tsv: no stimulus events \(every stim_id is n/a\)"):
+        load_bids(root)
+    mixed.assign(stim_id=["cat"] + list(mixed["stim_id"].iloc[1:])).to_csv(events_path, sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(ValueError, match=r"_events.tsv: column 'stim_id' has missing or non-numeric values \(data rows \[1\]\)"):
+        load_bids(root)
+
+
 def test_bids_bad_inputs_name_the_file(sim, bids_root, tmp_path) -> None:
     import nibabel as nib
 
