@@ -45,7 +45,7 @@ from modaflow.core.io import read_npy
 from .data import TrialData, check_trials, images01, stimulus_indices
 from .simulate import Simulation
 
-__all__ = ["GLMMethod", "NO_STIMULUS", "write_bids", "find_runs", "load_bids", "read_events"]
+__all__ = ["GLMMethod", "write_bids", "find_runs", "load_bids", "read_events"]
 
 GLMMethod = Literal["lsa", "lss"]
 _RUN = re.compile(r"_bold\.nii(\.gz)?$")
@@ -110,15 +110,11 @@ def find_runs(root: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-NO_STIMULUS = -1
-"""``stim_id`` of an event that shows no stimulus (n/a in the TSV): a nuisance event."""
-
-
 def read_events(path: Path):
-    """The events table of ``path`` with ``onset``, ``duration`` (finite, >= 0), integer
-    ``stim_id`` (:data:`NO_STIMULUS` where the TSV says n/a or leaves it empty: another kind
-    of event, modelled as a nuisance regressor) and ``trial_type`` (``events`` where the TSV has
-    none); errors name the file and the missing or bad column."""
+    """The events table of ``path`` with ``onset``, ``duration`` (finite, >= 0), ``stimulus``
+    (False where the TSV's stim_id is n/a or empty: another kind of event, modelled as a nuisance
+    regressor), integer ``stim_id`` (0 where ``stimulus`` is False) and ``trial_type`` (``events``
+    where the TSV has none); errors name the file and the missing or bad column."""
     import pandas as pd
 
     try:
@@ -144,7 +140,8 @@ def read_events(path: Path):
     if frac.size:
         raise ValueError(f"{path}: column 'stim_id' must hold whole stimulus indices; data row {frac[0] + 1} holds "
                          f"{ev['stim_id'].iloc[frac[0]]:g}")
-    ev["stim_id"] = ev["stim_id"].fillna(NO_STIMULUS).astype(np.int64)
+    ev["stimulus"] = stimulus
+    ev["stim_id"] = ev["stim_id"].fillna(0).astype(np.int64)
     kinds = ev["trial_type"].astype(object) if "trial_type" in ev.columns else pd.Series("events", index=ev.index)
     ev["trial_type"] = kinds.where(kinds.notna(), "events").astype(str)
     return ev
@@ -246,8 +243,8 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
             bad = np.flatnonzero(~np.isfinite(data).all(1))
             raise ValueError(f"{bold}: {len(bad)} in-mask voxels hold NaN/Inf (first: {bad[:5].tolist()})")
         ev = read_events(events_path)
-        ids = ev["stim_id"].to_numpy()
-        outside = np.flatnonzero(((ids < 0) & (ids != NO_STIMULUS)) | (ids >= len(images)))
+        ids, trials = ev["stim_id"].to_numpy(), np.flatnonzero(ev["stimulus"].to_numpy())  # the stimulus events
+        outside = trials[(ids[trials] < 0) | (ids[trials] >= len(images))]
         if outside.size:
             raise ValueError(f"{events_path}: stim_id must index the {len(images)} images of {stim_path}; data row "
                              f"{outside[0] + 1} holds {ev['stim_id'].iloc[outside[0]]}")
@@ -256,11 +253,10 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
         late = np.flatnonzero(ev["onset"].to_numpy() >= end)
         if late.size:
             raise ValueError(f"{events_path}: {late.size} event(s) start at or after the end of the run ({img.shape[3]} "
-                             f"volumes x TR {t_r_run:g} s = {end:g} s), first in row {late[0] + 1} "
+                             f"volumes x TR {t_r_run:g} s = {end:g} s), first in data row {late[0] + 1} "
                              f"(onset {ev['onset'].iloc[late[0]]:g} s); is the TR or the events file wrong?")
         flm = FirstLevelModel(t_r=t_r_run, hrf_model=hrf_model, drift_model="polynomial", drift_order=drift_order,
                               noise_model=noise_model, mask_img=masker, signal_scaling=False, minimize_memory=True)
-        trials = np.flatnonzero(ids != NO_STIMULUS)  # the stimulus events, in file order
         nuisance = np.array(["nuisance_" + k for k in ev["trial_type"]], dtype=object)  # one regressor per other kind
         base = ev[["onset", "duration"]].copy()
 

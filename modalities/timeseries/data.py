@@ -97,8 +97,8 @@ def channel_order(found: tuple[str, ...], expected: tuple[str, ...], where: str)
     different channel count is an error naming ``where``."""
     if len(found) != len(expected):
         raise ValueError(f"{where}: {len(found)} channels ({list(found)}), but the model was trained on "
-                         f"{len(expected)} ({list(expected)}); a run trained or finetuned with --columns reads only "
-                         f"the channels it names")
+                         f"{len(expected)} ({list(expected)}); train and finetune take --columns NAME NAME ... (separated by "
+                         f"spaces) to choose a file's channels by name")
     if tuple(found) == tuple(expected):
         return np.arange(len(found))
     if sorted(found) == sorted(expected) and len(set(found)) == len(found):

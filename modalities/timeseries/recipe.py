@@ -324,7 +324,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
             raise ConfigError(f"finetune cannot change {name} ({getattr(base, name)!r} in {ckpt_dir}); got {getattr(cfg, name)!r}")
     w, _ = prepare(cfg)
     order = D.channel_order(w.channels, base_scaler.channels, data)  # the checkpoint's channel count
-    if not cfg.columns and tuple(w.channels[i] for i in order) == base_scaler.channels:
+    if tuple(w.channels[i] for i in order) == base_scaler.channels and not np.array_equal(order, np.arange(len(order))):
         cfg = cfg.replace(columns=base_scaler.channels)  # the checkpoint's channels by name, in its order
     x, scaler = _train_tensor(cfg, out_dir)
     _, _, module = build(cfg, scaler.n_channels)

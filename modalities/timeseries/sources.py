@@ -158,7 +158,9 @@ def column_indices(available: tuple[str, ...], columns: tuple[str, ...], where: 
     a name that is not there is an error naming ``where`` and the channels it has."""
     missing = [c for c in columns if c not in available]
     if missing:
-        raise ValueError(f"{where}: channel column(s) {missing} not found (--columns); its channels are {list(available)}")
+        hint = "; separate --columns names by spaces, not commas" if any("," in c for c in missing) else ""
+        raise ValueError(f"{where}: channel column(s) {missing} not found (the run's channels, --columns at train or "
+                         f"finetune: {list(columns)}); its channels are {list(available)}{hint}")
     return [available.index(c) for c in columns]
 
 
@@ -249,8 +251,8 @@ def read_table(path: str | Path, time_column: str | None = None, allow_missing: 
         col = df[bad[0]]
         row = int(np.flatnonzero(pd.to_numeric(col, errors="coerce").isna() & col.notna())[0])
         raise ValueError(f"{path}: channel columns must be numeric; column(s) {bad} are not (the first bad value: "
-                         f"{col.iloc[row]!r} in row {row}); if one is the time column, name it with --time-column (train and "
-                         f"finetune; sample and evaluate use the run's)")
+                         f"{col.iloc[row]!r} in row {row}); if one is the time column, name it with --time-column, or leave columns out "
+                         f"by naming the channels with --columns (train and finetune; sample and evaluate use the run's)")
     if df.shape[1] == 0:
         raise ValueError(f"{path}: no channel columns besides the time column {tcol!r}")
     x = df.to_numpy(dtype=np.float64)
@@ -285,12 +287,12 @@ def _time_column(df, name: str | None, path: Path) -> str | None:
     for c in df.columns:  # pandas' to_csv writes its row index as a nameless first column: an index, not a channel
         if str(c).startswith("Unnamed: "):
             return c
-    for c in df.columns:  # else the first text column that reads as dates; other text is a bad channel
-        if not pd.api.types.is_numeric_dtype(df[c]):
+    for c in df.columns:  # else the first text column that reads as dates; other text is a bad channel (or left out
+        if not pd.api.types.is_numeric_dtype(df[c]):  # by --columns)
             try:
                 _time_values(df[c], c, path)
             except ValueError:
-                return None
+                continue
             return c
     return None
 

@@ -195,6 +195,10 @@ def test_bids_other_events_are_nuisance_regressors(sim, tmp_path) -> None:
     assert np.abs(leaked.responses - want.responses).max() > max(0.05 * np.abs(want.responses).max(), 1000 * err)
     lss = load_bids(root, "lss", noise_model="ols", max_runs=1)  # LSS reads the same table
     assert lss.responses.shape == want.responses.shape
+    minus = mixed.assign(stim_id=[-1] + list(mixed["stim_id"].iloc[1:]))  # -1 is no "n/a": an id out of range
+    minus.to_csv(events_path, sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(ValueError, match=r"_events.tsv: stim_id must index the .* images of .*; data row 1 holds -1"):
+        load_bids(root)
     mixed.assign(stim_id="n/a").to_csv(events_path, sep="\t", index=False)
     with pytest.raises(ValueError, match=r"_events.tsv: no stimulus events \(every stim_id is n/a\)"):
         load_bids(root)

@@ -252,6 +252,14 @@ def test_input_columns_are_matched_by_name(run_dir, capsys) -> None:
     assert json.loads((ft / "recipe.json").read_text())["config"]["columns"] == ["c0", "c1"]
     assert json.loads((ft / "scaler.json").read_text())["channels"] == ["c0", "c1"]
     np.testing.assert_array_equal(tasks.conditioning(R.restore(ft), imp, 0, scoring=True)[0], own)
+    ft2 = tmp / "ft_swapped_named"  # --columns in the file's order: still the checkpoint's order, by name
+    assert main(["finetune", "timeseries", "--ckpt", str(out), "--data", str(tmp / "swapped.csv"), "--columns", "c1",
+                 "c0", "--out", str(ft2), *SMALL]) == 0
+    assert json.loads((ft2 / "scaler.json").read_text())["channels"] == ["c0", "c1"]
+    ft3 = tmp / "ft_same"  # the checkpoint's order: nothing stored, so positional files still work with the new run
+    assert main(["finetune", "timeseries", "--ckpt", str(out), "--data", str(tmp / "series.csv"), "--out", str(ft3),
+                 *SMALL]) == 0
+    assert json.loads((ft3 / "recipe.json").read_text())["config"]["columns"] == []
 
 
 def test_columns_choose_and_order_the_channels_of_a_file(tmp_path, capsys) -> None:
@@ -275,7 +283,19 @@ def test_columns_choose_and_order_the_channels_of_a_file(tmp_path, capsys) -> No
     capsys.readouterr()
     assert main(["train", "timeseries", "--data", str(tmp_path / "wide.csv"), "--columns", "c0", "c9", "--out",
                  str(tmp_path / "bad"), *SMALL]) == 2
-    assert "wide.csv: channel column(s) ['c9'] not found (--columns)" in capsys.readouterr().err
+    assert "wide.csv: channel column(s) ['c9'] not found (the run's channels" in capsys.readouterr().err
+    assert main(["train", "timeseries", "--data", str(tmp_path / "wide.csv"), "--columns", "c0,c2", "--out",
+                 str(tmp_path / "bad"), *SMALL]) == 2
+    assert "separate --columns names by spaces" in capsys.readouterr().err
+    # a text column before the dates: the dates are still the time column (rows sorted by them)
+    stamped = base.assign(id="x", stamp=pd.date_range("2020-01-01", periods=len(base), freq="D").strftime("%Y-%m-%d"))
+    stamped = stamped[["id", "stamp", "c0", "c2"]].iloc[::-1]
+    stamped.to_csv(tmp_path / "stamped.csv", index=False)
+    from modaflow.modalities.timeseries.sources import read_table
+
+    src = read_table(tmp_path / "stamped.csv", columns=("c0", "c2"))
+    assert src.time_name == "stamp"
+    np.testing.assert_allclose(src.values, base[["c0", "c2"]].to_numpy())
     assert main(["train", "timeseries", "--data", "sines", "--columns", "0", "0", "--out", str(tmp_path / "dup")]) == 2
     assert "columns" in capsys.readouterr().err
 
