@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -92,22 +93,64 @@ def _outside_raw(path: Path, root: Path) -> bool:
     return any(p in ("derivatives", "sourcedata") or p.startswith(".") for p in parts)
 
 
-def find_runs(root: str | Path) -> list[tuple[Path, Path]]:
+_ONE_RUN_SPLIT = ("echo", "part")
+"""Entities that split one run into several files (echoes, magnitude/phase): not runs of their own."""
+
+
+def find_runs(root: str | Path, task: str | None = None, top: str | Path | None = None) -> list[tuple[Path, Path]]:
     """``(bold, events)`` pairs of the raw runs under ``root`` (``derivatives/`` and
-    ``sourcedata/`` are skipped, as BIDS keeps processed copies there), sorted; a run without
-    its events TSV is an error."""
+    ``sourcedata/`` are skipped, as BIDS keeps processed copies there), sorted; ``task``: only
+    runs of that task. A run's events TSV is found by BIDS inheritance (:func:`_inherited`): the
+    most specific ``*_events.tsv`` whose entities are a subset of the run's, from its folder up
+    to ``top`` (the dataset's root when ``root`` is a subject's folder; default ``root``). Runs without one (resting state) are skipped with a warning; none left is an
+    error. Several files of one run (``echo-``, ``part-`` entities) are refused: the loader
+    models one series per run."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder (expected a BIDS-style dataset with *_bold.nii.gz runs)")
-    pairs = []
-    for bold in sorted(p for p in root.rglob("*_bold.nii*") if _RUN.search(p.name) and not _outside_raw(p, root)):
-        events = bold.with_name(_RUN.sub("_events.tsv", bold.name))
-        if not events.is_file():
-            raise FileNotFoundError(f"{bold}: no events file {events.name} beside it")
-        pairs.append((bold, events))
+    bolds = sorted(p for p in root.rglob("*_bold.nii*") if _RUN.search(p.name) and not _outside_raw(p, root))
+    if task is not None:
+        bolds = [b for b in bolds if f"task-{task}" in _entities(b.name)]
+    if not bolds:
+        raise FileNotFoundError(f"{root}: no *_bold.nii or *_bold.nii.gz runs found" + (f" of task {task!r}" if task else ""))
+    by_run: dict[tuple, list[Path]] = {}
+    for bold in bolds:
+        key = (bold.parent, tuple(sorted(e for e in _entities(bold.name) if e.split("-", 1)[0] not in _ONE_RUN_SPLIT)))
+        by_run.setdefault(key, []).append(bold)
+    split = next((files for files in by_run.values() if len(files) > 1), None)
+    if split is not None:
+        raise ValueError(f"{split[0].parent}: {len(split)} files of one run ({', '.join(p.name for p in split[:3])}); "
+                         f"the GLM models one series per run: keep one (e.g. the echoes combined into one *_bold file, "
+                         f"or the magnitude part only)")
+    pairs, rest = [], []
+    for bold in bolds:
+        events = _inherited(bold, Path(top) if top is not None else root, "_events.tsv")
+        if events is None:
+            rest.append(bold)
+        else:
+            pairs.append((bold, events))
+    if rest:
+        warnings.warn(f"{root}: {len(rest)} run(s) without an events TSV skipped (resting state?), e.g. {rest[0].name}; "
+                      f"--glm-task picks one task", UserWarning, stacklevel=2)
     if not pairs:
-        raise FileNotFoundError(f"{root}: no *_bold.nii or *_bold.nii.gz runs found")
+        raise FileNotFoundError(f"{root}: no run has an events TSV (*_events.tsv beside it or inherited from a folder "
+                                f"above, with a subset of its entities), e.g. {bolds[0]}")
     return pairs
+
+
+def _inherited(bold: Path, root: Path, suffix: str) -> Path | None:
+    """The file ending in ``suffix`` that applies to ``bold`` by BIDS inheritance: entities a
+    subset of the run's, from the run's folder up to ``root``; the nearest folder, then the
+    most entities, win; None when there is none."""
+    mine = _entities(bold.name)
+    folder = bold.parent
+    while True:
+        found = [p for p in folder.glob(f"*{suffix}") if p.is_file() and _entities(p.name) <= mine]
+        if found:
+            return max(found, key=lambda p: (len(_entities(p.name)), p.name))
+        if folder == root or folder == folder.parent:
+            return None
+        folder = folder.parent
 
 
 def read_events(path: Path):
@@ -197,13 +240,13 @@ def _check_geometry(bold_img, mask_img, bold: Path, mask: Path) -> None:
 
 def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | None = None,
               t_r: float | None = None, hrf_model: str = "spm", drift_order: int = 2,
-              noise_model: str = "ar1", max_runs: int | None = None) -> TrialData:
+              noise_model: str = "ar1", max_runs: int | None = None, task: str | None = None) -> TrialData:
     """Single-trial responses ``(N, V)`` of every run under ``root`` (``max_runs``: the
     first ones only) estimated with nilearn's ``FirstLevelModel`` (``method`` lsa or lss,
     polynomial drift of ``drift_order``, ``noise_model`` ar1 or ols), masked by ``mask``
-    (default ``root/mask.nii.gz``). ``root`` is one subject's runs: a dataset or a subject's folder
-    ``ROOT/sub-XX``, which reads ``stimuli.npy``, ``test_stimuli.npy`` and ``mask.nii.gz`` from ``ROOT``
-    when it has none itself."""
+    (default ``root/mask.nii.gz``); ``task``: only that task's runs. ``root`` is one subject's runs: a
+    dataset or a subject's (or session's) folder ``ROOT/sub-XX[/ses-YY]``, which reads ``stimuli.npy``,
+    ``test_stimuli.npy`` and ``mask.nii.gz`` from ``ROOT`` when it has none itself."""
     import nibabel as nib
     from nilearn.glm.first_level import FirstLevelModel
     from nilearn.maskers import NiftiMasker
@@ -211,15 +254,17 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
     if method not in ("lsa", "lss"):
         raise ValueError(f"method must be 'lsa' or 'lss'; got {method!r}")
     root = Path(root)
-    runs = find_runs(root)[: max_runs or None]
+    # a subject's (or session's) folder, ROOT/sub-XX[/ses-YY], reads the files it lacks, and the BIDS-inherited
+    # sidecars, from ROOT
+    subject_dir = next((p for p in (root, *root.parents) if p.name.startswith("sub-")), None)
+    top = subject_dir.parent if subject_dir is not None else root
+    runs = find_runs(root, task, top)[: max_runs or None]
     subjects = sorted({e for bold, _ in runs for e in _entities(bold.name) if e.startswith("sub-")})
     if len(subjects) > 1:  # pooled, their trials would train one NeuroVAE as if they were one brain
         names = ", ".join(subjects[:5]) + (", ..." if len(subjects) > 5 else "")
         raise ValueError(f"{root}: runs of {len(subjects)} subjects ({names}); a run trains one subject (finetune adds "
                          f"another): pass bids:{root / subjects[0]} (its stimuli.npy, test_stimuli.npy and mask.nii.gz "
                          f"are read there, else in {root})")
-    # a subject's folder (ROOT/sub-XX) reads the files it lacks, and the BIDS-inherited sidecars, from ROOT
-    top = root.parent if root.name.startswith("sub-") else root
 
     def shared(name: str) -> Path:
         return root / name if (root / name).is_file() or not (top / name).is_file() else top / name

@@ -83,6 +83,9 @@ class FMRIConfig(Config):
     glm_tr: float = 0.0
     """Repetition time in seconds of bids data (0: from the runs' *_bold.json sidecars, inherited
     BIDS-style, or the NIfTI header). The simulator's own TR is ``tr``."""
+    glm_task: str = ""
+    """Only the runs of this BIDS task (the label after task-; '' = every task with an events TSV; runs without
+    one, such as resting state, are skipped with a warning)."""
     mask: str = ""
     """Mask image of bids data ('' = ROOT/mask.nii.gz)."""
     latent: int = 32
@@ -289,7 +292,7 @@ def load_trials(cfg: FMRIConfig) -> TrialData:
         raise ConfigError(f"FMRIConfig.data: {cfg.data!r} names no path (expected {kind}:/path)")
     if kind == "bids":
         return load_bids(path, cfg.glm, cfg.mask or None, t_r=cfg.glm_tr or None, hrf_model=cfg.glm_hrf,
-                         drift_order=cfg.glm_drift_order, noise_model=cfg.glm_noise_model)
+                         drift_order=cfg.glm_drift_order, noise_model=cfg.glm_noise_model, task=cfg.glm_task or None)
     return load_betas(path)
 
 

@@ -160,6 +160,44 @@ def test_bids_mask_4d_derivatives_and_late_events(sim, tmp_path) -> None:
         load_bids(root)
 
 
+def test_bids_layouts_inherited_events_rest_runs_echoes_and_sessions(sim, tmp_path) -> None:
+    """Events found by BIDS inheritance, runs without events skipped (or left out by task), the echoes of one
+    run refused, and a session folder reading the dataset's shared files."""
+    import shutil
+
+    root = write_bids(sim, tmp_path / "b", runs=1)
+    want = load_bids(root, noise_model="ols").responses
+    func = root / "sub-01" / "func"
+    for p in sorted(func.glob("sub-01_task-sim_run-01_*")):  # an acq- entity on the run, none on its events
+        if not p.name.endswith("_events.tsv"):
+            p.rename(func / p.name.replace("_run-01_", "_acq-mb4_run-01_"))
+    np.testing.assert_array_equal(load_bids(root, noise_model="ols").responses, want)
+    (func / "sub-01_task-sim_run-01_events.tsv").rename(root / "task-sim_events.tsv")  # inherited from the top
+    np.testing.assert_array_equal(load_bids(root, noise_model="ols").responses, want)
+    bold = next(func.glob("*_bold.nii.gz"))
+    shutil.copy(bold, func / "sub-01_task-rest_run-01_bold.nii.gz")  # resting state: no events
+    with pytest.warns(UserWarning, match=r"1 run\(s\) without an events TSV skipped .*task-rest"):
+        np.testing.assert_array_equal(load_bids(root, noise_model="ols").responses, want)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(load_bids(root, noise_model="ols", task="sim").responses, want)
+    with pytest.raises(FileNotFoundError, match="no run has an events TSV"):
+        load_bids(root, task="rest")
+    for echo in (1, 2):
+        shutil.copy(bold, func / bold.name.replace("_bold", f"_echo-{echo}_bold"))
+    bold.unlink()
+    with pytest.raises(ValueError, match=r"func: 2 files of one run .*echo-1.*keep one"):
+        load_bids(root, task="sim")
+    for p in func.glob("*echo-2*"):
+        p.unlink()
+    ses = root / "sub-01" / "ses-1"
+    ses.mkdir()
+    func.rename(ses / "func")  # bids:ROOT/sub-01/ses-1 reads ROOT's mask and stimuli
+    np.testing.assert_array_equal(load_bids(ses, noise_model="ols", task="sim").responses, want)
+
+
 def test_bids_other_events_are_nuisance_regressors(sim, tmp_path) -> None:
     """Events with stim_id n/a (responses) enter the GLM as their own regressor: a response-locked signal
     added to every voxel lies in the design's span, so with OLS the trials' betas are those without it
