@@ -323,7 +323,8 @@ def _dataset(p: TSProfile, ds: str, out: Path, seed: int) -> dict:
                             for (name, nfe), (pick, fids) in choice.items()]
 
     def scores(fake: np.ndarray) -> dict:
-        reps = [generation_metrics(real, fake, encoders[k], seed + k, p.disc_iterations, p.pred_iterations, bounded)
+        reps = [generation_metrics(real, fake, encoders[k], seed + k, p.disc_iterations, p.pred_iterations, bounded,
+                                   p.repeats)
                 for k in range(p.repeats)]
         return {m: mean_ci95(rp[m] for rp in reps) for m in P.METRICS}
 
@@ -490,6 +491,9 @@ def _run(profile: str, p: TSProfile, out: Path, seed: int) -> BenchResult:
         "metrics: generated vs an equal number of real training windows, normalised space; "
         f"mean ± 95% t-interval over {p.repeats} metric seeds; discriminative {p.disc_iterations} / predictive "
         f"{p.pred_iterations} GRU iterations (protocol 2000 / 5000), TS2Vec {p.ts2vec_iterations or 'default'} iterations; "
+        f"correlational as the protocol (Diffusion-TS) computes it: each seed scores N / {p.repeats} windows of each set "
+        "drawn with replacement, which raises it above the whole sets' value (the metric-vs-NFE curves use the whole "
+        "sets); "
         "roughness (not in the protocol; ideal 1): the largest per-channel ratio of the second difference's std, "
         "generated / real (above 1: high-frequency noise the data lacks); DCR ratio (a copying check, not in the "
         "protocol; ideal 1, a copy of the training set 0): median distance from a generated window to its closest "

@@ -40,7 +40,8 @@ def real_data_rows(p, ds, cfg, real, w, scaler, encoders, seed, bounded, dcr, re
     against every training window); the fresh draw shows its value for new data from the same source."""
 
     def row(label: str, key: str, ref: np.ndarray, other: np.ndarray) -> None:
-        reps = [generation_metrics(ref, other, encoders[k], seed + k, p.disc_iterations, p.pred_iterations, bounded)
+        reps = [generation_metrics(ref, other, encoders[k], seed + k, p.disc_iterations, p.pred_iterations, bounded,
+                                   p.repeats)
                 for k in range(p.repeats)]
         scores = {m: mean_ci95(rp[m] for rp in reps) for m in P.METRICS}
         res["rows"][label] = {"nfe": "", **scores, "dcr_ratio": dcr(other)}
@@ -77,7 +78,7 @@ def curves_vs_nfe(p, ds, models, real, encoder, seed, n, scaler, res, solvers: t
                 fake = res["draws"].get((name, solver, nfe, shift))
                 if fake is None:
                     fake = scaler.from_model(draw_nfe(r, n, nfe, solver, seed, shift=shift))
-                vals["correlational"].append(M.correlational_score(real, fake))
+                vals["correlational"].append(M.correlational_score(real, fake))  # whole sets: the curves' lower noise
                 vals["context_fid"].append(M.context_fid(encoder, real, fake))
             for metric, ys in vals.items():
                 res["curves"][f"{ds}.{metric}_vs_nfe"]["series"][f"{name} ({solver})"] = {"x": nfes, "y": ys}

@@ -186,8 +186,17 @@ def cross_correlation(x) -> Tensor:
     return (x[..., i] * x[..., j]).mean(dim=1).mean(dim=0)
 
 
-def correlational_score(real, fake) -> float:
-    """``sum |rho_real - rho_fake| / 10`` over the lower-triangular lag-0 correlations."""
+def correlational_score(real, fake, subset: int = 0, seed: int = 0) -> float:
+    """``sum |rho_real - rho_fake| / 10`` over the lower-triangular lag-0 correlations, of the
+    whole sets, or (``subset > 0``) of ``subset`` windows drawn at random with replacement from
+    each set (generator seeded ``seed``): the protocol's estimator (Diffusion-TS scores 5 such
+    draws of N / 5 windows, one per repeat), whose sampling noise raises the score, so that its
+    published numbers compare with this one only (a perfect generator scores about 0.016 on Sines
+    and 0.19 on MuJoCo with it, 0.007 and 0.08 on the whole sets)."""
+    if subset > 0:
+        rng = np.random.default_rng(seed)
+        real = np.asarray(real)[rng.integers(0, len(real), subset)]
+        fake = np.asarray(fake)[rng.integers(0, len(fake), subset)]
     return float((cross_correlation(fake) - cross_correlation(real)).abs().sum() / 10.0)
 
 

@@ -242,14 +242,16 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
 
 
 def generation_metrics(real: np.ndarray, fake: np.ndarray, encoder, seed: int, disc_iterations: int = 2000,
-                       pred_iterations: int = 5000, bounded: bool = True) -> dict[str, float]:
-    """The four protocol metrics of ``fake`` against ``real`` (normalised windows) and the
-    roughness diagnostic (:func:`.metrics.roughness`)."""
+                       pred_iterations: int = 5000, bounded: bool = True, repeats: int = 5) -> dict[str, float]:
+    """The four protocol metrics of ``fake`` against ``real`` (normalised windows) in the repeat
+    seeded ``seed`` of ``repeats``, and the roughness diagnostic (:func:`.metrics.roughness`). The
+    correlational score is the protocol's: ``len(real) // repeats`` windows of each set drawn with
+    replacement (:func:`.metrics.correlational_score`)."""
     return {
         "discriminative": M.discriminative_score(real, fake, disc_iterations, seed=seed),
         "predictive": M.predictive_score(real, fake, pred_iterations, seed=seed, bounded=bounded),
         "context_fid": M.context_fid(encoder, real, fake),
-        "correlational": M.correlational_score(real, fake),
+        "correlational": M.correlational_score(real, fake, subset=max(len(real) // repeats, 2), seed=seed),
         "roughness": M.roughness(real, fake),
     }
 
@@ -282,7 +284,8 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     fake = r.scaler.from_model(draw(r, n, steps, solver, seed, shift=opts.grid_shift, diffusion=opts.diffusion))
     x = torch.as_tensor(real_all, dtype=torch.float32)
     reps = [generation_metrics(real, fake, train_ts2vec(x, TS2VecConfig(iterations=opts.ts2vec_iterations), seed + k),
-                               seed + k, opts.disc_iterations, opts.pred_iterations, bounded=r.scaler.method != "standard")
+                               seed + k, opts.disc_iterations, opts.pred_iterations, bounded=r.scaler.method != "standard",
+                               repeats=opts.repeats)
             for k in range(opts.repeats)]
     scores = {m: mean_ci95(rep[m] for rep in reps) for m in reps[0]}
     # copying check against every training window (metrics.dcr_ratio; ideal 1, a copy 0)

@@ -216,6 +216,16 @@ def test_correlational_score_matches_a_slow_loop_and_is_zero_for_identical_sets(
     want = sum(abs(a[k] - b[k]) for k in a) / 10
     assert M.correlational_score(real, fake) == pytest.approx(want, rel=1e-12)
     assert M.correlational_score(real, real) == 0.0
+    # the protocol's estimator: subset windows of each set drawn with replacement (Diffusion-TS's random_choice)
+    rng = np.random.default_rng(7)
+    ri, fi = rng.integers(0, len(real), 8), rng.integers(0, len(fake), 8)
+    a, b = slow(real[ri]), slow(fake[fi])
+    assert M.correlational_score(real, fake, subset=8, seed=7) == pytest.approx(sum(abs(a[k] - b[k]) for k in a) / 10,
+                                                                                rel=1e-12)
+    # its sampling noise raises the score of two draws of one law, the reason published numbers need it
+    x, y = rng.normal(size=(2000, 24, 3)), rng.normal(size=(2000, 24, 3))
+    whole = M.correlational_score(x, y)
+    assert np.mean([M.correlational_score(x, y, subset=400, seed=k) for k in range(5)]) > 1.5 * whole
 
 
 def test_roughness_matches_a_slow_loop_and_sees_added_white_noise() -> None:
