@@ -114,9 +114,17 @@ class BrainMaskd(MapTransform):
         return d
 
 
+TOP_MARGIN = 2
+"""Voxels kept above the head mask's top when the crop is anchored there (:class:`CropToBraind`)."""
+
+
 class CropToBraind(MapTransform):
-    """Crop / zero-pad ``d[key]`` to ``roi_size`` centred on the centre of the brain mask's
-    bounding box (the volume centre if the mask is empty). Affines follow (MONAI crop/pad)."""
+    """Crop / zero-pad ``d[key]`` (RAS) to ``roi_size`` centred on the centre of the brain mask's
+    bounding box (the volume centre if the mask is empty). Along the inferior-superior axis a
+    mask taller than the crop (a head scanned with its neck: the mask is the head and neck
+    when the skull is not stripped) anchors the crop's top :data:`TOP_MARGIN` voxels above the
+    mask's top instead, so the neck is cut, never the top of the brain. Affines follow (MONAI
+    crop/pad)."""
 
     def __init__(self, keys: Sequence[Hashable], roi_size: Sequence[int]) -> None:
         super().__init__(keys)
@@ -128,13 +136,16 @@ class CropToBraind(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             shape = np.array(img.shape[1:])
+            size = np.array(self.roi_size)
             if mask is not None and mask.any():
                 idx = np.argwhere(mask)
-                centre = (idx.min(0) + idx.max(0) + 1) // 2
+                lo, hi = idx.min(0), idx.max(0) + 1
+                centre = (lo + hi) // 2
             else:
                 centre = shape // 2
-            size = np.array(self.roi_size)
             start = centre - size // 2
+            if mask is not None and mask.any() and hi[2] - lo[2] > size[2]:  # taller than the crop: keep the top
+                start[2] = hi[2] + TOP_MARGIN - size[2]
             before = np.maximum(0, -start)
             after = np.maximum(0, start + size - shape)
             border = [int(v) for pair in zip(before, after) for v in pair]

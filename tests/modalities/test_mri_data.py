@@ -288,6 +288,22 @@ def test_pipeline_canonical_orientation_spacing_fov_range(tmp_path) -> None:
     np.testing.assert_allclose(centre, [8, 8, 8], atol=1.0)  # the brain sits in the FOV centre
 
 
+def test_a_head_scanned_with_its_neck_keeps_the_top_of_the_head(tmp_path) -> None:
+    """A bright ellipsoid head on a long neck (48 voxels tall in all, 2 mm): the 16-voxel crop keeps the top of the
+    head (the neck is cut), where centring on the head-and-neck mask would cut the top of the brain."""
+    g = np.meshgrid(np.arange(20.0), np.arange(20.0), np.arange(48.0), indexing="ij")
+    head = ((g[0] - 10) / 7) ** 2 + ((g[1] - 10) / 7) ** 2 + ((g[2] - 38) / 7) ** 2 < 1  # z 31..45
+    neck = ((g[0] - 10) ** 2 + (g[1] - 10) ** 2 < 9) & (g[2] < 34)
+    data = np.where(head | neck, 1.0, 0.02) + 0.01 * np.random.default_rng(0).standard_normal(head.shape)
+    path = save(tmp_path / "neck.nii.gz", data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    out = T.preprocess_transforms((2.0, 2.0, 2.0), (16, 16, 16))({"image": str(path)})["image"]
+    z0 = int(round(float(out.affine[2, 3]) / 2.0))  # the crop's first slice, in source voxels
+    top = int(np.argwhere(head)[:, 2].max())
+    assert top + T.TOP_MARGIN <= z0 + 16 - 1 <= top + T.TOP_MARGIN + 1  # ends about TOP_MARGIN slices above the head
+    assert z0 > 24 - 8  # where centring on the 48-slice head-and-neck mask would start (and end below the head's top)
+    assert (out[0, :, :, : 16 - T.TOP_MARGIN - 1] > 0).any(dim=(0, 1)).all()  # tissue in every slice below the margin
+
+
 def test_augmentation_flip_is_exact_and_shapes_hold() -> None:
     x = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(1, 4, 5, 6)
     flip = T.augment_transforms(rotate_deg=0.0, shift_mm=0.0, flip_prob=1.0)
