@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -49,7 +49,7 @@ from modaflow.core.training.flow_map_module import FlowMapConfig, FlowMapModule
 
 from ..runs import load_weights, save_recipe
 from .data import MRIDataModule, build_dataset
-from .models import TwoTimeUNet3D
+from .models import TwoTimeUNet3D, apply_gpu_options
 from .recipe import NAME, MRIConfig, load_config, restore
 from .targets import core_kind, make_path, medforj_to_data_noise
 
@@ -84,6 +84,9 @@ class DistillConfig(Config):
     :class:`LinearPathStudent`); linear: the earlier student (module docstring)."""
     seed: int = 0
     """Seed of the training noise."""
+    trainer: TrainerArgs = field(default_factory=TrainerArgs)
+    """Hardware of the distillation (--accelerator, --precision bf16-mixed, --devices, --strategy, as for train); the
+    student also takes the teacher recipe's channels_last and activation_checkpointing."""
 
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "teacher_steps"):
@@ -189,26 +192,39 @@ def initial_flow_map(teacher_dir: str | Path, student: str = "teacher") -> FlowM
 
 def distill(d: DistillConfig, out_dir: str | Path | None, trainer_args: TrainerArgs | None = None,
             progress: bool = True) -> dict:
-    """Train a flow map from ``d.teacher`` into ``out_dir`` (resumes there); returns
-    ``{"steps", "final_loss", "checkpoint", "history"}``."""
+    """Train a flow map from ``d.teacher`` into ``out_dir`` (resumes there, with the student it
+    started) on ``trainer_args`` (default ``d.trainer``); returns ``{"steps", "final_loss",
+    "checkpoint", "history"}``."""
     if not d.teacher:
         raise ConfigError("DistillConfig.teacher: expected the run folder of a trained model (--teacher DIR)")
     if out_dir is None:
         raise ConfigError("distill needs --out (the flow-map run folder)")
+    if is_flow_map_run(d.teacher):
+        raise ConfigError(f"{d.teacher} is a distilled flow map; distil the diffusion run it came from (its "
+                          f"{DISTILL_FILE} names it as teacher)")
+    d = d.replace(teacher=str(Path(d.teacher).expanduser().resolve()))  # found from any folder later
     out = Path(out_dir)
+    if (out / DISTILL_FILE).is_file():  # a resumed run keeps its network: the student is not changed under it
+        before = json.loads((out / DISTILL_FILE).read_text()).get("student", "linear")
+        if before != d.student:
+            raise ConfigError(f"{out} holds a flow map distilled with --student {before}; resume it with that student, "
+                              f"or distil --student {d.student} into a new folder")
     cfg, path, teacher_model = restore(d.teacher)
     teacher = LinearPathTeacher(teacher_model, core_kind(cfg.target), path)
     with torch.random.fork_rng(devices=[]):  # the gap embedding's initialisation from d.seed
         torch.manual_seed(d.seed)
         flow_map = _student(cfg, d.student)
     _two_time(flow_map).load_one_time(teacher_model.net)
+    # the teacher's memory options on the student; checkpointing only under the regression loss (the lagrangian and
+    # eulerian losses differentiate through the student in time)
+    apply_gpu_options(flow_map, cfg.channels_last, cfg.activation_checkpointing and d.loss == "teacher")
     ds = build_dataset(cfg.source, "train", augment=cfg.augment)
     batch = min(d.batch_size, len(ds))
     module = FlowMapModule(flow_map, LinearPath(), _flow_map_cfg(d, batch), teacher=teacher)
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(out, NAME, load_config(d.teacher))  # the teacher's recipe, atomically; refuses to mix with another run
     atomic_write_text(out / DISTILL_FILE, json.dumps(d.to_dict(), indent=2, sort_keys=True) + "\n")
-    res = fit(module, MRIDataModule(ds, batch, seed=d.seed), out, trainer_args or TrainerArgs(), progress=progress)
+    res = fit(module, MRIDataModule(ds, batch, seed=d.seed), out, trainer_args or d.trainer, progress=progress)
     final = res.history[-1][1] if res.history else math.nan
     return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
 

@@ -125,8 +125,12 @@ def evaluate_volumes(x: Tensor, ref: RealReference) -> dict[str, float]:
 def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int,
              options: SampleOptions | None = None) -> dict:
     """Generate ``n`` volumes (where ``options`` say, as :func:`sample`) and compare them with the
-    held-out split of the run's data (or of ``data``): see :func:`evaluate_volumes`; also seconds
-    per volume and the device."""
+    held-out split of the run's data (or of ``data``): see :func:`evaluate_volumes`; also the real
+    floor of the Fréchet distance at ``n`` volumes (``fid3d_real_at_n.*``, where the training split has
+    ``n``), seconds per volume and the device."""
+    if n < 2:  # before minutes of feature-net training and sampling
+        raise ValueError(f"evaluate mri needs --n >= 2 generated volumes (the Fréchet distance and MS-SSIM compare "
+                         f"several); got {n}")
     cfg, model, kind, path, solver = load_generator(ckpt_dir, solver, steps)
     shape = (cfg.source if data is None else cfg.replace(data=data).source).shape
     if tuple(shape) != tuple(cfg.source.shape):  # before the real volumes are loaded and the feature net trained
@@ -144,6 +148,8 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
                  autocast=autocast, channels_last=channels_last)
     seconds = (time.perf_counter() - start) / n
     metrics = evaluate_volumes(x, ref)
+    if n <= ref.train_features.shape[0]:  # the real floor of the FD at this n (it is biased upwards at small n)
+        metrics.update({f"fid3d_real_at_n.{k}": v for k, v in ref.fid3d_real_at(n).items()})
     metrics.update({"seconds_per_volume": seconds, "device": str(next(model.parameters()).device), "n_samples": n, "n_reference": int(ref.test.shape[0]),
                     "feature_net_accuracy": ref.feature_accuracy})
     return metrics

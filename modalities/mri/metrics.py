@@ -117,8 +117,10 @@ def ms_ssim_min_side(kernel_size: int = 3, n_scales: int = 3) -> int:
 
 
 def ms_ssim_pairs(x: Tensor, kernel_size: int = 3, weights: tuple[float, ...] = (0.3, 0.3, 0.4)) -> float:
-    """Mean MS-SSIM over the pairs ``(x[2i], x[2i+1])`` (MONAI ``MultiScaleSSIMMetric``, data
-    range 2 for [-1, 1]); ``len(weights)`` scales, each halving the volume."""
+    """Mean MS-SSIM over the pairs ``(x[2i], x[2i+1])`` of volumes in [-1, 1] (MONAI
+    ``MultiScaleSSIMMetric`` on ``(x + 1) / 2``, data range 1: SSIM's luminance term assumes
+    non-negative intensities, and on signed values grey matter and CSF near 0 make it swing);
+    ``len(weights)`` scales, each halving the volume."""
     from monai.metrics import MultiScaleSSIMMetric
 
     n = (x.shape[0] // 2) * 2
@@ -128,8 +130,8 @@ def ms_ssim_pairs(x: Tensor, kernel_size: int = 3, weights: tuple[float, ...] = 
     if min(x.shape[2:]) < side:
         raise ValueError(f"ms_ssim_pairs: volumes {tuple(x.shape[2:])} are too small for MS-SSIM with {len(weights)} "
                          f"scales and a {kernel_size}-voxel kernel: every side must be >= {side} voxels")
-    metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=2.0, kernel_size=kernel_size, weights=weights)
-    a, b = x[0:n:2].float(), x[1:n:2].float()
+    metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=1.0, kernel_size=kernel_size, weights=weights)
+    a, b = (x[0:n:2].float() + 1) / 2, (x[1:n:2].float() + 1) / 2
     return float(metric(a, b).mean())
 
 

@@ -30,7 +30,7 @@ from modaflow.core.paths import AffinePath
 from modaflow.core.training import FlowMatchingConfig, TrainerArgs, checkpoint_path, fit, load_checkpoint
 
 from ..runs import RECIPE_FILE, absolute_source, load_recipe, load_weights, save_recipe
-from .data import MRIDataModule, SourceSpec, build_dataset, load_volumes
+from .data import MRIDataModule, SourceSpec, build_dataset, load_volumes, voxel_sizes
 from .models import UNet3D, UNetConfig, apply_gpu_options
 from .nifti import NanPolicy, ObliquePolicy, parse_source
 from .targets import DataPredictor, Target, core_kind, make_path
@@ -293,6 +293,9 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     """Continue training the run ``ckpt_dir`` on ``data`` into ``out_dir`` from its weights and
     EMA (fresh optimiser). ``overrides`` change recipe fields; the network, the target and
     the volume shape must stay those of the checkpoint."""
+    if (Path(ckpt_dir) / "distill.json").is_file():  # distill.DISTILL_FILE (distill imports this module)
+        raise ConfigError(f"{ckpt_dir} is a distilled flow map; finetune the diffusion run it came from (its "
+                          f"distill.json names it as teacher), then distil again")
     base = load_config(ckpt_dir)
     merged = base.to_dict()
     for key, value in overrides.items():
@@ -305,6 +308,11 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     if cfg.source.shape != base.source.shape:
         raise ConfigError(f"{data}: volumes of shape {cfg.source.shape} do not match the checkpoint's "
                           f"{base.source.shape} (set --{'size' if cfg.data == 'embedded' else 'fov'} to match)")
+    if base.data == "embedded" and cfg.data != "embedded" and "spacing" not in overrides:
+        mm = voxel_sizes(base.source)  # the cohort's voxels are 192 / size mm: 1 mm files would fill 1/12 of that view
+        raise ConfigError(f"{data}: the checkpoint learnt the embedded cohort's {mm[0]:g} mm voxels; give --spacing for "
+                          f"the files (--spacing {mm[0]:g} {mm[1]:g} {mm[2]:g} keeps its field of view of "
+                          f"{mm[0] * base.source.shape[0]:g} mm)")
     save_recipe(out_dir, NAME, cfg)
     _, _, module = build(cfg)
     if not checkpoint_path(out_dir).exists():

@@ -78,6 +78,13 @@ def test_ms_ssim_is_one_on_identical_pairs_and_low_on_noise() -> None:
     assert M.ms_ssim_pairs(noise) < 0.2
     with pytest.raises(ValueError, match="at least 2"):
         M.ms_ssim_pairs(base)
+    # intensities in [-1, 1] are scored on [0, 1]: a smooth volume and itself 0.1 brighter stay alike (on the signed
+    # values, whose means sit near 0, SSIM's luminance term scored this pair 0)
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(np.random.default_rng(0).standard_normal((16, 16, 16)), 2)
+    v = torch.as_tensor(0.8 * smooth / np.abs(smooth).max(), dtype=torch.float32)[None, None]
+    assert M.ms_ssim_pairs(torch.cat([v, v + 0.1])) > 0.99
 
 
 def test_ms_ssim_names_the_smallest_side_monai_accepts() -> None:

@@ -43,7 +43,16 @@ def test_train_sample_finetune_distill_through_the_cli(tmp_path) -> None:
 
     fm = tmp_path / "fm"
     assert main(["distill", "mri", "--teacher", str(run), "--max-steps", "1", "--batch-size", "2",
-                 "--teacher-steps", "1", "--out", str(fm)]) == 0
+                 "--teacher-steps", "1", "--accelerator", "cpu", "--precision", "32-true", "--out", str(fm)]) == 0
+    saved = json.loads((fm / "distill.json").read_text())
+    assert saved["teacher"] == str(run.resolve()) and saved["trainer"]["accelerator"] == "cpu"
+    # a resumed flow map keeps its student; a flow map is neither a teacher nor finetuned
+    assert main(["distill", "mri", "--teacher", str(run), "--student", "linear", "--max-steps", "2", "--out",
+                 str(fm)]) == 2
+    assert json.loads((fm / "distill.json").read_text()) == saved  # nothing rewritten
+    assert main(["distill", "mri", "--teacher", str(fm), "--out", str(tmp_path / "fm2")]) == 2
+    assert main(["finetune", "mri", "--ckpt", str(fm), "--data", "embedded", "--out", str(tmp_path / "ftfm")]) == 2
+    assert not (tmp_path / "ftfm").exists() and not (tmp_path / "fm2").exists()
     one = tmp_path / "one.nii.gz"
     assert json.loads((fm / "recipe.json").read_text()) == recipe  # the teacher's recipe (written atomically)
     assert not [p.name for p in fm.iterdir() if p.name.endswith(".tmp")]
@@ -63,6 +72,9 @@ def test_evaluate_returns_every_metric(tmp_path) -> None:
                 "tissue_p.gm", "tissue_ml.wm", "tissue_ml_real.csf", "seconds_per_volume"):
         assert np.isfinite(m[key]), key
     assert 0 < m["tissue_p.gm"] <= 1
+    assert m["fid3d_real_at_n.q05"] <= m["fid3d_real_at_n.mean"] <= m["fid3d_real_at_n.q95"]
+    with pytest.raises(ValueError, match="needs --n >= 2"):
+        MODALITY.evaluate(tmp_path / "r", None, 1, 2, "ddim", 0)
     with pytest.raises(ValueError, match="not a flow map"):
         MODALITY.sample(tmp_path / "r", 1, 2, "flowmap", tmp_path / "x", 0)
     assert m["device"] == ("cuda:0" if __import__("torch").cuda.is_available() else "cpu")
@@ -169,6 +181,12 @@ def test_source_fields_the_data_never_reads_are_refused(tmp_path, capsys) -> Non
     assert main(["finetune", "mri", "--ckpt", str(run), "--data", f"folder:{tmp_path}", "--fov", "16", "16", "16",
                  "--n-test", "2", "--out", str(tmp_path / "c")]) == 2
     assert "argument --n-test: MRIConfig.n_test: read for --data embedded only" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    # from the embedded cohort's 12 mm voxels to files, the voxel size must be given (1 mm would zoom 12x)
+    assert main(["finetune", "mri", "--ckpt", str(run), "--data", f"folder:{tmp_path}", "--fov", "16", "16", "16",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "learnt the embedded cohort's 12 mm voxels; give --spacing for the files (--spacing 12 12 12 keeps its " \
+           "field of view of 192 mm)" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
 
@@ -361,6 +379,12 @@ def test_a_run_trained_with_activation_checkpointing_restores(tmp_path) -> None:
             p.mul_(1.5)
     assert not torch.allclose(twin(x, t), y)  # the copy runs its own weights, not the original's
     assert sum(isinstance(m, Checkpointed) for m in twin.modules()) == sum(isinstance(m, Checkpointed) for m in trained.modules())
+    # its distillation trains a checkpointed student, whose weights keep their names: the flow map restores
+    from modaflow.modalities.mri.distill import DistillConfig, distill, restore_flow_map
+
+    distill(DistillConfig(teacher=str(tmp_path / "r"), max_steps=1, batch_size=2, teacher_steps=1,
+                          trainer=TrainerArgs(accelerator="cpu")), tmp_path / "fm", progress=False)
+    assert not any(isinstance(m, Checkpointed) for m in restore_flow_map(tmp_path / "fm")[1].modules())
 
 
 def test_a_run_on_a_relative_folder_stores_it_absolute_and_reads_it_from_elsewhere(tmp_path, monkeypatch) -> None:
