@@ -324,5 +324,6 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
     test_path = shared("test_stimuli.npy")
     test = stimulus_indices(read_npy(test_path, "test stimulus ids"), str(test_path)) if test_path.is_file() else None
     td = TrialData(np.concatenate(betas).astype(np.float32), np.concatenate(stim_ids).astype(np.int64), images,
-                   str(root), test, mask_arr, np.asarray(mask_img.affine, np.float64))
+                   str(root), test, mask_arr, np.asarray(mask_img.affine, np.float64),
+                   int(mask_img.header["sform_code"]) or int(mask_img.header["qform_code"]))
     return check_trials(td)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from torch.utils.data import Dataset
 
 from modaflow.core.io import read_npy
 
-__all__ = ["TrialData", "Prepared", "check_trials", "images01", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
+__all__ = ["TrialData", "Prepared", "save_mask", "check_trials", "images01", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class TrialData:
         test_stimuli: stimulus ids of the test set, or None (then: those shown >= 2 times).
         mask: ``(X, Y, Z)`` bool brain mask whose C-order voxels are the columns, or None.
         affine: ``(4, 4)`` voxel-to-world matrix of the mask, or None.
+        space_code: the NIfTI xform code of that world space, as the mask image says it (4 = MNI152,
+            3 = Talairach, 2 = aligned to an anatomy, 1 = scanner); 0 = not known (written as 2).
     """
 
     responses: np.ndarray
@@ -47,6 +50,22 @@ class TrialData:
     test_stimuli: np.ndarray | None = None
     mask: np.ndarray | None = None
     affine: np.ndarray | None = None
+    space_code: int = 0
+
+
+def save_mask(td: TrialData, path: Path) -> None:
+    """Write ``td``'s mask as a uint8 NIfTI at ``path`` with its affine as both sform and qform,
+    coded with its world space (``td.space_code``, 2 = aligned when not known); nothing without a
+    mask and affine."""
+    if td.mask is None or td.affine is None:
+        return
+    import nibabel as nib
+
+    img = nib.Nifti1Image(td.mask.astype(np.uint8), td.affine)
+    code = td.space_code or 2
+    img.set_sform(td.affine, code=code)
+    img.set_qform(td.affine, code=code)
+    nib.save(img, path)
 
 
 def check_trials(td: TrialData) -> TrialData:
@@ -169,6 +188,10 @@ def load_betas(path: str | Path) -> TrialData:
     test = stimulus_indices(arrays["test_stimuli"], f"{path} (test_stimuli)") if "test_stimuli" in arrays else None
     mask = np.asarray(arrays["mask"], bool) if "mask" in arrays else None
     affine = np.asarray(arrays["affine"], np.float64) if "affine" in arrays else None
+    if (mask is None) != (affine is None):
+        warnings.warn(f"{path}: a '{'mask' if affine is None else 'affine'}' without its "
+                      f"'{'affine' if affine is None else 'mask'}': encoded responses are written as a (V, 1, 1, N) image "
+                      f"without brain geometry; store both to get volumes on the mask", UserWarning, stacklevel=2)
     return check_trials(TrialData(responses, stim_id, images, str(path), test, mask, affine))
 
 

@@ -34,7 +34,7 @@ from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, Train
 
 from ..runs import absolute_source, load_recipe, load_weights, save_recipe
 from .bids import GLMMethod, load_bids
-from .data import Prepared, TrialData, load_betas, prepare
+from .data import Prepared, TrialData, load_betas, prepare, save_mask
 from .models import AEConfig, FeatureNet, FeatureNetConfig, NeuroVAE, NeuroVAEConfig, VisualAE, build_xfm
 from .neuroflow import (AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, load_ae, load_features,
                         load_stats, load_vae, read_ae, read_features, read_vae, save_stats)
@@ -417,10 +417,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
         raise ValueError(f"{td.source}: stimuli must be square; got {prep.train_img.shape[1:]}")
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(out, NAME, cfg)
-    if td.mask is not None and td.affine is not None:
-        import nibabel as nib
-
-        nib.save(nib.Nifti1Image(td.mask.astype(np.uint8), td.affine), out / "mask.nii.gz")
+    save_mask(td, out / "mask.nii.gz")
     seed = cfg.fm.seed
     ae_cfg = AEConfig(image_size=prep.train_img.shape[-1], hidden=cfg.ae_hidden, latent=cfg.latent)
 

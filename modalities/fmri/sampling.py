@@ -32,7 +32,7 @@ from modaflow.core.io import atomic_write, read_npy
 from modaflow.core.training import TrainerArgs
 
 from ..runs import load_recipe, save_recipe
-from .data import images01, prepare
+from .data import images01, prepare, save_mask
 from .models import NeuroVAEConfig
 from .neuroflow import AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
 from .recipe import (NAME, FMRIConfig, fit_neurovae, inert_fields, load_prepared, load_trials, restore,
@@ -148,7 +148,9 @@ def _write_voxels(out: Path, raw: np.ndarray, ckpt_dir: Path) -> Path:
             vol = np.zeros(m.shape + (len(raw),), np.float32)
             vol[m] = raw.T
             img = nib.Nifti1Image(vol, mask.affine)
-            img.set_qform(mask.affine, code=2)  # both orientations set (nibabel sets only the sform), in mm
+            code = int(mask.header["sform_code"]) or 2  # the mask's world space (MNI: 4), both orientations set
+            img.set_sform(mask.affine, code=code)
+            img.set_qform(mask.affine, code=code)
             img.header.set_xyzt_units("mm")
         else:  # no mask known (betas data): a (V, 1, 1, N) image with an identity affine
             img = nib.Nifti1Image(raw.T[:, None, None, :].astype(np.float32), np.eye(4))
@@ -228,10 +230,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
         else:
             shutil.copy2(src, dst)
             shutil.copy2(src.with_suffix(".json"), dst.with_suffix(".json"))
-    if td.mask is not None and td.affine is not None:
-        import nibabel as nib
-
-        nib.save(nib.Nifti1Image(td.mask.astype(np.uint8), td.affine), out / "mask.nii.gz")
+    save_mask(td, out / "mask.nii.gz")
     img = torch.as_tensor(prep.train_img)
     zn_std = model.flow(model.visual_latent(img), 1.0, 0.0, cfg.steps, cfg.solver)
     target = zn_std * model.stats["zn_std"] + model.stats["zn_mean"]  # raw neural-latent space of the XFM

@@ -198,6 +198,33 @@ def test_bids_layouts_inherited_events_rest_runs_echoes_and_sessions(sim, tmp_pa
     np.testing.assert_array_equal(load_bids(ses, noise_model="ols", task="sim").responses, want)
 
 
+def test_the_mask_world_space_code_reaches_the_written_files(sim, tmp_path) -> None:
+    """A mask in MNI space (sform code 4) keeps that code in the run's mask and the encoded volumes; betas files
+    with a mask but no affine warn that the output has no geometry."""
+    import nibabel as nib
+
+    from modaflow.modalities.fmri.data import save_mask
+    from modaflow.modalities.fmri.sampling import _write_voxels
+
+    root = write_bids(sim, tmp_path / "b", runs=1)
+    img = nib.Nifti1Image(sim.mask.astype(np.uint8), sim.affine)
+    img.set_sform(sim.affine, code=4)
+    img.set_qform(sim.affine, code=4)
+    nib.save(img, root / "mask.nii.gz")
+    td = load_bids(root, noise_model="ols")
+    assert td.space_code == 4
+    run = tmp_path / "run"
+    run.mkdir()
+    save_mask(td, run / "mask.nii.gz")
+    out = _write_voxels(tmp_path / "enc.nii.gz", np.ones((2, td.responses.shape[1]), np.float32), run)
+    for written in (nib.load(run / "mask.nii.gz"), nib.load(out)):
+        assert int(written.header["sform_code"]) == int(written.header["qform_code"]) == 4
+        np.testing.assert_allclose(written.affine, sim.affine)
+    save_betas(tmp_path / "betas.h5", TrialData(td.responses, td.stim_id, td.images, "x", None, td.mask, None))
+    with pytest.warns(UserWarning, match=r"betas.h5: a 'mask' without its 'affine'"):
+        load_betas(tmp_path / "betas.h5")
+
+
 def test_bids_other_events_are_nuisance_regressors(sim, tmp_path) -> None:
     """Events with stim_id n/a (responses) enter the GLM as their own regressor: a response-locked signal
     added to every voxel lies in the design's span, so with OLS the trials' betas are those without it
