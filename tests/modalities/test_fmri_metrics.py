@@ -134,3 +134,19 @@ def test_one_sample_is_refused_by_the_identification_metrics() -> None:
         top1_retrieval(one, one, 10)
     with pytest.raises(ValueError, match="^two-way identification needs at least 2 samples$"):
         two_way_identification(one, one)
+
+
+def test_encoding_metrics_warn_when_the_ceiling_rests_on_few_test_stimuli() -> None:
+    import warnings
+
+    from modaflow.modalities.fmri.evaluation import CEILING_MIN_STIMULI, encoding_metrics
+
+    rng = np.random.default_rng(0)
+    for n, warns in ((CEILING_MIN_STIMULI - 1, True), (CEILING_MIN_STIMULI, False)):
+        signal = rng.normal(size=(n, 1, 6))
+        trials = signal + 0.5 * rng.normal(size=(n, 3, 6))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = encoding_metrics(signal[:, 0], trials.mean(1), trials, n_candidates=n)
+        assert any("noise ceiling comes from" in str(w.message) for w in caught) == warns
+        assert 0 < out["enc.noise_ceiling_median"] <= 1
