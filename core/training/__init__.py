@@ -14,7 +14,7 @@ from .config import (
     make_time_sampler,
 )
 from .ema import EMA
-from .fit import FitResult, checkpoint_path, fit
+from .fit import FitResult, TrainingInterrupted, checkpoint_path, fit
 from .flow_map_module import FlowMapConfig, FlowMapModule
 from .module import Batch, FlowMatchingModule, NonFiniteLossError, cosine_factor
 from .quiet import quiet_lightning
@@ -37,6 +37,7 @@ __all__ = [
     "load_checkpoint",
     "FlowMatchingModule",
     "NonFiniteLossError",
+    "TrainingInterrupted",
     "cosine_factor",
     "Batch",
     "fit",

@@ -14,6 +14,8 @@ Files under ``OUT``: ``config.json`` (the run's configs), ``checkpoints/last.*``
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from ..config import Config
@@ -30,7 +33,18 @@ from .sharding import gather, is_sharded
 from .config import FlowMatchingConfig, TrainerArgs
 from .module import FlowMatchingModule, NonFiniteLossError
 
-__all__ = ["fit", "FitResult", "checkpoint_path"]
+__all__ = ["fit", "FitResult", "checkpoint_path", "TrainingInterrupted"]
+
+
+class TrainingInterrupted(SystemExit):
+    """Training stopped by SIGTERM (a scheduler's preemption or time limit, ``kill``): the
+    steps done are checkpointed and the process exits with status 143 (128 + SIGTERM), so that
+    a job script sees that it did not finish; rerunning the same command resumes. (Lightning's
+    own exception exits with status 0, as if training had completed.)"""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(128 + int(signal.SIGTERM))
+        self.step, self.checkpoint = step, checkpoint
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,10 @@ class _Checkpointer(Callback):
     def on_train_end(self, trainer: L.Trainer, module: FlowMatchingModule) -> None:
         if module.steps_done != self.saved_step:
             self.save(trainer, module)
+
+    def on_exception(self, trainer: L.Trainer, module: FlowMatchingModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and module.steps_done != self.saved_step:
+            self.save(trainer, module)  # a preempted job loses no step: the rerun resumes from here
 
     def save(self, trainer: L.Trainer, module: FlowMatchingModule) -> None:
         module.check_finite_loss()  # never write a model that saw a NaN/Inf loss
@@ -195,4 +213,8 @@ def fit(
         else:
             detail = "; no checkpoint had been written yet"
         raise NonFiniteLossError(e.step, e.loss, detail) from e
+    except SIGTERMException:
+        sys.stderr.write(f"training stopped by SIGTERM after step {callback.saved_step}; checkpoint {ckpt_file}; "
+                         f"rerun the same command to resume\n")
+        raise TrainingInterrupted(callback.saved_step, ckpt_file) from None
     return FitResult(out, ckpt_file, start, module.steps_done, tuple(history))

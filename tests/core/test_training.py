@@ -281,6 +281,33 @@ class _NaNData(torch.utils.data.Dataset):
         return self.x[i]
 
 
+def test_sigterm_checkpoints_the_steps_done_and_exits_143(tmp_path):
+    """A SIGTERM at step 3 (a scheduler's preemption): the checkpoint holds step 3, not the step-2 one, the exit
+    status is 143, not Lightning's 0, and rerunning resumes to the end."""
+    import os
+    import signal
+
+    from modaflow.core.training import TrainingInterrupted
+
+    cfg = FlowMatchingConfig(ckpt_every=2, log_every=1, max_steps=6)
+    module = FlowMatchingModule(_mlp(), None, cfg)
+    step = module.training_step
+
+    def kill_at_3(batch, batch_idx):
+        out = step(batch, batch_idx)
+        if module.steps_done == 2:  # the third step: steps_done counts the finished ones
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    module.training_step = kill_at_3
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(module, _gaussian_loader(), tmp_path, CPU, progress=False)
+    assert info.value.code == 143 and info.value.step == 3
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.safetensors").step == 3
+    again = fit(FlowMatchingModule(_mlp(), None, cfg), _gaussian_loader(), tmp_path, CPU, progress=False)
+    assert again.start_step == 3 and again.step == 6
+
+
 @pytest.mark.parametrize("check_every", [1, 4])
 def test_nan_loss_raises_and_keeps_last_good_checkpoint(tmp_path, check_every):
     """Batch 3 (step 3, 0-based) is NaN. Checked every step it raises at once; checked every
