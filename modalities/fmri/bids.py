@@ -93,26 +93,51 @@ def _outside_raw(path: Path, root: Path) -> bool:
     return any(p in ("derivatives", "sourcedata") or p.startswith(".") for p in parts)
 
 
-_ONE_RUN_SPLIT = ("echo", "part")
-"""Entities that split one run into several files (echoes, magnitude/phase): not runs of their own."""
+_ONE_RUN_SPLIT = ("echo", "part", "space", "desc")
+"""Entities that split one run into several files (echoes, magnitude/phase, a preprocessed run in several
+spaces or versions): not runs of their own."""
 
 
-def find_runs(root: str | Path, task: str | None = None, top: str | Path | None = None) -> list[tuple[Path, Path]]:
-    """``(bold, events)`` pairs of the raw runs under ``root`` (``derivatives/`` and
-    ``sourcedata/`` are skipped, as BIDS keeps processed copies there), sorted; ``task``: only
-    runs of that task. A run's events TSV is found by BIDS inheritance (:func:`_inherited`): the
-    most specific ``*_events.tsv`` whose entities are a subset of the run's, from its folder up
-    to ``top`` (the dataset's root when ``root`` is a subject's folder; default ``root``). Runs without one (resting state) are skipped with a warning; none left is an
-    error. Several files of one run (``echo-``, ``part-`` entities) are refused: the loader
-    models one series per run."""
+def _raw_root(root: Path) -> Path | None:
+    """The raw dataset of a derivatives folder (``DS/derivatives/<pipeline>[/sub-XX...]`` -> ``DS``), else None."""
+    for p in (root, *root.parents):
+        if p.parent.name == "derivatives":
+            return p.parent.parent
+    return None
+
+
+def _raw_counterpart(bold: Path) -> Path | None:
+    """Where a derivative run's raw files live: ``DS/derivatives/<pipeline>/sub-XX/func/name`` ->
+    ``DS/sub-XX/func/name``; None outside a derivatives tree."""
+    for p in bold.parents:
+        if p.parent.name == "derivatives":
+            return p.parent.parent / bold.relative_to(p)
+    return None
+
+
+def find_runs(root: str | Path, task: str | None = None, top: str | Path | None = None,
+              space: str | None = None) -> list[tuple[Path, Path]]:
+    """``(bold, events)`` pairs of the runs under ``root``, sorted: the raw runs of a dataset
+    (``derivatives/`` and ``sourcedata/`` are skipped, as BIDS keeps processed copies there), or,
+    when ``root`` lies in ``DS/derivatives/<pipeline>`` (fMRIPrep's output), the preprocessed runs
+    there; ``task``: only runs of that task; ``space``: only runs in that space (``space-<label>``).
+    A run's events TSV is found by BIDS inheritance (:func:`_inherited`): the most specific
+    ``*_events.tsv`` whose entities are a subset of the run's, from its folder up to ``top`` (the
+    dataset's root when ``root`` is a subject's folder; default ``root``), and for a derivative run
+    then from its raw counterpart's folder up to ``DS``. Runs without one (resting state) are
+    skipped with a warning; none left is an error. Several files of one run (``echo-``, ``part-``,
+    ``space-``, ``desc-`` entities) are refused: the loader models one series per run."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder (expected a BIDS-style dataset with *_bold.nii.gz runs)")
     bolds = sorted(p for p in root.rglob("*_bold.nii*") if _RUN.search(p.name) and not _outside_raw(p, root))
     if task is not None:
         bolds = [b for b in bolds if f"task-{task}" in _entities(b.name)]
+    if space is not None:
+        bolds = [b for b in bolds if f"space-{space}" in _entities(b.name)]
     if not bolds:
-        raise FileNotFoundError(f"{root}: no *_bold.nii or *_bold.nii.gz runs found" + (f" of task {task!r}" if task else ""))
+        raise FileNotFoundError(f"{root}: no *_bold.nii or *_bold.nii.gz runs found" + (f" of task {task!r}" if task else "")
+                                + (f" in space {space!r}" if space else ""))
     by_run: dict[tuple, list[Path]] = {}
     for bold in bolds:
         key = (bold.parent, tuple(sorted(e for e in _entities(bold.name) if e.split("-", 1)[0] not in _ONE_RUN_SPLIT)))
@@ -121,10 +146,13 @@ def find_runs(root: str | Path, task: str | None = None, top: str | Path | None 
     if split is not None:
         raise ValueError(f"{split[0].parent}: {len(split)} files of one run ({', '.join(p.name for p in split[:3])}); "
                          f"the GLM models one series per run: keep one (e.g. the echoes combined into one *_bold file, "
-                         f"or the magnitude part only)")
+                         f"or the magnitude part only; of preprocessed runs in several spaces, pick one with --glm-space)")
     pairs, rest = [], []
     for bold in bolds:
         events = _inherited(bold, Path(top) if top is not None else root, "_events.tsv")
+        raw = _raw_counterpart(bold)
+        if events is None and raw is not None:  # a preprocessed run: its events stay in the raw dataset
+            events = _inherited(raw, _raw_root(bold), "_events.tsv")
         if events is None:
             rest.append(bold)
         else:
@@ -145,7 +173,7 @@ def _inherited(bold: Path, root: Path, suffix: str) -> Path | None:
     mine = _entities(bold.name)
     folder = bold.parent
     while True:
-        found = [p for p in folder.glob(f"*{suffix}") if p.is_file() and _entities(p.name) <= mine]
+        found = [p for p in folder.glob(f"*{suffix}") if p.is_file() and _entities(p.name) <= mine] if folder.is_dir() else []
         if found:
             return max(found, key=lambda p: (len(_entities(p.name)), p.name))
         if folder == root or folder == folder.parent:
@@ -228,6 +256,37 @@ def _tr(bold: Path, root: Path, t_r: float | None, header_img) -> float:
                      f"{root}), and the NIfTI header's time step ({step:g}, unit {unit!r}) is not usable; pass --glm-tr")
 
 
+CONFOUND_SUFFIXES = ("_desc-confounds_timeseries.tsv", "_desc-confounds_regressors.tsv")
+"""fMRIPrep's confounds table of a run (the second name before fMRIPrep 20.2)."""
+
+
+def _confounds(bold: Path, columns: tuple[str, ...], n_scans: int):
+    """The ``columns`` of ``bold``'s confounds table: the ``*_desc-confounds_timeseries.tsv`` beside
+    it whose other entities are a subset of the run's (no space or desc of its own); NaN (the
+    first row of derivative columns) read as 0."""
+    import pandas as pd
+
+    mine = _entities(bold.name)
+    found = [p for suffix in CONFOUND_SUFFIXES for p in bold.parent.glob(f"*{suffix}")
+             if _entities(p.name) - {"desc-confounds"} <= mine]
+    if not found:
+        raise FileNotFoundError(f"{bold}: no confounds table ({' or '.join('*' + s for s in CONFOUND_SUFFIXES)}) beside "
+                                f"it for --glm-confounds {' '.join(columns)}")
+    path = max(found, key=lambda p: len(_entities(p.name)))
+    table = pd.read_csv(path, sep="\t")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: no confound column(s) {missing}; it has {len(table.columns)}, e.g. "
+                         f"{list(table.columns[:8])}")
+    if len(table) != n_scans:
+        raise ValueError(f"{path}: {len(table)} rows for the {n_scans} volumes of {bold.name}")
+    values = table[list(columns)].apply(pd.to_numeric, errors="coerce")
+    bad = [c for c in columns if values[c].iloc[1:].isna().any()]
+    if bad:
+        raise ValueError(f"{path}: confound column(s) {bad} hold missing or non-numeric values after the first row")
+    return values.fillna(0.0)
+
+
 def _check_geometry(bold_img, mask_img, bold: Path, mask: Path) -> None:
     if bold_img.ndim != 4:
         raise ValueError(f"{bold}: BOLD must be 4-D (X, Y, Z, T); got shape {bold_img.shape}")
@@ -240,13 +299,24 @@ def _check_geometry(bold_img, mask_img, bold: Path, mask: Path) -> None:
 
 def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | None = None,
               t_r: float | None = None, hrf_model: str = "spm", drift_order: int = 2,
-              noise_model: str = "ar1", max_runs: int | None = None, task: str | None = None) -> TrialData:
+              noise_model: str = "ar1", max_runs: int | None = None, task: str | None = None,
+              space: str | None = None, confounds: tuple[str, ...] = (), slice_time_ref: float = 0.0,
+              scaling: Literal["psc", "none"] = "psc") -> TrialData:
     """Single-trial responses ``(N, V)`` of every run under ``root`` (``max_runs``: the
     first ones only) estimated with nilearn's ``FirstLevelModel`` (``method`` lsa or lss,
     polynomial drift of ``drift_order``, ``noise_model`` ar1 or ols), masked by ``mask``
     (default ``root/mask.nii.gz``); ``task``: only that task's runs. ``root`` is one subject's runs: a
     dataset or a subject's (or session's) folder ``ROOT/sub-XX[/ses-YY]``, which reads ``stimuli.npy``,
-    ``test_stimuli.npy`` and ``mask.nii.gz`` from ``ROOT`` when it has none itself."""
+    ``test_stimuli.npy`` and ``mask.nii.gz`` from ``ROOT`` when it has none itself.
+
+    Preprocessed runs (fMRIPrep): ``root`` in ``DS/derivatives/<pipeline>``, ``space`` the one to
+    model (``space-<label>``); events and the shared files also come from the raw dataset ``DS``;
+    ``confounds`` names columns of each run's ``*_desc-confounds_timeseries.tsv`` (motion,
+    aCompCor, ...; leading NaN of derivative columns read as 0) added to the design;
+    ``slice_time_ref`` is the fraction of the TR the volumes are timed at (0.5 after fMRIPrep's
+    slice-timing correction). ``scaling`` psc: each voxel's series in percent of its mean over the
+    run (nilearn's signal scaling), so betas compare across runs and sessions whatever the
+    scanner's intensity scale; none: scanner units."""
     import nibabel as nib
     from nilearn.glm.first_level import FirstLevelModel
     from nilearn.maskers import NiftiMasker
@@ -258,7 +328,8 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
     # sidecars, from ROOT
     subject_dir = next((p for p in (root, *root.parents) if p.name.startswith("sub-")), None)
     top = subject_dir.parent if subject_dir is not None else root
-    runs = find_runs(root, task, top)[: max_runs or None]
+    raw_root = _raw_root(root)
+    runs = find_runs(root, task, top, space)[: max_runs or None]
     subjects = sorted({e for bold, _ in runs for e in _entities(bold.name) if e.startswith("sub-")})
     if len(subjects) > 1:  # pooled, their trials would train one NeuroVAE as if they were one brain
         names = ", ".join(subjects[:5]) + (", ..." if len(subjects) > 5 else "")
@@ -266,8 +337,11 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
                          f"another): pass bids:{root / subjects[0]} (its stimuli.npy, test_stimuli.npy and mask.nii.gz "
                          f"are read there, else in {root})")
 
-    def shared(name: str) -> Path:
-        return root / name if (root / name).is_file() or not (top / name).is_file() else top / name
+    def shared(name: str) -> Path:  # the subject's folder's own, else the dataset's, else the raw dataset's
+        for folder in (root, top, raw_root):
+            if folder is not None and (folder / name).is_file():
+                return folder / name
+        return root / name
 
     mask_path = Path(mask) if mask is not None else shared("mask.nii.gz")
     if not mask_path.is_file():
@@ -301,7 +375,9 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
                              f"volumes x TR {t_r_run:g} s = {end:g} s), first in data row {late[0] + 1} "
                              f"(onset {ev['onset'].iloc[late[0]]:g} s); is the TR or the events file wrong?")
         flm = FirstLevelModel(t_r=t_r_run, hrf_model=hrf_model, drift_model="polynomial", drift_order=drift_order,
-                              noise_model=noise_model, mask_img=masker, signal_scaling=False, minimize_memory=True)
+                              noise_model=noise_model, mask_img=masker, signal_scaling=0 if scaling == "psc" else False,
+                              slice_time_ref=slice_time_ref, minimize_memory=True)
+        conf = _confounds(bold, confounds, img.shape[3]) if confounds else None
         nuisance = np.array(["nuisance_" + k for k in ev["trial_type"]], dtype=object)  # one regressor per other kind
         base = ev[["onset", "duration"]].copy()
 
@@ -312,12 +388,13 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
 
         if method == "lsa":
             labels = np.array([f"trial{i:04d}" for i in range(len(trials))], dtype=object)
-            flm.fit(img, events=design(labels))
+            flm.fit(img, events=design(labels), confounds=conf)
             run_betas = [np.ravel(masker.transform(flm.compute_contrast(lab, output_type="effect_size"))) for lab in labels]
         else:
             run_betas = []
             for i in range(len(trials)):
-                flm.fit(img, events=design(np.where(np.arange(len(trials)) == i, "target", "other").astype(object)))
+                flm.fit(img, events=design(np.where(np.arange(len(trials)) == i, "target", "other").astype(object)),
+                        confounds=conf)
                 run_betas.append(np.ravel(masker.transform(flm.compute_contrast("target", output_type="effect_size"))))
         betas.append(np.stack(run_betas))
         stim_ids.append(ids[trials])

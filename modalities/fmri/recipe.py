@@ -86,6 +86,17 @@ class FMRIConfig(Config):
     glm_task: str = ""
     """Only the runs of this BIDS task (the label after task-; '' = every task with an events TSV; runs without
     one, such as resting state, are skipped with a warning)."""
+    glm_space: str = ""
+    """Preprocessed bids data (bids:DS/derivatives/fmriprep/sub-XX): the space of the runs to model (the label
+    after space-, e.g. MNI152NLin2009cAsym); '' = the runs have a single space."""
+    glm_confounds: tuple[str, ...] = ()
+    """Columns of each run's fMRIPrep *_desc-confounds_timeseries.tsv added to the GLM (e.g. trans_x trans_y trans_z
+    rot_x rot_y rot_z)."""
+    glm_slice_time_ref: float = 0.0
+    """Fraction of the TR at which each volume is timed (0.5 for fMRIPrep's slice-timing-corrected runs)."""
+    glm_scaling: Literal["psc", "none"] = "psc"
+    """bids data: psc = each voxel's series in percent of its run mean before the GLM (betas comparable across runs
+    and sessions); none = scanner units."""
     mask: str = ""
     """Mask image of bids data ('' = ROOT/mask.nii.gz)."""
     latent: int = 32
@@ -242,6 +253,7 @@ class FMRIConfig(Config):
         for name in ("vae_beta", "vae_align", "xfm_noise", "align_weight", "vae_weight_decay", "glm_tr"):
             self._require(getattr(self, name) >= 0, name, "a number >= 0")
         self._require(self.glm_drift_order >= 0, "glm_drift_order", "an integer >= 0")
+        self._require(0.0 <= self.glm_slice_time_ref <= 1.0, "glm_slice_time_ref", "a fraction of the TR in [0, 1]")
         self._require(0 <= self.vae_val_fraction < 1, "vae_val_fraction", "a fraction in [0, 1)")
         self._require(self.vae_val_every >= 1, "vae_val_every", "an integer >= 1")
         self._require(0 <= self.vae_ema < 1, "vae_ema", "a decay in [0, 1)")
@@ -292,7 +304,9 @@ def load_trials(cfg: FMRIConfig) -> TrialData:
         raise ConfigError(f"FMRIConfig.data: {cfg.data!r} names no path (expected {kind}:/path)")
     if kind == "bids":
         return load_bids(path, cfg.glm, cfg.mask or None, t_r=cfg.glm_tr or None, hrf_model=cfg.glm_hrf,
-                         drift_order=cfg.glm_drift_order, noise_model=cfg.glm_noise_model, task=cfg.glm_task or None)
+                         drift_order=cfg.glm_drift_order, noise_model=cfg.glm_noise_model, task=cfg.glm_task or None,
+                         space=cfg.glm_space or None, confounds=cfg.glm_confounds, slice_time_ref=cfg.glm_slice_time_ref,
+                         scaling=cfg.glm_scaling)
     return load_betas(path)
 
 

@@ -201,7 +201,8 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     defaults (ROOT/mask.nii.gz; the runs' sidecars), not from the base run's subject."""
     ckpt_dir, out = Path(ckpt_dir), Path(out_dir)
     base = load_recipe(ckpt_dir, NAME, FMRIConfig, inert=inert_fields)
-    allowed = {"sim", "glm", "glm_noise_model", "glm_hrf", "glm_drift_order", "glm_tr", "glm_task", "mask", "vae_hidden", "vae_steps", "vae_lr", "vae_beta", "vae_dropout",
+    allowed = {"sim", "glm", "glm_noise_model", "glm_hrf", "glm_drift_order", "glm_tr", "glm_task", "glm_space", "glm_confounds",
+               "glm_slice_time_ref", "glm_scaling", "mask", "vae_hidden", "vae_steps", "vae_lr", "vae_beta", "vae_dropout",
                "vae_val_fraction", "vae_val_every", "vae_ema", "vae_refit", "align_weight", "steps", "solver"}
     bad = sorted(set(overrides) - allowed)
     if bad:

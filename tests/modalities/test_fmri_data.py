@@ -198,6 +198,68 @@ def test_bids_layouts_inherited_events_rest_runs_echoes_and_sessions(sim, tmp_pa
     np.testing.assert_array_equal(load_bids(ses, noise_model="ols", task="sim").responses, want)
 
 
+def test_fmriprep_derivatives_spaces_confounds_and_percent_signal_change(sim, tmp_path) -> None:
+    """bids:DS/derivatives/fmriprep/sub-01: the preprocessed runs of one --glm-space, events and shared files from
+    the raw dataset; confounds from the run's *_desc-confounds_timeseries.tsv (a motion-like signal in the BOLD that
+    is modelled leaves the betas as they are, under OLS in scanner units); percent signal change makes betas
+    independent of a run's intensity scale."""
+    import shutil
+
+    import nibabel as nib
+    import pandas as pd
+
+    root = write_bids(sim, tmp_path / "ds", runs=2)
+    raw = load_bids(root, noise_model="ols", scaling="none")
+    func = root / "sub-01" / "func"
+    deriv = root / "derivatives" / "fmriprep" / "sub-01" / "func"
+    deriv.mkdir(parents=True)
+    for bold in sorted(func.glob("*_bold.nii.gz")):
+        stem = bold.name.replace("_bold.nii.gz", "")
+        for space in ("MNI152NLin2009cAsym", "T1w"):
+            shutil.copy(bold, deriv / f"{stem}_space-{space}_desc-preproc_bold.nii.gz")
+    sub = root / "derivatives" / "fmriprep" / "sub-01"
+    with pytest.raises(ValueError, match=r"2 files of one run .*pick one with --glm-space"):
+        load_bids(sub)
+    prep = load_bids(sub, noise_model="ols", scaling="none", space="MNI152NLin2009cAsym")
+    np.testing.assert_array_equal(prep.responses, raw.responses)  # the same series, events from the raw dataset
+    np.testing.assert_array_equal(prep.stim_id, raw.stim_id)
+    for p in deriv.glob("*space-T1w*"):
+        p.unlink()
+    # confounds: a slow motion-like regressor added to every voxel of run 1, modelled, changes no beta
+    bold = sorted(deriv.glob("*run-01*_bold.nii.gz"))[0]
+    img = nib.load(bold)
+    n = img.shape[3]
+    motion = np.sin(np.linspace(0, 3 * np.pi, n)) + np.linspace(0, 1, n) ** 3
+    for b in sorted(deriv.glob("*_bold.nii.gz")):
+        stem = b.name.split("_space-")[0]
+        pd.DataFrame({"trans_x": motion, "framewise_displacement":
+                      np.r_[np.nan, np.abs(np.diff(motion))]}).to_csv(deriv / f"{stem}_desc-confounds_timeseries.tsv",
+                                                                      sep="\t", index=False, na_rep="n/a")
+    modelled = load_bids(sub, noise_model="ols", scaling="none", confounds=("trans_x", "framewise_displacement"))
+    data = np.asarray(img.dataobj, np.float64)
+    nib.save(nib.Nifti1Image((data + 40.0 * motion).astype(np.float32), img.affine, img.header), bold)
+    moved = load_bids(sub, noise_model="ols", scaling="none", confounds=("trans_x", "framewise_displacement"))
+    scale = np.abs(modelled.responses).max()
+    assert np.abs(moved.responses - modelled.responses).max() < 1e-3 * scale
+    leaked = load_bids(sub, noise_model="ols", scaling="none")
+    assert np.abs(leaked.responses - modelled.responses).max() > 0.05 * scale
+    with pytest.raises(ValueError, match=r"desc-confounds_timeseries.tsv: no confound column\(s\) \['rot_q'\]"):
+        load_bids(sub, confounds=("rot_q",))
+    # percent signal change: run 2 at 1.5x the intensity gives the same betas; in scanner units it does not
+    nib.save(img, bold)  # run 1 as it was
+    run2 = sorted(deriv.glob("*run-02*_bold.nii.gz"))[0]
+    psc = load_bids(sub, noise_model="ols")
+    img2 = nib.load(run2)
+    nib.save(nib.Nifti1Image((1.5 * np.asarray(img2.dataobj, np.float64)).astype(np.float32), img2.affine, img2.header),
+             run2)
+    np.testing.assert_allclose(load_bids(sub, noise_model="ols").responses, psc.responses, rtol=1e-3,
+                               atol=1e-4 * np.abs(psc.responses).max())
+    assert not np.allclose(load_bids(sub, noise_model="ols", scaling="none").responses[-5:], raw.responses[-5:])
+    # slice timing: the volumes' time within the TR reaches the design
+    half = load_bids(sub, noise_model="ols", slice_time_ref=0.5)
+    assert half.responses.shape == psc.responses.shape and not np.allclose(half.responses, psc.responses)
+
+
 def test_the_mask_world_space_code_reaches_the_written_files(sim, tmp_path) -> None:
     """A mask in MNI space (sform code 4) keeps that code in the run's mask and the encoded volumes; betas files
     with a mask but no affine warn that the output has no geometry."""
@@ -228,13 +290,14 @@ def test_the_mask_world_space_code_reaches_the_written_files(sim, tmp_path) -> N
 def test_bids_other_events_are_nuisance_regressors(sim, tmp_path) -> None:
     """Events with stim_id n/a (responses) enter the GLM as their own regressor: a response-locked signal
     added to every voxel lies in the design's span, so with OLS the trials' betas are those without it
-    (to float error), while leaving the rows out lets it leak into them."""
+    (to float error), while leaving the rows out lets it leak into them. In scanner units: percent signal change
+    would divide by the run mean, which the added signal moves."""
     import nibabel as nib
     import pandas as pd
     from nilearn.glm.first_level import make_first_level_design_matrix
 
     root = write_bids(sim, tmp_path / "clean", runs=1)
-    want = load_bids(root, noise_model="ols")
+    want = load_bids(root, noise_model="ols", scaling="none")
     events_path = next(root.rglob("*_events.tsv"))
     ev = pd.read_csv(events_path, sep="\t")
     bold = next(root.rglob("*_bold.nii.gz"))
@@ -244,7 +307,7 @@ def test_bids_other_events_are_nuisance_regressors(sim, tmp_path) -> None:
                               "stim_id": "n/a"})
     mixed = pd.concat([ev, responses]).sort_values("onset", kind="stable")
     mixed.to_csv(events_path, sep="\t", index=False, na_rep="n/a")
-    modelled = load_bids(root, noise_model="ols")  # the clean BOLD, the responses modelled
+    modelled = load_bids(root, noise_model="ols", scaling="none")  # the clean BOLD, the responses modelled
     np.testing.assert_array_equal(modelled.stim_id, want.stim_id)  # the response rows are no trials
     frame_times = np.arange(n_scans) * sim.cfg.tr
     x = make_first_level_design_matrix(frame_times, responses[["onset", "duration", "trial_type"]], hrf_model="spm",
@@ -252,13 +315,13 @@ def test_bids_other_events_are_nuisance_regressors(sim, tmp_path) -> None:
     data = np.asarray(img.dataobj, np.float64)
     scale = 3.0 * np.abs(data[sim.mask]).std()
     nib.save(nib.Nifti1Image((data + scale * x).astype(np.float32), img.affine, img.header), bold)
-    got = load_bids(root, noise_model="ols")
+    got = load_bids(root, noise_model="ols", scaling="none")
     err = np.abs(got.responses - modelled.responses).max()
     assert err < 1e-4 * np.abs(modelled.responses).max()  # float32 BOLD: the signal is removed to rounding
     events_path.write_text(ev.to_csv(sep="\t", index=False))  # the responses left out of the model
-    leaked = load_bids(root, noise_model="ols")
+    leaked = load_bids(root, noise_model="ols", scaling="none")
     assert np.abs(leaked.responses - want.responses).max() > max(0.05 * np.abs(want.responses).max(), 1000 * err)
-    lss = load_bids(root, "lss", noise_model="ols", max_runs=1)  # LSS reads the same table
+    lss = load_bids(root, "lss", noise_model="ols", max_runs=1, scaling="none")  # LSS reads the same table
     assert lss.responses.shape == want.responses.shape
     minus = mixed.assign(stim_id=[-1] + list(mixed["stim_id"].iloc[1:]))  # -1 is no "n/a": an id out of range
     minus.to_csv(events_path, sep="\t", index=False, na_rep="n/a")
