@@ -43,7 +43,7 @@ import numpy as np
 
 from modaflow.core.io import read_npy
 
-from .data import TrialData, check_trials, images01, stimulus_indices
+from .data import TrialData, check_trials, images01, read_image_file, stimulus_indices
 from .simulate import Simulation
 
 __all__ = ["GLMMethod", "write_bids", "find_runs", "load_bids", "read_events"]
@@ -183,16 +183,23 @@ def _inherited(bold: Path, root: Path, suffix: str) -> Path | None:
 
 def read_events(path: Path):
     """The events table of ``path`` with ``onset``, ``duration`` (finite, >= 0), ``stimulus``
-    (False where the TSV's stim_id is n/a or empty: another kind of event, modelled as a nuisance
-    regressor), integer ``stim_id`` (0 where ``stimulus`` is False) and ``trial_type`` (``events``
-    where the TSV has none); errors name the file and the missing or bad column."""
+    (False where the event shows no stimulus: its stim_id, or stim_file, is n/a or empty; another
+    kind of event, modelled as a nuisance regressor), ``trial_type`` (``events`` where the TSV has
+    none), and either integer ``stim_id`` (an index into ``stimuli.npy``; 0 where ``stimulus`` is
+    False) or, for a TSV without stim_id, ``stim_file`` (BIDS: the stimulus file's path under the
+    dataset's ``stimuli/`` folder; stim_id is then assigned by :func:`load_bids`). Errors name the
+    file and the missing or bad column."""
     import pandas as pd
 
     try:
         ev = pd.read_csv(path, sep="\t")  # "n/a", BIDS' missing value, and empty cells read as NaN
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
         raise ValueError(f"{path}: not a readable events TSV ({e})") from None
-    for col in ("onset", "duration", "stim_id"):
+    by_file = "stim_id" not in ev.columns and "stim_file" in ev.columns
+    if "stim_id" not in ev.columns and not by_file and {"onset", "duration"} <= set(ev.columns):
+        raise ValueError(f"{path}: events need the column 'stim_id' (an index into stimuli.npy) or 'stim_file' (BIDS: "
+                         f"a file under the dataset's stimuli/ folder); found columns {list(ev.columns)}")
+    for col in ("onset", "duration") if by_file else ("onset", "duration", "stim_id"):
         if col not in ev.columns:
             raise ValueError(f"{path}: events need the column '{col}'; found columns {list(ev.columns)}")
         values = pd.to_numeric(ev[col], errors="coerce")
@@ -204,15 +211,21 @@ def read_events(path: Path):
         ev[col] = values
     if (ev["duration"] < 0).any():
         raise ValueError(f"{path}: durations must be >= 0")
-    stimulus = ev["stim_id"].notna()
+    key = "stim_file" if by_file else "stim_id"
+    stimulus = ev[key].notna()
     if not stimulus.any():
-        raise ValueError(f"{path}: no stimulus events (every stim_id is n/a)" if len(ev) else f"{path}: no events")
-    frac = np.flatnonzero(stimulus.to_numpy() & (ev["stim_id"].fillna(0).to_numpy(float) % 1 != 0))
-    if frac.size:
-        raise ValueError(f"{path}: column 'stim_id' must hold whole stimulus indices; data row {frac[0] + 1} holds "
-                         f"{ev['stim_id'].iloc[frac[0]]:g}")
+        raise ValueError(f"{path}: no stimulus events (every {key} is n/a)" if len(ev) else f"{path}: no events")
+    if by_file:
+        ev["stim_file"] = ev["stim_file"].where(stimulus, "").astype(str)
+        ev["stim_id"] = 0
+        ev.attrs["by_file"] = True
+    else:
+        frac = np.flatnonzero(stimulus.to_numpy() & (ev["stim_id"].fillna(0).to_numpy(float) % 1 != 0))
+        if frac.size:
+            raise ValueError(f"{path}: column 'stim_id' must hold whole stimulus indices; data row {frac[0] + 1} holds "
+                             f"{ev['stim_id'].iloc[frac[0]]:g}")
+        ev["stim_id"] = ev["stim_id"].fillna(0).astype(np.int64)
     ev["stimulus"] = stimulus
-    ev["stim_id"] = ev["stim_id"].fillna(0).astype(np.int64)
     kinds = ev["trial_type"].astype(object) if "trial_type" in ev.columns else pd.Series("events", index=ev.index)
     ev["trial_type"] = kinds.where(kinds.notna(), "events").astype(str)
     return ev
@@ -254,6 +267,41 @@ def _tr(bold: Path, root: Path, t_r: float | None, header_img) -> float:
         return step * scale
     raise ValueError(f"{bold}: no RepetitionTime in a *_bold.json sidecar of the run or above it (BIDS inheritance up to "
                      f"{root}), and the NIfTI header's time step ({step:g}, unit {unit!r}) is not usable; pass --glm-tr")
+
+
+def _stimuli(events: list, paths: list[Path], shared, stim_root: Path, size: int):
+    """``(images (S, H, W), each run's stimulus ids, test ids or None, where the images came from)``
+    for the runs' ``events`` (:func:`read_events`; ``paths`` their files): by ``stim_id`` into
+    ``shared("stimuli.npy")``, or by ``stim_file`` into ``stim_root/stimuli/`` (see :func:`load_bids`)."""
+    by_file = [bool(ev.attrs.get("by_file")) for ev in events]
+    if any(by_file) and not all(by_file):
+        raise ValueError(f"{paths[by_file.index(True)]} names its stimuli by stim_file but {paths[by_file.index(False)]} "
+                         f"by stim_id; use one of the two in every run")
+    if not any(by_file):
+        stim_path = shared("stimuli.npy")
+        images = images01(read_npy(stim_path, "stimulus images (S, H, W)"), str(stim_path))
+        test_path = shared("test_stimuli.npy")
+        test = stimulus_indices(read_npy(test_path, "test stimulus ids"), str(test_path)) if test_path.is_file() else None
+        return images, [ev["stim_id"].to_numpy() for ev in events], test, stim_path
+    folder = stim_root / "stimuli"
+    names = sorted({name for ev in events for name in ev.loc[ev["stimulus"], "stim_file"]})
+    images = np.stack([read_image_file(folder / name, size) for name in names])
+    index = {name: i for i, name in enumerate(names)}
+    ids = [np.array([index.get(name, 0) for name in ev["stim_file"]], np.int64) for ev in events]
+    if shared("test_stimuli.npy").is_file():
+        raise ValueError(f"{shared('test_stimuli.npy')}: holds stimulus indices, but the events name their stimuli by "
+                         f"stim_file; list the test files in test_stimuli.txt (one per line) instead")
+    test_path, test = shared("test_stimuli.txt"), None
+    if test_path.is_file():
+        listed = [line.strip() for line in test_path.read_text().splitlines() if line.strip()]
+        unknown = [name for name in listed if name not in index]
+        if len(unknown) == len(listed):
+            raise ValueError(f"{test_path}: none of its {len(listed)} file(s) is shown in the events, e.g. {listed[0]!r}")
+        if unknown:
+            warnings.warn(f"{test_path}: {len(unknown)} listed file(s) never shown in these runs, e.g. {unknown[0]!r}; "
+                          f"left out", UserWarning, stacklevel=3)
+        test = np.array(sorted(index[name] for name in listed if name in index), np.int64)
+    return images, ids, test, folder
 
 
 CONFOUND_SUFFIXES = ("_desc-confounds_timeseries.tsv", "_desc-confounds_regressors.tsv")
@@ -301,7 +349,7 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
               t_r: float | None = None, hrf_model: str = "spm", drift_order: int = 2,
               noise_model: str = "ar1", max_runs: int | None = None, task: str | None = None,
               space: str | None = None, confounds: tuple[str, ...] = (), slice_time_ref: float = 0.0,
-              scaling: Literal["psc", "none"] = "psc") -> TrialData:
+              scaling: Literal["psc", "none"] = "psc", stimulus_size: int = 32) -> TrialData:
     """Single-trial responses ``(N, V)`` of every run under ``root`` (``max_runs``: the
     first ones only) estimated with nilearn's ``FirstLevelModel`` (``method`` lsa or lss,
     polynomial drift of ``drift_order``, ``noise_model`` ar1 or ols), masked by ``mask``
@@ -316,7 +364,12 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
     ``slice_time_ref`` is the fraction of the TR the volumes are timed at (0.5 after fMRIPrep's
     slice-timing correction). ``scaling`` psc: each voxel's series in percent of its mean over the
     run (nilearn's signal scaling), so betas compare across runs and sessions whatever the
-    scanner's intensity scale; none: scanner units."""
+    scanner's intensity scale; none: scanner units.
+
+    Stimuli: ``stimuli.npy`` indexed by the events' ``stim_id`` (test ids in ``test_stimuli.npy``),
+    or, for events with a BIDS ``stim_file`` column instead, the image files under the dataset's
+    ``stimuli/`` folder, resized to ``stimulus_size`` pixels square, ids in sorted file-name order
+    (test files listed in ``test_stimuli.txt``, one per line)."""
     import nibabel as nib
     from nilearn.glm.first_level import FirstLevelModel
     from nilearn.maskers import NiftiMasker
@@ -350,22 +403,21 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
     if mask_img.ndim != 3:
         raise ValueError(f"{mask_path}: the mask must be a 3-D image; got shape {mask_img.shape}")
     mask_arr = np.asarray(mask_img.dataobj) > 0
-    stim_path = shared("stimuli.npy")
-    images = images01(read_npy(stim_path, "stimulus images (S, H, W)"), str(stim_path))
+    events = [read_events(path) for _, path in runs]
+    images, run_ids, test, stim_source = _stimuli(events, [p for _, p in runs], shared, raw_root or top, stimulus_size)
     masker = NiftiMasker(mask_img=mask_img, standardize=None).fit()
     betas, stim_ids = [], []
-    for bold, events_path in runs:
+    for (bold, events_path), ev, ids in zip(runs, events, run_ids):
         img = nib.load(bold)
         _check_geometry(img, mask_img, bold, mask_path)
         data = np.asarray(img.dataobj)[mask_arr]  # (V, T); checked before nilearn, which turns NaN into 0
         if not np.isfinite(data).all():
             bad = np.flatnonzero(~np.isfinite(data).all(1))
             raise ValueError(f"{bold}: {len(bad)} in-mask voxels hold NaN/Inf (first: {bad[:5].tolist()})")
-        ev = read_events(events_path)
-        ids, trials = ev["stim_id"].to_numpy(), np.flatnonzero(ev["stimulus"].to_numpy())  # the stimulus events
+        trials = np.flatnonzero(ev["stimulus"].to_numpy())  # the stimulus events
         outside = trials[(ids[trials] < 0) | (ids[trials] >= len(images))]
         if outside.size:
-            raise ValueError(f"{events_path}: stim_id must index the {len(images)} images of {stim_path}; data row "
+            raise ValueError(f"{events_path}: stim_id must index the {len(images)} images of {stim_source}; data row "
                              f"{outside[0] + 1} holds {ev['stim_id'].iloc[outside[0]]}")
         t_r_run = _tr(bold, top, t_r, img)
         end = img.shape[3] * t_r_run
@@ -398,8 +450,6 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
                 run_betas.append(np.ravel(masker.transform(flm.compute_contrast("target", output_type="effect_size"))))
         betas.append(np.stack(run_betas))
         stim_ids.append(ids[trials])
-    test_path = shared("test_stimuli.npy")
-    test = stimulus_indices(read_npy(test_path, "test stimulus ids"), str(test_path)) if test_path.is_file() else None
     td = TrialData(np.concatenate(betas).astype(np.float32), np.concatenate(stim_ids).astype(np.int64), images,
                    str(root), test, mask_arr, np.asarray(mask_img.affine, np.float64),
                    int(mask_img.header["sform_code"]) or int(mask_img.header["qform_code"]))

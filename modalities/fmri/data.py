@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from modaflow.core.io import read_npy
 
-__all__ = ["TrialData", "Prepared", "save_mask", "check_trials", "images01", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
+__all__ = ["TrialData", "Prepared", "save_mask", "read_image_file", "IMAGE_SUFFIXES", "check_trials", "images01", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,32 @@ def check_trials(td: TrialData) -> TrialData:
     if td.affine is not None and (np.shape(td.affine) != (4, 4) or not np.isfinite(td.affine).all()):
         raise ValueError(f"{src}: affine must be a finite 4 x 4 voxel-to-world matrix; got shape {np.shape(td.affine)}")
     return td
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+"""Image files read as stimuli (:func:`read_image_file`)."""
+
+
+def read_image_file(path: str | Path, size: int) -> np.ndarray:
+    """One image file (PNG, JPEG, TIFF, BMP; grey, grey + alpha, RGB(A); 8 or 16 bits) as ``(size,
+    size)`` float32 luminance in [0, 1], resized with anti-aliasing (a non-square image is
+    stretched: crop it square first to keep its aspect)."""
+    from skimage.io import imread
+    from skimage.transform import resize
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: stimulus image not found")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: expected an image file ({', '.join(IMAGE_SUFFIXES)})")
+    try:
+        raw = np.asarray(imread(path))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    raw = raw[..., 0] if raw.ndim == 3 and raw.shape[-1] == 2 else raw  # grey + alpha: the grey
+    raw = raw / 65535.0 if raw.dtype == np.uint16 else raw  # 16 bits
+    arr = images01(raw[None], str(path))[0]  # (1, H, W[, C]): RGB(A) -> luminance
+    return resize(arr, (size, size), anti_aliasing=True).astype(np.float32)
 
 
 OVERSHOOT = 1e-3

@@ -97,6 +97,9 @@ class FMRIConfig(Config):
     glm_scaling: Literal["psc", "none"] = "psc"
     """bids data: psc = each voxel's series in percent of its run mean before the GLM (betas comparable across runs
     and sessions); none = scanner units."""
+    stimulus_size: int = 32
+    """bids data whose events name stimuli by stim_file: the images under the dataset's stimuli/ folder are resized
+    to this many pixels square."""
     mask: str = ""
     """Mask image of bids data ('' = ROOT/mask.nii.gz)."""
     latent: int = 32
@@ -254,6 +257,7 @@ class FMRIConfig(Config):
             self._require(getattr(self, name) >= 0, name, "a number >= 0")
         self._require(self.glm_drift_order >= 0, "glm_drift_order", "an integer >= 0")
         self._require(0.0 <= self.glm_slice_time_ref <= 1.0, "glm_slice_time_ref", "a fraction of the TR in [0, 1]")
+        self._require(self.stimulus_size >= 4, "stimulus_size", "an integer >= 4")
         self._require(0 <= self.vae_val_fraction < 1, "vae_val_fraction", "a fraction in [0, 1)")
         self._require(self.vae_val_every >= 1, "vae_val_every", "an integer >= 1")
         self._require(0 <= self.vae_ema < 1, "vae_ema", "a decay in [0, 1)")
@@ -306,7 +310,7 @@ def load_trials(cfg: FMRIConfig) -> TrialData:
         return load_bids(path, cfg.glm, cfg.mask or None, t_r=cfg.glm_tr or None, hrf_model=cfg.glm_hrf,
                          drift_order=cfg.glm_drift_order, noise_model=cfg.glm_noise_model, task=cfg.glm_task or None,
                          space=cfg.glm_space or None, confounds=cfg.glm_confounds, slice_time_ref=cfg.glm_slice_time_ref,
-                         scaling=cfg.glm_scaling)
+                         scaling=cfg.glm_scaling, stimulus_size=cfg.stimulus_size)
     return load_betas(path)
 
 

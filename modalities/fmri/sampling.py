@@ -32,7 +32,7 @@ from modaflow.core.io import atomic_write, read_npy
 from modaflow.core.training import TrainerArgs
 
 from ..runs import load_recipe, save_recipe
-from .data import images01, prepare, save_mask
+from .data import IMAGE_SUFFIXES, images01, prepare, read_image_file, save_mask
 from .models import NeuroVAEConfig
 from .neuroflow import AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
 from .recipe import (NAME, FMRIConfig, fit_neurovae, inert_fields, load_prepared, load_trials, restore,
@@ -55,23 +55,17 @@ class SampleOptions(Config):
 
 def read_images(path: str | Path, size: int) -> np.ndarray:
     """Images ``(N, size, size)`` float32 in [0, 1] from ``.npy`` (``(N, H, W)`` or ``(H, W)``,
-    in [0, 1] or 0..255: :func:`~.data.images01`) or a ``.png`` (any size, resized; grey, grey + alpha, RGB(A), 8 or 16 bits)."""
+    in [0, 1] or 0..255: :func:`~.data.images01`) or one image file (:func:`~.data.read_image_file`: any size,
+    resized; grey, grey + alpha, RGB(A), 8 or 16 bits)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input images not found")
     if path.suffix.lower() == ".npy":
         arr = images01(read_npy(path, "images (N, H, W)"), str(path))
-    elif path.suffix.lower() == ".png":
-        from skimage.io import imread
-        from skimage.transform import resize
-
-        raw = np.asarray(imread(path))
-        raw = raw[..., 0] if raw.ndim == 3 and raw.shape[-1] == 2 else raw  # grey + alpha: the grey
-        raw = raw / 65535.0 if raw.dtype == np.uint16 else raw  # a 16-bit PNG
-        arr = images01(raw[None], str(path))[0]  # (1, H, W[, C]): RGB(A) -> luminance
-        arr = resize(arr, (size, size), anti_aliasing=True)[None].astype(np.float32)
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        arr = read_image_file(path, size)[None]
     else:
-        raise ValueError(f"{path}: expected .npy images (N, H, W) or a .png")
+        raise ValueError(f"{path}: expected .npy images (N, H, W) or an image file ({', '.join(IMAGE_SUFFIXES)})")
     arr = arr[None] if arr.ndim == 2 else arr
     if arr.ndim != 3 or arr.shape[1:] != (size, size):
         raise ValueError(f"{path}: expected images of shape (N, {size}, {size}); got {arr.shape}")
@@ -213,8 +207,9 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
         merged.update(mask=FMRIConfig.mask, glm_tr=FMRIConfig.glm_tr)
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
-    cfg = with_absolute_paths(FMRIConfig.from_dict({**merged, "data": data}))
     _, model = restore(ckpt_dir)
+    merged["stimulus_size"] = model.ae.cfg.image_size  # stim_file images are read at the shared visual AE's size
+    cfg = with_absolute_paths(FMRIConfig.from_dict({**merged, "data": data}))
     td = load_trials(cfg)
     check_stimulus_size(td.images, model.ae, data, ckpt_dir)
     prep = prepare(td, seed=cfg.fm.seed)

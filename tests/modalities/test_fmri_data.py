@@ -260,6 +260,41 @@ def test_fmriprep_derivatives_spaces_confounds_and_percent_signal_change(sim, tm
     assert half.responses.shape == psc.responses.shape and not np.allclose(half.responses, psc.responses)
 
 
+def test_bids_stimuli_named_by_stim_file(sim, tmp_path) -> None:
+    """Events naming each stimulus by its file under DS/stimuli/ (the BIDS stim_file column) instead of an index:
+    the same trials and betas as the stimuli.npy layout, ids in file-name order, the test set from test_stimuli.txt,
+    the images read from the files."""
+    import pandas as pd
+    from PIL import Image
+
+    root = write_bids(sim, tmp_path / "ds", runs=2)
+    want = load_bids(root, noise_model="ols")
+    (root / "stimuli").mkdir()
+    for i, im in enumerate(sim.images):
+        Image.fromarray((im * 255).round().astype(np.uint8), mode="L").save(root / "stimuli" / f"img_{i:04d}.png")
+    for events in sorted(root.rglob("*_events.tsv")):
+        ev = pd.read_csv(events, sep="\t")
+        ev.assign(stim_file=[f"img_{i:04d}.png" for i in ev["stim_id"]]).drop(columns="stim_id").to_csv(
+            events, sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"test_stimuli.npy: holds stimulus indices, .*test_stimuli.txt"):
+        load_bids(root, noise_model="ols", stimulus_size=sim.images.shape[-1])
+    (root / "test_stimuli.npy").unlink()
+    (root / "stimuli.npy").unlink()
+    shown = sorted({int(i) for i in want.stim_id})
+    index = {s: k for k, s in enumerate(shown)}  # only the shown files get ids, in file-name order
+    (root / "test_stimuli.txt").write_text("".join(f"img_{i:04d}.png\n" for i in want.test_stimuli))
+    with pytest.warns(UserWarning, match=r"test_stimuli.txt: \d+ listed file\(s\) never shown in these runs"):
+        got = load_bids(root, noise_model="ols", stimulus_size=sim.images.shape[-1])
+    np.testing.assert_array_equal(got.responses, want.responses)
+    np.testing.assert_array_equal(got.stim_id, [index[int(i)] for i in want.stim_id])
+    np.testing.assert_array_equal(got.test_stimuli, sorted(index[int(i)] for i in want.test_stimuli if int(i) in index))
+    np.testing.assert_allclose(got.images, sim.images[shown], atol=0.5 / 255 + 1e-6)  # 8-bit PNGs
+    assert load_bids(root, noise_model="ols", stimulus_size=8, max_runs=1).images.shape[1:] == (8, 8)
+    (root / "test_stimuli.txt").write_text("img_9999.png\n")
+    with pytest.raises(ValueError, match=r"test_stimuli.txt: none of its 1 file\(s\) is shown in the events"):
+        load_bids(root, noise_model="ols")
+
+
 def test_the_mask_world_space_code_reaches_the_written_files(sim, tmp_path) -> None:
     """A mask in MNI space (sform code 4) keeps that code in the run's mask and the encoded volumes; betas files
     with a mask but no affine warn that the output has no geometry."""
