@@ -50,6 +50,15 @@ def load_generator(ckpt_dir: str | Path, solver: str | None, steps: int | None =
     return cfg, model, core_kind(cfg.target), path, solver
 
 
+FLOW_MAP_STEPS = 4
+"""Default steps of a distilled flow map (the teacher recipe's ``steps`` is its DDIM count)."""
+
+
+def _steps(steps: int | None, cfg: MRIConfig, solver: str) -> int:
+    """The steps asked for, else the flow map's default or the recipe's."""
+    return steps or (FLOW_MAP_STEPS if solver == "flowmap" else cfg.steps)
+
+
 def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, out_path: str | Path, seed: int,
            options: SampleOptions | None = None) -> Path:
     """Write ``n`` generated volumes as NIfTI into the folder ``out_path`` (or one volume to a
@@ -59,7 +68,7 @@ def sample(ckpt_dir: str | Path, n: int, steps: int | None, solver: str | None, 
         raise ValueError(f"{out_path}: a single NIfTI file holds one volume; got --n {n} (pass a folder)")
     cfg, model, kind, path, solver = load_generator(ckpt_dir, solver, steps)
     model, autocast, channels_last = on_device(model, options or SampleOptions())
-    x = generate(model, kind, path, draw_noise(n, cfg.source.shape, seed), steps or cfg.steps, solver,
+    x = generate(model, kind, path, draw_noise(n, cfg.source.shape, seed), _steps(steps, cfg, solver), solver,
                  autocast=autocast, channels_last=channels_last)
     paths = write_volumes(x, cfg.source.affine, out_path)
     return paths[0] if len(paths) == 1 and str(out_path).endswith((".nii", ".nii.gz")) else Path(out_path)
@@ -144,7 +153,7 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
     model, autocast, channels_last = on_device(model, options or SampleOptions())
     ref = real_reference(cfg, FeatureConfig(seed=seed), seed, data)
     start = time.perf_counter()
-    x = generate(model, kind, path, draw_noise(n, cfg.source.shape, seed), steps or cfg.steps, solver,
+    x = generate(model, kind, path, draw_noise(n, cfg.source.shape, seed), _steps(steps, cfg, solver), solver,
                  autocast=autocast, channels_last=channels_last)
     seconds = (time.perf_counter() - start) / n
     metrics = evaluate_volumes(x, ref)

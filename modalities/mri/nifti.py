@@ -15,6 +15,7 @@ link in it (DataLad content not fetched). Hidden files (``._*``) are not images.
 from __future__ import annotations
 
 import gzip
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,8 @@ def find_folder(root: str | Path) -> list[Path]:
 
 def find_bids(root: str | Path) -> list[Path]:
     """T1-weighted images of a BIDS dataset: ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` (sorted; ``~``
-    expanded: a shell leaves ``bids:~/data`` as it is)."""
+    expanded: a shell leaves ``bids:~/data`` as it is). Contrast-enhanced scans (a ``ce-``
+    entity: gadolinium changes the contrast) are left out with a warning."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise NiftiError(f"{root}: not a folder (expected a BIDS dataset root)")
@@ -99,9 +101,14 @@ def find_bids(root: str | Path) -> list[Path]:
         for anat in [sub / "anat", *sorted(s / "anat" for s in sub.glob("ses-*"))]:
             if anat.is_dir():
                 files += [p for p in anat.iterdir() if p.name.split(".nii")[0].endswith("_T1w") and _is_nifti(p)]
+    enhanced = [p for p in files if any(e.startswith("ce-") for e in p.name.split(".nii")[0].split("_"))]
+    if enhanced:
+        warnings.warn(f"{root}: {len(enhanced)} contrast-enhanced T1w image(s) (ce- entity) left out, e.g. "
+                      f"{enhanced[0].name}", UserWarning, stacklevel=2)
+        files = [p for p in files if p not in enhanced]
     if not files:
         raise NiftiError(f"{root}: BIDS dataset with {len(subjects)} subject(s) but no "
-                         f"sub-*/[ses-*/]anat/*_T1w.nii[.gz] image")
+                         f"sub-*/[ses-*/]anat/*_T1w.nii[.gz] image" + (" without contrast enhancement" if enhanced else ""))
     return sorted(files)
 
 

@@ -54,12 +54,21 @@ def _worker(out: Path, nan: bool) -> None:
         result = fit(module, loader, out, args, progress=False)
     except NonFiniteLossError as e:
         (out / f"rank{module.global_rank}.err").write_text(str(e))
+        _close()
         return
     state = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     state.update({f"ema.{k}": v for k, v in module.ema.state_dict().items()})
     state["last_loss"] = module.last_loss.reshape(1)
     state["step"] = torch.tensor([result.step])
     save_file(state, str(out / f"rank{module.global_rank}.safetensors"))
+    _close()
+
+
+def _close() -> None:
+    """Tear the process group down before exit: left to the interpreter's shutdown, gloo's threads can be
+    destroyed still joinable ("terminate called without an active exception", status -6; seen once under load)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _launch(out: Path, mode: str) -> None:

@@ -136,6 +136,9 @@ def test_bids_discovery_and_empty_datasets(tmp_path) -> None:
     found = N.find_bids(root)
     assert [p.name for p in found] == ["sub-01_T1w.nii.gz", "sub-02_ses-1_T1w.nii"]
     assert N.find_source(f"bids:{root}") == found
+    save(root / "sub-01" / "anat" / "sub-01_ce-gadolinium_T1w.nii.gz", phantom())  # contrast-enhanced: left out
+    with pytest.warns(UserWarning, match=r"1 contrast-enhanced T1w image\(s\) \(ce- entity\) left out"):
+        assert N.find_bids(root) == found
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(N.NiftiError, match="empty.*empty BIDS dataset: no sub-\\* folders"):

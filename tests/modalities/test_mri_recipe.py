@@ -59,6 +59,11 @@ def test_train_sample_finetune_distill_through_the_cli(tmp_path) -> None:
     assert main(["sample", "mri", "--ckpt", str(fm), "--n", "1", "--steps", "2", "--solver", "flowmap",
                  "--out", str(one)]) == 0
     assert nib.load(str(one)).shape == (16, 16, 16)
+    from modaflow.modalities.mri.evaluation import FLOW_MAP_STEPS, _steps
+
+    cfg = MRIConfig()  # without --steps a flow map takes its few steps, not the teacher recipe's DDIM count
+    assert _steps(None, cfg, "flowmap") == FLOW_MAP_STEPS == 4 and _steps(None, cfg, "ddim") == cfg.steps
+    assert _steps(2, cfg, "flowmap") == 2
 
 
 def test_evaluate_returns_every_metric(tmp_path) -> None:
