@@ -93,60 +93,50 @@ def _outside_raw(path: Path, root: Path) -> bool:
     return any(p in ("derivatives", "sourcedata") or p.startswith(".") for p in parts)
 
 
-_ONE_RUN_SPLIT = ("echo", "part", "space", "desc")
-"""Entities that split one run into several files (echoes, magnitude/phase, a preprocessed run in several
-spaces or versions): not runs of their own."""
+_ONE_RUN_SPLIT = ("echo", "part", "rec", "space", "res", "den", "desc")
+"""Entities that split one run into several files (echoes, magnitude/phase, reconstructions, a preprocessed run
+in several spaces, resolutions or versions): not runs of their own."""
 
 
 def _raw_root(root: Path) -> Path | None:
-    """The raw dataset of a derivatives folder (``DS/derivatives/<pipeline>[/sub-XX...]`` -> ``DS``), else None."""
-    for p in (root, *root.parents):
-        if p.parent.name == "derivatives":
-            return p.parent.parent
-    return None
+    """The raw dataset of a derivatives folder (``DS/derivatives/<pipeline>[/<pipeline>][/sub-XX...]`` -> ``DS``),
+    else None."""
+    return next((p.parent for p in (root, *root.parents) if p.name == "derivatives"), None)
 
 
 def _raw_counterpart(bold: Path) -> Path | None:
-    """Where a derivative run's raw files live: ``DS/derivatives/<pipeline>/sub-XX/func/name`` ->
-    ``DS/sub-XX/func/name``; None outside a derivatives tree."""
-    for p in bold.parents:
-        if p.parent.name == "derivatives":
-            return p.parent.parent / bold.relative_to(p)
-    return None
+    """Where a derivative run's raw files live: ``DS/derivatives/<pipeline>[/...]/sub-XX/[ses-YY/]func/name`` ->
+    ``DS/sub-XX/[ses-YY/]func/name``; None outside a derivatives tree."""
+    raw = _raw_root(bold.parent)
+    subject = next((p for p in bold.parents if p.name.startswith("sub-")), None)
+    return raw / bold.relative_to(subject.parent) if raw is not None and subject is not None else None
 
 
 def find_runs(root: str | Path, task: str | None = None, top: str | Path | None = None,
-              space: str | None = None) -> list[tuple[Path, Path]]:
+              space: str | None = None, desc: str | None = None) -> list[tuple[Path, Path]]:
     """``(bold, events)`` pairs of the runs under ``root``, sorted: the raw runs of a dataset
     (``derivatives/`` and ``sourcedata/`` are skipped, as BIDS keeps processed copies there), or,
     when ``root`` lies in ``DS/derivatives/<pipeline>`` (fMRIPrep's output), the preprocessed runs
-    there; ``task``: only runs of that task; ``space``: only runs in that space (``space-<label>``).
+    there; ``task``: only runs of that task; ``space``, ``desc``: only runs with that ``space-<label>``,
+    ``desc-<label>``.
     A run's events TSV is found by BIDS inheritance (:func:`_inherited`): the most specific
     ``*_events.tsv`` whose entities are a subset of the run's, from its folder up to ``top`` (the
     dataset's root when ``root`` is a subject's folder; default ``root``), and for a derivative run
     then from its raw counterpart's folder up to ``DS``. Runs without one (resting state) are
-    skipped with a warning; none left is an error. Several files of one run (``echo-``, ``part-``,
-    ``space-``, ``desc-`` entities) are refused: the loader models one series per run."""
+    skipped with a warning; none left is an error. Several files of one run (differing only by the
+    entities of :data:`_ONE_RUN_SPLIT`) are refused: the loader models one series per run."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder (expected a BIDS-style dataset with *_bold.nii.gz runs)")
     bolds = sorted(p for p in root.rglob("*_bold.nii*") if _RUN.search(p.name) and not _outside_raw(p, root))
     if task is not None:
         bolds = [b for b in bolds if f"task-{task}" in _entities(b.name)]
-    if space is not None:
-        bolds = [b for b in bolds if f"space-{space}" in _entities(b.name)]
+    for key, label in (("space", space), ("desc", desc)):
+        if label is not None:
+            bolds = [b for b in bolds if f"{key}-{label}" in _entities(b.name)]
     if not bolds:
         raise FileNotFoundError(f"{root}: no *_bold.nii or *_bold.nii.gz runs found" + (f" of task {task!r}" if task else "")
-                                + (f" in space {space!r}" if space else ""))
-    by_run: dict[tuple, list[Path]] = {}
-    for bold in bolds:
-        key = (bold.parent, tuple(sorted(e for e in _entities(bold.name) if e.split("-", 1)[0] not in _ONE_RUN_SPLIT)))
-        by_run.setdefault(key, []).append(bold)
-    split = next((files for files in by_run.values() if len(files) > 1), None)
-    if split is not None:
-        raise ValueError(f"{split[0].parent}: {len(split)} files of one run ({', '.join(p.name for p in split[:3])}); "
-                         f"the GLM models one series per run: keep one (e.g. the echoes combined into one *_bold file, "
-                         f"or the magnitude part only; of preprocessed runs in several spaces, pick one with --glm-space)")
+                                + (f" in space {space!r}" if space else "") + (f" with desc {desc!r}" if desc else ""))
     pairs, rest = [], []
     for bold in bolds:
         events = _inherited(bold, Path(top) if top is not None else root, "_events.tsv")
@@ -160,6 +150,16 @@ def find_runs(root: str | Path, task: str | None = None, top: str | Path | None 
     if rest:
         warnings.warn(f"{root}: {len(rest)} run(s) without an events TSV skipped (resting state?), e.g. {rest[0].name}; "
                       f"--glm-task picks one task", UserWarning, stacklevel=2)
+    by_run: dict[tuple, list[Path]] = {}  # among the runs with events: a multi-echo rest run does not block the task
+    for bold, _ in pairs:
+        key = (bold.parent, tuple(sorted(e for e in _entities(bold.name) if e.split("-", 1)[0] not in _ONE_RUN_SPLIT)))
+        by_run.setdefault(key, []).append(bold)
+    split = next((files for files in by_run.values() if len(files) > 1), None)
+    if split is not None:
+        raise ValueError(f"{split[0].parent}: {len(split)} files of one run ({', '.join(p.name for p in split[:3])}); "
+                         f"the GLM models one series per run: keep one (the echoes combined into one *_bold file, the "
+                         f"magnitude part only, one reconstruction; of preprocessed runs, pick one with --glm-space and "
+                         f"--glm-desc; or one task with --glm-task)")
     if not pairs:
         raise FileNotFoundError(f"{root}: no run has an events TSV (*_events.tsv beside it or inherited from a folder "
                                 f"above, with a subset of its entities), e.g. {bolds[0]}")
@@ -283,17 +283,33 @@ def _stimuli(events: list, paths: list[Path], shared, stim_root: Path, size: int
         test_path = shared("test_stimuli.npy")
         test = stimulus_indices(read_npy(test_path, "test stimulus ids"), str(test_path)) if test_path.is_file() else None
         return images, [ev["stim_id"].to_numpy() for ev in events], test, stim_path
-    folder = stim_root / "stimuli"
-    names = sorted({name for ev in events for name in ev.loc[ev["stimulus"], "stim_file"]})
+    folder = (stim_root / "stimuli").resolve()
+
+    def key(name: str, where: str) -> str:  # one spelling per file: ./a.png, a.png and DS/stimuli/a.png are one stimulus
+        path = (folder / name).resolve()
+        if not path.is_relative_to(folder):
+            raise ValueError(f"{where}: stim_file {name!r} lies outside the dataset's stimuli folder {folder} (BIDS: "
+                             f"stim_file is a path relative to it)")
+        return path.relative_to(folder).as_posix()
+
+    keys = [np.array([key(name, str(path)) if shown else "" for name, shown in zip(ev["stim_file"], ev["stimulus"])],
+                     dtype=object) for ev, path in zip(events, paths)]
+    names = sorted({k for ks, ev in zip(keys, events) for k in ks[ev["stimulus"].to_numpy()]})
+    for name in names:
+        if not (folder / name).is_file():
+            path, ev, ks = next((p, e, k) for p, e, k in zip(paths, events, keys) if name in set(k))
+            row = int(np.flatnonzero(ks == name)[0]) + 1
+            raise FileNotFoundError(f"{path}: data row {row} names stim_file {ev['stim_file'].iloc[row - 1]!r}, but "
+                                    f"{folder / name} does not exist (stim_file is relative to {folder})")
     images = np.stack([read_image_file(folder / name, size) for name in names])
     index = {name: i for i, name in enumerate(names)}
-    ids = [np.array([index.get(name, 0) for name in ev["stim_file"]], np.int64) for ev in events]
+    ids = [np.array([index.get(k, 0) for k in ks], np.int64) for ks in keys]
     if shared("test_stimuli.npy").is_file():
         raise ValueError(f"{shared('test_stimuli.npy')}: holds stimulus indices, but the events name their stimuli by "
                          f"stim_file; list the test files in test_stimuli.txt (one per line) instead")
     test_path, test = shared("test_stimuli.txt"), None
     if test_path.is_file():
-        listed = [line.strip() for line in test_path.read_text().splitlines() if line.strip()]
+        listed = [key(line.strip(), str(test_path)) for line in test_path.read_text().splitlines() if line.strip()]
         unknown = [name for name in listed if name not in index]
         if len(unknown) == len(listed):
             raise ValueError(f"{test_path}: none of its {len(listed)} file(s) is shown in the events, e.g. {listed[0]!r}")
@@ -348,7 +364,8 @@ def _check_geometry(bold_img, mask_img, bold: Path, mask: Path) -> None:
 def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | None = None,
               t_r: float | None = None, hrf_model: str = "spm", drift_order: int = 2,
               noise_model: str = "ar1", max_runs: int | None = None, task: str | None = None,
-              space: str | None = None, confounds: tuple[str, ...] = (), slice_time_ref: float = 0.0,
+              space: str | None = None, desc: str | None = None, confounds: tuple[str, ...] = (),
+              slice_time_ref: float = 0.0,
               scaling: Literal["psc", "none"] = "psc", stimulus_size: int = 32) -> TrialData:
     """Single-trial responses ``(N, V)`` of every run under ``root`` (``max_runs``: the
     first ones only) estimated with nilearn's ``FirstLevelModel`` (``method`` lsa or lss,
@@ -357,8 +374,9 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
     dataset or a subject's (or session's) folder ``ROOT/sub-XX[/ses-YY]``, which reads ``stimuli.npy``,
     ``test_stimuli.npy`` and ``mask.nii.gz`` from ``ROOT`` when it has none itself.
 
-    Preprocessed runs (fMRIPrep): ``root`` in ``DS/derivatives/<pipeline>``, ``space`` the one to
-    model (``space-<label>``); events and the shared files also come from the raw dataset ``DS``;
+    Preprocessed runs (fMRIPrep): ``root`` in ``DS/derivatives/<pipeline>``, ``space`` and ``desc``
+    the ones to model (``space-<label>``, ``desc-<label>``); events and the shared files also come
+    from the raw dataset ``DS``;
     ``confounds`` names columns of each run's ``*_desc-confounds_timeseries.tsv`` (motion,
     aCompCor, ...; leading NaN of derivative columns read as 0) added to the design;
     ``slice_time_ref`` is the fraction of the TR the volumes are timed at (0.5 after fMRIPrep's
@@ -382,7 +400,7 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
     subject_dir = next((p for p in (root, *root.parents) if p.name.startswith("sub-")), None)
     top = subject_dir.parent if subject_dir is not None else root
     raw_root = _raw_root(root)
-    runs = find_runs(root, task, top, space)[: max_runs or None]
+    runs = find_runs(root, task, top, space, desc)[: max_runs or None]
     subjects = sorted({e for bold, _ in runs for e in _entities(bold.name) if e.startswith("sub-")})
     if len(subjects) > 1:  # pooled, their trials would train one NeuroVAE as if they were one brain
         names = ", ".join(subjects[:5]) + (", ..." if len(subjects) > 5 else "")
@@ -414,6 +432,12 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
         if not np.isfinite(data).all():
             bad = np.flatnonzero(~np.isfinite(data).all(1))
             raise ValueError(f"{bold}: {len(bad)} in-mask voxels hold NaN/Inf (first: {bad[:5].tolist()})")
+        if scaling == "psc":  # nilearn divides by max(mean, 1): a mean under 1 is not a percent of it
+            low = int((np.abs(data.mean(1)) < 1.0).sum())
+            if low:
+                warnings.warn(f"{bold}: {low} in-mask voxel(s) have a mean under 1 over the run (background in the mask, "
+                              f"or data on a 0-1 scale), so percent signal change is wrong there; fix the mask, or use "
+                              f"--glm-scaling none", UserWarning, stacklevel=2)
         trials = np.flatnonzero(ev["stimulus"].to_numpy())  # the stimulus events
         outside = trials[(ids[trials] < 0) | (ids[trials] >= len(images))]
         if outside.size:

@@ -109,11 +109,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 """Image files read as stimuli (:func:`read_image_file`)."""
 
 
+BACKGROUND = 0.5
+"""Grey level that transparent pixels of a stimulus image show (a mid-grey screen, as in most fMRI experiments)."""
+
+
 def read_image_file(path: str | Path, size: int) -> np.ndarray:
-    """One image file (PNG, JPEG, TIFF, BMP; grey, grey + alpha, RGB(A); 8 or 16 bits) as ``(size,
-    size)`` float32 luminance in [0, 1], resized with anti-aliasing (a non-square image is
-    stretched: crop it square first to keep its aspect)."""
-    from skimage.io import imread
+    """One image file (PNG, JPEG, TIFF, BMP; grey, palette, RGB, CMYK, with or without alpha; 8
+    or 16 bits, or float) as ``(size, size)`` float32 luminance in [0, 1] (ITU-R BT.601, as
+    :func:`images01`), transparent pixels over :data:`BACKGROUND` grey, resized with
+    anti-aliasing (a non-square image is stretched: crop it square first to keep its aspect)."""
+    from PIL import Image, UnidentifiedImageError
     from skimage.transform import resize
 
     path = Path(path)
@@ -122,12 +127,21 @@ def read_image_file(path: str | Path, size: int) -> np.ndarray:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{path}: expected an image file ({', '.join(IMAGE_SUFFIXES)})")
     try:
-        raw = np.asarray(imread(path))
-    except (OSError, ValueError) as e:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode.startswith("I;16"):  # 16 bits
+                raw = np.asarray(im, dtype=np.float64) / 65535.0
+            elif im.mode in ("I", "F"):  # 32-bit integers or floats: images01 reads their range
+                raw = np.asarray(im)
+            else:
+                if "A" in im.mode or "transparency" in im.info:
+                    rgba = im.convert("RGBA")
+                    grey = round(255 * BACKGROUND)
+                    im = Image.alpha_composite(Image.new("RGBA", rgba.size, (grey, grey, grey, 255)), rgba)
+                raw = np.asarray(im.convert("L"))  # palette, CMYK, YCbCr, RGB -> BT.601 luma
+    except (OSError, UnidentifiedImageError, ValueError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from None
-    raw = raw[..., 0] if raw.ndim == 3 and raw.shape[-1] == 2 else raw  # grey + alpha: the grey
-    raw = raw / 65535.0 if raw.dtype == np.uint16 else raw  # 16 bits
-    arr = images01(raw[None], str(path))[0]  # (1, H, W[, C]): RGB(A) -> luminance
+    arr = images01(raw[None], str(path))[0]
     return resize(arr, (size, size), anti_aliasing=True).astype(np.float32)
 
 

@@ -89,6 +89,9 @@ class FMRIConfig(Config):
     glm_space: str = ""
     """Preprocessed bids data (bids:DS/derivatives/fmriprep/sub-XX): the space of the runs to model (the label
     after space-, e.g. MNI152NLin2009cAsym); '' = the runs have a single space."""
+    glm_desc: str = ""
+    """Preprocessed bids data: the version of the runs to model (the label after desc-, e.g. preproc or
+    smoothAROMAnonaggr); '' = the runs have a single one."""
     glm_confounds: tuple[str, ...] = ()
     """Columns of each run's fMRIPrep *_desc-confounds_timeseries.tsv added to the GLM (e.g. trans_x trans_y trans_z
     rot_x rot_y rot_z)."""
@@ -309,7 +312,7 @@ def load_trials(cfg: FMRIConfig) -> TrialData:
     if kind == "bids":
         return load_bids(path, cfg.glm, cfg.mask or None, t_r=cfg.glm_tr or None, hrf_model=cfg.glm_hrf,
                          drift_order=cfg.glm_drift_order, noise_model=cfg.glm_noise_model, task=cfg.glm_task or None,
-                         space=cfg.glm_space or None, confounds=cfg.glm_confounds, slice_time_ref=cfg.glm_slice_time_ref,
+                         space=cfg.glm_space or None, desc=cfg.glm_desc or None, confounds=cfg.glm_confounds, slice_time_ref=cfg.glm_slice_time_ref,
                          scaling=cfg.glm_scaling, stimulus_size=cfg.stimulus_size)
     return load_betas(path)
 
@@ -520,7 +523,8 @@ def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, 
                                 f"the trained stages and trains only this network. A run made by 'finetune': copy "
                                 f"features.safetensors and features.json from the run it was fine-tuned from (after "
                                 f"adding them there)")
-    td, prep = load_prepared(cfg if data is None else cfg.replace(data=data))
+    # other data's stim_file images are read at the visual AE's size, as the run's own were
+    td, prep = load_prepared(cfg if data is None else cfg.replace(data=data, stimulus_size=model.ae.cfg.image_size))
     check_stimulus_size(td.images, model.ae, data or cfg.data, ckpt_dir)
     if prep.test_x.shape[1] != model.vae.cfg.voxels:
         raise ValueError(f"{data}: {prep.test_x.shape[1]} voxels, the run {ckpt_dir} has {model.vae.cfg.voxels}")

@@ -48,7 +48,8 @@ class SampleOptions(Config):
     direction: Literal["encode", "decode"] = "decode"
     """encode: stimuli -> brain responses (NIfTI/NPY); decode: brain responses -> images (PNG/NPY)."""
     input: str = ""
-    """encode: .npy images or a .png; decode: .npy responses (N, V) or NIfTI on the run's mask. '' = the test set."""
+    """encode: .npy images or one image file (PNG, JPEG, TIFF, BMP); decode: .npy responses (N, V) or NIfTI on the run's
+    mask. '' = the test set."""
     device: DeviceName = "auto"
     """Where the networks run: auto (a GPU when torch sees one), cpu or cuda (also for ``evaluate``)."""
 
@@ -191,11 +192,12 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     pulled (``align_weight``) onto the XFM's encoding of the same stimuli (integrated from
     the visual latent at t = 1 to t = 0); the visual AE, XFM, latent statistics and the
     metrics' feature network are copied unchanged. ``overrides`` may change vae_* fields, align_weight and the data
-    source settings (sim, glm, mask). On data other than the base run's, ``mask`` and ``glm_tr`` start from their
-    defaults (ROOT/mask.nii.gz; the runs' sidecars), not from the base run's subject."""
+    source settings (sim, glm, mask). On data other than the base run's, ``mask``, ``glm_tr`` and the preprocessed
+    runs' settings (``glm_space``, ``glm_desc``, ``glm_confounds``, ``glm_slice_time_ref``) start from their defaults
+    (ROOT/mask.nii.gz; the runs' sidecars; ...), not from the base run's subject."""
     ckpt_dir, out = Path(ckpt_dir), Path(out_dir)
     base = load_recipe(ckpt_dir, NAME, FMRIConfig, inert=inert_fields)
-    allowed = {"sim", "glm", "glm_noise_model", "glm_hrf", "glm_drift_order", "glm_tr", "glm_task", "glm_space", "glm_confounds",
+    allowed = {"sim", "glm", "glm_noise_model", "glm_hrf", "glm_drift_order", "glm_tr", "glm_task", "glm_space", "glm_desc", "glm_confounds",
                "glm_slice_time_ref", "glm_scaling", "mask", "vae_hidden", "vae_steps", "vae_lr", "vae_beta", "vae_dropout",
                "vae_val_fraction", "vae_val_every", "vae_ema", "vae_refit", "align_weight", "steps", "solver"}
     bad = sorted(set(overrides) - allowed)
@@ -204,7 +206,9 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     merged = base.to_dict()
     if stored_data(data) != base.data:
         # another subject's data: its own mask image and TR, not those the base run's data needed
-        merged.update(mask=FMRIConfig.mask, glm_tr=FMRIConfig.glm_tr)
+        merged.update(mask=FMRIConfig.mask, glm_tr=FMRIConfig.glm_tr, glm_space=FMRIConfig.glm_space,
+                      glm_desc=FMRIConfig.glm_desc, glm_confounds=FMRIConfig.glm_confounds,
+                      glm_slice_time_ref=FMRIConfig.glm_slice_time_ref)
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
     _, model = restore(ckpt_dir)

@@ -297,7 +297,8 @@ def test_finetune_on_another_subjects_bids_data_reads_its_own_mask_and_tr(run_di
 
     base = shutil.copytree(run_dir, tmp_path / "base")  # subject A's run, made with --mask A --glm-tr 1.0
     recipe = json.loads((base / "recipe.json").read_text())
-    recipe["config"].update(mask=str(run_dir / "mask.nii.gz"), glm_tr=1.0)
+    recipe["config"].update(mask=str(run_dir / "mask.nii.gz"), glm_tr=1.0, glm_space="MNI152NLin2009cAsym",
+                            glm_confounds=["trans_x"], glm_slice_time_ref=0.5)  # and A's preprocessed-run settings
     (base / "recipe.json").write_text(json.dumps(recipe))
     root = write_bids(simulate(SIM.replace(volume=(5, 5, 3), sim_seed=7, tr=2.0)), tmp_path / "subB", runs=4)
     out = tmp_path / "ft"  # was: A's (6, 6, 3) mask refused against B's (5, 5, 3) BOLD, or B's runs fit with A's TR
@@ -306,12 +307,38 @@ def test_finetune_on_another_subjects_bids_data_reads_its_own_mask_and_tr(run_di
     assert summary["voxels"] == int((np.asarray(nib.load(root / "mask.nii.gz").dataobj) > 0).sum())
     saved = json.loads((out / "recipe.json").read_text())["config"]
     assert (saved["mask"], saved["glm_tr"]) == ("", 0.0)
+    assert (saved["glm_space"], saved["glm_confounds"], saved["glm_slice_time_ref"]) == ("", [], 0.0)
     other = tmp_path / "other_mask.nii.gz"  # given explicitly, they are still used
     shutil.copy(root / "mask.nii.gz", other)
     MODALITY.finetune(base, f"bids:{root}", tmp_path / "ft2", {"vae_steps": 30, "mask": str(other), "glm_tr": 2.0},
                       TrainerArgs(accelerator="cpu"), progress=False)
     saved = json.loads((tmp_path / "ft2" / "recipe.json").read_text())["config"]
     assert (saved["mask"], saved["glm_tr"]) == (str(other), 2.0)
+
+
+def test_evaluate_on_bids_data_naming_stimuli_by_file_reads_them_at_the_runs_size(run_dir, tmp_path) -> None:
+    """Images of another size under DS/stimuli/ are resized to the visual AE's (the recipe's stimulus_size, 32 by
+    default, would not fit a run trained on 16-pixel stimuli)."""
+    import pandas as pd
+    from PIL import Image
+
+    from modaflow.modalities.fmri.bids import write_bids
+    from modaflow.modalities.fmri.simulate import simulate
+
+    sim = simulate(SIM)
+    root = write_bids(sim, tmp_path / "ds")
+    (root / "stimuli").mkdir()
+    for i, im in enumerate(sim.images):
+        Image.fromarray((im * 255).round().astype(np.uint8), mode="L").resize((24, 24)).save(root / "stimuli" / f"{i}.png")
+    for events in sorted(root.rglob("*_events.tsv")):
+        ev = pd.read_csv(events, sep="\t")
+        ev.assign(stim_file=[f"./{i}.png" for i in ev["stim_id"]]).drop(columns="stim_id").to_csv(events, sep="\t",
+                                                                                                    index=False)
+    (root / "stimuli.npy").unlink()
+    (root / "test_stimuli.npy").unlink()
+    (root / "test_stimuli.txt").write_text("".join(f"{i}.png\n" for i in sim.test_stimuli))
+    m = MODALITY.evaluate(run_dir, f"bids:{root}", 0, 4, "euler", 0)
+    assert m["n_test"] == len(sim.test_stimuli) and np.isfinite(m["enc.voxel_r_median"])
 
 
 def test_train_refuses_non_square_stimuli_before_writing_anything(tmp_path) -> None:

@@ -185,6 +185,19 @@ def test_bids_layouts_inherited_events_rest_runs_echoes_and_sessions(sim, tmp_pa
         np.testing.assert_array_equal(load_bids(root, noise_model="ols", task="sim").responses, want)
     with pytest.raises(FileNotFoundError, match="no run has an events TSV"):
         load_bids(root, task="rest")
+    rec = func / bold.name.replace("_acq-mb4_", "_acq-mb4_rec-nordic_")  # a second reconstruction of the run
+    shutil.copy(bold, rec)
+    with pytest.raises(ValueError, match=r"2 files of one run .*one reconstruction"):
+        load_bids(root, task="sim")
+    rec.unlink()
+    rest = func / "sub-01_task-rest_run-01_bold.nii.gz"  # a multi-echo rest run (no events) does not block the task
+    for echo in (1, 2):
+        shutil.copy(rest, func / f"sub-01_task-rest_run-01_echo-{echo}_bold.nii.gz")
+    rest.unlink()
+    with pytest.warns(UserWarning, match="without an events TSV skipped"):
+        np.testing.assert_array_equal(load_bids(root, noise_model="ols").responses, want)
+    for p in func.glob("*task-rest*"):
+        p.unlink()
     for echo in (1, 2):
         shutil.copy(bold, func / bold.name.replace("_bold", f"_echo-{echo}_bold"))
     bold.unlink()
@@ -228,6 +241,7 @@ def test_fmriprep_derivatives_spaces_confounds_and_percent_signal_change(sim, tm
     # confounds: a slow motion-like regressor added to every voxel of run 1, modelled, changes no beta
     bold = sorted(deriv.glob("*run-01*_bold.nii.gz"))[0]
     img = nib.load(bold)
+    img = nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header)  # in memory: the file is rewritten below
     n = img.shape[3]
     motion = np.sin(np.linspace(0, 3 * np.pi, n)) + np.linspace(0, 1, n) ** 3
     for b in sorted(deriv.glob("*_bold.nii.gz")):
@@ -250,6 +264,7 @@ def test_fmriprep_derivatives_spaces_confounds_and_percent_signal_change(sim, tm
     run2 = sorted(deriv.glob("*run-02*_bold.nii.gz"))[0]
     psc = load_bids(sub, noise_model="ols")
     img2 = nib.load(run2)
+    img2 = nib.Nifti1Image(np.asarray(img2.dataobj), img2.affine, img2.header)  # in memory, as img
     nib.save(nib.Nifti1Image((1.5 * np.asarray(img2.dataobj, np.float64)).astype(np.float32), img2.affine, img2.header),
              run2)
     np.testing.assert_allclose(load_bids(sub, noise_model="ols").responses, psc.responses, rtol=1e-3,
@@ -258,6 +273,25 @@ def test_fmriprep_derivatives_spaces_confounds_and_percent_signal_change(sim, tm
     # slice timing: the volumes' time within the TR reaches the design
     half = load_bids(sub, noise_model="ols", slice_time_ref=0.5)
     assert half.responses.shape == psc.responses.shape and not np.allclose(half.responses, psc.responses)
+    # data on a 0-1 scale: percent signal change would be wrong (nilearn divides by max(mean, 1)), so it warns
+    small = nib.Nifti1Image((np.asarray(img2.dataobj, np.float64) / 1000).astype(np.float32), img2.affine, img2.header)
+    nib.save(small, run2)
+    with pytest.warns(UserWarning, match=r"in-mask voxel\(s\) have a mean under 1 .* --glm-scaling none"):
+        load_bids(sub, noise_model="ols")
+    nib.save(img2, run2)
+    # a second version of each run (ICA-AROMA): refused until --glm-desc picks one
+    for b in sorted(deriv.glob("*desc-preproc_bold.nii.gz")):
+        shutil.copy(b, b.with_name(b.name.replace("desc-preproc", "desc-smoothAROMAnonaggr")))
+    with pytest.raises(ValueError, match=r"2 files of one run .*--glm-desc"):
+        load_bids(sub)
+    np.testing.assert_array_equal(load_bids(sub, noise_model="ols", scaling="none", desc="preproc").responses,
+                                  raw.responses)
+    # fMRIPrep <= 20.2 nested its output one level deeper: the raw dataset is still found
+    nested = root / "derivatives" / "fmriprep" / "fmriprep"
+    nested.mkdir()
+    shutil.move(str(sub), str(nested / "sub-01"))
+    np.testing.assert_array_equal(load_bids(nested / "sub-01", noise_model="ols", scaling="none", desc="preproc").responses,
+                                  raw.responses)
 
 
 def test_bids_stimuli_named_by_stim_file(sim, tmp_path) -> None:
@@ -293,6 +327,48 @@ def test_bids_stimuli_named_by_stim_file(sim, tmp_path) -> None:
     (root / "test_stimuli.txt").write_text("img_9999.png\n")
     with pytest.raises(ValueError, match=r"test_stimuli.txt: none of its 1 file\(s\) is shown in the events"):
         load_bids(root, noise_model="ols")
+    (root / "test_stimuli.txt").unlink()
+    events = sorted(root.rglob("*_events.tsv"))[0]
+    ev = pd.read_csv(events, sep="\t")
+    first = ev["stim_file"].iloc[0]
+    ev.assign(stim_file=[f"./{n}" for n in ev["stim_file"]]).to_csv(events, sep="\t", index=False)  # one file, spelt
+    again = load_bids(root, noise_model="ols", stimulus_size=sim.images.shape[-1])                    # two ways
+    np.testing.assert_array_equal(again.stim_id, got.stim_id)
+    ev.assign(stim_file=["../secret.png"] + list(ev["stim_file"].iloc[1:])).to_csv(events, sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"_events.tsv: stim_file '../secret.png' lies outside the dataset's stimuli"):
+        load_bids(root, noise_model="ols")
+    ev.assign(stim_file=["gone.png"] + list(ev["stim_file"].iloc[1:])).to_csv(events, sep="\t", index=False)
+    with pytest.raises(FileNotFoundError, match=r"_events.tsv: data row 1 names stim_file 'gone.png', but .*gone.png does "
+                                                r"not exist \(stim_file is relative to"):
+        load_bids(root, noise_model="ols")
+    assert first
+
+
+def test_stimulus_image_files_of_every_common_kind(tmp_path) -> None:
+    """CMYK JPEGs, transparency over the mid-grey background, palette and 16-bit images all read as luminance."""
+    from PIL import Image
+
+    from modaflow.modalities.fmri.data import BACKGROUND, read_image_file
+
+    grey = np.tile(np.linspace(0, 255, 8).round().astype(np.uint8), (8, 1))
+    Image.fromarray(grey, mode="L").save(tmp_path / "g.png")
+    want = read_image_file(tmp_path / "g.png", 8)
+    np.testing.assert_allclose(want, grey / 255, atol=1e-6)
+    Image.fromarray(grey, mode="L").convert("CMYK").save(tmp_path / "c.jpg", quality=100)
+    assert np.abs(read_image_file(tmp_path / "c.jpg", 8) - want).max() < 0.05  # not all zeros
+    rgba = Image.fromarray(grey, mode="L").convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.where(np.arange(8) < 4, 0, 255).astype(np.uint8)[None].repeat(8, 0), mode="L"))
+    rgba.save(tmp_path / "t.png")
+    t = read_image_file(tmp_path / "t.png", 8)
+    np.testing.assert_allclose(t[:, :4], round(255 * BACKGROUND) / 255, atol=1e-6)  # transparent: the background
+    np.testing.assert_allclose(t[:, 4:], want[:, 4:], atol=1e-6)
+    Image.fromarray(grey, mode="L").convert("P").save(tmp_path / "p.png")
+    np.testing.assert_allclose(read_image_file(tmp_path / "p.png", 8), want, atol=1 / 255)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "w.png")  # 16 bits
+    np.testing.assert_allclose(read_image_file(tmp_path / "w.png", 8), want, atol=1e-4)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="bad.png: not a readable image"):
+        read_image_file(tmp_path / "bad.png", 8)
 
 
 def test_the_mask_world_space_code_reaches_the_written_files(sim, tmp_path) -> None:
