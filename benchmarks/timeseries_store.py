@@ -42,8 +42,9 @@ STORE_DIR = "datasets"
 SCALARS = ("metrics", "baselines", "timings", "curves", "losses", "rows", "sampler_notes", "channels")
 """Keys of a dataset's result that are kept as JSON (everything :func:`_run` and the plots read
 besides the arrays)."""
-FORMAT = 1
-"""Version of the stored layout; another version is evaluated again."""
+FORMAT = 2
+"""Version of the stored layout and of what its scores mean; another version is evaluated again (2: the
+correlational score on the protocol's estimator, commit 9071d6b)."""
 
 
 PARTIAL_SCALARS = ("metrics", "baselines", "timings", "curves", "losses", "rows", "choice", "speed")

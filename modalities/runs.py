@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,14 +107,17 @@ def save_recipe(out_dir: str | Path, modality: str, cfg: Config) -> Path:
 
 
 def load_recipe(ckpt_dir: str | Path, modality: str, cfg_cls: type[C],
-                inert: Callable[[dict], dict[str, Any]] | None = None) -> C:
+                inert: Callable[[dict], dict[str, Any]] | None = None, absent: Mapping[str, Any] | None = None) -> C:
     """The recipe config of the run folder ``ckpt_dir``; errors name the file and say what
     was expected (a missing file, another modality's run, bad fields).
 
     ``inert(config)``: for a recipe that a later version's validation refuses, the fields
     that never affected a trained run (options it accepted and ignored) as ``{"section.field":
     default}``; where the stored value differs, it is read as the default, with a warning,
-    so that older runs still load. Any other refusal is raised as before."""
+    so that older runs still load. Any other refusal is raised as before.
+
+    ``absent``: values of top-level fields for a recipe written before they existed, where the
+    new default would change what an older run computes (read as the behaviour it was trained with)."""
     path = Path(ckpt_dir) / RECIPE_FILE
     if not path.is_file():
         raise ConfigError(f"{path}: not found; --ckpt must be a run folder written by 'modaflow train {modality}'")
@@ -126,6 +129,8 @@ def load_recipe(ckpt_dir: str | Path, modality: str, cfg_cls: type[C],
         found = data.get("modality") if isinstance(data, dict) else None
         raise ConfigError(f"{path}: a run of modality {found!r}, expected {modality!r}")
     config = data.get("config")
+    if absent and isinstance(config, dict):
+        config = {**absent, **config}
     try:
         return cfg_cls.from_dict(config)
     except ConfigError as e:

@@ -40,7 +40,9 @@ class TrainingInterrupted(SystemExit):
     """Training stopped by SIGTERM (a scheduler's preemption or time limit, ``kill``): the
     steps done are checkpointed and the process exits with status 143 (128 + SIGTERM), so that
     a job script sees that it did not finish; rerunning the same command resumes. (Lightning's
-    own exception exits with status 0, as if training had completed.)"""
+    own exception exits with status 0, as if training had completed.) Tested in one process and
+    with SIGTERM to rank 0 of two DDP ranks; when every rank is signalled (SLURM), Lightning 2.6's
+    own handler broadcasts from each rank and can hang before this is reached."""
 
     def __init__(self, step: int, checkpoint: Path) -> None:
         super().__init__(128 + int(signal.SIGTERM))

@@ -34,6 +34,7 @@ Data are masked through a ``NiftiMasker`` on the mask image (C order of the mask
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -283,10 +284,10 @@ def _stimuli(events: list, paths: list[Path], shared, stim_root: Path, size: int
         test_path = shared("test_stimuli.npy")
         test = stimulus_indices(read_npy(test_path, "test stimulus ids"), str(test_path)) if test_path.is_file() else None
         return images, [ev["stim_id"].to_numpy() for ev in events], test, stim_path
-    folder = (stim_root / "stimuli").resolve()
+    folder = Path(os.path.normpath(stim_root / "stimuli"))
 
     def key(name: str, where: str) -> str:  # one spelling per file: ./a.png, a.png and DS/stimuli/a.png are one stimulus
-        path = (folder / name).resolve()
+        path = Path(os.path.normpath(folder / name))  # not resolve(): DataLad's files are links into .git/annex
         if not path.is_relative_to(folder):
             raise ValueError(f"{where}: stim_file {name!r} lies outside the dataset's stimuli folder {folder} (BIDS: "
                              f"stim_file is a path relative to it)")
@@ -422,7 +423,8 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
         raise ValueError(f"{mask_path}: the mask must be a 3-D image; got shape {mask_img.shape}")
     mask_arr = np.asarray(mask_img.dataobj) > 0
     events = [read_events(path) for _, path in runs]
-    images, run_ids, test, stim_source = _stimuli(events, [p for _, p in runs], shared, raw_root or top, stimulus_size)
+    stim_root = top if (top / "stimuli").is_dir() or raw_root is None else raw_root  # DS/stimuli (BIDS)
+    images, run_ids, test, stim_source = _stimuli(events, [p for _, p in runs], shared, stim_root, stimulus_size)
     masker = NiftiMasker(mask_img=mask_img, standardize=None).fit()
     betas, stim_ids = [], []
     for (bold, events_path), ev, ids in zip(runs, events, run_ids):
@@ -433,7 +435,7 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
             bad = np.flatnonzero(~np.isfinite(data).all(1))
             raise ValueError(f"{bold}: {len(bad)} in-mask voxels hold NaN/Inf (first: {bad[:5].tolist()})")
         if scaling == "psc":  # nilearn divides by max(mean, 1): a mean under 1 is not a percent of it
-            low = int((np.abs(data.mean(1)) < 1.0).sum())
+            low = int((data.mean(1) < 1.0).sum())
             if low:
                 warnings.warn(f"{bold}: {low} in-mask voxel(s) have a mean under 1 over the run (background in the mask, "
                               f"or data on a 0-1 scale), so percent signal change is wrong there; fix the mask, or use "

@@ -302,6 +302,11 @@ def with_absolute_paths(cfg: FMRIConfig) -> FMRIConfig:
     return cfg.replace(data=stored_data(cfg.data), mask=absolute_source(cfg.mask) if cfg.mask else cfg.mask)
 
 
+ABSENT_FIELDS: dict[str, object] = {"glm_scaling": "none"}
+"""Fields a run's recipe lacks when it was written before they existed, read as what that run did: bids betas in
+scanner units (percent signal change became the default in the fifteenth session)."""
+
+
 def load_trials(cfg: FMRIConfig) -> TrialData:
     """The single-trial responses named by ``cfg.data``."""
     if cfg.data == "simulated":
@@ -493,7 +498,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
 def restore(ckpt_dir: str | Path) -> tuple[FMRIConfig, NeuroFlow]:
     """``(recipe, NeuroFlow with the XFM's EMA weights)`` of a run folder."""
     ckpt_dir = Path(ckpt_dir)
-    cfg = load_recipe(ckpt_dir, NAME, FMRIConfig, inert=inert_fields)
+    cfg = load_recipe(ckpt_dir, NAME, FMRIConfig, inert=inert_fields, absent=ABSENT_FIELDS)
     xfm = build_xfm(cfg.latent, cfg.xfm_hidden, cfg.xfm_depth)
     load_weights(ckpt_dir, xfm, use_ema=True)
     model = NeuroFlow(load_ae(ckpt_dir / AE_FILE), load_vae(ckpt_dir / VAE_FILE), xfm.eval(),

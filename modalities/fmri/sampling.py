@@ -35,7 +35,7 @@ from ..runs import load_recipe, save_recipe
 from .data import IMAGE_SUFFIXES, images01, prepare, read_image_file, save_mask
 from .models import NeuroVAEConfig
 from .neuroflow import AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
-from .recipe import (NAME, FMRIConfig, fit_neurovae, inert_fields, load_prepared, load_trials, restore,
+from .recipe import (ABSENT_FIELDS, NAME, FMRIConfig, fit_neurovae, inert_fields, load_prepared, load_trials, restore,
                      stored_data, with_absolute_paths)
 
 __all__ = ["SampleOptions", "sample", "finetune", "read_images", "read_responses", "save_image_grid"]
@@ -196,7 +196,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     runs' settings (``glm_space``, ``glm_desc``, ``glm_confounds``, ``glm_slice_time_ref``) start from their defaults
     (ROOT/mask.nii.gz; the runs' sidecars; ...), not from the base run's subject."""
     ckpt_dir, out = Path(ckpt_dir), Path(out_dir)
-    base = load_recipe(ckpt_dir, NAME, FMRIConfig, inert=inert_fields)
+    base = load_recipe(ckpt_dir, NAME, FMRIConfig, inert=inert_fields, absent=ABSENT_FIELDS)
     allowed = {"sim", "glm", "glm_noise_model", "glm_hrf", "glm_drift_order", "glm_tr", "glm_task", "glm_space", "glm_desc", "glm_confounds",
                "glm_slice_time_ref", "glm_scaling", "mask", "vae_hidden", "vae_steps", "vae_lr", "vae_beta", "vae_dropout",
                "vae_val_fraction", "vae_val_every", "vae_ema", "vae_refit", "align_weight", "steps", "solver"}

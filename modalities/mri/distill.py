@@ -202,7 +202,8 @@ def distill(d: DistillConfig, out_dir: str | Path | None, trainer_args: TrainerA
     if is_flow_map_run(d.teacher):
         raise ConfigError(f"{d.teacher} is a distilled flow map; distil the diffusion run it came from (its "
                           f"{DISTILL_FILE} names it as teacher)")
-    d = d.replace(teacher=str(Path(d.teacher).expanduser().resolve()))  # found from any folder later
+    d = d.replace(teacher=str(Path(d.teacher).expanduser().resolve()),  # found from any folder later
+                  trainer=trainer_args or d.trainer)  # distill.json records the hardware that ran
     out = Path(out_dir)
     if (out / DISTILL_FILE).is_file():  # a resumed run keeps its network: the student is not changed under it
         before = json.loads((out / DISTILL_FILE).read_text()).get("student", "linear")
@@ -224,7 +225,7 @@ def distill(d: DistillConfig, out_dir: str | Path | None, trainer_args: TrainerA
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(out, NAME, load_config(d.teacher))  # the teacher's recipe, atomically; refuses to mix with another run
     atomic_write_text(out / DISTILL_FILE, json.dumps(d.to_dict(), indent=2, sort_keys=True) + "\n")
-    res = fit(module, MRIDataModule(ds, batch, seed=d.seed), out, trainer_args or d.trainer, progress=progress)
+    res = fit(module, MRIDataModule(ds, batch, seed=d.seed), out, d.trainer, progress=progress)
     final = res.history[-1][1] if res.history else math.nan
     return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
 

@@ -341,6 +341,21 @@ def test_evaluate_on_bids_data_naming_stimuli_by_file_reads_them_at_the_runs_siz
     assert m["n_test"] == len(sim.test_stimuli) and np.isfinite(m["enc.voxel_r_median"])
 
 
+def test_a_run_from_before_percent_signal_change_keeps_scanner_units(run_dir, tmp_path) -> None:
+    """glm_scaling became psc by default; a recipe written before the field existed reads it as none, the scaling
+    it was trained with, while a new run gets psc."""
+    import json
+    import shutil
+
+    from modaflow.modalities.fmri.recipe import FMRIConfig, restore
+
+    old = shutil.copytree(run_dir, tmp_path / "old")
+    recipe = json.loads((old / "recipe.json").read_text())
+    del recipe["config"]["glm_scaling"]
+    (old / "recipe.json").write_text(json.dumps(recipe))
+    assert restore(old)[0].glm_scaling == "none" and restore(run_dir)[0].glm_scaling == FMRIConfig().glm_scaling == "psc"
+
+
 def test_train_refuses_non_square_stimuli_before_writing_anything(tmp_path) -> None:
     from modaflow.modalities.fmri.data import TrialData, save_betas
     from modaflow.modalities.fmri.simulate import simulate

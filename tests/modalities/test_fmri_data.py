@@ -315,6 +315,11 @@ def test_bids_stimuli_named_by_stim_file(sim, tmp_path) -> None:
     (root / "test_stimuli.npy").unlink()
     (root / "stimuli.npy").unlink()
     shown = sorted({int(i) for i in want.stim_id})
+    annex = root / ".git" / "annex"  # DataLad keeps files as links into the annex: read through the link
+    annex.mkdir(parents=True)
+    linked = f"img_{shown[0]:04d}.png"
+    (root / "stimuli" / linked).rename(annex / linked)
+    (root / "stimuli" / linked).symlink_to(annex / linked)
     index = {s: k for k, s in enumerate(shown)}  # only the shown files get ids, in file-name order
     (root / "test_stimuli.txt").write_text("".join(f"img_{i:04d}.png\n" for i in want.test_stimuli))
     with pytest.warns(UserWarning, match=r"test_stimuli.txt: \d+ listed file\(s\) never shown in these runs"):
