@@ -430,15 +430,21 @@ def test_bids_other_events_are_nuisance_regressors(sim, tmp_path) -> None:
                                        drift_model=None)["response"].to_numpy()
     data = np.asarray(img.dataobj, np.float64)
     scale = 3.0 * np.abs(data[sim.mask]).std()
-    nib.save(nib.Nifti1Image((data + scale * x).astype(np.float32), img.affine, img.header), bold)
+    moved = nib.Nifti1Image((data + scale * x).astype(np.float32), img.affine, img.header)
+    nib.save(moved, bold)
     got = load_bids(root, noise_model="ols", scaling="none")
     err = np.abs(got.responses - modelled.responses).max()
     assert err < 1e-4 * np.abs(modelled.responses).max()  # float32 BOLD: the signal is removed to rounding
+    # LSS (one model per trial, each with the nuisance regressor) removes it the same way
+    lss_moved = load_bids(root, "lss", noise_model="ols", scaling="none")
+    nib.save(nib.Nifti1Image(data.astype(np.float32), img.affine, img.header), bold)
+    lss_clean = load_bids(root, "lss", noise_model="ols", scaling="none")
+    assert np.abs(lss_moved.responses - lss_clean.responses).max() < 1e-4 * np.abs(lss_clean.responses).max()
+    assert not np.allclose(lss_clean.responses, modelled.responses)  # and it is not LSA
+    nib.save(moved, bold)
     events_path.write_text(ev.to_csv(sep="\t", index=False))  # the responses left out of the model
     leaked = load_bids(root, noise_model="ols", scaling="none")
     assert np.abs(leaked.responses - want.responses).max() > max(0.05 * np.abs(want.responses).max(), 1000 * err)
-    lss = load_bids(root, "lss", noise_model="ols", max_runs=1, scaling="none")  # LSS reads the same table
-    assert lss.responses.shape == want.responses.shape
     minus = mixed.assign(stim_id=[-1] + list(mixed["stim_id"].iloc[1:]))  # -1 is no "n/a": an id out of range
     minus.to_csv(events_path, sep="\t", index=False, na_rep="n/a")
     with pytest.raises(ValueError, match=r"_events.tsv: stim_id must index the .* images of .*; data row 1 holds -1"):
