@@ -167,19 +167,24 @@ def find_runs(root: str | Path, task: str | None = None, top: str | Path | None 
     return pairs
 
 
-def _inherited(bold: Path, root: Path, suffix: str) -> Path | None:
-    """The file ending in ``suffix`` that applies to ``bold`` by BIDS inheritance: entities a
-    subset of the run's, from the run's folder up to ``root``; the nearest folder, then the
-    most entities, win; None when there is none."""
+def _inheritance(bold: Path, root: Path, suffix: str):
+    """The files ending in ``suffix`` that apply to ``bold`` by BIDS inheritance (entities a subset of
+    the run's), from the run's folder up to ``root``: the nearest folder first, within it the most
+    entities first."""
     mine = _entities(bold.name)
     folder = bold.parent
     while True:
         found = [p for p in folder.glob(f"*{suffix}") if p.is_file() and _entities(p.name) <= mine] if folder.is_dir() else []
-        if found:
-            return max(found, key=lambda p: (len(_entities(p.name)), p.name))
+        yield from sorted(found, key=lambda p: (-len(_entities(p.name)), p.name))
         if folder == root or folder == folder.parent:
-            return None
+            return
         folder = folder.parent
+
+
+def _inherited(bold: Path, root: Path, suffix: str) -> Path | None:
+    """The file ending in ``suffix`` that applies to ``bold`` (:func:`_inheritance`'s first); None when
+    there is none."""
+    return next(_inheritance(bold, root, suffix), None)
 
 
 def read_events(path: Path):
@@ -245,22 +250,15 @@ def _tr(bold: Path, root: Path, t_r: float | None, header_img) -> float:
     the NIfTI header's time step when its unit is set."""
     if t_r is not None:
         return t_r
-    mine = _entities(bold.name)
-    folder = bold.parent
-    while True:
-        sidecars = [p for p in folder.glob("*_bold.json") if _entities(p.name) <= mine]
-        for side in sorted(sidecars, key=lambda p: -len(_entities(p.name))):
-            try:
-                tr = json.loads(side.read_text()).get("RepetitionTime")
-            except (json.JSONDecodeError, AttributeError) as e:
-                raise ValueError(f"{side}: not a JSON object ({e})") from None
-            if tr is not None:
-                if not isinstance(tr, (int, float)) or tr <= 0:
-                    raise ValueError(f"{side}: RepetitionTime must be a positive number of seconds; got {tr!r}")
-                return float(tr)
-        if folder == root or folder == folder.parent:
-            break
-        folder = folder.parent
+    for side in _inheritance(bold, root, "_bold.json"):  # a more specific sidecar without the TR defers to the next
+        try:
+            tr = json.loads(side.read_text()).get("RepetitionTime")
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ValueError(f"{side}: not a JSON object ({e})") from None
+        if tr is not None:
+            if not isinstance(tr, (int, float)) or tr <= 0:
+                raise ValueError(f"{side}: RepetitionTime must be a positive number of seconds; got {tr!r}")
+            return float(tr)
     step = float(header_img.header.get_zooms()[3]) if len(header_img.header.get_zooms()) > 3 else 0.0
     unit = header_img.header.get_xyzt_units()[1]
     scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(unit)

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from modaflow.core.io import read_npy
 
-__all__ = ["TrialData", "Prepared", "save_mask", "read_image_file", "IMAGE_SUFFIXES", "check_trials", "images01", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
+__all__ = ["TrialData", "Prepared", "save_mask", "nifti_in_space", "read_image_file", "IMAGE_SUFFIXES", "check_trials", "images01", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,18 @@ def save_mask(td: TrialData, path: Path) -> None:
         return
     import nibabel as nib
 
-    img = nib.Nifti1Image(td.mask.astype(np.uint8), td.affine)
-    code = td.space_code or 2
-    img.set_sform(td.affine, code=code)
-    img.set_qform(td.affine, code=code)
-    nib.save(img, path)
+    nib.save(nifti_in_space(td.mask.astype(np.uint8), td.affine, td.space_code), path)
+
+
+def nifti_in_space(data: np.ndarray, affine: np.ndarray, space_code: int):
+    """A NIfTI-1 image of ``data`` whose sform and qform both hold ``affine``, coded ``space_code``
+    (2 = aligned when 0, not known)."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, affine)
+    img.set_sform(affine, code=space_code or 2)
+    img.set_qform(affine, code=space_code or 2)
+    return img
 
 
 def check_trials(td: TrialData) -> TrialData:

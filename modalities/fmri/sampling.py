@@ -32,7 +32,7 @@ from modaflow.core.io import atomic_write, read_npy
 from modaflow.core.training import TrainerArgs
 
 from ..runs import load_recipe, save_recipe
-from .data import IMAGE_SUFFIXES, images01, prepare, read_image_file, save_mask
+from .data import IMAGE_SUFFIXES, images01, nifti_in_space, prepare, read_image_file, save_mask
 from .models import NeuroVAEConfig
 from .neuroflow import AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
 from .recipe import (ABSENT_FIELDS, NAME, FMRIConfig, fit_neurovae, inert_fields, load_prepared, load_trials, restore,
@@ -142,10 +142,7 @@ def _write_voxels(out: Path, raw: np.ndarray, ckpt_dir: Path) -> Path:
             m = np.asarray(mask.dataobj) > 0
             vol = np.zeros(m.shape + (len(raw),), np.float32)
             vol[m] = raw.T
-            img = nib.Nifti1Image(vol, mask.affine)
-            code = int(mask.header["sform_code"]) or 2  # the mask's world space (MNI: 4), both orientations set
-            img.set_sform(mask.affine, code=code)
-            img.set_qform(mask.affine, code=code)
+            img = nifti_in_space(vol, mask.affine, int(mask.header["sform_code"]))  # the mask's world space (MNI: 4)
             img.header.set_xyzt_units("mm")
         else:  # no mask known (betas data): a (V, 1, 1, N) image with an identity affine
             img = nib.Nifti1Image(raw.T[:, None, None, :].astype(np.float32), np.eye(4))

@@ -293,7 +293,9 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     """Continue training the run ``ckpt_dir`` on ``data`` into ``out_dir`` from its weights and
     EMA (fresh optimiser). ``overrides`` change recipe fields; the network, the target and
     the volume shape must stay those of the checkpoint."""
-    if (Path(ckpt_dir) / "distill.json").is_file():  # distill.DISTILL_FILE (distill imports this module)
+    from .distill import is_flow_map_run  # distill imports this module
+
+    if is_flow_map_run(ckpt_dir):
         raise ConfigError(f"{ckpt_dir} is a distilled flow map; finetune the diffusion run it came from (its "
                           f"distill.json names it as teacher), then distil again")
     base = load_config(ckpt_dir)
