@@ -42,15 +42,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(Path(path), lambda p: p.write_text(text))
 
 
-def read_npy(path: str | Path, what: str = "array") -> np.ndarray:
-    """Read a ``.npy`` file without unpickling (object arrays are refused). An absent, empty,
-    truncated or non-``.npy`` file raises an error that names ``path`` and ``what`` it should hold."""
+def read_npy(path: str | Path, what: str = "array", mmap: bool = False) -> np.ndarray:
+    """Read a ``.npy`` file without unpickling (object arrays are refused); ``mmap``: memory-mapped read-only, so
+    that a large array is read only where it is indexed. An absent, empty, truncated or non-``.npy`` file raises an
+    error that names ``path`` and ``what`` it should hold."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} file not found")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty; expected a .npy {what}")
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise ValueError(f"{path}: not a readable .npy {what} ({e})") from None

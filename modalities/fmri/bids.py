@@ -44,7 +44,7 @@ import numpy as np
 
 from modaflow.core.io import read_npy
 
-from .data import TrialData, check_trials, images01, read_image_file, stimulus_indices
+from .data import TrialData, check_trials, read_image_file, stimulus_images, stimulus_indices
 from .simulate import Simulation
 
 __all__ = ["GLMMethod", "write_bids", "find_runs", "load_bids", "read_events"]
@@ -278,7 +278,7 @@ def _stimuli(events: list, paths: list[Path], shared, stim_root: Path, size: int
                          f"by stim_id; use one of the two in every run")
     if not any(by_file):
         stim_path = shared("stimuli.npy")
-        images = images01(read_npy(stim_path, "stimulus images (S, H, W)"), str(stim_path))
+        images = stimulus_images(read_npy(stim_path, "stimulus images (S, H, W)", mmap=True), str(stim_path), size)
         test_path = shared("test_stimuli.npy")
         test = stimulus_indices(read_npy(test_path, "test stimulus ids"), str(test_path)) if test_path.is_file() else None
         return images, [ev["stim_id"].to_numpy() for ev in events], test, stim_path

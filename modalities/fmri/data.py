@@ -4,7 +4,8 @@
   (``stim_id`` ``(N,)`` into ``images`` ``(S, H, W)``), and the mask/affine when known.
 * :func:`load_betas` — precomputed responses (NSD-style): an HDF5 file or a folder of NPY
   files with ``responses`` ``(N, V)``, ``stimuli`` ``(S, H, W)`` and optionally
-  ``stim_id`` ``(N,)`` (without it each trial has its own image, ``S == N``).
+  ``stim_id`` ``(N,)`` (without it each trial has its own image, ``S == N``); only the images trials show are read,
+  resized to the run's stimulus size (:func:`stimulus_images`).
 * :func:`prepare` — the split: test stimuli are given, or those shown at least twice when
   others are shown once, or a random fraction of the stimuli;
   responses are z-scored per voxel with the training trials' mean and standard deviation,
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 
 from modaflow.core.io import read_npy
 
-__all__ = ["TrialData", "Prepared", "save_mask", "nifti_in_space", "read_image_file", "IMAGE_SUFFIXES", "check_trials", "images01", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
+__all__ = ["TrialData", "Prepared", "save_mask", "nifti_in_space", "read_image_file", "IMAGE_SUFFIXES", "check_trials", "images01", "stimulus_images", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,37 @@ def read_image_file(path: str | Path, size: int) -> np.ndarray:
 OVERSHOOT = 1e-3
 """How far float images in [0, 1] may stray outside it (resampling overshoot) before they are clipped rather than refused."""
 
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+"""RGB weights of luminance (ITU-R BT.601)."""
+
+CHUNK_VALUES = 1 << 24
+"""Stimulus values :func:`stimulus_images` converts at a time (64 MB of float32): a large stimulus array (NSD's
+73 000 x 425 x 425 x 3) is never held whole."""
+
+
+def _check_encoding(dtype: np.dtype, source: str) -> None:
+    if not (np.issubdtype(dtype, np.number) or dtype == bool):
+        raise ValueError(f"{source}: stimulus images must be numbers; got dtype {dtype}")
+
+
+def _luminance(raw: np.ndarray, source: str) -> np.ndarray:
+    """Float32 values of ``raw`` in its own units, RGB(A) in the last axis as luminance; NaN/Inf refused."""
+    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+        raise ValueError(f"{source}: stimulus images hold NaN/Inf")
+    out = raw.astype(np.float32)
+    return out[..., :3] @ LUMA if out.ndim == 4 and out.shape[-1] in (3, 4) else out
+
+
+def _scale(dtype: np.dtype, lo: float, hi: float, source: str) -> float:
+    """What an encoding's values are divided by to lie in [0, 1] (:func:`images01`), from its dtype and range."""
+    if np.issubdtype(dtype, np.integer):
+        if lo < 0 or hi > 255:
+            raise ValueError(f"{source}: integer stimulus images must be 8-bit (0..255); got range [{lo:g}, {hi:g}]")
+        return 255.0 if hi > 1 else 1.0  # 0/1 integers: binary images, as bool arrays
+    if lo < -OVERSHOOT or 1 + OVERSHOOT < hi <= 2 or hi > 255:
+        raise ValueError(f"{source}: stimulus images must lie in [0, 1] or in 0..255; got range [{lo:g}, {hi:g}]")
+    return 255.0 if hi > 2 else 1.0
+
 
 def images01(images: np.ndarray, source: str) -> np.ndarray:
     """Stimulus images as float32 luminance in [0, 1], from the encodings users hold:
@@ -163,25 +195,44 @@ def images01(images: np.ndarray, source: str) -> np.ndarray:
     axis becomes luminance (ITU-R BT.601). Anything else (NaN/Inf, negative values, floats whose
     maximum lies in (1, 2], integers above 255) is refused with an error naming ``source``."""
     arr = np.asarray(images)
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ValueError(f"{source}: stimulus images must be numbers; got dtype {arr.dtype}")
+    _check_encoding(arr.dtype, source)
     if arr.size == 0:
         raise ValueError(f"{source}: no stimulus images (shape {arr.shape})")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise ValueError(f"{source}: stimulus images hold NaN/Inf")
-    lo, hi = float(arr.min()), float(arr.max())
-    if np.issubdtype(arr.dtype, np.integer):
-        if lo < 0 or hi > 255:
-            raise ValueError(f"{source}: integer stimulus images must be 8-bit (0..255); got range [{lo:g}, {hi:g}]")
-        scale = 255.0 if hi > 1 else 1.0  # 0/1 integers: binary images, as bool arrays
-    elif lo < -OVERSHOOT or 1 + OVERSHOOT < hi <= 2 or hi > 255:
-        raise ValueError(f"{source}: stimulus images must lie in [0, 1] or in 0..255; got range [{lo:g}, {hi:g}]")
-    else:
-        scale = 255.0 if hi > 2 else 1.0
-    out = arr.astype(np.float32) / np.float32(scale)
-    if out.ndim == 4 and out.shape[-1] in (3, 4):  # RGB(A) -> luminance (ITU-R BT.601)
-        out = out[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
-    return np.clip(out, 0.0, 1.0)
+    out = _luminance(arr, source)
+    return np.clip(out / np.float32(_scale(arr.dtype, float(arr.min()), float(arr.max()), source)), 0.0, 1.0)
+
+
+def stimulus_images(stimuli, source: str, size: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    """Images ``rows`` (sorted, unique; None = all) of ``stimuli`` -- an array, a memory-mapped ``.npy``
+    (:func:`~modaflow.core.io.read_npy` with ``mmap``) or an h5py dataset, ``(S, H, W)`` or RGB(A) ``(S, H, W, 3|4)``,
+    in any encoding :func:`images01` reads -- as ``(len(rows), size, size)`` float32 luminance in [0, 1], resized with
+    anti-aliasing (``size`` None: their own size). Read :data:`CHUNK_VALUES` values at a time, so only the rows named
+    are ever read and a large array is never converted whole. Non-square images are refused (crop them first: their
+    aspect would be lost)."""
+    from skimage.transform import resize
+
+    shape, dtype = tuple(stimuli.shape), np.dtype(stimuli.dtype)
+    _check_encoding(dtype, source)
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (3, 4))):
+        raise ValueError(f"{source}: stimuli must be (S, H, W) greyscale or (S, H, W, 3) RGB images; got shape {shape}")
+    if shape[1] != shape[2]:
+        raise ValueError(f"{source}: stimuli must be square; got {shape[1:3]} (crop them square first)")
+    rows = np.arange(shape[0]) if rows is None else np.asarray(rows, np.int64)
+    if rows.size == 0 or shape[1] == 0:
+        raise ValueError(f"{source}: no stimulus images (shape {shape})")
+    size = size or shape[1]
+    per = max(1, CHUNK_VALUES // int(np.prod(shape[1:])))
+    out = np.empty((len(rows), size, size), np.float32)
+    lo, hi = np.inf, -np.inf
+    for start in range(0, len(rows), per):
+        idx = rows[start:start + per]
+        raw = np.asarray(stimuli[idx[0]:idx[-1] + 1][idx - idx[0]] if idx[-1] - idx[0] < 2 * len(idx) else stimuli[idx])
+        lo, hi = min(lo, float(raw.min())), max(hi, float(raw.max()))
+        grey = _luminance(raw, source)
+        out[start:start + len(idx)] = grey if size == shape[1] else resize(grey, (len(idx), size, size), order=1,
+                                                                           anti_aliasing=True, preserve_range=True)
+    out /= np.float32(_scale(dtype, lo, hi, source))  # the encoding's scale is linear: applied after the resize
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def stimulus_indices(values: np.ndarray, source: str) -> np.ndarray:
@@ -198,47 +249,67 @@ def stimulus_indices(values: np.ndarray, source: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def load_betas(path: str | Path) -> TrialData:
+BETAS_ARRAYS = ("responses", "stim_id", "test_stimuli", "mask", "affine")
+"""Arrays :func:`load_betas` reads whole, beside ``stimuli`` (read only where trials show them)."""
+
+
+def load_betas(path: str | Path, stimulus_size: int | None = None) -> TrialData:
     """Read precomputed trial responses: an ``.h5``/``.hdf5`` file or a folder with
     ``responses.npy``, ``stimuli.npy`` and optionally ``stim_id.npy``, ``test_stimuli.npy``,
-    ``mask.npy``, ``affine.npy`` (same names as HDF5 datasets). Images in 0..255 are
-    scaled to [0, 1], RGB converted to luminance."""
+    ``mask.npy``, ``affine.npy`` (same names as HDF5 datasets). Only the stimuli that trials show (or
+    ``test_stimuli`` names) are read, a chunk at a time, and resized to ``stimulus_size`` pixels square
+    (None: their own size; :func:`stimulus_images`), so a subject's trials can index a stimulus array of
+    all NSD's images; ids are renumbered in their order. Images in 0..255 are scaled to [0, 1], RGB converted
+    to luminance."""
     path = Path(path)
-    names = ("responses", "stimuli", "stim_id", "test_stimuli", "mask", "affine")
     if path.is_dir():
-        arrays = {n: read_npy(path / f"{n}.npy", n) for n in names if (path / f"{n}.npy").is_file()}
-        present = sorted(p.name for p in path.glob("*.npy"))
-    elif path.suffix.lower() in (".h5", ".hdf5") and path.is_file():
-        import h5py
-
-        try:
-            with h5py.File(path, "r") as fh:
-                arrays = {n: fh[n][()] for n in names if n in fh}
-                present = sorted(fh.keys())
-        except OSError as e:
-            raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
-    else:
+        arrays = {n: read_npy(path / f"{n}.npy", n) for n in BETAS_ARRAYS if (path / f"{n}.npy").is_file()}
+        stimuli = read_npy(path / "stimuli.npy", "stimuli", mmap=True) if (path / "stimuli.npy").is_file() else None
+        return _betas(path, arrays, stimuli, sorted(p.name for p in path.glob("*.npy")), stimulus_size)
+    if not (path.suffix.lower() in (".h5", ".hdf5") and path.is_file()):
         raise FileNotFoundError(f"{path}: expected an .h5/.hdf5 file or a folder of .npy files (responses, stimuli)")
-    for need in ("responses", "stimuli"):
-        if need not in arrays:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            arrays = {n: fh[n][()] for n in BETAS_ARRAYS if isinstance(fh.get(n), h5py.Dataset)}
+            stimuli = fh["stimuli"] if isinstance(fh.get("stimuli"), h5py.Dataset) else None
+            return _betas(path, arrays, stimuli, sorted(fh.keys()), stimulus_size)
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
+
+
+def _betas(path: Path, arrays: dict[str, np.ndarray], stimuli, present: list[str], size: int | None) -> TrialData:
+    """:func:`load_betas` of the arrays read from ``path`` (``stimuli``: still on disk)."""
+    for need, got in (("responses", "responses" in arrays), ("stimuli", stimuli is not None)):
+        if not got:
             raise ValueError(f"{path}: no '{need}' array (expected responses (N, V) and stimuli (S, H, W)); it holds "
-                             f"{present}; the names read are {list(names)}")
+                             f"{present}; the names read are {['stimuli', *BETAS_ARRAYS]}")
     responses = np.asarray(arrays["responses"], np.float32)
-    images = images01(arrays["stimuli"], f"{path} (stimuli)")
+    n_images = int(stimuli.shape[0]) if stimuli.ndim else 0
     if "stim_id" in arrays:
         stim_id = stimulus_indices(arrays["stim_id"], f"{path} (stim_id)")
-    elif len(images) == len(responses):
+    elif n_images == len(responses):
         stim_id = np.arange(len(responses), dtype=np.int64)
     else:
-        raise ValueError(f"{path}: stimuli and responses have different counts ({len(images)} images, "
+        raise ValueError(f"{path}: stimuli and responses have different counts ({n_images} images, "
                          f"{len(responses)} trials) and no stim_id maps trials to images")
     test = stimulus_indices(arrays["test_stimuli"], f"{path} (test_stimuli)") if "test_stimuli" in arrays else None
+    if stim_id.size and (stim_id.min() < 0 or stim_id.max() >= n_images):  # checked before any image is read
+        raise ValueError(f"{path}: stim_id must index the {n_images} stimuli; got range [{stim_id.min()}, {stim_id.max()}]")
+    if test is not None and test.size and (test.min() < 0 or test.max() >= n_images):
+        raise ValueError(f"{path}: test_stimuli must be integer ids of the {n_images} stimuli; got shape {test.shape}, "
+                         f"range [{test.min()}, {test.max()}]")
+    shown = np.union1d(stim_id, test if test is not None else [])
+    images = stimulus_images(stimuli, f"{path} (stimuli)", size, shown)
+    stim_id = np.searchsorted(shown, stim_id)  # ids into the images read, in the file's order
+    test = np.searchsorted(shown, test) if test is not None else None
     mask = np.asarray(arrays["mask"], bool) if "mask" in arrays else None
     affine = np.asarray(arrays["affine"], np.float64) if "affine" in arrays else None
     if (mask is None) != (affine is None):
         warnings.warn(f"{path}: a '{'mask' if affine is None else 'affine'}' without its "
                       f"'{'affine' if affine is None else 'mask'}': encoded responses are written as a (V, 1, 1, N) image "
-                      f"without brain geometry; store both to get volumes on the mask", UserWarning, stacklevel=2)
+                      f"without brain geometry; store both to get volumes on the mask", UserWarning, stacklevel=3)
     return check_trials(TrialData(responses, stim_id, images, str(path), test, mask, affine))
 
 

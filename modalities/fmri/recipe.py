@@ -101,8 +101,10 @@ class FMRIConfig(Config):
     """bids data: psc = each voxel's series in percent of its run mean before the GLM (betas comparable across runs
     and sessions); none = scanner units."""
     stimulus_size: int = 32
-    """bids data whose events name stimuli by stim_file: the images under the dataset's stimuli/ folder are resized
-    to this many pixels square."""
+    """bids and betas data: stimuli are resized to this many pixels square (the images under a BIDS dataset's stimuli/
+    folder that events name by stim_file, its stimuli.npy, a betas file's stimuli); the visual AE is an MLP on their
+    pixels. A run's sample, evaluate and finetune read stimuli at its visual AE's size. The simulator's own size is
+    ``image_size`` (SimConfig)."""
     mask: str = ""
     """Mask image of bids data ('' = ROOT/mask.nii.gz)."""
     latent: int = 32
@@ -302,6 +304,42 @@ def with_absolute_paths(cfg: FMRIConfig) -> FMRIConfig:
     return cfg.replace(data=stored_data(cfg.data), mask=absolute_source(cfg.mask) if cfg.mask else cfg.mask)
 
 
+SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "sim": ("simulated",), **{name: ("bids",) for name in (
+        "glm", "glm_noise_model", "glm_hrf", "glm_drift_order", "glm_tr", "glm_task", "glm_space", "glm_desc",
+        "glm_confounds", "glm_slice_time_ref", "glm_scaling", "mask")},
+    "stimulus_size": ("bids", "betas")}
+"""Fields of one data source -> the sources (``data``'s kind) that read them; :func:`check_source_fields` refuses
+them set for another."""
+
+
+def source_kind(data: str) -> str:
+    """``simulated``, ``bids`` or ``betas``: the kind of a ``data`` source."""
+    return data.partition(":")[0]
+
+
+def check_source_fields(data: str, given: dict[str, object]) -> None:
+    """Refuse options ``given`` (field -> value; ``sim`` a :class:`SimConfig` or a dict of some of its fields) that
+    the source ``data`` never reads, with ``ConfigError`` naming them and the sources that read them
+    (``--glm-space`` with betas data would otherwise be silently ignored). Values equal to the default pass."""
+    kind, default = source_kind(data), FMRIConfig()
+
+    def differs(name: str, value: object) -> bool:
+        if name != "sim":
+            return value != getattr(default, name)
+        fields = value.to_dict() if isinstance(value, SimConfig) else dict(value)
+        return any(default.sim.to_dict().get(k) != v for k, v in fields.items())
+
+    unread = [name for name, value in given.items()
+              if name in SOURCE_FIELDS and kind not in SOURCE_FIELDS[name] and differs(name, value)]
+    if unread:
+        what = ", ".join(f"{'the simulator options' if name == 'sim' else '--' + name.replace('_', '-')} (read for "
+                         f"{' or '.join(SOURCE_FIELDS[name])} data)" for name in unread)
+        hint = " (the simulator's stimulus size is --image-size)" if kind == "simulated" and "stimulus_size" in unread else ""
+        raise ConfigError(f"FMRIConfig: --data {data} never reads {what}; leave {'it' if len(unread) == 1 else 'them'} "
+                          f"unset{hint}")
+
+
 ABSENT_FIELDS: dict[str, object] = {"glm_scaling": "none"}
 """Fields a run's recipe lacks when it was written before they existed, read as what that run did: bids betas in
 scanner units (percent signal change became the default in the fifteenth session)."""
@@ -319,7 +357,7 @@ def load_trials(cfg: FMRIConfig) -> TrialData:
                          drift_order=cfg.glm_drift_order, noise_model=cfg.glm_noise_model, task=cfg.glm_task or None,
                          space=cfg.glm_space or None, desc=cfg.glm_desc or None, confounds=cfg.glm_confounds, slice_time_ref=cfg.glm_slice_time_ref,
                          scaling=cfg.glm_scaling, stimulus_size=cfg.stimulus_size)
-    return load_betas(path)
+    return load_betas(path, cfg.stimulus_size)
 
 
 def load_prepared(cfg: FMRIConfig) -> tuple[TrialData, Prepared]:
@@ -437,6 +475,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
     """Train the three stages into ``out_dir``, and the decoding metrics' feature network
     (``data``: already loaded data, else ``cfg.data`` is loaded). Returns per-stage summaries."""
     out = Path(out_dir)
+    check_source_fields(cfg.data, {name: getattr(cfg, name) for name in SOURCE_FIELDS})
     cfg = with_absolute_paths(cfg)
     td, prep = data or load_prepared(cfg)
     if prep.train_img.shape[-1] != prep.train_img.shape[-2]:  # refused before anything is written
@@ -503,7 +542,9 @@ def restore(ckpt_dir: str | Path) -> tuple[FMRIConfig, NeuroFlow]:
     load_weights(ckpt_dir, xfm, use_ema=True)
     model = NeuroFlow(load_ae(ckpt_dir / AE_FILE), load_vae(ckpt_dir / VAE_FILE), xfm.eval(),
                       load_stats(ckpt_dir / STATS_FILE), cfg.solver)
-    return cfg, model
+    # its stimuli at the size its visual AE was trained on (a run on stimulus arrays trained before stimulus_size
+    # resized them read them at their own size, whatever its recipe says)
+    return cfg.replace(stimulus_size=model.ae.cfg.image_size), model
 
 
 def evaluate(ckpt_dir: str | Path, data: str | None, n: int, steps: int | None, solver: str | None, seed: int,

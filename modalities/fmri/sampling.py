@@ -32,10 +32,10 @@ from modaflow.core.io import atomic_write, read_npy
 from modaflow.core.training import TrainerArgs
 
 from ..runs import load_recipe, save_recipe
-from .data import IMAGE_SUFFIXES, images01, nifti_in_space, prepare, read_image_file, save_mask
+from .data import IMAGE_SUFFIXES, nifti_in_space, prepare, read_image_file, save_mask, stimulus_images
 from .models import NeuroVAEConfig
 from .neuroflow import AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
-from .recipe import (ABSENT_FIELDS, NAME, FMRIConfig, fit_neurovae, inert_fields, load_prepared, load_trials, restore,
+from .recipe import (ABSENT_FIELDS, NAME, FMRIConfig, check_source_fields, fit_neurovae, inert_fields, load_prepared, load_trials, restore,
                      stored_data, with_absolute_paths)
 
 __all__ = ["SampleOptions", "sample", "finetune", "read_images", "read_responses", "save_image_grid"]
@@ -55,22 +55,18 @@ class SampleOptions(Config):
 
 
 def read_images(path: str | Path, size: int) -> np.ndarray:
-    """Images ``(N, size, size)`` float32 in [0, 1] from ``.npy`` (``(N, H, W)`` or ``(H, W)``,
-    in [0, 1] or 0..255: :func:`~.data.images01`) or one image file (:func:`~.data.read_image_file`: any size,
-    resized; grey, grey + alpha, RGB(A), 8 or 16 bits)."""
+    """Images ``(N, size, size)`` float32 in [0, 1] from ``.npy`` (square ``(N, H, W)``, ``(H, W)`` or RGB(A)
+    ``(N, H, W, 3|4)``, in [0, 1] or 0..255, resized: :func:`~.data.stimulus_images`) or one image file
+    (:func:`~.data.read_image_file`: any size, resized; grey, grey + alpha, RGB(A), 8 or 16 bits)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: input images not found")
-    if path.suffix.lower() == ".npy":
-        arr = images01(read_npy(path, "images (N, H, W)"), str(path))
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
-        arr = read_image_file(path, size)[None]
-    else:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_image_file(path, size)[None]
+    if path.suffix.lower() != ".npy":
         raise ValueError(f"{path}: expected .npy images (N, H, W) or an image file ({', '.join(IMAGE_SUFFIXES)})")
-    arr = arr[None] if arr.ndim == 2 else arr
-    if arr.ndim != 3 or arr.shape[1:] != (size, size):
-        raise ValueError(f"{path}: expected images of shape (N, {size}, {size}); got {arr.shape}")
-    return arr
+    arr = read_npy(path, "images (N, H, W)", mmap=True)
+    return stimulus_images(arr[None] if arr.ndim == 2 else arr, str(path), size)
 
 
 def read_responses(path: str | Path, ckpt_dir: Path, voxels: int) -> np.ndarray:
@@ -200,6 +196,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     bad = sorted(set(overrides) - allowed)
     if bad:
         raise ConfigError(f"finetune cannot change {bad}: the visual AE and XFM are shared (allowed: {sorted(allowed)})")
+    check_source_fields(data, overrides)
     merged = base.to_dict()
     if stored_data(data) != base.data:
         # another subject's data: its own mask image and TR, not those the base run's data needed

@@ -18,9 +18,11 @@ SIM = SimConfig(n_stimuli=120, n_test=20, trials_per_run=30, volume=(6, 6, 3))
 
 
 def _cfg(**kw) -> FMRIConfig:
+    """Tiny sizes; the simulator's options on simulated data, else its images' size (files the tests write from it)."""
     fm = FlowMatchingConfig(lr=2e-3, max_steps=30, batch_size=64, ema_decay=0.9, log_every=5, ckpt_every=30)
-    return FMRIConfig(sim=SIM, latent=8, ae_hidden=32, ae_steps=30, vae_hidden=32, vae_steps=30, xfm_hidden=32,
-                      xfm_depth=1, steps=4, n_candidates=10, fm=fm, **kw)
+    source = {"sim": SIM} if kw.get("data", "simulated") == "simulated" else {"stimulus_size": SIM.image_size}
+    return FMRIConfig(latent=8, ae_hidden=32, ae_steps=30, vae_hidden=32, vae_steps=30, xfm_hidden=32,
+                      xfm_depth=1, steps=4, n_candidates=10, fm=fm, **{**source, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -363,7 +365,7 @@ def test_train_refuses_non_square_stimuli_before_writing_anything(tmp_path) -> N
     sim = simulate(SIM)
     wide = np.zeros((len(sim.images), SIM.image_size, SIM.image_size - 4), np.float32)
     path = save_betas(tmp_path / "wide.h5", TrialData(sim.betas, sim.stim_id.astype(np.int64), wide, "sim", sim.test_stimuli))
-    with pytest.raises(ValueError, match=r"wide.h5: stimuli must be square; got \(16, 12\)"):
+    with pytest.raises(ValueError, match=r"wide.h5 \(stimuli\): stimuli must be square; got \(16, 12\) \(crop them square first\)"):
         MODALITY.train(_cfg(data=f"betas:{path}"), TrainerArgs(accelerator="cpu"), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
@@ -661,6 +663,49 @@ def test_a_run_on_relative_files_stores_them_absolute_and_evaluates_from_elsewhe
 
     assert json.loads((tmp_path / "run" / "recipe.json").read_text())["config"]["data"] == \
         f"betas:{tmp_path / 'data' / 'betas.h5'}"
+    # a run whose recipe names another stimulus size than its visual AE's (a betas run trained before stimulus_size
+    # resized arrays) reads its stimuli at the AE's size; encode's .npy input of another size is resized to it
+    recipe = json.loads((tmp_path / "run" / "recipe.json").read_text())
+    recipe["config"]["stimulus_size"] = 32
+    (tmp_path / "run" / "recipe.json").write_text(json.dumps(recipe))
+    assert MODALITY.evaluate(tmp_path / "run", None, 0, 2, "euler", 0)["n_test"] == SIM.n_test
+    from skimage.transform import resize
+
+    from modaflow.modalities.fmri.sampling import SampleOptions
+
+    big = np.stack([resize(im, (40, 40)) for im in sim.images[:3]]).astype(np.float32)
+    np.save(tmp_path / "big.npy", (big * 255).round().astype(np.uint8))
+    np.save(tmp_path / "own.npy", sim.images[:3])
+    enc = [np.load(MODALITY.sample(tmp_path / "run", 0, 2, "euler", tmp_path / f"{name}_enc.npy", 0,
+                                   options=SampleOptions(direction="encode", input=str(tmp_path / f"{name}.npy"))))
+           for name in ("big", "own")]
+    assert enc[0].shape == enc[1].shape and np.corrcoef(enc[0].ravel(), enc[1].ravel())[0, 1] > 0.95
+
+
+def test_options_the_data_source_never_reads_are_refused_by_name(run_dir, tmp_path) -> None:
+    from modaflow.core.config import ConfigError
+    from modaflow.modalities.fmri.data import TrialData, save_betas
+    from modaflow.modalities.fmri.simulate import simulate
+
+    sim = simulate(SIM)
+    path = save_betas(tmp_path / "b.h5", TrialData(sim.betas, sim.stim_id.astype(np.int64), sim.images, "sim",
+                                                   sim.test_stimuli))
+    args = TrainerArgs(accelerator="cpu")
+    with pytest.raises(ConfigError, match=rf"^FMRIConfig: --data betas:{path} never reads --glm-space \(read for bids "
+                                          rf"data\), --mask \(read for bids data\); leave them unset$"):
+        MODALITY.train(_cfg(data=f"betas:{path}", glm_space="MNI152NLin2009cAsym", mask="m.nii.gz"), args,
+                       tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match=r"never reads the simulator options \(read for simulated data\); leave it"):
+        MODALITY.train(_cfg(data=f"betas:{path}", sim=SIM), args, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match=r"--data simulated never reads --stimulus-size \(read for bids or betas data\); "
+                                          r"leave it unset \(the simulator's stimulus size is --image-size\)"):
+        MODALITY.train(_cfg(stimulus_size=64), args, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"never reads --glm-tr \(read for bids data\)"):
+        MODALITY.finetune(run_dir, f"betas:{path}", tmp_path / "ft", {"glm_tr": 2.0}, args, progress=False)
+    with pytest.raises(ConfigError, match=r"never reads the simulator options"):
+        MODALITY.finetune(run_dir, f"betas:{path}", tmp_path / "ft", {"sim": {"sim_seed": 3}}, args, progress=False)
+    assert not (tmp_path / "ft").exists()
 
 
 def test_a_run_stored_with_fm_fields_the_xfm_never_read_still_loads(run_dir, tmp_path) -> None:

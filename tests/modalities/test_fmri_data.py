@@ -501,7 +501,7 @@ def test_bids_bad_inputs_name_the_file(sim, bids_root, tmp_path) -> None:
 def test_bids_stimuli_in_0_255_are_scaled_and_a_corrupt_npy_is_named(sim, tmp_path) -> None:
     root = write_bids(sim, tmp_path / "u8", runs=1)
     np.save(root / "stimuli.npy", np.round(sim.images * 255).astype(np.uint8))
-    td = load_bids(root)
+    td = load_bids(root, stimulus_size=sim.images.shape[-1])
     np.testing.assert_allclose(td.images, sim.images, atol=0.5 / 255 + 1e-6)
     (root / "stimuli.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
     with pytest.raises(ValueError, match=r"stimuli.npy: not a readable .npy stimulus images"):
@@ -544,6 +544,68 @@ def test_betas_round_trip_hdf5_and_npy(sim, tmp_path, name) -> None:
     np.testing.assert_array_equal(back.stim_id, sim.stim_id)
     np.testing.assert_array_equal(back.images, sim.images)
     np.testing.assert_array_equal(back.mask, sim.mask)
+
+
+def test_betas_read_only_the_stimuli_trials_show_a_chunk_at_a_time_resized(sim, tmp_path, monkeypatch) -> None:
+    """An NSD-style file: RGB uint8 stimuli, more images than trials show (one of them unreadable as a stimulus),
+    test ids into the whole array. Only the shown images are read; they come out as the obvious whole-array
+    conversion (images01, then each image resized alone) gives them, ids renumbered in the file's order."""
+    import h5py
+    from skimage.transform import resize
+
+    from modaflow.modalities.fmri import data as D
+
+    rng = np.random.default_rng(0)
+    S, used = 300, np.sort(rng.choice(300, 60, replace=False))
+    rgb = rng.integers(0, 256, (S, 24, 24, 3)).astype(np.uint8)
+    stim_id = np.repeat(used, 2)
+    responses = rng.standard_normal((len(stim_id), 7)).astype(np.float32)
+    with h5py.File(tmp_path / "nsd.h5", "w") as fh:
+        fh["responses"], fh["stim_id"], fh["test_stimuli"] = responses, stim_id, used[:10]
+        fh.create_dataset("stimuli", data=rgb, chunks=(1, 24, 24, 3))
+    monkeypatch.setattr(D, "CHUNK_VALUES", 24 * 24 * 3 * 7)  # 7 images a chunk: many chunks, sparse and dense reads
+    got = load_betas(tmp_path / "nsd.h5", stimulus_size=16)
+    want = np.stack([resize(im, (16, 16), anti_aliasing=True) for im in D.images01(rgb[used], "rgb")])
+    np.testing.assert_allclose(got.images, want, atol=1e-5)
+    np.testing.assert_array_equal(got.stim_id, np.repeat(np.arange(60), 2))
+    np.testing.assert_array_equal(got.test_stimuli, np.arange(10))
+    np.testing.assert_array_equal(got.responses, responses)
+    np.testing.assert_allclose(load_betas(tmp_path / "nsd.h5").images, D.images01(rgb[used], "rgb"), atol=1e-6)
+    # an image no trial shows is never read: NaN there passes, NaN in a shown one is refused by name
+    grey = rng.random((S, 12, 12)).astype(np.float32)
+    grey[np.setdiff1d(np.arange(S), used)[0]] = np.nan
+    np.save(tmp_path / "stimuli.npy", grey)
+    np.save(tmp_path / "responses.npy", responses)
+    np.save(tmp_path / "stim_id.npy", stim_id)
+    np.testing.assert_array_equal(load_betas(tmp_path).images, grey[used])
+    grey[used[3]] = np.nan
+    np.save(tmp_path / "stimuli.npy", grey)
+    with pytest.raises(ValueError, match=r"stimuli\): stimulus images hold NaN/Inf"):
+        load_betas(tmp_path)
+    np.save(tmp_path / "stimuli.npy", rgb[:, :, :20])
+    with pytest.raises(ValueError, match=r"stimuli\): stimuli must be square; got \(24, 20\) \(crop them square first\)"):
+        load_betas(tmp_path)
+    np.save(tmp_path / "stimuli.npy", rgb[:, :, :, :2])
+    with pytest.raises(ValueError, match=r"stimuli must be \(S, H, W\) greyscale or \(S, H, W, 3\) RGB images; got shape"):
+        load_betas(tmp_path)
+    np.save(tmp_path / "stim_id.npy", stim_id + 300)
+    with pytest.raises(ValueError, match=r"stim_id must index the 300 stimuli; got range \[30\d, 59\d\]"):
+        load_betas(tmp_path)
+
+
+def test_stimulus_images_one_chunk_equals_many_and_keeps_the_encodings_scale(monkeypatch) -> None:
+    """The 0..255 / [0, 1] decision is the whole selection's, not a chunk's: a dark chunk of a 0..255 float array
+    (all its values <= 2) is still divided by 255."""
+    from modaflow.modalities.fmri import data as D
+
+    arr = np.random.default_rng(1).uniform(0, 255, (20, 8, 8)).astype(np.float32)
+    arr[:10] = arr[:10] / 255 * 2  # dark images first
+    whole = D.stimulus_images(arr, "a", 6)
+    monkeypatch.setattr(D, "CHUNK_VALUES", 64 * 3)
+    np.testing.assert_allclose(D.stimulus_images(arr, "a", 6), whole, atol=1e-6)
+    np.testing.assert_allclose(D.stimulus_images(arr, "a"), D.images01(arr, "a"), atol=1e-7)
+    np.testing.assert_allclose(D.stimulus_images(arr, "a", rows=np.array([1, 2, 15])), D.images01(arr, "a")[[1, 2, 15]],
+                               atol=1e-7)
 
 
 def test_betas_bad_inputs(sim, tmp_path) -> None:
