@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from modaflow.core.config import Config, ConfigError, field_docs
+from modaflow.core.io import RunFolderBusy, run_folder_lock
 from modaflow.core.training import CheckpointError, TrainerArgs
 from .harness import default_run_dir, stage
 from modaflow.modalities.registry import Modality, ModalityUnavailable, UnknownNameError, get_modality, list_datasets, modality_names
@@ -42,7 +43,8 @@ __all__ = ["main", "build_parser", "config_overrides"]
 PROFILES = ("smoke", "quick", "full", "gpu")
 BUILTIN_COMMANDS = ("datasets", "train", "finetune", "sample", "evaluate", "bench")
 _MODALITY_COMMANDS = ("train", "finetune", "sample", "evaluate")
-USER_ERRORS = (ConfigError, CheckpointError, UnknownNameError, ModalityUnavailable, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, CheckpointError, UnknownNameError, ModalityUnavailable, FileNotFoundError, ValueError,
+               RunFolderBusy)
 _CFG, _TRAINER, _OPT, _CMD = "cfg.", "trainer.", "opt.", "cmd."
 
 
@@ -213,18 +215,25 @@ def _datasets() -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .report import overview_tables, results_table, write_overview
-
     names = modality_names() if args.modality == "all" else [args.modality]
     if args.modality == "all" and args.profile not in PROFILES:
         raise ValueError(f"argument --profile: invalid choice: {args.profile!r} (bench all runs {', '.join(PROFILES)})")
+    modality = None
     if args.modality != "all":
         modality = get_modality(args.modality)
         if args.profile not in modality.profiles:
             raise ValueError(f"argument --profile: invalid choice: {args.profile!r} ({modality.name} has "
                              f"{', '.join(modality.profiles)})")
     out = args.out or default_run_dir(args.modality, args.profile)
-    if args.modality != "all":
+    with run_folder_lock(out):
+        return _bench_into(args, modality, names, out)
+
+
+def _bench_into(args: argparse.Namespace, modality: Modality | None, names: list[str], out: Path) -> int:
+    """``bench`` into ``out`` (its lock held): one modality's table, or every modality's and the overview."""
+    from .report import overview_tables, results_table, write_overview
+
+    if modality is not None:
         with stage(f"bench {modality.name} --profile {args.profile}"):
             result = modality.bench(args.profile, out, args.seed)
         print(results_table([result]))
@@ -260,14 +269,16 @@ def _run(args: argparse.Namespace, modality: Modality | None) -> int:
     if cmd == "train":
         cfg = modality.config_cls.from_dict(_merge(modality.config_cls().to_dict(), config_overrides(args)))
         out = args.out or default_run_dir(modality.name, "train")
-        summary = modality.train(cfg, _trainer_args(args), out)
+        with run_folder_lock(out):
+            summary = modality.train(cfg, _trainer_args(args), out)
         print(f"trained {summary['steps']} steps, final loss {summary['final_loss']:.4g}; run folder: {out}")
     elif cmd == "finetune":
         overrides = config_overrides(args)
         data = overrides.pop("data", None)
         if data is None:
             raise ValueError("argument --data: required for finetune (a dataset name or a file)")
-        summary = modality.finetune(args.ckpt, data, args.out, overrides, _trainer_args(args))
+        with run_folder_lock(args.out):
+            summary = modality.finetune(args.ckpt, data, args.out, overrides, _trainer_args(args))
         print(f"finetuned {summary['steps']} steps, final loss {summary['final_loss']:.4g}; run folder: {args.out}")
     elif cmd == "sample":
         _check_positive(args, "n", "steps")
@@ -286,7 +297,13 @@ def _run(args: argparse.Namespace, modality: Modality | None) -> int:
         print(text)
     else:  # a modality's own command
         command = modality.commands[cmd]
-        print(json.dumps(command.run(_options(command.config_cls, args, _CMD), args.out), indent=2, default=str))
+        opts = _options(command.config_cls, args, _CMD)
+        if args.out is None:
+            result = command.run(opts, args.out)
+        else:
+            with run_folder_lock(args.out):
+                result = command.run(opts, args.out)
+        print(json.dumps(result, indent=2, default=str))
     return 0
 
 

@@ -1,17 +1,76 @@
 """File input and output shared by the modalities: atomic writes (write to a temp file in the
 same folder, fsync, then rename, so a crash never leaves a half-written checkpoint, config or
-report behind) and a ``.npy`` reader whose errors name the file."""
+report behind), a ``.npy`` reader whose errors name the file, and a lock that keeps two processes
+from writing one run folder."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_write_text", "read_npy"]
+__all__ = ["atomic_write", "atomic_write_text", "read_npy", "RunFolderBusy", "run_folder_lock", "RANK_VARIABLES"]
+
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+"""Environment variables a launcher (Lightning's DDP subprocesses, torchrun, SLURM) sets to a process's rank; a
+process where one of them is not 0 is a worker of a run whose rank 0 holds the lock (:func:`run_folder_lock`)."""
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the lock of the run folder this one was asked to write."""
+
+
+def _lock_path(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.lock"
+
+
+@contextmanager
+def run_folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on writing run folder ``folder`` for the ``with`` block, or raise
+    :class:`RunFolderBusy` naming the process that holds it: two trainings into one folder would
+    overwrite each other's checkpoints. The lock is ``flock`` on ``.<name>.lock`` beside the folder
+    (so a command refused before it writes leaves no folder), released by the kernel when its process
+    dies (no stale locks) and removed on exit. Workers of a multi-process launch (:data:`RANK_VARIABLES`
+    not 0) take none: their rank 0 holds it. A no-op where ``fcntl`` does not exist (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    if any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES):
+        yield
+        return
+    folder = Path(folder).absolute()
+    path = _lock_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunFolderBusy(f"{folder}: {holder} is writing this run folder (lock {path}); wait for it to finish "
+                                f"or choose another output folder") from None
+        try:  # the file may have been removed by the holder that just released it: lock the one at path
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]})".encode(), 0)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

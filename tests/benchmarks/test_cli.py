@@ -233,3 +233,17 @@ def test_console_entry_point() -> None:
     assert run.returncode == 2 and "argument --profile: invalid choice" in run.stderr
     run = subprocess.run([sys.executable, "-m", "modaflow.benchmarks.cli", "datasets"], capture_output=True, text=True)
     assert run.returncode == 0 and "toy-moons" in run.stdout
+
+
+def test_a_run_folder_another_process_writes_is_refused_before_anything_is_written(tmp_path, capsys) -> None:
+    from modaflow.core.io import run_folder_lock
+
+    out = tmp_path / "busy"
+    with run_folder_lock(out):
+        err = _error(capsys, ["train", "toy", "--out", str(out), "--max-steps", "2", *TINY])
+        assert err.startswith(f"modaflow train: error: {out}: pid ") and "is writing this run folder" in err
+        err = _error(capsys, ["bench", "toy", "--profile", "smoke", "--out", str(out)])
+        assert "is writing this run folder" in err
+        assert not out.exists()
+    assert main(["train", "toy", "--out", str(out), "--max-steps", "2", "--ckpt-every", "2", *TINY]) == 0
+    assert not (tmp_path / ".busy.lock").exists()

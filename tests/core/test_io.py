@@ -43,3 +43,39 @@ def test_mode_follows_umask(tmp_path) -> None:
         assert q.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(umask)
+
+
+def test_run_folder_lock_refuses_a_second_writer_and_never_goes_stale(tmp_path, monkeypatch) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from modaflow.core.io import RunFolderBusy, run_folder_lock
+
+    run = tmp_path / "runs" / "a"
+    with run_folder_lock(run):
+        assert not run.exists() and (tmp_path / "runs" / ".a.lock").is_file()  # beside the folder, which is not made
+        with pytest.raises(RunFolderBusy, match=rf"^{run}: pid {os.getpid()} \(.*\) is writing this run folder \(lock "
+                                                rf"{tmp_path / 'runs' / '.a.lock'}\); wait for it"):
+            with run_folder_lock(run):
+                pass
+        with run_folder_lock(tmp_path / "runs" / "b"):  # another folder: its own lock
+            pass
+        monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP worker: rank 0 holds the lock
+        with run_folder_lock(run):
+            pass
+        monkeypatch.delenv("LOCAL_RANK")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == []  # released and removed
+    # a holder killed outright leaves its file behind, but the kernel released its lock
+    code = f"from modaflow.core.io import run_folder_lock\nwith run_folder_lock({str(run)!r}):\n    print('held', flush=True)\n    input()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    with pytest.raises(RunFolderBusy, match=rf"pid {proc.pid} "):
+        with run_folder_lock(run):
+            pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (tmp_path / "runs" / ".a.lock").is_file()
+    with run_folder_lock(run):
+        pass
