@@ -45,11 +45,24 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
     if any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES):
         yield
         return
-    folder = Path(folder).absolute()
+    folder = Path(folder).resolve()  # one lock whatever the spelling: links and .. resolved
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder}: exists and is not a folder; the output option names a run folder to write")
     path = _lock_path(folder)
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # another user's lock file: flock needs no write access
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                fd = _unlocked(folder, path, e)
+        except OSError as e:  # a read-only parent folder (the run folder itself may be writable)
+            fd = _unlocked(folder, path, e)
+        if fd is None:
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -65,12 +78,27 @@ def run_folder_lock(folder: str | Path) -> Iterator[None]:
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]})".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} ({' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]})".encode(), 0)
+        except OSError:  # opened read-only: locked all the same, without naming this process
+            pass
         yield
     finally:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
         os.close(fd)
+
+
+def _unlocked(folder: Path, path: Path, error: OSError) -> None:
+    """Warn that ``folder`` is written without a lock (``path`` cannot be made: ``error``); None."""
+    import warnings
+
+    warnings.warn(f"{folder}: cannot create the run-folder lock {path} ({error.strerror or error}); writing without it, "
+                  f"so a second process writing this folder would not be stopped", UserWarning, stacklevel=4)
+    return None
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -269,7 +269,8 @@ def _tr(bold: Path, root: Path, t_r: float | None, header_img) -> float:
 
 
 def _stimuli(events: list, paths: list[Path], shared, stim_root: Path, size: int):
-    """``(images (S, H, W), each run's stimulus ids, test ids or None, where the images came from)``
+    """``(images (S, H, W), each run's stimulus ids, test ids or None, where the images came from, the rows of
+    stimuli.npy the images are or None)``
     for the runs' ``events`` (:func:`read_events`; ``paths`` their files): by ``stim_id`` into
     ``shared("stimuli.npy")``, or by ``stim_file`` into ``stim_root/stimuli/`` (see :func:`load_bids`)."""
     by_file = [bool(ev.attrs.get("by_file")) for ev in events]
@@ -278,10 +279,26 @@ def _stimuli(events: list, paths: list[Path], shared, stim_root: Path, size: int
                          f"by stim_id; use one of the two in every run")
     if not any(by_file):
         stim_path = shared("stimuli.npy")
-        images = stimulus_images(read_npy(stim_path, "stimulus images (S, H, W)", mmap=True), str(stim_path), size)
+        stimuli = read_npy(stim_path, "stimulus images (S, H, W)", mmap=True)
+        n = int(stimuli.shape[0]) if stimuli.ndim else 0
+        ids = [ev["stim_id"].to_numpy() for ev in events]
+        for path, ev, run in zip(paths, events, ids):  # checked before any image is read
+            trials = np.flatnonzero(ev["stimulus"].to_numpy())
+            outside = trials[(run[trials] < 0) | (run[trials] >= n)]
+            if outside.size:
+                raise ValueError(f"{path}: stim_id must index the {n} images of {stim_path}; data row "
+                                 f"{outside[0] + 1} holds {ev['stim_id'].iloc[outside[0]]}")
         test_path = shared("test_stimuli.npy")
         test = stimulus_indices(read_npy(test_path, "test stimulus ids"), str(test_path)) if test_path.is_file() else None
-        return images, [ev["stim_id"].to_numpy() for ev in events], test, stim_path
+        if test is not None and test.size and (test.ndim != 1 or test.min() < 0 or test.max() >= n):
+            raise ValueError(f"{test_path}: test_stimuli must be integer ids of the {n} stimuli of {stim_path}; got shape "
+                             f"{test.shape}, range [{test.min()}, {test.max()}]")
+        # only the images the runs show (or the test set names) are read, renumbered in their order
+        shown = np.union1d(np.concatenate([run[ev["stimulus"].to_numpy()] for ev, run in zip(events, ids)]),
+                           test if test is not None else [])
+        images = stimulus_images(stimuli, str(stim_path), size, shown)
+        ids = [np.where(ev["stimulus"].to_numpy(), np.searchsorted(shown, run), 0) for ev, run in zip(events, ids)]
+        return images, ids, None if test is None else np.searchsorted(shown, test), stim_path, shown
     folder = Path(os.path.normpath(stim_root / "stimuli"))
 
     def key(name: str, where: str) -> str:  # one spelling per file: ./a.png, a.png and DS/stimuli/a.png are one stimulus
@@ -316,7 +333,7 @@ def _stimuli(events: list, paths: list[Path], shared, stim_root: Path, size: int
             warnings.warn(f"{test_path}: {len(unknown)} listed file(s) never shown in these runs, e.g. {unknown[0]!r}; "
                           f"left out", UserWarning, stacklevel=3)
         test = np.array(sorted(index[name] for name in listed if name in index), np.int64)
-    return images, ids, test, folder
+    return images, ids, test, folder, None
 
 
 CONFOUND_SUFFIXES = ("_desc-confounds_timeseries.tsv", "_desc-confounds_regressors.tsv")
@@ -422,7 +439,8 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
     mask_arr = np.asarray(mask_img.dataobj) > 0
     events = [read_events(path) for _, path in runs]
     stim_root = top if (top / "stimuli").is_dir() or raw_root is None else raw_root  # DS/stimuli (BIDS)
-    images, run_ids, test, stim_source = _stimuli(events, [p for _, p in runs], shared, stim_root, stimulus_size)
+    images, run_ids, test, stim_source, image_ids = _stimuli(events, [p for _, p in runs], shared, stim_root,
+                                                             stimulus_size)
     masker = NiftiMasker(mask_img=mask_img, standardize=None).fit()
     betas, stim_ids = [], []
     for (bold, events_path), ev, ids in zip(runs, events, run_ids):
@@ -476,5 +494,5 @@ def load_bids(root: str | Path, method: GLMMethod = "lsa", mask: str | Path | No
         stim_ids.append(ids[trials])
     td = TrialData(np.concatenate(betas).astype(np.float32), np.concatenate(stim_ids).astype(np.int64), images,
                    str(root), test, mask_arr, np.asarray(mask_img.affine, np.float64),
-                   int(mask_img.header["sform_code"]) or int(mask_img.header["qform_code"]))
+                   int(mask_img.header["sform_code"]) or int(mask_img.header["qform_code"]), image_ids)
     return check_trials(td)

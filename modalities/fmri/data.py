@@ -42,6 +42,8 @@ class TrialData:
         affine: ``(4, 4)`` voxel-to-world matrix of the mask, or None.
         space_code: the NIfTI xform code of that world space, as the mask image says it (4 = MNI152,
             3 = Talairach, 2 = aligned to an anatomy, 1 = scanner); 0 = not known (written as 2).
+        image_ids: ``(S,)`` the row of each of ``images`` in the source's stimulus array, where only the images
+            trials show were read (betas, a BIDS stimuli.npy); None = ``images`` is that array.
     """
 
     responses: np.ndarray
@@ -52,6 +54,7 @@ class TrialData:
     mask: np.ndarray | None = None
     affine: np.ndarray | None = None
     space_code: int = 0
+    image_ids: np.ndarray | None = None
 
 
 def save_mask(td: TrialData, path: Path) -> None:
@@ -202,24 +205,34 @@ def images01(images: np.ndarray, source: str) -> np.ndarray:
     return np.clip(out / np.float32(_scale(arr.dtype, float(arr.min()), float(arr.max()), source)), 0.0, 1.0)
 
 
-def stimulus_images(stimuli, source: str, size: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
-    """Images ``rows`` (sorted, unique; None = all) of ``stimuli`` -- an array, a memory-mapped ``.npy``
-    (:func:`~modaflow.core.io.read_npy` with ``mmap``) or an h5py dataset, ``(S, H, W)`` or RGB(A) ``(S, H, W, 3|4)``,
-    in any encoding :func:`images01` reads -- as ``(len(rows), size, size)`` float32 luminance in [0, 1], resized with
-    anti-aliasing (``size`` None: their own size). Read :data:`CHUNK_VALUES` values at a time, so only the rows named
-    are ever read and a large array is never converted whole. Non-square images are refused (crop them first: their
-    aspect would be lost)."""
-    from skimage.transform import resize
-
-    shape, dtype = tuple(stimuli.shape), np.dtype(stimuli.dtype)
-    _check_encoding(dtype, source)
+def _check_stimulus_array(stimuli, source: str) -> tuple[int, ...]:
+    """The shape of a stimulus array (not read), refused unless square ``(S, H, W)`` or ``(S, H, W, 3|4)`` numbers."""
+    shape = tuple(stimuli.shape)
+    _check_encoding(np.dtype(stimuli.dtype), source)
     if not (len(shape) == 3 or (len(shape) == 4 and shape[-1] in (3, 4))):
         raise ValueError(f"{source}: stimuli must be (S, H, W) greyscale or (S, H, W, 3) RGB images; got shape {shape}")
     if shape[1] != shape[2]:
         raise ValueError(f"{source}: stimuli must be square; got {shape[1:3]} (crop them square first)")
-    rows = np.arange(shape[0]) if rows is None else np.asarray(rows, np.int64)
+    return shape
+
+
+def stimulus_images(stimuli, source: str, size: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    """Images ``rows`` (None = all) of ``stimuli`` -- an array, a memory-mapped ``.npy``
+    (:func:`~modaflow.core.io.read_npy` with ``mmap``) or an h5py dataset, ``(S, H, W)`` or RGB(A) ``(S, H, W, 3|4)``,
+    in any encoding :func:`images01` reads -- as ``(len(rows), size, size)`` float32 luminance in [0, 1], resized with
+    anti-aliasing (``size`` None: their own size). Read :data:`CHUNK_VALUES` values at a time, so only the rows named
+    are ever read and a large array is never converted whole. Non-square images are refused (crop them first: their
+    aspect would be lost). The encoding (0..255 or [0, 1]) is judged on the rows read, as :func:`images01` judges
+    its whole array: rows that are all dark (every value <= 1 in an integer array, <= 2 in a float one) would be
+    taken for [0, 1] images, which real stimulus sets never are."""
+    from skimage.transform import resize
+
+    shape, dtype = _check_stimulus_array(stimuli, source), np.dtype(stimuli.dtype)
+    rows, order = (np.arange(shape[0]), None) if rows is None else np.unique(np.asarray(rows, np.int64), return_inverse=True)
     if rows.size == 0 or shape[1] == 0:
         raise ValueError(f"{source}: no stimulus images (shape {shape})")
+    if rows[0] < 0 or rows[-1] >= shape[0]:
+        raise ValueError(f"{source}: image rows must lie in [0, {shape[0]}); got [{rows[0]}, {rows[-1]}]")
     size = size or shape[1]
     per = max(1, CHUNK_VALUES // int(np.prod(shape[1:])))
     out = np.empty((len(rows), size, size), np.float32)
@@ -234,7 +247,8 @@ def stimulus_images(stimuli, source: str, size: int | None = None, rows: np.ndar
         out[start:start + len(idx)] = grey if size == shape[1] else resize(grey, (len(idx), size, size), order=1,
                                                                            anti_aliasing=True, preserve_range=True)
     out /= np.float32(_scale(dtype, lo, hi, source))  # the encoding's scale is linear: applied after the resize
-    return np.clip(out, 0.0, 1.0, out=out)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out if order is None else out[order.reshape(-1)]
 
 
 def stimulus_indices(values: np.ndarray, source: str) -> np.ndarray:
@@ -274,9 +288,12 @@ def load_betas(path: str | Path, stimulus_size: int | None = None) -> TrialData:
 
     try:
         with h5py.File(path, "r") as fh:
-            arrays = {n: fh[n][()] for n in BETAS_ARRAYS if isinstance(fh.get(n), h5py.Dataset)}
-            stimuli = fh["stimuli"] if isinstance(fh.get("stimuli"), h5py.Dataset) else None
-            return _betas(path, arrays, stimuli, sorted(fh.keys()), stimulus_size)
+            for name in ("stimuli", *BETAS_ARRAYS):
+                if name in fh and not isinstance(fh[name], h5py.Dataset):
+                    raise ValueError(f"{path}: '{name}' is an HDF5 {type(fh[name]).__name__.lower()}; expected a dataset "
+                                     f"(an array)")
+            arrays = {n: fh[n][()] for n in BETAS_ARRAYS if n in fh}
+            return _betas(path, arrays, fh.get("stimuli"), sorted(fh.keys()), stimulus_size)
     except OSError as e:
         raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
 
@@ -288,7 +305,7 @@ def _betas(path: Path, arrays: dict[str, np.ndarray], stimuli, present: list[str
             raise ValueError(f"{path}: no '{need}' array (expected responses (N, V) and stimuli (S, H, W)); it holds "
                              f"{present}; the names read are {['stimuli', *BETAS_ARRAYS]}")
     responses = np.asarray(arrays["responses"], np.float32)
-    n_images = int(stimuli.shape[0]) if stimuli.ndim else 0
+    n_images = _check_stimulus_array(stimuli, f"{path} (stimuli)")[0]
     if "stim_id" in arrays:
         stim_id = stimulus_indices(arrays["stim_id"], f"{path} (stim_id)")
     elif n_images == len(responses):
@@ -297,22 +314,19 @@ def _betas(path: Path, arrays: dict[str, np.ndarray], stimuli, present: list[str
         raise ValueError(f"{path}: stimuli and responses have different counts ({n_images} images, "
                          f"{len(responses)} trials) and no stim_id maps trials to images")
     test = stimulus_indices(arrays["test_stimuli"], f"{path} (test_stimuli)") if "test_stimuli" in arrays else None
-    if stim_id.size and (stim_id.min() < 0 or stim_id.max() >= n_images):  # checked before any image is read
-        raise ValueError(f"{path}: stim_id must index the {n_images} stimuli; got range [{stim_id.min()}, {stim_id.max()}]")
-    if test is not None and test.size and (test.min() < 0 or test.max() >= n_images):
-        raise ValueError(f"{path}: test_stimuli must be integer ids of the {n_images} stimuli; got shape {test.shape}, "
-                         f"range [{test.min()}, {test.max()}]")
+    mask = np.asarray(arrays["mask"], bool) if "mask" in arrays else None
+    affine = np.asarray(arrays["affine"], np.float64) if "affine" in arrays else None
+    # every check but the images' before any image is read (one placeholder pixel per stimulus)
+    check_trials(TrialData(responses, stim_id, np.zeros((n_images, 1, 1), np.float32), str(path), test, mask, affine))
     shown = np.union1d(stim_id, test if test is not None else [])
     images = stimulus_images(stimuli, f"{path} (stimuli)", size, shown)
     stim_id = np.searchsorted(shown, stim_id)  # ids into the images read, in the file's order
     test = np.searchsorted(shown, test) if test is not None else None
-    mask = np.asarray(arrays["mask"], bool) if "mask" in arrays else None
-    affine = np.asarray(arrays["affine"], np.float64) if "affine" in arrays else None
     if (mask is None) != (affine is None):
         warnings.warn(f"{path}: a '{'mask' if affine is None else 'affine'}' without its "
                       f"'{'affine' if affine is None else 'mask'}': encoded responses are written as a (V, 1, 1, N) image "
                       f"without brain geometry; store both to get volumes on the mask", UserWarning, stacklevel=3)
-    return check_trials(TrialData(responses, stim_id, images, str(path), test, mask, affine))
+    return check_trials(TrialData(responses, stim_id, images, str(path), test, mask, affine, image_ids=shown))
 
 
 def save_betas(path: str | Path, td: TrialData) -> Path:

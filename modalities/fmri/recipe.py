@@ -470,6 +470,22 @@ def fit_neurovae(cfg: FMRIConfig, vae_cfg: NeuroVAEConfig, images: np.ndarray, t
     return model, s
 
 
+def resumed_stimulus_size(cfg: FMRIConfig, out: Path) -> FMRIConfig:
+    """``cfg`` to read the data of a training into ``out`` with: where ``out`` already holds a visual AE (a resumed
+    run), stimuli at that AE's size (a run trained before stimulus_size resized stimulus arrays holds one at their
+    own size, its recipe the default, which the run keeps); a ``stimulus_size`` set to another size is refused,
+    since the AE stage is not retrained."""
+    if not (out / AE_FILE).is_file() or source_kind(cfg.data) == "simulated":
+        return cfg
+    size = load_ae(out / AE_FILE).cfg.image_size
+    if cfg.stimulus_size == size:
+        return cfg
+    if cfg.stimulus_size != FMRIConfig.stimulus_size:
+        raise ConfigError(f"FMRIConfig.stimulus_size: {out} holds a visual AE trained on {size} x {size} stimuli, which "
+                          f"this run resumes; --stimulus-size {cfg.stimulus_size} needs a new run folder")
+    return cfg.replace(stimulus_size=size)
+
+
 def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True,
           data: tuple[TrialData, Prepared] | None = None) -> dict:
     """Train the three stages into ``out_dir``, and the decoding metrics' feature network
@@ -477,7 +493,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
     out = Path(out_dir)
     check_source_fields(cfg.data, {name: getattr(cfg, name) for name in SOURCE_FIELDS})
     cfg = with_absolute_paths(cfg)
-    td, prep = data or load_prepared(cfg)
+    td, prep = data or load_prepared(resumed_stimulus_size(cfg, out))
     if prep.train_img.shape[-1] != prep.train_img.shape[-2]:  # refused before anything is written
         raise ValueError(f"{td.source}: stimuli must be square; got {prep.train_img.shape[1:]}")
     out.mkdir(parents=True, exist_ok=True)

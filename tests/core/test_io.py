@@ -67,6 +67,18 @@ def test_run_folder_lock_refuses_a_second_writer_and_never_goes_stale(tmp_path, 
             pass
         monkeypatch.delenv("LOCAL_RANK")
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == []  # released and removed
+    # one lock whatever the spelling: a link to the folder, or a path through ..
+    run.mkdir()
+    (tmp_path / "link").symlink_to(run)
+    with run_folder_lock(tmp_path / "link"):
+        for other in (run, tmp_path / "runs" / "b" / ".." / "a"):
+            with pytest.raises(RunFolderBusy, match=rf"^{run}: pid "):
+                with run_folder_lock(other):
+                    pass
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"file: exists and is not a folder; the output option names a run folder"):
+        with run_folder_lock(tmp_path / "file"):
+            pass
     # a holder killed outright leaves its file behind, but the kernel released its lock
     code = f"from modaflow.core.io import run_folder_lock\nwith run_folder_lock({str(run)!r}):\n    print('held', flush=True)\n    input()"
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -680,6 +680,17 @@ def test_a_run_on_relative_files_stores_them_absolute_and_evaluates_from_elsewhe
                                    options=SampleOptions(direction="encode", input=str(tmp_path / f"{name}.npy"))))
            for name in ("big", "own")]
     assert enc[0].shape == enc[1].shape and np.corrcoef(enc[0].ravel(), enc[1].ravel())[0, 1] > 0.95
+    # resumed (its feature network removed, as the missing-network error says to do): at the AE's size, not the
+    # recipe's default; another size set explicitly is refused, since the AE stage is kept
+    for f in ("features.safetensors", "features.json"):
+        (tmp_path / "run" / f).unlink()
+    old = _cfg(data=f"betas:{tmp_path / 'data' / 'betas.h5'}").replace(stimulus_size=FMRIConfig().stimulus_size)
+    MODALITY.train(old, TrainerArgs(accelerator="cpu"), tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "features.json").read_text())["config"]["image_size"] == SIM.image_size
+    assert MODALITY.evaluate(tmp_path / "run", None, 0, 2, "euler", 0)["n_test"] == SIM.n_test
+    with pytest.raises(ConfigError, match=rf"holds a visual AE trained on 16 x 16 stimuli, which this run resumes; "
+                                          rf"--stimulus-size 24 needs a new run folder"):
+        MODALITY.train(old.replace(stimulus_size=24), TrainerArgs(accelerator="cpu"), tmp_path / "run", progress=False)
 
 
 def test_options_the_data_source_never_reads_are_refused_by_name(run_dir, tmp_path) -> None:

@@ -96,11 +96,11 @@ def test_bids_lsa_with_nilearn_matches_the_simulators_estimates(sim, bids_root) 
     td = load_bids(bids_root, "lsa", noise_model="ols")
     sel = sim.run < 2
     assert td.responses.shape == (int(sel.sum()), int(sim.mask.sum()))
-    np.testing.assert_array_equal(td.stim_id, sim.stim_id[sel])
+    np.testing.assert_array_equal(td.image_ids[td.stim_id], sim.stim_id[sel])  # the rows of stimuli.npy the runs show
     r = [np.corrcoef(td.responses[:, v], sim.betas[sel, v])[0, 1] for v in range(td.responses.shape[1])]
     assert min(r) > 0.99  # same design, same drift model: only the HRF sampling grid differs
     lss = load_bids(bids_root, "lss", max_runs=1)
-    truth = sim.true_beta[lss.stim_id]
+    truth = sim.true_beta[lss.image_ids[lss.stim_id]]
     r_lss = [np.corrcoef(lss.responses[:, v], truth[:, v])[0, 1] for v in range(truth.shape[1])]
     assert np.median(r_lss) > 0.5
 
@@ -322,19 +322,20 @@ def test_bids_stimuli_named_by_stim_file(sim, tmp_path) -> None:
         load_bids(root, noise_model="ols", stimulus_size=sim.images.shape[-1])
     (root / "test_stimuli.npy").unlink()
     (root / "stimuli.npy").unlink()
-    shown = sorted({int(i) for i in want.stim_id})
+    shown = sorted({int(i) for i in want.image_ids[want.stim_id]})
     annex = root / ".git" / "annex"  # DataLad keeps files as links into the annex: read through the link
     annex.mkdir(parents=True)
     linked = f"img_{shown[0]:04d}.png"
     (root / "stimuli" / linked).rename(annex / linked)
     (root / "stimuli" / linked).symlink_to(annex / linked)
     index = {s: k for k, s in enumerate(shown)}  # only the shown files get ids, in file-name order
-    (root / "test_stimuli.txt").write_text("".join(f"img_{i:04d}.png\n" for i in want.test_stimuli))
+    (root / "test_stimuli.txt").write_text("".join(f"img_{i:04d}.png\n" for i in want.image_ids[want.test_stimuli]))
     with pytest.warns(UserWarning, match=r"test_stimuli.txt: \d+ listed file\(s\) never shown in these runs"):
         got = load_bids(root, noise_model="ols", stimulus_size=sim.images.shape[-1])
     np.testing.assert_array_equal(got.responses, want.responses)
-    np.testing.assert_array_equal(got.stim_id, [index[int(i)] for i in want.stim_id])
-    np.testing.assert_array_equal(got.test_stimuli, sorted(index[int(i)] for i in want.test_stimuli if int(i) in index))
+    np.testing.assert_array_equal(got.stim_id, [index[int(i)] for i in want.image_ids[want.stim_id]])
+    np.testing.assert_array_equal(got.test_stimuli, sorted(index[int(i)] for i in want.image_ids[want.test_stimuli]
+                                                           if int(i) in index))
     np.testing.assert_allclose(got.images, sim.images[shown], atol=0.5 / 255 + 1e-6)  # 8-bit PNGs
     assert load_bids(root, noise_model="ols", stimulus_size=8, max_runs=1).images.shape[1:] == (8, 8)
     (root / "test_stimuli.txt").write_text("img_9999.png\n")
@@ -510,7 +511,14 @@ def test_bids_stimuli_in_0_255_are_scaled_and_a_corrupt_npy_is_named(sim, tmp_pa
     root = write_bids(sim, tmp_path / "u8", runs=1)
     np.save(root / "stimuli.npy", np.round(sim.images * 255).astype(np.uint8))
     td = load_bids(root, stimulus_size=sim.images.shape[-1])
-    np.testing.assert_allclose(td.images, sim.images, atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(td.images, sim.images[td.image_ids], atol=0.5 / 255 + 1e-6)
+    # only the images the run shows are read: an unreadable one it never shows passes
+    unshown = np.setdiff1d(np.arange(len(sim.images)), td.image_ids)
+    assert unshown.size and len(td.image_ids) < len(sim.images)
+    floats = sim.images.copy()
+    floats[unshown[0]] = np.nan
+    np.save(root / "stimuli.npy", floats)
+    np.testing.assert_array_equal(load_bids(root, stimulus_size=sim.images.shape[-1]).images, sim.images[td.image_ids])
     (root / "stimuli.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
     with pytest.raises(ValueError, match=r"stimuli.npy: not a readable .npy stimulus images"):
         load_bids(root)
@@ -596,9 +604,21 @@ def test_betas_read_only_the_stimuli_trials_show_a_chunk_at_a_time_resized(sim, 
     np.save(tmp_path / "stimuli.npy", rgb[:, :, :, :2])
     with pytest.raises(ValueError, match=r"stimuli must be \(S, H, W\) greyscale or \(S, H, W, 3\) RGB images; got shape"):
         load_betas(tmp_path)
+    np.save(tmp_path / "stimuli.npy", grey)
     np.save(tmp_path / "stim_id.npy", stim_id + 300)
     with pytest.raises(ValueError, match=r"stim_id must index the 300 stimuli; got range \[30\d, 59\d\]"):
         load_betas(tmp_path)
+    np.save(tmp_path / "stim_id.npy", stim_id)
+    np.save(tmp_path / "responses.npy", responses[:1])  # the responses' own errors come before any image is read
+    with pytest.raises(ValueError, match=r"responses must be \(N trials, V voxels\) with N >= 2"):
+        load_betas(tmp_path)
+    with h5py.File(tmp_path / "group.h5", "w") as fh:  # an entry of the wrong kind is named, not skipped
+        fh["responses"], fh["stimuli"] = responses, rgb
+        fh.create_group("stim_id")
+    with pytest.raises(ValueError, match=r"group.h5: 'stim_id' is an HDF5 group; expected a dataset"):
+        load_betas(tmp_path / "group.h5")
+    # rows in any order, repeated: each read once, given back as asked
+    np.testing.assert_array_equal(D.stimulus_images(grey, "g", rows=np.array([5, 0, 5, 2])), grey[[5, 0, 5, 2]])
 
 
 def test_stimulus_images_one_chunk_equals_many_and_keeps_the_encodings_scale(monkeypatch) -> None:
@@ -745,5 +765,5 @@ def test_bids_with_several_subjects_is_refused_and_a_subject_folder_reads_the_sh
     one = load_bids(root / "sub-02")  # stimuli.npy, test_stimuli.npy, mask.nii.gz and the TR sidecar from ROOT
     ref = load_bids(bids_root, t_r=1.1)
     np.testing.assert_array_equal(one.responses, ref.responses)
-    np.testing.assert_array_equal(one.test_stimuli, sim.test_stimuli)
+    np.testing.assert_array_equal(one.image_ids[one.test_stimuli], sim.test_stimuli)
     assert one.source == str(root / "sub-02")
