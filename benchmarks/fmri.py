@@ -24,7 +24,8 @@ from modaflow.core.training import FlowMatchingConfig, TrainerArgs
 from modaflow.modalities.fmri.baselines import ridge_fit_predict, stimulus_means, train_one_direction
 from modaflow.modalities.fmri.evaluation import decoding_metrics, encoding_metrics, score_neuroflow
 from modaflow.modalities.fmri.metrics import noise_ceiling, voxel_r
-from modaflow.modalities.fmri.neuroflow import FEATURES_FILE, load_features
+from modaflow.modalities.fmri.neuroflow import FEATURES_FILE, VAE_FILE, load_features, load_vae
+from modaflow.modalities.fmri.readout import refit_readout
 from modaflow.modalities.fmri.recipe import FMRIConfig, restore, train
 from modaflow.modalities.fmri.data import TrialData, prepare
 from modaflow.modalities.fmri.simulate import SimConfig, simulate
@@ -169,9 +170,16 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         with stage(f"train two one-direction flows ({p.xfm_steps} steps each)", timings, "train_one_direction_flows_s"):
             dec_flow = train_one_direction(zv_tr, zn_tr, p.hidden, cfg.xfm_depth, cfg.fm, out / "flow_decode_only", targs)
             enc_flow = train_one_direction(zn_tr, zv_tr, p.hidden, cfg.xfm_depth, cfg.fm, out / "flow_encode_only", targs)
+        enc_vae = load_vae(out / "neuroflow" / VAE_FILE)  # the trained NeuroVAE; its readout refit on this flow's
+        if cfg.readout == "ridge":                       # own encoding path, as NeuroFlow's is on the XFM's
+            def enc_latent(img: torch.Tensor) -> torch.Tensor:
+                return enc_flow.sample(nf.visual_latent(img), top, seed + 1) * nf.stats["zn_std"] + nf.stats["zn_mean"]
+
+            enc_vae = refit_readout(enc_vae, enc_latent, prep.train_img, prep.train_x)[0]
         for k in p.ode_steps:
             imgs = nf.image(dec_flow.sample(zn_te, k, seed)).numpy()
-            vox = nf.voxels(enc_flow.sample(zv_te, k, seed + 1)).numpy()
+            with torch.no_grad():
+                vox = enc_vae.decode(enc_flow.sample(zv_te, k, seed + 1) * nf.stats["zn_std"] + nf.stats["zn_mean"]).numpy()
             baselines.setdefault("flow_decode_only", {}).update(
                 {f"@{k}.{m}": v for m, v in decoding_metrics(imgs, prep.test_img, feats, K, seed).items()})
             baselines.setdefault("flow_encode_only", {}).update(

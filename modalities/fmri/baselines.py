@@ -25,22 +25,32 @@ from modaflow.core.training import FlowMatchingConfig, FlowMatchingModule, Train
 
 from .models import CondVelocity
 
-__all__ = ["ALPHAS", "ridge_fit_predict", "stimulus_means", "OneDirectionFlow", "train_one_direction"]
+__all__ = ["ALPHAS", "ridge_weights", "ridge_fit_predict", "stimulus_means", "OneDirectionFlow", "train_one_direction"]
 
 ALPHAS = np.logspace(-2, 5, 15)
 """Ridge penalties searched by leave-one-out."""
 
 
-def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, per_target: bool = True) -> np.ndarray:
-    """Fit ``RidgeCV`` (penalty per target by leave-one-out) on standardised inputs and
-    predict ``(n_test, n_targets)``."""
+def ridge_weights(x_train: np.ndarray, y_train: np.ndarray, per_target: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(W (F, T), b (T,), alpha (T,))``: ``RidgeCV`` (penalty per target by efficient leave-one-out, Golub, Heath &
+    Wahba 1979) on the standardised inputs, folded back so that ``x @ W + b`` predicts from raw inputs ``x``."""
     from sklearn.linear_model import RidgeCV
     from threadpoolctl import threadpool_limits
 
+    x_train = np.asarray(x_train, np.float64)
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-8
     with threadpool_limits(1):
         model = RidgeCV(alphas=ALPHAS, alpha_per_target=per_target).fit((x_train - mu) / sd, y_train)
-        return model.predict((x_test - mu) / sd).astype(np.float32)
+    w = np.atleast_2d(model.coef_).T / sd[:, None]  # on standardised inputs -> on raw inputs
+    alpha = np.broadcast_to(np.asarray(model.alpha_, np.float64), (w.shape[1],)).copy()
+    return w, np.asarray(model.intercept_, np.float64) - mu @ w, alpha
+
+
+def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, per_target: bool = True) -> np.ndarray:
+    """Fit :func:`ridge_weights` and predict ``(n_test, n_targets)``."""
+    w, b, _ = ridge_weights(x_train, y_train, per_target)
+    return (np.asarray(x_test, np.float64) @ w + b).astype(np.float32)
 
 
 def stimulus_means(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -35,7 +35,7 @@ from ..runs import load_recipe, save_recipe
 from .data import IMAGE_SUFFIXES, nifti_in_space, prepare, read_image_file, save_mask, stimulus_images
 from .models import NeuroVAEConfig
 from .neuroflow import AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
-from .recipe import (ABSENT_FIELDS, NAME, FMRIConfig, check_source_fields, fit_neurovae, inert_fields, load_prepared, load_trials, restore,
+from .recipe import (ABSENT_FIELDS, NAME, FMRIConfig, check_source_fields, fit_neurovae, inert_fields, readout_stage, load_prepared, load_trials, restore,
                      stored_data, with_absolute_paths)
 
 __all__ = ["SampleOptions", "sample", "finetune", "read_images", "read_responses", "save_image_grid"]
@@ -240,5 +240,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     with torch.no_grad():
         mu = new.neural_latent(torch.as_tensor(prep.train_x))
     summary["align_rmse"] = float(((mu - zn_std) ** 2).mean().sqrt())
+    if cfg.readout == "ridge":  # the new subject's readout on the shared encoding path
+        summary["readout"] = readout_stage(cfg, new, prep, out)[1]
     summary["voxels"] = int(prep.train_x.shape[1])
     return summary

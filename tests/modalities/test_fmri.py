@@ -277,6 +277,10 @@ def test_finetune_trains_a_new_subject_head_on_the_same_xfm(run_dir, tmp_path) -
     assert summary["refit_rows"] == (SIM.n_stimuli - SIM.n_test) * SIM.train_repeats
     for shared in ("checkpoints/last.safetensors", "visual_ae.safetensors", "features.safetensors"):
         assert (out / shared).read_bytes() == (run_dir / shared).read_bytes(), shared
+    from modaflow.modalities.fmri.neuroflow import load_vae  # the new subject's readout, refit on the shared path
+
+    assert summary["readout"]["stimuli"] == SIM.n_stimuli - SIM.n_test
+    assert load_vae(out / "neurovae_readout.safetensors").cfg.voxels == v2
     m = MODALITY.evaluate(out, None, 0, 4, "euler", 0)
     assert np.isfinite(m["dec.pixcorr"]) and np.isfinite(m["enc.voxel_r_median"])
     with pytest.raises(ConfigError, match="finetune cannot change"):
@@ -735,3 +739,54 @@ def test_a_run_stored_with_fm_fields_the_xfm_never_read_still_loads(run_dir, tmp
     (old / "recipe.json").write_text(json.dumps(recipe))
     with pytest.raises(ConfigError, match="fm.parametrization"):
         MODALITY.evaluate(old, None, 0, 4, "euler", 0)
+
+
+def test_the_ridge_readout_is_sklearns_per_voxel_ridge_on_the_encoding_paths_features(run_dir, tmp_path) -> None:
+    """Encoding through the refit readout equals an independent RidgeCV (penalty per voxel, leave-one-out) fitted on
+    phi(XFM(z_vis)) of the training stimuli's mean responses; decoding is the trained NeuroVAE's. A run without
+    the field (trained before it) keeps its SGD-trained readout; one whose readout file is missing says how to
+    fit it, and training again fits only that."""
+    import json
+    import shutil
+
+    from sklearn.linear_model import RidgeCV
+
+    from modaflow.core.training import CheckpointError
+    from modaflow.modalities.fmri.baselines import ALPHAS, stimulus_means
+    from modaflow.modalities.fmri.neuroflow import load_vae
+    from modaflow.modalities.fmri.recipe import load_prepared, restore
+
+    cfg, nf = restore(run_dir)
+    assert cfg.readout == "ridge" and (run_dir / "neurovae_readout.safetensors").is_file()
+    _, prep = load_prepared(cfg)
+    trained = load_vae(run_dir / "neurovae.safetensors")
+
+    def phi(img):
+        with torch.no_grad():
+            z = nf.flow(nf.visual_latent(torch.as_tensor(img)), 1.0, 0.0, cfg.steps, cfg.solver)
+            return trained.decoder[:-1](z * nf.stats["zn_std"] + nf.stats["zn_mean"]).double().numpy()
+
+    img_u, y_u = stimulus_means(prep.train_img, prep.train_x)
+    f = phi(img_u)
+    mu, sd = f.mean(0), f.std(0) + 1e-8
+    want = RidgeCV(alphas=ALPHAS, alpha_per_target=True).fit((f - mu) / sd, y_u).predict((phi(prep.test_img) - mu) / sd)
+    got = nf.encode(torch.as_tensor(prep.test_img), cfg.steps, cfg.solver).numpy()
+    np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max())
+    x = torch.as_tensor(prep.test_x)
+    with torch.no_grad():
+        np.testing.assert_array_equal(nf.vae.encode(x)[0].numpy(), trained.encode(x)[0].numpy())  # decoding unchanged
+    old = shutil.copytree(run_dir, tmp_path / "old")
+    recipe = json.loads((old / "recipe.json").read_text())
+    del recipe["config"]["readout"]
+    (old / "recipe.json").write_text(json.dumps(recipe))
+    (old / "neurovae_readout.safetensors").unlink()
+    old_cfg, old_nf = restore(old)
+    assert old_cfg.readout == "decoder"
+    np.testing.assert_array_equal(old_nf.vae.decoder[-1].weight.detach().numpy(), trained.decoder[-1].weight.detach().numpy())
+    stopped = shutil.copytree(run_dir, tmp_path / "stopped")
+    (stopped / "neurovae_readout.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"neurovae_readout.safetensors: the encoding path's ridge readout is missing"):
+        restore(stopped)
+    summary = MODALITY.train(_cfg(), TrainerArgs(accelerator="cpu"), stopped, progress=False)
+    assert summary["neurovae"]["resumed"] and not summary["readout"].get("resumed")
+    np.testing.assert_allclose(restore(stopped)[1].encode(torch.as_tensor(prep.test_img), cfg.steps).numpy(), got, atol=1e-6)
