@@ -67,8 +67,8 @@ class FMRIProfile:
     """ODE steps at which NeuroFlow and the flow baselines are scored."""
     threads: int
     """torch threads (0: leave torch's default)."""
-    cosine_variant: bool = True
-    """Also train the XFM on the cosine bridge (the paper's path) on the same AE and NeuroVAE."""
+    bridge_variant: bool = True
+    """Also train the XFM on the other bridge path (linear beside the recipe's cosine) on the same AE and NeuroVAE."""
     one_direction_flows: bool = True
     """Also train the two one-direction flows (decode-only, encode-only; each as long as the XFM)."""
     device: str = "cpu"
@@ -77,7 +77,7 @@ class FMRIProfile:
 
 PROFILES: dict[str, FMRIProfile] = {
     "smoke": FMRIProfile(n_stimuli=160, n_test=30, train_repeats=3, ae_steps=25, vae_steps=25, xfm_steps=25, hidden=64,
-                         ode_steps=(1, 4), threads=1, cosine_variant=False),
+                         ode_steps=(1, 4), threads=1, bridge_variant=False),
     "quick": FMRIProfile(n_stimuli=0, n_test=300, train_repeats=3, ae_steps=1500, vae_steps=1500, xfm_steps=2500, hidden=256,
                          ode_steps=(1, 4, 20), threads=1),
     "full": FMRIProfile(n_stimuli=0, n_test=300, train_repeats=3, ae_steps=6000, vae_steps=6000, xfm_steps=15000, hidden=512,
@@ -127,18 +127,19 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         timings[f"score_neuroflow@{k}_s"] = time.perf_counter() - ts
         metrics.update({f"neuroflow@{k}.{m}": v for m, v in scores[k].items()})
     top = max(p.ode_steps)
-    if p.cosine_variant:  # same AE, NeuroVAE and metrics' feature files, so only the XFM is trained again
-        cos_dir = out / "neuroflow_cosine"
-        cos_dir.mkdir(exist_ok=True)
+    if p.bridge_variant:  # same AE, NeuroVAE and metrics' feature files, so only the XFM (and readout) train again
+        other = "linear" if cfg.xfm_path == "cosine" else "cosine"
+        var_dir = out / f"neuroflow_{other}"
+        var_dir.mkdir(exist_ok=True)
         for name in ("visual_ae", "neurovae", "features"):
             for ext in (".safetensors", ".json"):
-                shutil.copy2(out / "neuroflow" / f"{name}{ext}", cos_dir / f"{name}{ext}")
-        with stage(f"train the cosine-bridge XFM ({p.xfm_steps} steps)", timings, "train_xfm_cosine_s"):
-            train(cfg.replace(xfm_path="cosine"), targs, cos_dir, progress=False, data=(td, prep))
-        _, nf_cos = restore(cos_dir)
+                shutil.copy2(out / "neuroflow" / f"{name}{ext}", var_dir / f"{name}{ext}")
+        with stage(f"train the {other}-bridge XFM ({p.xfm_steps} steps)", timings, f"train_xfm_{other}_s"):
+            train(cfg.replace(xfm_path=other), targs, var_dir, progress=False, data=(td, prep))
+        _, nf_var = restore(var_dir)
         for k in p.ode_steps:
-            sc = score_neuroflow(nf_cos, prep.test_x, prep.test_img, prep.test_trials, k, "euler", feats, K, seed)
-            baselines.setdefault("neuroflow_cosine_bridge", {}).update({f"@{k}.{m}": v for m, v in sc.items()})
+            sc = score_neuroflow(nf_var, prep.test_x, prep.test_img, prep.test_trials, k, "euler", feats, K, seed)
+            baselines.setdefault(f"neuroflow_{other}_bridge", {}).update({f"@{k}.{m}": v for m, v in sc.items()})
     # --- baselines: same split, same latents, same seeds -----------------------------------
     ceiling = noise_ceiling(prep.test_trials)
     true_z = (sim.true_beta[prep.test_ids] - prep.mean) / prep.std  # the simulator's noise-free responses
