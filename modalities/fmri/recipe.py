@@ -576,7 +576,10 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
 
 def readout_stage(cfg: FMRIConfig, nf: NeuroFlow, prep: Prepared, out: Path) -> tuple[NeuroVAE, dict]:
     """Refit ``nf``'s NeuroVAE readout on its encoding path (``cfg.steps`` of ``cfg.solver``) over the training
-    stimuli of ``prep`` (:func:`~.readout.refit_readout`) and save it in ``out``."""
+    stimuli of ``prep`` (:func:`~.readout.refit_readout`) and save it in ``out``. Runs on the CPU (after a GPU
+    fit, the networks may be left on either device)."""
+    nf = nf.to("cpu")
+
     def latent_of(img: torch.Tensor) -> torch.Tensor:  # the raw neural latent the encoder decodes
         return nf.flow(nf.visual_latent(img), 1.0, 0.0, cfg.steps, cfg.solver) * nf.stats["zn_std"] + nf.stats["zn_mean"]
 
