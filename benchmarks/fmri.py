@@ -229,9 +229,11 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         f"simulator: {len(sim.images)} stimuli, {int(sim.mask.sum())} voxels, {len(prep.train_x)} training trials "
         f"({len(prep.train_x) // max(cfg.sim.train_repeats, 1)} stimuli x {cfg.sim.train_repeats} repeats, as in NSD), "
         f"{len(prep.test_x)} test stimuli x {cfg.sim.n_repeats} repeats; median noise ceiling r = {float(np.median(ceiling)):.3f}",
-        "NeuroFlow: one XFM (linear bridge, Euler) decodes (t 0 -> 1) and encodes (t 1 -> 0); 'neuroflow@k' = k ODE steps; "
-        f"the NeuroVAE mean is pulled onto the stimulus's visual latent (vae_align = {cfg.vae_align:g}, chosen on a "
-        "validation split of the training stimuli), so the latent pairs are nearly deterministic and few steps suffice; "
+        f"NeuroFlow: one XFM ({cfg.xfm_path} bridge, Euler) decodes (t 0 -> 1) and encodes (t 1 -> 0); 'neuroflow@k' = k "
+        f"ODE steps; encoding reads voxels through the NeuroVAE decoder's {cfg.readout} readout (ridge: refit per voxel "
+        f"on the encoding path at {cfg.steps} steps); the NeuroVAE mean is pulled onto the stimulus's visual latent "
+        f"(vae_align = {cfg.vae_align:g}, chosen on a validation split of the training stimuli), so the latent pairs are "
+        "nearly deterministic (on the linear bridge one Euler step already gives the conditional mean); "
         + ("the one-direction flows use the same latents" if p.one_direction_flows
            else "the one-direction flows were not trained in this run (profile option one_direction_flows)"),
         f"NeuroVAE early stopping: {cfg.vae_val_fraction:g} of the training stimuli held out, best validation step "

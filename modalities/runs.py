@@ -69,14 +69,15 @@ def _differences(old: object, new: object, where: str = "") -> list[str]:
     return [] if old == new or where.rsplit(".", 1)[-1] in RESUMABLE else [where]
 
 
-def save_recipe(out_dir: str | Path, modality: str, cfg: Config) -> Path:
+def save_recipe(out_dir: str | Path, modality: str, cfg: Config, absent: Mapping[str, Any] | None = None) -> Path:
     """Write ``out_dir/recipe.json`` atomically; returns its path.
 
     A folder that already holds a run is never overwritten with another one: another
     modality's recipe, or a trained run (a checkpoint) whose recipe differs in more than
     :data:`RESUMABLE`, raises :class:`ConfigError` before anything is written, so a rerun
     that would fail (a model that no longer fits the checkpoint) or mix two runs (new data
-    on old weights) leaves the trained run usable."""
+    on old weights) leaves the trained run usable. A stored recipe's missing fields read as
+    ``absent`` says (what :func:`load_recipe` reads them as), else as their defaults."""
     path = Path(out_dir) / RECIPE_FILE
     config = cfg.to_dict()
     if path.is_file():
@@ -88,8 +89,11 @@ def save_recipe(out_dir: str | Path, modality: str, cfg: Config) -> Path:
         if found != modality:
             raise ConfigError(f"{path}: {Path(out_dir)} holds a run of modality {found!r}, not {modality!r}; "
                               "choose another --out")
-        try:  # fields the stored recipe lacks (written by an older version) take their defaults, as load_recipe does
-            stored = type(cfg).from_dict(old.get("config")).to_dict()
+        stored_config = old.get("config")
+        if absent and isinstance(stored_config, dict):
+            stored_config = {**absent, **stored_config}
+        try:  # fields the stored recipe lacks (written by an older version) read as load_recipe reads them
+            stored = type(cfg).from_dict(stored_config).to_dict()
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}; choose another --out") from None
         stored = json.loads(json.dumps(stored))

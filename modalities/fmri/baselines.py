@@ -48,9 +48,10 @@ def ridge_weights(x_train: np.ndarray, y_train: np.ndarray, per_target: bool = T
 
 
 def ridge_fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, per_target: bool = True) -> np.ndarray:
-    """Fit :func:`ridge_weights` and predict ``(n_test, n_targets)``."""
+    """Fit :func:`ridge_weights` and predict ``(n_test, n_targets)`` (``(n_test,)`` for a 1-D ``y_train``)."""
     w, b, _ = ridge_weights(x_train, y_train, per_target)
-    return (np.asarray(x_test, np.float64) @ w + b).astype(np.float32)
+    pred = (np.asarray(x_test, np.float64) @ w + b).astype(np.float32)
+    return pred[:, 0] if np.ndim(y_train) == 1 else pred
 
 
 def stimulus_means(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,9 @@ arXiv 2303.08797, eq. 2.1). One model serves both directions:
 
 Run-folder files: ``visual_ae.safetensors``, ``neurovae.safetensors``, ``stats.safetensors``
 (voxel mean/std; latent mean/std), ``checkpoints/last.safetensors`` (XFM, core ``fit``), and
-``features.safetensors`` (the decoding metrics' feature network, not part of the model).
+``features.safetensors`` (the decoding metrics' feature network, not part of the model), and
+``neurovae_readout.safetensors`` (the encoding path's ridge readout, :mod:`.readout`, when the recipe's
+``readout`` is ridge).
 """
 
 from __future__ import annotations

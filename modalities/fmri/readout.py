@@ -7,27 +7,44 @@ voxels. :func:`refit_readout` keeps ``phi`` and fits the readout again on the pa
 ``phi(XFM(z_vis))`` of every training stimulus against its mean response, with a ridge penalty per voxel chosen by
 efficient leave-one-stimulus-out (:func:`~.baselines.ridge_weights`; the voxel-wise regularisation of encoding
 models, Naselaris et al. 2011, NeuroImage 56, 400). The encoder half of the NeuroVAE, and so decoding, is unchanged.
+
+The readout file holds only that layer, with a fingerprint of what it was fitted on (the XFM, the NeuroVAE, the
+latent statistics, the sampler): :func:`apply_readout` refuses it for any other, and training refits a stale one.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from modaflow.core.training import save_checkpoint
+from modaflow.core.training import CheckpointError, read_checkpoint, save_checkpoint
 
 from .baselines import ridge_weights, stimulus_means
 from .models import NeuroVAE
 
-__all__ = ["READOUT_FILE", "refit_readout", "save_readout"]
+__all__ = ["READOUT_FILE", "fingerprint", "refit_readout", "save_readout", "readout_is_current", "apply_readout"]
 
 READOUT_FILE = "neurovae_readout.safetensors"
-"""The NeuroVAE whose decoder readout was refit (:func:`refit_readout`), beside the trained ``neurovae.safetensors``."""
+"""The refit last layer of the NeuroVAE decoder (``weight`` ``(V, hidden)``, ``bias`` ``(V,)``), beside the trained
+``neurovae.safetensors``."""
+
+
+def fingerprint(xfm: nn.Module, vae: NeuroVAE, stats: Mapping[str, Tensor], stat_keys: tuple[str, ...], steps: int,
+                solver: str) -> str:
+    """SHA-256 of everything a readout's fit depends on: the XFM's and the trained NeuroVAE's weights, the latent
+    and voxel statistics ``stat_keys`` of ``stats``, and the encoding path's ``steps`` and ``solver``."""
+    h = hashlib.sha256(f"{steps}|{solver}".encode())
+    for prefix, tensors in (("xfm", xfm.state_dict()), ("vae", vae.state_dict()), ("stats", {k: stats[k] for k in stat_keys})):
+        for name in sorted(tensors):
+            h.update(f"{prefix}.{name}".encode())
+            h.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 @torch.no_grad()
@@ -48,6 +65,34 @@ def refit_readout(vae: NeuroVAE, latent_of: Callable[[Tensor], Tensor], train_im
                  "alpha_max": float(alpha.max())}
 
 
-def save_readout(path: str | Path, vae: NeuroVAE, summary: dict) -> None:
-    """Write the refit NeuroVAE (atomically, with ``summary`` as its saved ``extra``)."""
-    save_checkpoint(Path(path), vae, step=0, config=vae.cfg, extra=summary)
+def save_readout(path: str | Path, vae: NeuroVAE, summary: dict, fitted_on: str) -> None:
+    """Write the refit last layer of ``vae`` atomically, with ``summary`` and the :func:`fingerprint` ``fitted_on``."""
+    layer = vae.decoder[-1]
+    save_checkpoint(Path(path), {"weight": layer.weight, "bias": layer.bias}, step=0,
+                    extra={**summary, "fitted_on": fitted_on})
+
+
+def readout_is_current(path: str | Path, fitted_on: str) -> bool:
+    """Whether ``path`` holds a readout fitted on what :func:`fingerprint` ``fitted_on`` describes."""
+    path = Path(path)
+    return path.is_file() and read_checkpoint(path).extra.get("fitted_on") == fitted_on
+
+
+def apply_readout(path: str | Path, vae: NeuroVAE, fitted_on: str) -> tuple[NeuroVAE, dict]:
+    """``vae`` with the readout of ``path`` as its decoder's last layer (in place) and the readout's summary;
+    ``CheckpointError`` when the file does not fit ``vae`` or was fitted on another XFM, NeuroVAE, statistics or
+    sampler than ``fitted_on`` describes."""
+    ckpt = read_checkpoint(path)
+    layer = vae.decoder[-1]
+    shapes = {k: tuple(v.shape) for k, v in ckpt.model.items()}
+    if shapes != {"weight": tuple(layer.weight.shape), "bias": tuple(layer.bias.shape)}:
+        raise CheckpointError(f"{path}: holds {shapes}, not the readout of this run's NeuroVAE "
+                              f"({tuple(layer.weight.shape)} weight)")
+    if ckpt.extra.get("fitted_on") != fitted_on:
+        raise CheckpointError(f"{path}: fitted on another XFM, NeuroVAE, latent statistics or sampler than this run "
+                              f"holds (they were retrained or changed since); rerun the command that made the run to "
+                              f"refit it")
+    with torch.no_grad():
+        layer.weight.copy_(ckpt.model["weight"])
+        layer.bias.copy_(ckpt.model["bias"])
+    return vae, {k: v for k, v in ckpt.extra.items() if k != "fitted_on"}

@@ -1,4 +1,4 @@
-"""The NeuroFlow recipe: typed config, data loading, the three training stages and the
+"""The NeuroFlow recipe: typed config, data loading, the training stages and the
 train / evaluate / finetune entry points (``sample`` lives in :mod:`.sampling`).
 
 Stages (each resumes: a stage whose file exists in the run folder is loaded, not retrained):
@@ -11,11 +11,15 @@ Stages (each resumes: a stage whose file exists in the run folder is loaded, not
 3. XFM on paired standardised latents ``(x0 = z_neu, x1 = z_vis)`` with the core's
    :class:`~modaflow.core.training.FlowMatchingModule` and ``fit`` on
    ``bridge(LinearPath | VPCosinePath, noise, "quadratic")`` (noise ``s * t (1 - t)``;
-   ``s = 0.04`` peaks at 0.01, close to the paper's ``0.01 sin(pi t)``).
+   ``s = 0.04`` peaks at 0.01, close to the paper's ``0.01 sin(pi t)``);
+4. (``readout = "ridge"``) the NeuroVAE decoder's last layer refit per voxel on the encoding path
+   (:mod:`.readout`), ``neurovae_readout.safetensors``; refit whenever the XFM, NeuroVAE, statistics or
+   sampler it was fitted on changed.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -36,9 +40,9 @@ from ..runs import absolute_source, load_recipe, load_weights, save_recipe
 from .bids import GLMMethod, load_bids
 from .data import Prepared, TrialData, load_betas, prepare, save_mask
 from .models import AEConfig, FeatureNet, FeatureNetConfig, NeuroVAE, NeuroVAEConfig, VisualAE, build_xfm
-from .neuroflow import (AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, load_ae, load_features,
+from .neuroflow import (AE_FILE, FEATURES_FILE, STAT_KEYS, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, load_ae, load_features,
                         load_stats, load_vae, read_ae, read_features, read_vae, save_stats)
-from .readout import READOUT_FILE, refit_readout, save_readout
+from .readout import READOUT_FILE, apply_readout, fingerprint, readout_is_current, refit_readout, save_readout
 from .simulate import SimConfig, simulate
 from .training import AutoencoderModule, LRSchedule, fit_autoencoder, repeat_partners
 
@@ -182,7 +186,7 @@ class FMRIConfig(Config):
     """Weight of a term ``||mu(x) - z_vis||^2`` pulling the NeuroVAE mean of each training trial
     onto its stimulus's standardised visual latent (the supervised counterpart of the
     finetune alignment): the neural latent then keeps stimulus information instead of the
-    trial's noise, and the XFM coupling becomes nearly deterministic, so 1 and 20 Euler
+    trial's noise, and the XFM coupling becomes nearly deterministic, so (on the linear bridge) 1 and 20 Euler
     steps agree (0 = unsupervised). Chosen on 300 validation stimuli of the training set
     (quick sizes, 800 steps): weight 0 / 1 / 10 -> encoding median r 0.69 / 0.735 / 0.738
     at 1 step (0.61 / 0.735 / 0.738 at 20), decoding top-1 0.49 / 0.88 / 0.90 (0.38 at 20
@@ -507,7 +511,7 @@ def resumed_stimulus_size(cfg: FMRIConfig, out: Path) -> FMRIConfig:
 
 def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progress: bool = True,
           data: tuple[TrialData, Prepared] | None = None) -> dict:
-    """Train the three stages into ``out_dir``, and the decoding metrics' feature network
+    """Train the stages (visual AE, NeuroVAE, XFM, readout) into ``out_dir``, and the decoding metrics' feature network
     (``data``: already loaded data, else ``cfg.data`` is loaded). Returns per-stage summaries."""
     out = Path(out_dir)
     check_source_fields(cfg.data, {name: getattr(cfg, name) for name in SOURCE_FIELDS})
@@ -516,7 +520,7 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
     if prep.train_img.shape[-1] != prep.train_img.shape[-2]:  # refused before anything is written
         raise ValueError(f"{td.source}: stimuli must be square; got {prep.train_img.shape[1:]}")
     out.mkdir(parents=True, exist_ok=True)
-    save_recipe(out, NAME, cfg)
+    save_recipe(out, NAME, cfg, absent=ABSENT_FIELDS)
     save_mask(td, out / "mask.nii.gz")
     seed = cfg.fm.seed
     ae_cfg = AEConfig(image_size=prep.train_img.shape[-1], hidden=cfg.ae_hidden, latent=cfg.latent)
@@ -570,22 +574,31 @@ def train(cfg: FMRIConfig, trainer_args: TrainerArgs, out_dir: str | Path, progr
                "voxels": int(prep.train_x.shape[1]), "train_trials": int(len(prep.train_x)), "test_stimuli": int(len(prep.test_x))}
     if cfg.readout == "ridge":
         nf = NeuroFlow(ae, vae, module.network(use_ema=True).eval(), lat, cfg.solver)
-        summary["readout"] = _stage(out / READOUT_FILE, read_vae, lambda: readout_stage(cfg, nf, prep, out))[1]
+        summary["readout"] = readout_stage(cfg, nf, prep, out)
     return summary
 
 
-def readout_stage(cfg: FMRIConfig, nf: NeuroFlow, prep: Prepared, out: Path) -> tuple[NeuroVAE, dict]:
-    """Refit ``nf``'s NeuroVAE readout on its encoding path (``cfg.steps`` of ``cfg.solver``) over the training
-    stimuli of ``prep`` (:func:`~.readout.refit_readout`) and save it in ``out``. Runs on the CPU (after a GPU
-    fit, the networks may be left on either device)."""
+def readout_fingerprint(cfg: FMRIConfig, nf: NeuroFlow) -> str:
+    """:func:`~.readout.fingerprint` of ``nf`` (its XFM, trained NeuroVAE and statistics) on ``cfg``'s sampler."""
+    return fingerprint(nf.xfm, nf.vae, nf.stats, STAT_KEYS, cfg.steps, cfg.solver)
+
+
+def readout_stage(cfg: FMRIConfig, nf: NeuroFlow, prep: Prepared, out: Path) -> dict:
+    """The summary of ``out``'s readout: read when it was fitted on ``nf`` as it is, else refit on ``nf``'s encoding
+    path (``cfg.steps`` of ``cfg.solver``) over the training stimuli of ``prep`` (:func:`~.readout.refit_readout`)
+    and saved (a readout of an earlier XFM, NeuroVAE or sampler is never reused). Runs on the CPU (after a GPU fit,
+    the networks may be left on either device)."""
     nf = nf.to("cpu")
+    fitted_on = readout_fingerprint(cfg, nf)
+    if readout_is_current(out / READOUT_FILE, fitted_on):
+        return {"resumed": True, **apply_readout(out / READOUT_FILE, copy.deepcopy(nf.vae), fitted_on)[1]}
 
     def latent_of(img: torch.Tensor) -> torch.Tensor:  # the raw neural latent the encoder decodes
         return nf.flow(nf.visual_latent(img), 1.0, 0.0, cfg.steps, cfg.solver) * nf.stats["zn_std"] + nf.stats["zn_mean"]
 
     vae, summary = refit_readout(nf.vae, latent_of, prep.train_img, prep.train_x)
-    save_readout(out / READOUT_FILE, vae, summary)
-    return vae, summary
+    save_readout(out / READOUT_FILE, vae, summary, fitted_on)
+    return summary
 
 
 def restore(ckpt_dir: str | Path) -> tuple[FMRIConfig, NeuroFlow]:
@@ -594,13 +607,15 @@ def restore(ckpt_dir: str | Path) -> tuple[FMRIConfig, NeuroFlow]:
     cfg = load_recipe(ckpt_dir, NAME, FMRIConfig, inert=inert_fields, absent=ABSENT_FIELDS)
     xfm = build_xfm(cfg.latent, cfg.xfm_hidden, cfg.xfm_depth)
     load_weights(ckpt_dir, xfm, use_ema=True)
-    if cfg.readout == "ridge" and not (ckpt_dir / READOUT_FILE).is_file():
-        raise CheckpointError(f"{ckpt_dir / READOUT_FILE}: the encoding path's ridge readout is missing (training "
-                              f"stopped before it); rerun the run's 'modaflow train fmri ... --out {ckpt_dir}': it keeps "
-                              f"the trained stages and fits only the readout")
-    vae_file = READOUT_FILE if cfg.readout == "ridge" else VAE_FILE
-    model = NeuroFlow(load_ae(ckpt_dir / AE_FILE), load_vae(ckpt_dir / vae_file), xfm.eval(),
+    model = NeuroFlow(load_ae(ckpt_dir / AE_FILE), load_vae(ckpt_dir / VAE_FILE), xfm.eval(),
                       load_stats(ckpt_dir / STATS_FILE), cfg.solver)
+    if cfg.readout == "ridge":
+        if not (ckpt_dir / READOUT_FILE).is_file():
+            raise CheckpointError(f"{ckpt_dir / READOUT_FILE}: the encoding path's ridge readout is missing (the run "
+                                  f"stopped before it); rerun the command that made the run ('modaflow train fmri ... "
+                                  f"--out {ckpt_dir}' keeps the trained stages and fits only the readout; a 'modaflow "
+                                  f"finetune fmri' trains the new subject again)")
+        apply_readout(ckpt_dir / READOUT_FILE, model.vae, readout_fingerprint(cfg, model))
     # its stimuli at the size its visual AE was trained on (a run on stimulus arrays trained before stimulus_size
     # resized them read them at their own size, whatever its recipe says)
     return cfg.replace(stimulus_size=model.ae.cfg.image_size), model

@@ -216,7 +216,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
                                 f"trained before it existed); rerun the run's 'modaflow train fmri ... --out {ckpt_dir}' "
                                 f"first: it keeps the trained stages and trains only this network")
     out.mkdir(parents=True, exist_ok=True)
-    save_recipe(out, NAME, cfg)
+    save_recipe(out, NAME, cfg, absent=ABSENT_FIELDS)
     for name in (AE_FILE, FEATURES_FILE, "checkpoints"):
         src, dst = ckpt_dir / name, out / name
         if src.is_dir():
@@ -241,6 +241,6 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
         mu = new.neural_latent(torch.as_tensor(prep.train_x))
     summary["align_rmse"] = float(((mu - zn_std) ** 2).mean().sqrt())
     if cfg.readout == "ridge":  # the new subject's readout on the shared encoding path
-        summary["readout"] = readout_stage(cfg, new, prep, out)[1]
+        summary["readout"] = readout_stage(cfg, new, prep, out)
     summary["voxels"] = int(prep.train_x.shape[1])
     return summary

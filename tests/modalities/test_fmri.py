@@ -277,10 +277,10 @@ def test_finetune_trains_a_new_subject_head_on_the_same_xfm(run_dir, tmp_path) -
     assert summary["refit_rows"] == (SIM.n_stimuli - SIM.n_test) * SIM.train_repeats
     for shared in ("checkpoints/last.safetensors", "visual_ae.safetensors", "features.safetensors"):
         assert (out / shared).read_bytes() == (run_dir / shared).read_bytes(), shared
-    from modaflow.modalities.fmri.neuroflow import load_vae  # the new subject's readout, refit on the shared path
+    from modaflow.core.training import read_checkpoint  # the new subject's readout, refit on the shared path
 
     assert summary["readout"]["stimuli"] == SIM.n_stimuli - SIM.n_test
-    assert load_vae(out / "neurovae_readout.safetensors").cfg.voxels == v2
+    assert read_checkpoint(out / "neurovae_readout.safetensors").model["bias"].shape == (v2,)
     m = MODALITY.evaluate(out, None, 0, 4, "euler", 0)
     assert np.isfinite(m["dec.pixcorr"]) and np.isfinite(m["enc.voxel_r_median"])
     with pytest.raises(ConfigError, match="finetune cannot change"):
@@ -758,6 +758,7 @@ def test_the_ridge_readout_is_sklearns_per_voxel_ridge_on_the_encoding_paths_fea
 
     cfg, nf = restore(run_dir)
     assert cfg.readout == "ridge" and (run_dir / "neurovae_readout.safetensors").is_file()
+    assert cfg.xfm_path == "cosine"  # the default
     _, prep = load_prepared(cfg)
     trained = load_vae(run_dir / "neurovae.safetensors")
 
@@ -783,6 +784,11 @@ def test_the_ridge_readout_is_sklearns_per_voxel_ridge_on_the_encoding_paths_fea
     old_cfg, old_nf = restore(old)
     assert old_cfg.readout == "decoder"
     np.testing.assert_array_equal(old_nf.vae.decoder[-1].weight.detach().numpy(), trained.decoder[-1].weight.detach().numpy())
+    # resuming it keeps what it was trained with: the new default readout is refused, the old one kept
+    with pytest.raises(ConfigError, match=r"recipe differs in readout"):
+        MODALITY.train(_cfg(), TrainerArgs(accelerator="cpu"), old, progress=False)
+    MODALITY.train(_cfg(readout="decoder"), TrainerArgs(accelerator="cpu"), old, progress=False)
+    assert not (old / "neurovae_readout.safetensors").exists()
     stopped = shutil.copytree(run_dir, tmp_path / "stopped")
     (stopped / "neurovae_readout.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"neurovae_readout.safetensors: the encoding path's ridge readout is missing"):
@@ -790,3 +796,14 @@ def test_the_ridge_readout_is_sklearns_per_voxel_ridge_on_the_encoding_paths_fea
     summary = MODALITY.train(_cfg(), TrainerArgs(accelerator="cpu"), stopped, progress=False)
     assert summary["neurovae"]["resumed"] and not summary["readout"].get("resumed")
     np.testing.assert_allclose(restore(stopped)[1].encode(torch.as_tensor(prep.test_img), cfg.steps).numpy(), got, atol=1e-6)
+    assert MODALITY.train(_cfg(), TrainerArgs(accelerator="cpu"), stopped, progress=False)["readout"]["resumed"]
+    # a readout is never used with another XFM than it was fitted on: training longer refits it, and a readout
+    # fitted on one run is refused by another
+    longer = _cfg().replace(fm=_cfg().fm.replace(max_steps=40))
+    summary = MODALITY.train(longer, TrainerArgs(accelerator="cpu"), stopped, progress=False)
+    assert summary["xfm"]["steps"] == 40 and not summary["readout"].get("resumed")
+    assert not np.allclose(restore(stopped)[1].encode(torch.as_tensor(prep.test_img), cfg.steps).numpy(), got, atol=1e-4)
+    shutil.copy(run_dir / "neurovae_readout.safetensors", stopped / "neurovae_readout.safetensors")
+    with pytest.raises(CheckpointError, match=r"neurovae_readout.safetensors: fitted on another XFM, NeuroVAE, latent "
+                                              r"statistics or sampler than this run holds"):
+        restore(stopped)
