@@ -35,7 +35,7 @@ from ..runs import load_recipe, save_recipe
 from .data import IMAGE_SUFFIXES, nifti_in_space, prepare, read_image_file, save_mask, stimulus_images
 from .models import NeuroVAEConfig
 from .neuroflow import AE_FILE, FEATURES_FILE, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, save_stats
-from .recipe import (ABSENT_FIELDS, NAME, FMRIConfig, check_source_fields, fit_neurovae, inert_fields, readout_stage, load_prepared, load_trials, restore,
+from .recipe import (ABSENT_FIELDS, NAME, SOURCE_FIELDS, FMRIConfig, check_source_fields, source_kind, fit_neurovae, inert_fields, readout_stage, load_prepared, load_trials, restore,
                      stored_data, with_absolute_paths)
 
 __all__ = ["SampleOptions", "sample", "finetune", "read_images", "read_responses", "save_image_grid"]
@@ -206,7 +206,10 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
     _, model = restore(ckpt_dir)
-    merged["stimulus_size"] = model.ae.cfg.image_size  # stim_file images are read at the shared visual AE's size
+    if source_kind(data) in SOURCE_FIELDS["stimulus_size"]:
+        merged["stimulus_size"] = model.ae.cfg.image_size  # stimuli are read at the shared visual AE's size
+    else:  # the simulator sets its own (its image_size); the field stays unset for a source that never reads it
+        merged["stimulus_size"] = FMRIConfig.stimulus_size
     cfg = with_absolute_paths(FMRIConfig.from_dict({**merged, "data": data}))
     td = load_trials(cfg)
     check_stimulus_size(td.images, model.ae, data, ckpt_dir)

@@ -280,6 +280,9 @@ def test_finetune_trains_a_new_subject_head_on_the_same_xfm(run_dir, tmp_path) -
     from modaflow.core.training import read_checkpoint  # the new subject's readout, refit on the shared path
 
     assert summary["readout"]["stimuli"] == SIM.n_stimuli - SIM.n_test
+    import json  # simulated data never reads stimulus_size: the finetuned run's recipe leaves it unset
+
+    assert json.loads((out / "recipe.json").read_text())["config"]["stimulus_size"] == FMRIConfig().stimulus_size
     assert read_checkpoint(out / "neurovae_readout.safetensors").model["bias"].shape == (v2,)
     m = MODALITY.evaluate(out, None, 0, 4, "euler", 0)
     assert np.isfinite(m["dec.pixcorr"]) and np.isfinite(m["enc.voxel_r_median"])
