@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from modaflow.core.io import read_npy
 
-__all__ = ["TrialData", "Prepared", "save_mask", "nifti_in_space", "read_image_file", "IMAGE_SUFFIXES", "check_trials", "images01", "stimulus_images", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
+__all__ = ["TrialData", "Prepared", "save_mask", "nifti_in_space", "read_image_file", "IMAGE_SUFFIXES", "check_trials", "check_responses", "images01", "stimulus_images", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
 
 
 @dataclass(frozen=True)
@@ -81,39 +81,45 @@ def nifti_in_space(data: np.ndarray, affine: np.ndarray, space_code: int):
 
 def check_trials(td: TrialData) -> TrialData:
     """Raise ``ValueError`` naming ``td.source`` for: wrong ranks, stimuli and responses of
-    different counts, out-of-range stimulus ids, NaN/Inf voxels, a mask that does not hold
-    V voxels. Returns ``td``."""
-    src = td.source
-    if td.responses.ndim != 2 or td.responses.shape[0] < 2 or td.responses.shape[1] < 1:
-        raise ValueError(f"{src}: responses must be (N trials, V voxels) with N >= 2; got shape {td.responses.shape}")
+    different counts, out-of-range stimulus ids, NaN/Inf voxels or images, a mask that does not hold
+    V voxels (:func:`check_responses`, then the images). Returns ``td``."""
+    check_responses(td.responses, td.stim_id, len(td.images), td.source, td.test_stimuli, td.mask, td.affine)
     if td.images.ndim != 3:
-        raise ValueError(f"{src}: stimuli must be (S, H, W) greyscale images; got shape {td.images.shape}")
-    N, V = td.responses.shape
-    if td.stim_id.ndim != 1:
-        raise ValueError(f"{src}: stim_id must be one id per trial, shape ({N},); got shape {td.stim_id.shape}")
-    if td.stim_id.shape != (N,):
-        raise ValueError(f"{src}: stimuli and responses have different counts: {td.stim_id.shape[0]} stimulus "
+        raise ValueError(f"{td.source}: stimuli must be (S, H, W) greyscale images; got shape {td.images.shape}")
+    if not np.isfinite(td.images).all():
+        raise ValueError(f"{td.source}: stimulus images hold NaN/Inf")
+    return td
+
+
+def check_responses(responses: np.ndarray, stim_id: np.ndarray, n_images: int, src: str,
+                    test_stimuli: np.ndarray | None = None, mask: np.ndarray | None = None,
+                    affine: np.ndarray | None = None) -> None:
+    """The checks of :func:`check_trials` that need no image, only their count ``n_images`` (a loader runs them
+    before it reads any image): ranks, counts, stimulus and test ids in range, NaN/Inf voxels, mask and affine."""
+    if responses.ndim != 2 or responses.shape[0] < 2 or responses.shape[1] < 1:
+        raise ValueError(f"{src}: responses must be (N trials, V voxels) with N >= 2; got shape {responses.shape}")
+    N, V = responses.shape
+    if stim_id.ndim != 1:
+        raise ValueError(f"{src}: stim_id must be one id per trial, shape ({N},); got shape {stim_id.shape}")
+    if stim_id.shape != (N,):
+        raise ValueError(f"{src}: stimuli and responses have different counts: {stim_id.shape[0]} stimulus "
                          f"ids for {N} response trials")
-    if N and (td.stim_id.min() < 0 or td.stim_id.max() >= len(td.images)):
-        raise ValueError(f"{src}: stim_id must index the {len(td.images)} stimuli; got range "
-                         f"[{td.stim_id.min()}, {td.stim_id.max()}]")
-    bad = ~np.isfinite(td.responses).all(axis=0)
+    if N and (stim_id.min() < 0 or stim_id.max() >= n_images):
+        raise ValueError(f"{src}: stim_id must index the {n_images} stimuli; got range [{stim_id.min()}, {stim_id.max()}]")
+    bad = ~np.isfinite(responses).all(axis=0)
     if bad.any():
         idx = np.flatnonzero(bad)
         raise ValueError(f"{src}: {len(idx)} of {V} voxels hold NaN/Inf responses (first: {idx[:5].tolist()}); "
                          f"remove them from the mask or fix the GLM")
-    if not np.isfinite(td.images).all():
-        raise ValueError(f"{src}: stimulus images hold NaN/Inf")
-    if td.mask is not None and int(td.mask.sum()) != V:
-        raise ValueError(f"{src}: the mask holds {int(td.mask.sum())} voxels but the responses have V = {V}")
-    if td.test_stimuli is not None:
-        t = np.asarray(td.test_stimuli)
-        if t.ndim != 1 or not np.issubdtype(t.dtype, np.integer) or (t.size and (t.min() < 0 or t.max() >= len(td.images))):
-            raise ValueError(f"{src}: test_stimuli must be integer ids of the {len(td.images)} stimuli; got shape "
+    if mask is not None and int(mask.sum()) != V:
+        raise ValueError(f"{src}: the mask holds {int(mask.sum())} voxels but the responses have V = {V}")
+    if test_stimuli is not None:
+        t = np.asarray(test_stimuli)
+        if t.ndim != 1 or not np.issubdtype(t.dtype, np.integer) or (t.size and (t.min() < 0 or t.max() >= n_images)):
+            raise ValueError(f"{src}: test_stimuli must be integer ids of the {n_images} stimuli; got shape "
                              f"{t.shape}, dtype {t.dtype}" + (f", range [{t.min()}, {t.max()}]" if t.size and t.ndim == 1 else ""))
-    if td.affine is not None and (np.shape(td.affine) != (4, 4) or not np.isfinite(td.affine).all()):
-        raise ValueError(f"{src}: affine must be a finite 4 x 4 voxel-to-world matrix; got shape {np.shape(td.affine)}")
-    return td
+    if affine is not None and (np.shape(affine) != (4, 4) or not np.isfinite(affine).all()):
+        raise ValueError(f"{src}: affine must be a finite 4 x 4 voxel-to-world matrix; got shape {np.shape(affine)}")
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -316,8 +322,7 @@ def _betas(path: Path, arrays: dict[str, np.ndarray], stimuli, present: list[str
     test = stimulus_indices(arrays["test_stimuli"], f"{path} (test_stimuli)") if "test_stimuli" in arrays else None
     mask = np.asarray(arrays["mask"], bool) if "mask" in arrays else None
     affine = np.asarray(arrays["affine"], np.float64) if "affine" in arrays else None
-    # every check but the images' before any image is read (one placeholder pixel per stimulus)
-    check_trials(TrialData(responses, stim_id, np.zeros((n_images, 1, 1), np.float32), str(path), test, mask, affine))
+    check_responses(responses, stim_id, n_images, str(path), test, mask, affine)  # before any image is read
     shown = np.union1d(stim_id, test if test is not None else [])
     images = stimulus_images(stimuli, f"{path} (stimuli)", size, shown)
     stim_id = np.searchsorted(shown, stim_id)  # ids into the images read, in the file's order
@@ -326,7 +331,8 @@ def _betas(path: Path, arrays: dict[str, np.ndarray], stimuli, present: list[str
         warnings.warn(f"{path}: a '{'mask' if affine is None else 'affine'}' without its "
                       f"'{'affine' if affine is None else 'mask'}': encoded responses are written as a (V, 1, 1, N) image "
                       f"without brain geometry; store both to get volumes on the mask", UserWarning, stacklevel=3)
-    return check_trials(TrialData(responses, stim_id, images, str(path), test, mask, affine, image_ids=shown))
+    # checked: the responses and ids above, the images by stimulus_images (finite, (S, size, size))
+    return TrialData(responses, stim_id, images, str(path), test, mask, affine, image_ids=shown)
 
 
 def save_betas(path: str | Path, td: TrialData) -> Path:
