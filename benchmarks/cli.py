@@ -21,6 +21,7 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -297,12 +298,8 @@ def _run(args: argparse.Namespace, modality: Modality | None) -> int:
         print(text)
     else:  # a modality's own command
         command = modality.commands[cmd]
-        opts = _options(command.config_cls, args, _CMD)
-        if args.out is None:
-            result = command.run(opts, args.out)
-        else:
-            with run_folder_lock(args.out):
-                result = command.run(opts, args.out)
+        with run_folder_lock(args.out) if args.out is not None else contextlib.nullcontext():
+            result = command.run(_options(command.config_cls, args, _CMD), args.out)
         print(json.dumps(result, indent=2, default=str))
     return 0
 
