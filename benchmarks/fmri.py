@@ -77,7 +77,7 @@ class FMRIProfile:
 
 PROFILES: dict[str, FMRIProfile] = {
     "smoke": FMRIProfile(n_stimuli=160, n_test=30, train_repeats=3, ae_steps=25, vae_steps=25, xfm_steps=25, hidden=64,
-                         ode_steps=(1, 4), threads=1, bridge_variant=False),
+                         ode_steps=(1, 4), threads=1),
     "quick": FMRIProfile(n_stimuli=0, n_test=300, train_repeats=3, ae_steps=1500, vae_steps=1500, xfm_steps=2500, hidden=256,
                          ode_steps=(1, 4, 20), threads=1),
     "full": FMRIProfile(n_stimuli=0, n_test=300, train_repeats=3, ae_steps=6000, vae_steps=6000, xfm_steps=15000, hidden=512,

@@ -380,7 +380,8 @@ def test_train_refuses_non_square_stimuli_before_writing_anything(tmp_path) -> N
 def test_smoke_benchmark_has_metrics_baselines_and_plots(tmp_path) -> None:
     res = MODALITY.bench("smoke", tmp_path, 0)
     assert res.metrics and res.baselines
-    assert {"ridge_enc_pixels", "ridge_dec_latent", "flow_decode_only", "flow_encode_only", "true_model"} <= set(res.baselines)
+    assert {"ridge_enc_pixels", "ridge_dec_latent", "flow_decode_only", "flow_encode_only", "true_model",
+            "neuroflow_linear_bridge"} <= set(res.baselines)  # the other bridge path beside the default cosine
     assert "neuroflow@4.dec.twoway_features" in res.metrics
     # encoding per stimulus source: the digits have enough test stimuli beside a few faces (30 test stimuli in all)
     n_digits = res.metrics["neuroflow@4.enc.digit.n_test_stimuli"]
