@@ -8,12 +8,14 @@
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh mri_candidates   # <= 8 min: not yet measured variants (finest-level
 #                                                               #   checkpointing, batch 2) vs stock
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh tests      # ~1 min: CUDA tests, the captured samplers
+#   OUT=/some/dir bash benchmarks/gpu_lease.sh fmri       # <= 9 min: modaflow bench fmri --profile gpu (never run yet;
+#                                                         #   ~84k small-MLP steps, about 4 ms each expected)
 # Wheels in .whl/ (modaflow itself, monai, nibabel, nilearn) are installed to /tmp/site first
 # when present (a bare machine with torch but without the imaging libraries).
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 OUT=${OUT:?set OUT to the results folder}
-STAGE=${1:?stage: language, mri, mri_profile, mri_candidates, tests or toy}
+STAGE=${1:?stage: language, mri, mri_profile, mri_candidates, tests, toy or fmri}
 if compgen -G ".whl/*.whl" >/dev/null && [ ! -d /tmp/site/modaflow ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
@@ -33,6 +35,8 @@ case "$STAGE" in
   mri_profile) run_part mri_profile 150 ;;
   mri_candidates) run_part mri_candidates 480 ;;
   toy) run_part toy 120 ;;
+  fmri) timeout 540 python3 -m modaflow.benchmarks.cli bench fmri --profile gpu --out "$OUT/fmri_gpu" > "$OUT/fmri_gpu.log" 2>&1
+        echo "== fmri gpu: exit $?"; grep -E "goal\.|done in|rror" "$OUT/fmri_gpu.log" | cut -c1-200 | tail -30 ;;
   tests) timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/core/test_graph.py tests/benchmarks/test_gpu_speed.py tests/modalities/test_mri_recipe.py tests/modalities/test_timeseries_model.py tests/modalities/test_fmri.py tests/modalities/test_language_recipe.py tests/modalities/test_ephys_model.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -3 ;;
-  *) echo "unknown stage $STAGE (language, mri, mri_profile, mri_candidates, tests, toy)"; exit 2 ;;
+  *) echo "unknown stage $STAGE (language, mri, mri_profile, mri_candidates, tests, toy, fmri)"; exit 2 ;;
 esac
