@@ -601,15 +601,16 @@ def readout_stage(cfg: FMRIConfig, nf: NeuroFlow, prep: Prepared, out: Path) -> 
     return summary
 
 
-def restore(ckpt_dir: str | Path) -> tuple[FMRIConfig, NeuroFlow]:
-    """``(recipe, NeuroFlow with the XFM's EMA weights)`` of a run folder."""
+def restore(ckpt_dir: str | Path, readout: bool = True) -> tuple[FMRIConfig, NeuroFlow]:
+    """``(recipe, NeuroFlow with the XFM's EMA weights)`` of a run folder; ``readout`` False: with the NeuroVAE as
+    trained, whatever the recipe's readout (finetune, which keeps only the visual AE, XFM and statistics)."""
     ckpt_dir = Path(ckpt_dir)
     cfg = load_recipe(ckpt_dir, NAME, FMRIConfig, inert=inert_fields, absent=ABSENT_FIELDS)
     xfm = build_xfm(cfg.latent, cfg.xfm_hidden, cfg.xfm_depth)
     load_weights(ckpt_dir, xfm, use_ema=True)
     model = NeuroFlow(load_ae(ckpt_dir / AE_FILE), load_vae(ckpt_dir / VAE_FILE), xfm.eval(),
                       load_stats(ckpt_dir / STATS_FILE), cfg.solver)
-    if cfg.readout == "ridge":
+    if cfg.readout == "ridge" and readout:
         if not (ckpt_dir / READOUT_FILE).is_file():
             raise CheckpointError(f"{ckpt_dir / READOUT_FILE}: the encoding path's ridge readout is missing (the run "
                                   f"stopped before it); rerun the command that made the run ('modaflow train fmri ... "

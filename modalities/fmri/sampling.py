@@ -205,7 +205,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
                       glm_slice_time_ref=FMRIConfig.glm_slice_time_ref)
     for key, value in overrides.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
-    _, model = restore(ckpt_dir)
+    _, model = restore(ckpt_dir, readout=False)  # its visual AE, XFM and statistics; the readout is the base subject's
     if source_kind(data) in SOURCE_FIELDS["stimulus_size"]:
         merged["stimulus_size"] = model.ae.cfg.image_size  # stimuli are read at the shared visual AE's size
     else:  # the simulator sets its own (its image_size); the field stays unset for a source that never reads it

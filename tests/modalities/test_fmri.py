@@ -797,6 +797,7 @@ def test_the_ridge_readout_is_sklearns_per_voxel_ridge_on_the_encoding_paths_fea
     (stopped / "neurovae_readout.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"neurovae_readout.safetensors: the encoding path's ridge readout is missing"):
         restore(stopped)
+    assert restore(stopped, readout=False)[1].vae.decoder[-1].weight.shape == trained.decoder[-1].weight.shape
     summary = MODALITY.train(_cfg(), TrainerArgs(accelerator="cpu"), stopped, progress=False)
     assert summary["neurovae"]["resumed"] and not summary["readout"].get("resumed")
     np.testing.assert_allclose(restore(stopped)[1].encode(torch.as_tensor(prep.test_img), cfg.steps).numpy(), got, atol=1e-6)
