@@ -174,13 +174,13 @@ def _run(profile: str, p: FMRIProfile, out: Path, seed: int) -> BenchResult:
         enc_vae = load_vae(out / "neuroflow" / VAE_FILE)  # the trained NeuroVAE; its readout refit on this flow's
         if cfg.readout == "ridge":                       # own encoding path, as NeuroFlow's is on the XFM's
             def enc_latent(img: torch.Tensor) -> torch.Tensor:
-                return enc_flow.sample(nf.visual_latent(img), top, seed + 1) * nf.stats["zn_std"] + nf.stats["zn_mean"]
+                return nf.raw_neural(enc_flow.sample(nf.visual_latent(img), top, seed + 1))
 
             enc_vae = refit_readout(enc_vae, enc_latent, prep.train_img, prep.train_x)[0]
         for k in p.ode_steps:
             imgs = nf.image(dec_flow.sample(zn_te, k, seed)).numpy()
             with torch.no_grad():
-                vox = enc_vae.decode(enc_flow.sample(zv_te, k, seed + 1) * nf.stats["zn_std"] + nf.stats["zn_mean"]).numpy()
+                vox = enc_vae.decode(nf.raw_neural(enc_flow.sample(zv_te, k, seed + 1))).numpy()
             baselines.setdefault("flow_decode_only", {}).update(
                 {f"@{k}.{m}": v for m, v in decoding_metrics(imgs, prep.test_img, feats, K, seed).items()})
             baselines.setdefault("flow_encode_only", {}).update(

@@ -161,9 +161,13 @@ class NeuroFlow:
     def image(self, zv: Tensor) -> Tensor:
         return self.ae.decode(zv * self._s("zv_std", zv) + self._s("zv_mean", zv))
 
+    def raw_neural(self, zn: Tensor) -> Tensor:
+        """A standardised neural latent ``(B, d)`` in the NeuroVAE's own units (what its decoder reads)."""
+        return zn * self._s("zn_std", zn) + self._s("zn_mean", zn)
+
     @torch.no_grad()
     def voxels(self, zn: Tensor) -> Tensor:
-        return self.vae.decode(zn * self._s("zn_std", zn) + self._s("zn_mean", zn))
+        return self.vae.decode(self.raw_neural(zn))
 
     @torch.no_grad()
     def flow(self, z: Tensor, t0: float, t1: float, steps: int, solver: str | None = None) -> Tensor:

@@ -28,7 +28,7 @@ from modaflow.core.training import CheckpointError, read_checkpoint, save_checkp
 from .baselines import ridge_weights, stimulus_means
 from .models import NeuroVAE
 
-__all__ = ["READOUT_FILE", "fingerprint", "refit_readout", "save_readout", "readout_is_current", "apply_readout"]
+__all__ = ["READOUT_FILE", "fingerprint", "refit_readout", "save_readout", "current_readout", "apply_readout"]
 
 READOUT_FILE = "neurovae_readout.safetensors"
 """The refit last layer of the NeuroVAE decoder (``weight`` ``(V, hidden)``, ``bias`` ``(V,)``), beside the trained
@@ -72,10 +72,12 @@ def save_readout(path: str | Path, vae: NeuroVAE, summary: dict, fitted_on: str)
                     extra={**summary, "fitted_on": fitted_on})
 
 
-def readout_is_current(path: str | Path, fitted_on: str) -> bool:
-    """Whether ``path`` holds a readout fitted on what :func:`fingerprint` ``fitted_on`` describes."""
+def current_readout(path: str | Path, fitted_on: str) -> dict | None:
+    """The saved summary of the readout at ``path`` when it was fitted on what :func:`fingerprint` ``fitted_on``
+    describes; None when there is none or it is stale."""
     path = Path(path)
-    return path.is_file() and read_checkpoint(path).extra.get("fitted_on") == fitted_on
+    extra = read_checkpoint(path).extra if path.is_file() else {}
+    return {k: v for k, v in extra.items() if k != "fitted_on"} if extra.get("fitted_on") == fitted_on else None
 
 
 def apply_readout(path: str | Path, vae: NeuroVAE, fitted_on: str) -> tuple[NeuroVAE, dict]:

@@ -19,7 +19,6 @@ Stages (each resumes: a stage whose file exists in the run folder is loaded, not
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
@@ -42,7 +41,7 @@ from .data import Prepared, TrialData, load_betas, prepare, save_mask
 from .models import AEConfig, FeatureNet, FeatureNetConfig, NeuroVAE, NeuroVAEConfig, VisualAE, build_xfm
 from .neuroflow import (AE_FILE, FEATURES_FILE, STAT_KEYS, STATS_FILE, VAE_FILE, NeuroFlow, check_stimulus_size, load_ae, load_features,
                         load_stats, load_vae, read_ae, read_features, read_vae, save_stats)
-from .readout import READOUT_FILE, apply_readout, fingerprint, readout_is_current, refit_readout, save_readout
+from .readout import READOUT_FILE, apply_readout, current_readout, fingerprint, refit_readout, save_readout
 from .simulate import SimConfig, simulate
 from .training import AutoencoderModule, LRSchedule, fit_autoencoder, repeat_partners
 
@@ -590,11 +589,12 @@ def readout_stage(cfg: FMRIConfig, nf: NeuroFlow, prep: Prepared, out: Path) -> 
     the networks may be left on either device)."""
     nf = nf.to("cpu")
     fitted_on = readout_fingerprint(cfg, nf)
-    if readout_is_current(out / READOUT_FILE, fitted_on):
-        return {"resumed": True, **apply_readout(out / READOUT_FILE, copy.deepcopy(nf.vae), fitted_on)[1]}
+    saved = current_readout(out / READOUT_FILE, fitted_on)
+    if saved is not None:
+        return {"resumed": True, **saved}
 
     def latent_of(img: torch.Tensor) -> torch.Tensor:  # the raw neural latent the encoder decodes
-        return nf.flow(nf.visual_latent(img), 1.0, 0.0, cfg.steps, cfg.solver) * nf.stats["zn_std"] + nf.stats["zn_mean"]
+        return nf.raw_neural(nf.flow(nf.visual_latent(img), 1.0, 0.0, cfg.steps, cfg.solver))
 
     vae, summary = refit_readout(nf.vae, latent_of, prep.train_img, prep.train_x)
     save_readout(out / READOUT_FILE, vae, summary, fitted_on)

@@ -230,7 +230,7 @@ def finetune(ckpt_dir: str | Path, data: str, out_dir: str | Path, overrides: di
     save_mask(td, out / "mask.nii.gz")
     img = torch.as_tensor(prep.train_img)
     zn_std = model.flow(model.visual_latent(img), 1.0, 0.0, cfg.steps, cfg.solver)
-    target = zn_std * model.stats["zn_std"] + model.stats["zn_mean"]  # raw neural-latent space of the XFM
+    target = model.raw_neural(zn_std)  # raw neural-latent space of the XFM
     vae_cfg = NeuroVAEConfig(voxels=prep.train_x.shape[1], hidden=cfg.vae_hidden, latent=cfg.latent,
                              beta=cfg.vae_beta, dropout=cfg.vae_dropout)
     tensors = (torch.as_tensor(prep.train_x), target)
