@@ -44,7 +44,7 @@ import numpy as np
 
 from modaflow.core.io import read_npy
 
-from .data import TrialData, check_trials, read_image_file, stimulus_images, stimulus_indices
+from .data import TrialData, check_trials, read_image_file, shown_stimuli, stimulus_indices
 from .simulate import Simulation
 
 __all__ = ["GLMMethod", "write_bids", "find_runs", "load_bids", "read_events"]
@@ -294,9 +294,8 @@ def _stimuli(events: list, paths: list[Path], shared, stim_root: Path, size: int
             raise ValueError(f"{test_path}: test_stimuli must be integer ids of the {n} stimuli of {stim_path}; got shape "
                              f"{test.shape}, range [{test.min()}, {test.max()}]")
         # only the images the runs show (or the test set names) are read, renumbered in their order
-        shown = np.union1d(np.concatenate([run[ev["stimulus"].to_numpy()] for ev, run in zip(events, ids)]),
-                           test if test is not None else [])
-        images = stimulus_images(stimuli, str(stim_path), size, shown)
+        images, shown = shown_stimuli(stimuli, str(stim_path), size, [run[ev["stimulus"].to_numpy()] for ev, run in
+                                                                       zip(events, ids)] + ([test] if test is not None else []))
         ids = [np.where(ev["stimulus"].to_numpy(), np.searchsorted(shown, run), 0) for ev, run in zip(events, ids)]
         return images, ids, None if test is None else np.searchsorted(shown, test), stim_path, shown
     folder = Path(os.path.normpath(stim_root / "stimuli"))

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from modaflow.core.io import read_npy
 
-__all__ = ["TrialData", "Prepared", "save_mask", "nifti_in_space", "read_image_file", "IMAGE_SUFFIXES", "check_trials", "check_responses", "images01", "stimulus_images", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
+__all__ = ["TrialData", "Prepared", "save_mask", "nifti_in_space", "read_image_file", "IMAGE_SUFFIXES", "check_trials", "check_responses", "images01", "stimulus_images", "shown_stimuli", "stimulus_indices", "load_betas", "save_betas", "prepare", "ResponseDataset"]
 
 
 @dataclass(frozen=True)
@@ -271,6 +271,14 @@ def stimulus_indices(values: np.ndarray, source: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def shown_stimuli(stimuli, source: str, size: int | None, ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, shown)``: the rows ``shown`` (sorted, unique) of a stimulus array that the id arrays ``ids`` name
+    (trials' stimuli, test stimuli), read by :func:`stimulus_images`; ``np.searchsorted(shown, x)`` renumbers
+    ids ``x`` into ``images``."""
+    shown = np.unique(np.concatenate([np.ravel(i) for i in ids]).astype(np.int64))
+    return stimulus_images(stimuli, source, size, shown), shown
+
+
 BETAS_ARRAYS = ("responses", "stim_id", "test_stimuli", "mask", "affine")
 """Arrays :func:`load_betas` reads whole, beside ``stimuli`` (read only where trials show them)."""
 
@@ -323,8 +331,7 @@ def _betas(path: Path, arrays: dict[str, np.ndarray], stimuli, present: list[str
     mask = np.asarray(arrays["mask"], bool) if "mask" in arrays else None
     affine = np.asarray(arrays["affine"], np.float64) if "affine" in arrays else None
     check_responses(responses, stim_id, n_images, str(path), test, mask, affine)  # before any image is read
-    shown = np.union1d(stim_id, test if test is not None else [])
-    images = stimulus_images(stimuli, f"{path} (stimuli)", size, shown)
+    images, shown = shown_stimuli(stimuli, f"{path} (stimuli)", size, [stim_id] + ([test] if test is not None else []))
     stim_id = np.searchsorted(shown, stim_id)  # ids into the images read, in the file's order
     test = np.searchsorted(shown, test) if test is not None else None
     if (mask is None) != (affine is None):
