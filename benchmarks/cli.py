@@ -33,7 +33,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from modaflow.core.config import Config, ConfigError, field_docs
+from modaflow.core.devices import check_accelerator
 from modaflow.core.io import RunFolderBusy, run_folder_lock
 from modaflow.core.training import CheckpointError, TrainerArgs
 from .harness import default_run_dir, stage
@@ -137,7 +140,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trainer_args(args: argparse.Namespace) -> TrainerArgs:
-    return TrainerArgs.from_dict(_merge(TrainerArgs().to_dict(), config_overrides(args, _TRAINER)))
+    """The command's Lightning settings, refused before anything is written when this machine lacks the accelerator."""
+    targs = TrainerArgs.from_dict(_merge(TrainerArgs().to_dict(), config_overrides(args, _TRAINER)))
+    check_accelerator(targs.accelerator, targs.devices)
+    return targs
 
 
 def build_parser(modality: Modality | None = None) -> argparse.ArgumentParser:
@@ -225,7 +231,9 @@ def _bench(args: argparse.Namespace) -> int:
         if args.profile not in modality.profiles:
             raise ValueError(f"argument --profile: invalid choice: {args.profile!r} ({modality.name} has "
                              f"{', '.join(modality.profiles)})")
-    out = args.out or default_run_dir(args.modality, args.profile)
+    if args.profile == "gpu" and not torch.cuda.is_available():  # every modality's CUDA profile; refused before a
+        raise ValueError("argument --profile: 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
+    out = args.out or default_run_dir(args.modality, args.profile)  # lock or a stage line, or six modalities fail
     with run_folder_lock(out):
         return _bench_into(args, modality, names, out)
 

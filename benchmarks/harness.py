@@ -287,7 +287,7 @@ def select_profile(profiles: Mapping[str, P], name: str) -> P:
         import torch
 
         if not torch.cuda.is_available():
-            raise RuntimeError(f"profile {name!r} needs a CUDA device; none is available (use quick or full on CPU)")
+            raise ValueError(f"profile {name!r} needs a CUDA device; none is available (use quick or full on CPU)")
     return p
 
 

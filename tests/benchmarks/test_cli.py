@@ -195,6 +195,16 @@ def test_user_errors_exit_2_with_one_line_naming_the_argument(argv, expected, ca
     assert expected in _error(capsys, argv)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+@pytest.mark.parametrize("argv", [["train", "toy", "--accelerator", "gpu"], ["bench", "all", "--profile", "gpu"],
+                                  ["bench", "toy", "--profile", "gpu"]])
+def test_a_gpu_asked_for_without_one_is_refused_before_anything_is_written(argv, capsys, tmp_path) -> None:
+    err = _error(capsys, argv + ["--out", str(tmp_path / "run")])
+    assert ("TrainerArgs.accelerator: gpu was asked for, but torch sees no GPU" in err if argv[0] == "train"
+            else "'gpu' needs a CUDA device; none is available" in err)
+    assert not (tmp_path / "run").exists()
+
+
 def test_lists_of_booleans_read_true_and_false_words(capsys) -> None:
     pytest.importorskip("monai")
     from modaflow.benchmarks.cli import build_parser

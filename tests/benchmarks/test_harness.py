@@ -189,7 +189,7 @@ def test_select_profile_names_the_known_ones_and_needs_cuda_for_gpu() -> None:
     with pytest.raises(ValueError, match=r"unknown profile 'fast'; known: \['gpu', 'quick'\]"):
         H.select_profile(profiles, "fast")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="profile 'gpu' needs a CUDA device"):
+        with pytest.raises(ValueError, match="profile 'gpu' needs a CUDA device"):
             H.select_profile(profiles, "gpu")
 
 

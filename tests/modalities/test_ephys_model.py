@@ -199,5 +199,5 @@ def test_smoke_benchmark_reports_metrics_baselines_and_plots(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="unknown profile"):
         run("huge", tmp_path)
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        with pytest.raises(ValueError, match="needs a CUDA device"):
             run("gpu", tmp_path)

@@ -174,7 +174,7 @@ def test_smoke_benchmark_has_metrics_baselines_plots_and_text(tmp_path) -> None:
 def test_gpu_profile_needs_cuda(tmp_path) -> None:
     from modaflow.benchmarks.language import run
 
-    with pytest.raises(RuntimeError, match="profile 'gpu' needs a CUDA device"):
+    with pytest.raises(ValueError, match="profile 'gpu' needs a CUDA device"):
         run("gpu", tmp_path, 0)
 
 

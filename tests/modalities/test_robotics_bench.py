@@ -27,7 +27,7 @@ def test_profiles_keep_fit_and_test_seeds_apart_and_gpu_needs_cuda(tmp_path):
         s = p.study
         assert s.test_seed >= s.fit_seed + s.n_fit and s.test_seed + s.n_test <= 100_000
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        with pytest.raises(ValueError, match="needs a CUDA device"):
             run("gpu", tmp_path)
     with pytest.raises(ValueError, match="unknown profile"):
         run("huge", tmp_path)

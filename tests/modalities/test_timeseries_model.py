@@ -626,7 +626,7 @@ def test_network_initialisation_follows_the_training_seed_not_the_global_rng() -
 def test_gpu_profile_without_cuda_is_a_clear_error(tmp_path) -> None:
     from modaflow.benchmarks import timeseries as B
 
-    with pytest.raises(RuntimeError, match="profile 'gpu' needs a CUDA device"):
+    with pytest.raises(ValueError, match="profile 'gpu' needs a CUDA device"):
         B.run("gpu", tmp_path / "gpu")
     with pytest.raises(ValueError, match="unknown profile 'huge'"):
         B.run("huge", tmp_path / "huge")
