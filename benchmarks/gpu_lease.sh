@@ -10,8 +10,13 @@
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh tests      # ~1 min: CUDA tests, the captured samplers
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh fmri       # <= 9 min: modaflow bench fmri --profile gpu (never run yet;
 #                                                         #   ~84k small-MLP steps, about 4 ms each expected)
-# Wheels in .whl/ (modaflow itself, monai, nibabel, nilearn) are installed to /tmp/site first
-# when present (a bare machine with torch but without the imaging libraries).
+# Wheels in .whl/ (modaflow itself, monai, nibabel, nilearn; built here by benchmarks/gpu_wheels.sh and
+# carried as ".whl") are installed to /tmp/site first when present (a bare machine with torch but without
+# the imaging libraries).
+# A lease has 15 minutes of device time in all, the machine's start included, and each call at most 10:
+# not every stage fits one lease. Unmeasured so far, by what they decide: mri (issue 9's time and memory
+# goals; mri_candidates for the variants not yet tried), then fmri (issue 5's gpu profile, its first run),
+# then tests (the CUDA tests; they passed on the first two leases except the fmri one, new since).
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 OUT=${OUT:?set OUT to the results folder}
