@@ -40,8 +40,11 @@ case "$STAGE" in
   mri_profile) run_part mri_profile 150 ;;
   mri_candidates) run_part mri_candidates 480 ;;
   toy) run_part toy 120 ;;
-  fmri) timeout 540 python3 -m modaflow.benchmarks.cli bench fmri --profile gpu --out "$OUT/fmri_gpu" > "$OUT/fmri_gpu.log" 2>&1
-        echo "== fmri gpu: exit $?"; grep -E "goal\.|done in|rror" "$OUT/fmri_gpu.log" | cut -c1-200 | tail -30 ;;
+  # The run folder lies outside $OUT (emptied before every call), so a second call made at once, on the still
+  # warm machine, reuses every stage the first one finished; its results, report and log come back in $OUT.
+  fmri) timeout 540 python3 -m modaflow.benchmarks.cli bench fmri --profile gpu --out /tmp/fmri_gpu > "$OUT/fmri_gpu.log" 2>&1
+        echo "== fmri gpu: exit $?"; grep -E "goal\.|done in|rror" "$OUT/fmri_gpu.log" | cut -c1-200 | tail -30
+        cp /tmp/fmri_gpu/results.json /tmp/fmri_gpu/report.md "$OUT/" 2>/dev/null; ls /tmp/fmri_gpu ;;
   tests) timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/core/test_graph.py tests/benchmarks/test_gpu_speed.py tests/modalities/test_mri_recipe.py tests/modalities/test_timeseries_model.py tests/modalities/test_fmri.py tests/modalities/test_language_recipe.py tests/modalities/test_ephys_model.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -3 ;;
   *) echo "unknown stage $STAGE (language, mri, mri_profile, mri_candidates, tests, toy, fmri)"; exit 2 ;;
 esac
