@@ -25,9 +25,11 @@ steps (accuracy 0.86 on degraded held-out volumes; 0.70 at 150), GPU-path timing
 sizes chosen by CPU cost (a 32^3 UNet step costs ~3x a 24^3 one; training, DDIM sampling
 and distillation are >90% of the time, the metrics <5%); its FD values come from 8 volumes:
 compare them with ``fid3d_real_n8`` (real vs real at 8 volumes) and ``fid3d_sd`` (spread
-over noise draws), not with the 48-volume floor; ``full`` (48^3, longer, all five targets,
-DDIM 4..64, 32 volumes); ``gpu`` (CUDA: MedForj's UNet, timing at 192x224x192, quality at
-64^3, bf16).
+over noise draws), not with the 48-volume floor; ``full`` (hours on CPU: 32^3 cohort of 96 /
+32 subjects, the tiny UNet, 1000 steps per target, all five targets, DDIM 4..64 with MedForj's
+64 as the reference, a 400-step flow map in 1..8 steps, 32 volumes; a training step of the 48^3
+cohort with the 16/32/64-channel, two-block UNet costs ~10x a 32^3 tiny one, days for this
+profile); ``gpu`` (CUDA: MedForj's UNet, timing at 192x224x192, quality at 64^3, bf16).
 """
 
 from __future__ import annotations
@@ -123,12 +125,10 @@ PROFILES: dict[str, MRIProfile] = {
                         train_steps=100, batch_size=4, lr=2e-3, eval_n=8, ddim_steps=(4, 16, 32), distill_steps=40,
                         flowmap_steps=(1, 2, 4), features=FeatureConfig(width=8, steps=600, batch_size=8),
                         timing_shape=(32, 32, 32), timing_unet=_TINY, timing_repeats=3, eval_seeds=3, loader_files=10),
-    "full": MRIProfile(size=48, n_train=96, n_test=32, targets=("sample", "velocity", "flow", "noise", "rflow"),
-                       unet=UNetConfig(channels=(16, 32, 64), attention_levels=(False, False, True), num_res_blocks=2,
-                                       norm_num_groups=16),
-                       train_steps=3000, batch_size=4, lr=1e-3, eval_n=32, ddim_steps=(4, 8, 16, 32, 64),
-                       distill_steps=1500, flowmap_steps=(1, 2, 4, 8), features=FeatureConfig(width=8, steps=600),
-                       timing_shape=(48, 48, 48), timing_unet=_TINY, timing_repeats=5, threads=0, eval_seeds=3,
+    "full": MRIProfile(size=32, n_train=96, n_test=32, targets=("sample", "velocity", "flow", "noise", "rflow"),
+                       unet=_TINY, train_steps=1000, batch_size=4, lr=1e-3, eval_n=32, ddim_steps=(4, 8, 16, 32, 64),
+                       distill_steps=400, flowmap_steps=(1, 2, 4, 8), features=FeatureConfig(width=8, steps=600),
+                       timing_shape=(32, 32, 32), timing_unet=_TINY, timing_repeats=5, threads=0, eval_seeds=3,
                        loader_files=10),
     "gpu": MRIProfile(size=64, n_train=128, n_test=32, targets=("sample", "velocity", "flow"),
                       unet=UNetConfig.medforj(), train_steps=2000, batch_size=4, lr=1e-4, eval_n=32,

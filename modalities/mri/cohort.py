@@ -15,7 +15,7 @@ Subject ``i`` of a split (seeded by ``(seed, split, i)``):
 The template's brain box is cut to a 192 mm cube (96 voxels of 2 mm) and resampled to
 ``size^3`` first, so every step runs at the output size and voxels are ``192 / size`` mm:
 ``size`` is the recipe's (32 by default, 6 mm voxels; the benchmark profiles use 16 smoke,
-24 quick (8 mm), 48 full, 64 gpu).
+24 quick (8 mm), 32 full (6 mm), 64 gpu).
 """
 
 from __future__ import annotations
