@@ -10,6 +10,8 @@
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh tests      # ~1 min: CUDA tests, the captured samplers
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh fmri       # <= 9 min: modaflow bench fmri --profile gpu (never run yet;
 #                                                         #   ~84k small-MLP steps, about 4 ms each expected)
+#   OUT=/some/dir bash benchmarks/gpu_lease.sh mri_bench  # <= 9 min: modaflow bench mri --profile gpu (never run yet;
+#                                                         #   likely more than one call: rerun at once to resume)
 # Wheels in .whl/ (modaflow itself, monai, nibabel, nilearn; built here by benchmarks/gpu_wheels.sh and
 # carried as ".whl") are installed to /tmp/site first when present (a bare machine with torch but without
 # the imaging libraries).
@@ -20,7 +22,7 @@
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 OUT=${OUT:?set OUT to the results folder}
-STAGE=${1:?stage: language, mri, mri_profile, mri_candidates, tests, toy or fmri}
+STAGE=${1:?stage: language, mri, mri_profile, mri_candidates, mri_bench, tests, toy or fmri}
 if compgen -G ".whl/*.whl" >/dev/null && [ ! -d /tmp/site/modaflow ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
@@ -34,17 +36,25 @@ run_part() {  # name, seconds
   echo "== $1: exit $?"
   grep -E "^\[gpu_speed\]|ratio|rror|failed" "$OUT/$1.log" | cut -c1-400 | head -40
 }
+# A modality's benchmark at $PROFILE (gpu; PROFILE=smoke tries this script's plumbing on a CPU machine). The
+# run folder lies outside $OUT (emptied before every call), so a second call made at once, on the still warm
+# machine, resumes the stages the first one finished; its results, report and log come back in $OUT.
+run_bench() {  # modality
+  local dir="/tmp/$1_$PROFILE"
+  timeout 540 python3 -m modaflow.benchmarks.cli bench "$1" --profile "$PROFILE" --out "$dir" > "$OUT/$1_$PROFILE.log" 2>&1
+  echo "== bench $1 --profile $PROFILE: exit $?"
+  grep -E "goal|done in|rror" "$OUT/$1_$PROFILE.log" | cut -c1-200 | tail -30
+  cp "$dir/results.json" "$dir/report.md" "$OUT/" 2>/dev/null; ls "$dir"
+}
+PROFILE=${PROFILE:-gpu}
 case "$STAGE" in
   language) run_part language_profile 60; run_part language 240 ;;
   mri) run_part mri 320 ;;
   mri_profile) run_part mri_profile 150 ;;
   mri_candidates) run_part mri_candidates 480 ;;
   toy) run_part toy 120 ;;
-  # The run folder lies outside $OUT (emptied before every call), so a second call made at once, on the still
-  # warm machine, reuses every stage the first one finished; its results, report and log come back in $OUT.
-  fmri) timeout 540 python3 -m modaflow.benchmarks.cli bench fmri --profile gpu --out /tmp/fmri_gpu > "$OUT/fmri_gpu.log" 2>&1
-        echo "== fmri gpu: exit $?"; grep -E "goal\.|done in|rror" "$OUT/fmri_gpu.log" | cut -c1-200 | tail -30
-        cp /tmp/fmri_gpu/results.json /tmp/fmri_gpu/report.md "$OUT/" 2>/dev/null; ls /tmp/fmri_gpu ;;
+  fmri) run_bench fmri ;;
+  mri_bench) run_bench mri ;;
   tests) timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/core/test_graph.py tests/benchmarks/test_gpu_speed.py tests/modalities/test_mri_recipe.py tests/modalities/test_timeseries_model.py tests/modalities/test_fmri.py tests/modalities/test_language_recipe.py tests/modalities/test_ephys_model.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -3 ;;
-  *) echo "unknown stage $STAGE (language, mri, mri_profile, mri_candidates, tests, toy, fmri)"; exit 2 ;;
+  *) echo "unknown stage $STAGE (language, mri, mri_profile, mri_candidates, mri_bench, tests, toy, fmri)"; exit 2 ;;
 esac
