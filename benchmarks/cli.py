@@ -322,7 +322,7 @@ def _name_option(message: str, argv: list[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 user error)."""
+    """Run the CLI; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     modality = None
     modality_command = argv[:1] and (argv[0] in _MODALITY_COMMANDS or argv[0] not in BUILTIN_COMMANDS)
@@ -346,6 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"modaflow {args.command}: error: {_name_option(str(e), argv)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (checkpoints are written atomically)
+        if os.environ.get("MODAFLOW_DEBUG"):
+            raise
+        print(f"modaflow {args.command}: interrupted; checkpoints already saved are kept", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

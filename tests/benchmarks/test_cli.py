@@ -205,6 +205,17 @@ def test_a_gpu_asked_for_without_one_is_refused_before_anything_is_written(argv,
     assert not (tmp_path / "run").exists()
 
 
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys) -> None:
+    import modaflow.benchmarks.cli as cli
+
+    def interrupted(args, modality):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run", interrupted)
+    assert main(["datasets"]) == 130
+    assert capsys.readouterr().err.strip() == "modaflow datasets: interrupted; checkpoints already saved are kept"
+
+
 def test_lists_of_booleans_read_true_and_false_words(capsys) -> None:
     pytest.importorskip("monai")
     from modaflow.benchmarks.cli import build_parser
