@@ -307,7 +307,9 @@ def _run(profile: str, p: MRIProfile, out: Path, seed: int) -> BenchResult:
         tissue[name] = tissue_volumes(samples[f"{name.split('.')[0]} DDIM{top}"], ref.voxel_ml, seed)
     plots = [P.plot_slices(out / "slices.png", samples).name,
              P.plot_tissue(out / "tissue_volumes.png", tissue).name,
-             P.plot_metric_vs_nfe(out / "fid3d_vs_nfe.png", nfe_curves, "3-D FD", ref.values["fid3d_real"]).name,
+             P.plot_metric_vs_nfe(out / "fid3d_vs_nfe.png", nfe_curves, "3-D FD", {
+                 "real vs real": ref.values["fid3d_real"], "pure noise (reference)": ref.values["fid3d_noise"],
+                 "blank volume (reference)": ref.values["fid3d_blank"]}).name,
              R.plot_loss(out / "loss.png", {k: v for k, v in losses.items() if v[0]}, "training loss").name]
     curves["fid3d_vs_nfe"] = {"xlabel": "NFE", "ylabel": "fid3d",
                               "series": {k: {"x": x, "y": y} for k, (x, y) in nfe_curves.items()}}

@@ -51,10 +51,11 @@ def plot_tissue(path: Path, tissue: Mapping[str, Mapping[str, np.ndarray]]) -> P
 
 
 def plot_metric_vs_nfe(path: Path, curves: Mapping[str, tuple[list[int], list[float]]], metric: str,
-                       floor: float | None) -> Path:
-    """``metric`` against NFE per generator, with the real-vs-real floor as a flat line."""
+                       references: Mapping[str, float]) -> Path:
+    """``metric`` against NFE per generator, with each reference value (the real-vs-real floor, what pure noise
+    scores, ...) as a flat line."""
     series = dict(curves)
-    if floor is not None and series:
-        xs = sorted({x for xs, _ in series.values() for x in xs})
-        series["real vs real"] = (xs, [floor] * len(xs))
+    xs = sorted({x for xs, _ in series.values() for x in xs})
+    if xs:
+        series.update({name: (xs, [value] * len(xs)) for name, value in references.items()})
     return R.plot_curves(path, series, f"{metric} vs NFE", "NFE (network calls per volume)", metric, log=True)

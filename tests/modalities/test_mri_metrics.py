@@ -134,3 +134,19 @@ def test_feature_net_degradations_and_fid_floor() -> None:
     feats = F.extract_features(net, x)
     assert feats.shape == (6, 32) and np.isfinite(feats).all()
     assert abs(F.fid3d(net, x, x)) < 1e-8
+
+
+def test_real_reference_scores_noise_and_blank_volumes_beside_the_real_floor() -> None:
+    from modaflow.modalities.mri.evaluation import RealReference
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.from_numpy(shells(16)[0])[None, None]
+    train = base.repeat(8, 1, 1, 1, 1) + 0.05 * torch.randn(8, 1, 16, 16, 16, generator=g)
+    test = base.repeat(4, 1, 1, 1, 1) + 0.05 * torch.randn(4, 1, 16, 16, 16, generator=g)
+    ref = RealReference(train, test, 0.008, F.FeatureConfig(width=4, steps=40, batch_size=4), seed=0)
+    v = ref.values
+    assert all(np.isfinite(v[k]) for k in ("fid3d_real", "fid3d_noise", "fid3d_blank"))
+    assert v["fid3d_real"] < min(v["fid3d_noise"], v["fid3d_blank"])
+    noise = torch.randn(test.shape, generator=torch.Generator().manual_seed(7))  # the documented draw (seed + 7)
+    assert v["fid3d_noise"] == pytest.approx(F.fid3d(ref.net, noise, test))
+    assert v["fid3d_blank"] == pytest.approx(F.fid3d(ref.net, torch.full_like(test, -1.0), test))

@@ -73,7 +73,7 @@ def test_evaluate_returns_every_metric(tmp_path) -> None:
                     fm=MRIConfig().fm.replace(max_steps=1, batch_size=2))
     MODALITY.train(cfg, TrainerArgs(accelerator="cpu"), tmp_path / "r", progress=False)
     m = MODALITY.evaluate(tmp_path / "r", None, 2, 2, "ddim", 0)
-    for key in ("fid3d", "fid3d_real", "ms_ssim", "ms_ssim_real", "hist_w1", "hist_w1_real",
+    for key in ("fid3d", "fid3d_real", "fid3d_noise", "fid3d_blank", "ms_ssim", "ms_ssim_real", "hist_w1", "hist_w1_real",
                 "tissue_p.gm", "tissue_ml.wm", "tissue_ml_real.csf", "seconds_per_volume"):
         assert np.isfinite(m[key]), key
     assert 0 < m["tissue_p.gm"] <= 1
