@@ -231,9 +231,11 @@ def _bench(args: argparse.Namespace) -> int:
         if args.profile not in modality.profiles:
             raise ValueError(f"argument --profile: invalid choice: {args.profile!r} ({modality.name} has "
                              f"{', '.join(modality.profiles)})")
-    if args.profile == "gpu" and not torch.cuda.is_available():  # every modality's CUDA profile; refused before a
+    # every modality's gpu profile is a CUDA one: refused here, before the lock, a stage line or (bench all) six
+    # modalities failing one by one
+    if args.profile == "gpu" and not torch.cuda.is_available():
         raise ValueError("argument --profile: 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
-    out = args.out or default_run_dir(args.modality, args.profile)  # lock or a stage line, or six modalities fail
+    out = args.out or default_run_dir(args.modality, args.profile)
     with run_folder_lock(out):
         return _bench_into(args, modality, names, out)
 

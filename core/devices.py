@@ -33,8 +33,8 @@ def check_accelerator(accelerator: str, devices: int | str = 1) -> None:
         return
     mps = torch.backends.mps.is_available()
     if name == "mps" and not mps:
-        raise ValueError("TrainerArgs.accelerator: mps was asked for, but torch sees no Apple GPU (torch.backends.mps.is_available() "
-                         "is False); use --accelerator cpu or auto")
+        raise ValueError("TrainerArgs.accelerator: mps was asked for, but torch sees no Apple GPU "
+                         "(torch.backends.mps.is_available() is False); use --accelerator cpu or auto")
     if name == "mps" or (name == "gpu" and mps and not torch.cuda.is_available()):
         return
     if not torch.cuda.is_available():
@@ -42,4 +42,5 @@ def check_accelerator(accelerator: str, devices: int | str = 1) -> None:
                          f"{torch.__version__}, torch.cuda.is_available() is False); use --accelerator cpu or auto")
     have = torch.cuda.device_count()
     if isinstance(devices, int) and devices > have:
-        raise ValueError(f"TrainerArgs.devices: {devices} GPUs per node were asked for, but torch sees {have} on this machine")
+        raise ValueError(f"TrainerArgs.devices: {devices} GPUs per node were asked for, but torch sees {have} on this "
+                         f"machine")

@@ -7,7 +7,8 @@
   volumes no generator should come near, scored the same way: ``fid3d_noise`` (standard normal noise)
   and ``fid3d_blank`` (every voxel at the background, -1). A generator whose ``fid3d`` is not well below
   them is not judged by this metric (the bounded features saturate: the full benchmark's trained models
-  scored 58-79 where noise scores 53; benchmarks/RESULTS.md, mri);
+  scored 58-79 where noise scores 53, and the same net without GroupNorm ranks them the other way;
+  benchmarks/RESULTS.md, mri);
 * ``ms_ssim``: mean MS-SSIM between generated pairs (diversity) beside ``ms_ssim_real``;
 * ``hist_w1``: intensity-histogram Wasserstein-1 to the held-out set, ``hist_w1_real`` likewise;
 * tissue volumes (mL, GMM segmentation) per class: mean of generated and real, and the
