@@ -33,13 +33,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from modaflow.core.config import Config, ConfigError, field_docs
 from modaflow.core.devices import check_accelerator
 from modaflow.core.io import RunFolderBusy, run_folder_lock
 from modaflow.core.training import CheckpointError, TrainerArgs
-from .harness import default_run_dir, stage
+from .harness import default_run_dir, require_cuda, stage
 from modaflow.modalities.registry import Modality, ModalityUnavailable, UnknownNameError, get_modality, list_datasets, modality_names
 
 __all__ = ["main", "build_parser", "config_overrides"]
@@ -233,8 +231,8 @@ def _bench(args: argparse.Namespace) -> int:
                              f"{', '.join(modality.profiles)})")
     # every modality's gpu profile is a CUDA one: refused here, before the lock, a stage line or (bench all) six
     # modalities failing one by one
-    if args.profile == "gpu" and not torch.cuda.is_available():
-        raise ValueError("argument --profile: 'gpu' needs a CUDA device; none is available (use quick or full on CPU)")
+    if args.profile == "gpu":
+        require_cuda(args.profile)
     out = args.out or default_run_dir(args.modality, args.profile)
     with run_folder_lock(out):
         return _bench_into(args, modality, names, out)

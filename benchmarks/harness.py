@@ -284,11 +284,16 @@ def select_profile(profiles: Mapping[str, P], name: str) -> P:
         raise ValueError(f"unknown profile {name!r}; known: {sorted(profiles)}")
     p = profiles[name]
     if p.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError(f"profile {name!r} needs a CUDA device; none is available (use quick or full on CPU)")
+        require_cuda(name)
     return p
+
+
+def require_cuda(profile: str) -> None:
+    """Refuse the CUDA profile ``profile`` on a machine where torch sees no GPU (a ValueError naming it)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"profile {profile!r} needs a CUDA device; none is available (use quick or full on CPU)")
 
 
 @contextlib.contextmanager
