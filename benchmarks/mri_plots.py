@@ -1,5 +1,6 @@
 """Plots of the MRI benchmark: orthogonal slices of real and generated volumes, tissue-volume
-distributions (real vs each generator) and metric vs NFE (matplotlib, Agg)."""
+distributions (real vs each generator), metric vs NFE and the FD's check on graded degradations
+(matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 
 from . import report as R
 
-__all__ = ["plot_slices", "plot_tissue", "plot_metric_vs_nfe"]
+__all__ = ["plot_slices", "plot_tissue", "plot_metric_vs_nfe", "plot_graded_fd"]
 
 
 def plot_slices(path: Path, volumes: Mapping[str, torch.Tensor], per_row: int = 2) -> Path:
@@ -59,3 +60,15 @@ def plot_metric_vs_nfe(path: Path, curves: Mapping[str, tuple[list[int], list[fl
     if xs:
         series.update({name: (xs, [value] * len(xs)) for name, value in references.items()})
     return R.plot_curves(path, series, f"{metric} vs NFE", "NFE (network calls per volume)", metric, log=True)
+
+
+def plot_graded_fd(path: Path, graded: Mapping[str, Mapping], references: Mapping[str, float]) -> Path:
+    """The 3-D FD of each graded degradation family (:func:`~modaflow.modalities.mri.features.graded_fd`)
+    against its severity rank (1 = mildest), one line per family with its Spearman correlation,
+    and the reference values (real vs real, pure noise, blank, generators) as flat lines."""
+    series = {f"{name} (rho {g['spearman']:+.2f})": (list(range(1, len(g["fd"]) + 1)), g["fd"])
+              for name, g in graded.items()}
+    top = max((len(g["fd"]) for g in graded.values()), default=1)
+    series.update({name: ([1, top], [value, value]) for name, value in references.items()})
+    return R.plot_curves(path, series, "3-D FD vs severity of known degradations", "severity rank (1 = mildest)",
+                         "3-D FD", log=True)

@@ -5,10 +5,11 @@
 * ``fid3d``: Fréchet distance in the feature space of :mod:`.features` (net trained on the
   real *training* volumes), with ``fid3d_real`` = training volumes vs held-out (the floor), and two
   volumes no generator should come near, scored the same way: ``fid3d_noise`` (standard normal noise)
-  and ``fid3d_blank`` (every voxel at the background, -1). A generator whose ``fid3d`` is not well below
-  them is not judged by this metric (the bounded features saturate: the full benchmark's trained models
-  scored 58-79 where noise scores 53, and the same net without GroupNorm ranks them the other way;
-  benchmarks/RESULTS.md, mri);
+  and ``fid3d_blank`` (every voxel at the background, -1). :func:`.features.graded_fd` checks that
+  the space orders graded degradations by severity (the benchmark reports it on every run);
+* ``hf_ratio``: high-frequency energy (RMS of the 3-D Laplacian) of the generated volumes over the
+  held-out ones, ``hf_ratio_real`` likewise for the training volumes: texture, which the FD's
+  features see least (< 1 over-smoothed, > 1 noisy);
 * ``ms_ssim``: mean MS-SSIM between generated pairs (diversity) beside ``ms_ssim_real``;
 * ``hist_w1``: intensity-histogram Wasserstein-1 to the held-out set, ``hist_w1_real`` likewise;
 * tissue volumes (mL, GMM segmentation) per class: mean of generated and real, and the
@@ -26,8 +27,8 @@ from torch import Tensor
 
 from .distill import is_flow_map_run, restore_flow_map
 from .features import FeatureConfig, extract_features, train_feature_net
-from .metrics import (TISSUES, frechet_distance, histogram_distance, ms_ssim_min_side, ms_ssim_pairs, permutation_test,
-                      tissue_volumes)
+from .metrics import (TISSUES, frechet_distance, high_frequency_ratio, histogram_distance, ms_ssim_min_side,
+                      ms_ssim_pairs, permutation_test, tissue_volumes)
 from .recipe import MRIConfig, restore
 from .sampling import SampleOptions, draw_noise, generate, on_device, write_volumes
 from .data import load_volumes
@@ -97,6 +98,7 @@ class RealReference:
             "fid3d_blank": frechet_distance(extract_features(self.net, torch.full_like(test, -1.0)), self.test_features),
             "ms_ssim_real": ms_ssim_pairs(test),
             "hist_w1_real": histogram_distance(train, test),
+            "hf_ratio_real": high_frequency_ratio(train, test),
         }
 
 
@@ -132,6 +134,7 @@ def evaluate_volumes(x: Tensor, ref: RealReference) -> dict[str, float]:
     out["fid3d"] = frechet_distance(extract_features(ref.net, x), ref.test_features)
     out["ms_ssim"] = ms_ssim_pairs(x) if x.shape[0] >= 2 else float("nan")
     out["hist_w1"] = histogram_distance(x, ref.test)
+    out["hf_ratio"] = high_frequency_ratio(x, ref.test)
     tv = tissue_volumes(x, ref.voxel_ml, ref.seed)
     for name in (*TISSUES, "brain"):
         out[f"tissue_ml.{name}"] = float(tv[name].mean())

@@ -1,6 +1,7 @@
 """MRI metrics against slow obvious references and known cases: Fréchet distance (scipy
 sqrtm), permutation test (exhaustive enumeration), histogram W1 (scipy), MS-SSIM (identical
-= 1), GMM tissue volumes on a phantom of known shells, the feature network."""
+= 1), GMM tissue volumes on a phantom of known shells, the feature network, its graded-degradation
+check and the high-frequency ratio (scipy's Laplacian)."""
 
 import itertools
 
@@ -123,17 +124,74 @@ def test_gmm_tissue_volumes_recover_known_shells() -> None:
         assert tv[name][0] == pytest.approx((labels == i).sum() * 0.008, rel=0.03)
 
 
-def test_feature_net_degradations_and_fid_floor() -> None:
+def test_degradations_follow_their_formulas() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.from_numpy(shells(16)[0])[None, None] + 0.05 * torch.randn(1, 1, 16, 16, 16, generator=g)
+    for kind in range(F.N_CLASSES):
+        y = F.degrade(x, kind, 0.5, g)
+        assert y.shape == x.shape
+        assert torch.equal(y, x) == (F.DEGRADATIONS[kind] == "none")
+    assert torch.equal(F.degrade(x, F.DEGRADATIONS.index("fade"), 1.0, g), torch.full_like(x, -1.0))  # fade 1 = blank
+    y = F.degrade(x, F.DEGRADATIONS.index("scale"), 0.5, g)
+    factor = ((y + 1) / (x + 1))[(x + 1).abs() > 0.1]
+    assert float(factor.std()) < 1e-5 and float(factor.mean()) == pytest.approx(np.exp(0.45) ** np.sign(float(factor.mean()) - 1), rel=1e-5)
+    big = torch.zeros(1, 1, 48, 48, 48)
+    assert float(F.degrade(big, F.DEGRADATIONS.index("noise"), 0.5, g).std()) == pytest.approx(0.02 * 75**0.5, rel=0.02)
+    assert torch.equal(F.degrade(x, F.DEGRADATIONS.index("blur"), 0.25, g), F.blur(x, 2))  # round(8 * 0.25) passes
+    with pytest.raises(ValueError, match="severity"):
+        F.degrade(x, 1, 0.0, g)
+
+
+def test_feature_net_shapes_floor_and_intensity_scale() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.from_numpy(shells(16)[0])[None, None].repeat(6, 1, 1, 1, 1) + 0.05 * torch.randn(6, 1, 16, 16, 16, generator=g)
-    for kind in range(5):
-        y = F.degrade(x[:1], kind, g)
-        assert y.shape == x[:1].shape
-        assert torch.equal(y, x[:1]) == (kind == 0)
     net, acc = F.train_feature_net(x, F.FeatureConfig(width=4, steps=3, batch_size=4))
     feats = F.extract_features(net, x)
-    assert feats.shape == (6, 32) and np.isfinite(feats).all()
+    assert feats.shape == (6, 30 * 4) and np.isfinite(feats).all()  # 16^3: the last layer is 1 voxel, its sd 0
     assert abs(F.fid3d(net, x, x)) < 1e-8
+    # no per-sample normalisation: halving the intensities about the background moves the features
+    assert F.fid3d(net, (x + 1) * 0.5 - 1, x) > 100 * max(F.fid3d(net, x[:3], x[3:]), 1e-6)
+
+
+def test_graded_fd_orders_known_degradations_of_the_embedded_cohort() -> None:
+    """The feature space's own check (what the benchmark reports on every run), at 16^3 with a
+    200-step net: every family but noise is monotone in severity, and each one's worst level lies
+    well above the real floor (noise at sd 1: 9x here, 70-3800x at 32^3)."""
+    from modaflow.modalities.mri.cohort import make_cohort
+
+    train = torch.from_numpy(make_cohort(24, 16, "train", 0))
+    test = torch.from_numpy(make_cohort(8, 16, "test", 0))
+    net, _ = F.train_feature_net(train, F.FeatureConfig(width=4, steps=200))
+    ref = F.extract_features(net, train)
+    graded = F.graded_fd(net, test, ref, seed=0)
+    assert set(graded) == set(F.GRADED)
+    floor = M.frechet_distance(F.extract_features(net, test), ref)
+    for name, g in graded.items():
+        assert len(g["fd"]) == len(g["levels"]) == len(F.GRADED[name][0])
+        if name != "noise_sd":
+            assert g["spearman"] == pytest.approx(1.0), name
+        assert g["fd"][-1] > 5 * floor, name
+    blank = M.frechet_distance(F.extract_features(net, torch.full_like(test, -1.0)), ref)
+    assert blank > 100 * floor
+
+
+def test_laplacian_rms_matches_scipy_and_the_ratio_reads_texture() -> None:
+    import scipy.ndimage
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 1, 9, 10, 11, generator=g, dtype=torch.float64)
+    slow = np.sqrt(np.mean([scipy.ndimage.laplace(v)[1:-1, 1:-1, 1:-1] ** 2 for v in x[:, 0].numpy()]))
+    assert M.laplacian_rms(x) == pytest.approx(slow, rel=1e-12)
+    vol = torch.from_numpy(shells(16)[0])[None, None].double()
+    assert M.laplacian_rms(torch.full_like(vol, 0.25)) == 0.0  # a constant has no high frequencies (0.25: exact sums)
+    assert M.high_frequency_ratio(vol, vol) == 1.0
+    assert M.high_frequency_ratio(2 * vol, vol) == pytest.approx(2.0)  # linear in the intensities
+    big = torch.from_numpy(shells(32)[0])[None, None].double()
+    noisy = big + 0.3 * torch.randn(big.shape, generator=g, dtype=torch.float64)
+    # white noise of sd s adds 42 s^2 to the mean square (the stencil's weights: 6 ones and -6)
+    expected = np.sqrt(1 + 42 * 0.3**2 / M.laplacian_rms(big) ** 2)
+    assert M.high_frequency_ratio(noisy, big) == pytest.approx(expected, rel=0.02)
+    assert M.high_frequency_ratio(F.blur(noisy, 2), noisy) < 0.5  # over-smoothed reads below 1
 
 
 def test_real_reference_scores_noise_and_blank_volumes_beside_the_real_floor() -> None:

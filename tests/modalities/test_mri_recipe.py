@@ -74,7 +74,7 @@ def test_evaluate_returns_every_metric(tmp_path) -> None:
     MODALITY.train(cfg, TrainerArgs(accelerator="cpu"), tmp_path / "r", progress=False)
     m = MODALITY.evaluate(tmp_path / "r", None, 2, 2, "ddim", 0)
     for key in ("fid3d", "fid3d_real", "fid3d_noise", "fid3d_blank", "ms_ssim", "ms_ssim_real", "hist_w1", "hist_w1_real",
-                "tissue_p.gm", "tissue_ml.wm", "tissue_ml_real.csf", "seconds_per_volume"):
+                "hf_ratio", "hf_ratio_real", "tissue_p.gm", "tissue_ml.wm", "tissue_ml_real.csf", "seconds_per_volume"):
         assert np.isfinite(m[key]), key
     assert 0 < m["tissue_p.gm"] <= 1
     assert m["fid3d_real_at_n.q05"] <= m["fid3d_real_at_n.mean"] <= m["fid3d_real_at_n.q95"]
@@ -291,7 +291,8 @@ def test_unread_fields_raise_config_errors_and_read_ones_are_accepted(tmp_path) 
 
 def test_smoke_benchmark_has_metrics_floor_and_few_step_baseline(tmp_path) -> None:
     """The smoke profile end to end: non-empty metrics and baselines, the real-vs-real FD at
-    the generated sample size, and the flow map beside the undistilled student (Euler steps)."""
+    the generated sample size, the flow map beside the undistilled student (Euler steps), and the
+    feature space's graded-degradation check with its plot."""
     from modaflow.benchmarks.mri import run
 
     res = run("smoke", tmp_path, 0)
@@ -299,8 +300,11 @@ def test_smoke_benchmark_has_metrics_floor_and_few_step_baseline(tmp_path) -> No
     assert m and b and (tmp_path / "results.json").is_file()
     floor = b["real_vs_real"]
     assert floor["fid3d_real_n2.q05"] <= floor["fid3d_real_n2.mean"] <= floor["fid3d_real_n2.q95"]
-    for k in ("velocity.flowmap1.fid3d", "velocity.euler_linear1.fid3d", "goal.fid3d_ratio.flowmap1_over_euler_linear1"):
-        assert np.isfinite(m[k])
+    for k in ("velocity.flowmap1.fid3d", "velocity.euler_linear1.fid3d", "goal.fid3d_ratio.flowmap1_over_euler_linear1",
+              "velocity.flowmap1.hf_ratio", "fid3d_check.min_spearman", "fid3d_check.ghost_weight.spearman"):
+        assert np.isfinite(m[k]), k
+    assert -1 <= m["fid3d_check.min_spearman"] <= 1
+    assert (tmp_path / "fid3d_check.png").is_file() and "fid3d_check.png" in res.plots
 
 
 def test_nifti_pipeline_throughput_at_medforj_size(tmp_path) -> None:
