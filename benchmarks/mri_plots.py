@@ -64,11 +64,27 @@ def plot_metric_vs_nfe(path: Path, curves: Mapping[str, tuple[list[int], list[fl
 
 def plot_graded_fd(path: Path, graded: Mapping[str, Mapping], references: Mapping[str, float]) -> Path:
     """The 3-D FD of each graded degradation family (:func:`~modaflow.modalities.mri.features.graded_fd`)
-    against its severity rank (1 = mildest), one line per family with its Spearman correlation,
-    and the reference values (real vs real, pure noise, blank, generators) as flat lines."""
-    series = {f"{name} (rho {g['spearman']:+.2f})": (list(range(1, len(g["fd"]) + 1)), g["fd"])
-              for name, g in graded.items()}
+    against its severity rank (1 = mildest), one solid line per family with its Spearman correlation,
+    and the reference values (real vs real, pure noise, blank, generators) as dashed flat lines
+    labelled on the right."""
+    plt = R._pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colours = plt.get_cmap("tab10")
     top = max((len(g["fd"]) for g in graded.values()), default=1)
-    series.update({name: ([1, top], [value, value]) for name, value in references.items()})
-    return R.plot_curves(path, series, "3-D FD vs severity of known degradations", "severity rank (1 = mildest)",
-                         "3-D FD", log=True)
+    for i, (name, g) in enumerate(graded.items()):
+        ax.plot(range(1, len(g["fd"]) + 1), g["fd"], marker="o", color=colours(i % 10),
+                label=f"{name} {g['levels'][0]:g}..{g['levels'][-1]:g} (rho {g['spearman']:+.2f})")
+    label_at = -np.inf  # log10 of the last label's height: labels of close values are pushed apart
+    for name, value in sorted(((n, v) for n, v in references.items() if v > 0), key=lambda nv: nv[1]):
+        ax.axhline(value, color="0.35", linestyle="--", linewidth=0.8)
+        label_at = max(np.log10(value), label_at + 0.09)
+        ax.text(top + 0.1, 10**label_at, f"{name} ({value:.3g})", fontsize=7, va="center")
+    ax.set_yscale("log")
+    ax.set_xlim(0.8, top + 1.6)
+    ax.set_xticks(range(1, top + 1))
+    ax.set_xlabel("severity rank (1 = mildest)")
+    ax.set_ylabel("3-D FD to the training volumes")
+    ax.set_title("3-D FD vs severity of known degradations of held-out volumes", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return R._save(fig, path)
