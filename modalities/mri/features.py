@@ -67,9 +67,9 @@ class FeatureConfig:
 
     Attributes:
         width: channels of the first convolution (doubling per layer; features = 30 * width).
-        steps: optimiser steps (600: 5 s at 32^3 on one thread; accuracy about 0.78, the classes it
-            confuses being mild noise and clean volumes; 3000 steps reached 0.83 but made the
-            graded scale and fade curves non-monotone).
+        steps: optimiser steps (600: 5 s at 32^3 on one thread, training accuracy 0.74-0.79 over
+            three seeds, mild noise being hard to tell from clean volumes; before the block
+            scaling, 3000 steps reached 0.83 but made the graded scale and fade curves non-monotone).
         batch_size: volumes per step (each degraded in a random way).
         lr: Adam learning rate.
         seed: seed of the initialisation and the degradations.
@@ -240,9 +240,10 @@ GRADED: dict[str, tuple[tuple[float, ...], Graded]] = {
 """Graded degradation families for :func:`graded_fd`: levels from mild to severe, and the map
 ``(volumes, level, generator) -> degraded volumes``. The last three are not training tasks
 (lower resolution, a ghost of another subject shifted by a fifth of the field of view, salt and
-pepper spikes). Noise starts at sd 0.1, where the distance starts to move (module docstring):
-at the full cohort, sd 0.01, 0.03 and 0.1 scored 1.6, 1.6 and 1.8 against 1.6 for real vs real,
-an order decided by chance."""
+pepper spikes). Noise starts at sd 0.1, 2-5x the cohort's acquisition noise: below it, added
+noise hides in the volumes' own and the order of the distances is chance (before the block
+scaling, sd 0.01, 0.03 and 0.1 scored 1.6, 1.6 and 1.8 against 1.6 for real vs real at the
+full cohort; after it, 0.1 scores 1.7-2.3 against 1.8-2.0)."""
 
 
 def graded_fd(net: Encoder3D, x: Tensor, reference: np.ndarray, seed: int = 0) -> dict[str, dict]:
