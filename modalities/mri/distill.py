@@ -227,7 +227,8 @@ def distill(d: DistillConfig, out_dir: str | Path | None, trainer_args: TrainerA
     atomic_write_text(out / DISTILL_FILE, json.dumps(d.to_dict(), indent=2, sort_keys=True) + "\n")
     res = fit(module, MRIDataModule(ds, batch, seed=d.seed), out, d.trainer, progress=progress)
     final = res.history[-1][1] if res.history else math.nan
-    return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
+    return {"steps": res.step, "start_step": res.start_step, "final_loss": final, "checkpoint": str(res.checkpoint),
+            "history": res.history}
 
 
 def restore_flow_map(ckpt_dir: str | Path) -> tuple[MRIConfig, FlowMap]:

@@ -201,7 +201,8 @@ def _fit(module: MedForjModule, cfg: MRIConfig, trainer_args: TrainerArgs, out_d
     dm = MRIDataModule(ds, batch_size=min(cfg.fm.batch_size, len(ds)), seed=cfg.fm.seed, num_workers=cfg.num_workers)
     res = fit(module, dm, out_dir, trainer_args, progress=progress)
     final = res.history[-1][1] if res.history else math.nan
-    return {"steps": res.step, "final_loss": final, "checkpoint": str(res.checkpoint), "history": res.history}
+    return {"steps": res.step, "start_step": res.start_step, "final_loss": final, "checkpoint": str(res.checkpoint),
+            "history": res.history}
 
 
 def _stored_data(data: str) -> str:

@@ -305,6 +305,10 @@ def test_smoke_benchmark_has_metrics_floor_and_few_step_baseline(tmp_path) -> No
         assert np.isfinite(m[k]), k
     assert -1 <= m["fid3d_check.min_spearman"] <= 1
     assert (tmp_path / "fid3d_check.png").is_file() and "fid3d_check.png" in res.plots
+    assert res.timings["velocity.train_volumes_per_s"] > 0 and "velocity.train_reused" not in res.timings
+    again = run("smoke", tmp_path, 0).timings  # a rerun into the same folder reuses the trained runs
+    assert again["velocity.train_reused"] == 1.0 and again["distill_reused"] == 1.0
+    assert "velocity.train_volumes_per_s" not in again and "distill_s" not in again
 
 
 def test_nifti_pipeline_throughput_at_medforj_size(tmp_path) -> None:
