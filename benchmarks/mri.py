@@ -18,9 +18,11 @@ In one run, on the same data, seeds and starting noise:
    sampling step time per volume and peak memory, and their ratios (tiny sizes on CPU, where
    no memory is measured and ``torch.compile`` is skipped; MedForj size on ``gpu``).
 
-Profiles: ``smoke`` (16^3, seconds, for the tests); ``quick`` (the README demo, about 5 min
-of CPU time on one thread): 24^3 cohort (48 train / 16 held-out subjects), tiny UNet
-(8/16/32 channels), 100 steps x batch 4 per target, 8 volumes per evaluation (the top DDIM
+Profiles: ``smoke`` (16^3, seconds, for the tests); ``quick`` (the README demo, about 5.5 min
+on one thread): 24^3 cohort (48 train / 16 held-out subjects), tiny UNet
+(8/16/32 channels), 400 steps x batch 4 per target (at 100 the velocity model's DDIM samples got
+noisier with more steps and the targets scored 144-524 at DDIM-32; at 400 every DDIM curve falls
+with NFE and they score 64-90; benchmarks/RESULTS.md, mri), 8 volumes per evaluation (the top DDIM
 and the flow-map rows: 3 noise draws), DDIM at 4/16/32 steps (32 is its reference), the
 undistilled student and a 40-step flow map sampled in 1/2/4 steps, the feature net at 600
 steps (:class:`~modaflow.modalities.mri.features.FeatureConfig`), GPU-path timing at 32^3 --
@@ -124,7 +126,7 @@ PROFILES: dict[str, MRIProfile] = {
                         features=FeatureConfig(width=4, steps=3, batch_size=4), timing_shape=(16, 16, 16),
                         timing_unet=_TINY, timing_repeats=1, teacher_steps=1),
     "quick": MRIProfile(size=24, n_train=48, n_test=16, targets=("sample", "velocity", "flow"), unet=_TINY,
-                        train_steps=100, batch_size=4, lr=2e-3, eval_n=8, ddim_steps=(4, 16, 32), distill_steps=40,
+                        train_steps=400, batch_size=4, lr=2e-3, eval_n=8, ddim_steps=(4, 16, 32), distill_steps=40,
                         flowmap_steps=(1, 2, 4), features=FeatureConfig(width=8, steps=600, batch_size=8),
                         timing_shape=(32, 32, 32), timing_unet=_TINY, timing_repeats=3, eval_seeds=3, loader_files=10),
     "full": MRIProfile(size=32, n_train=96, n_test=32, targets=("sample", "velocity", "flow", "noise", "rflow"),
