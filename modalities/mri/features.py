@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from .metrics import frechet_distance
 
-__all__ = ["FeatureConfig", "Encoder3D", "N_CLASSES", "DEGRADATIONS", "degrade", "train_feature_net",
+__all__ = ["FeatureConfig", "Encoder3D", "N_CLASSES", "DEGRADATIONS", "blur", "degrade", "train_feature_net",
            "extract_features", "fid3d", "GRADED", "graded_fd"]
 
 DEGRADATIONS = ("none", "noise", "blur", "gamma", "octants", "scale", "fade")
