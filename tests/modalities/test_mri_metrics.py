@@ -161,8 +161,9 @@ def test_feature_net_shapes_floor_and_intensity_scale() -> None:
 
 def test_graded_fd_orders_known_degradations_of_the_embedded_cohort() -> None:
     """The feature space's own check (what the benchmark reports on every run), at 16^3 with a
-    200-step net: every family but noise is monotone in severity, and each one's worst level lies
-    well above the real floor (noise at sd 1: 9x here, 70-3800x at 32^3)."""
+    200-step net: every family but noise (rank correlation 0.9 here) is monotone in severity, and each
+    one's worst level lies well above the real floor (14-280x here; noise at sd 1: 35x here, 320-2000x
+    at the 32^3 cohort of the full profile)."""
     from modaflow.modalities.mri.cohort import make_cohort
 
     train = torch.from_numpy(make_cohort(24, 16, "train", 0))
@@ -176,7 +177,7 @@ def test_graded_fd_orders_known_degradations_of_the_embedded_cohort() -> None:
         assert len(g["fd"]) == len(g["levels"]) == len(F.GRADED[name][0])
         if name != "noise_sd":
             assert g["spearman"] == pytest.approx(1.0), name
-        assert g["fd"][-1] > 5 * floor, name
+        assert g["fd"][-1] > 10 * floor, name
     blank = M.frechet_distance(F.extract_features(net, torch.full_like(test, -1.0)), ref)
     assert blank > 100 * floor
 
