@@ -36,12 +36,13 @@ run_part() {  # name, seconds
   echo "== $1: exit $?"
   grep -E "^\[gpu_speed\]|ratio|rror|failed" "$OUT/$1.log" | cut -c1-400 | head -40
 }
+# BENCH_TIMEOUT and TESTS_TIMEOUT (seconds; default 540 and 150) shorten a stage so that two fit one call.
 # A modality's benchmark at $PROFILE (gpu; PROFILE=smoke tries this script's plumbing on a CPU machine). The
 # run folder lies outside $OUT (emptied before every call), so a second call made at once, on the still warm
 # machine, resumes the stages the first one finished; its results, report and log come back in $OUT.
 run_bench() {  # modality
   local dir="/tmp/$1_$PROFILE"
-  timeout 540 python3 -m modaflow.benchmarks.cli bench "$1" --profile "$PROFILE" --out "$dir" > "$OUT/$1_$PROFILE.log" 2>&1
+  timeout "${BENCH_TIMEOUT:-540}" python3 -m modaflow.benchmarks.cli bench "$1" --profile "$PROFILE" --out "$dir" > "$OUT/$1_$PROFILE.log" 2>&1
   echo "== bench $1 --profile $PROFILE: exit $?"
   grep -E "goal|done in|rror" "$OUT/$1_$PROFILE.log" | cut -c1-200 | tail -30
   cp "$dir/results.json" "$dir/report.md" "$OUT/" 2>/dev/null; ls "$dir"
@@ -55,6 +56,6 @@ case "$STAGE" in
   toy) run_part toy 120 ;;
   fmri) run_bench fmri ;;
   mri_bench) run_bench mri ;;
-  tests) timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/core/test_graph.py tests/benchmarks/test_gpu_speed.py tests/modalities/test_mri_recipe.py tests/modalities/test_timeseries_model.py tests/modalities/test_fmri.py tests/modalities/test_language_recipe.py tests/modalities/test_ephys_model.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -3 ;;
+  tests) timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/core/test_graph.py tests/benchmarks/test_gpu_speed.py tests/modalities/test_mri_recipe.py tests/modalities/test_timeseries_model.py tests/modalities/test_fmri.py tests/modalities/test_language_recipe.py tests/modalities/test_ephys_model.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -3 ;;
   *) echo "unknown stage $STAGE (language, mri, mri_profile, mri_candidates, mri_bench, tests, toy, fmri)"; exit 2 ;;
 esac
