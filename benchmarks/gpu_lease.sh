@@ -7,18 +7,18 @@
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh mri_profile      # <= 2.5 min: where the compiled UNet step's time goes
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh mri_candidates   # <= 8 min: not yet measured variants (finest-level
 #                                                               #   checkpointing, batch 2) vs stock
-#   OUT=/some/dir bash benchmarks/gpu_lease.sh tests      # ~1 min: CUDA tests, the captured samplers
-#   OUT=/some/dir bash benchmarks/gpu_lease.sh fmri       # <= 9 min: modaflow bench fmri --profile gpu (never run yet;
-#                                                         #   ~84k small-MLP steps, about 4 ms each expected)
+#   OUT=/some/dir bash benchmarks/gpu_lease.sh tests      # ~1 min: CUDA tests, the captured samplers (48 s on an H200)
+#   OUT=/some/dir BENCH_TIMEOUT=570 bash benchmarks/gpu_lease.sh fmri   # ~9 min: modaflow bench fmri --profile gpu (H200:
+#                                                         #   NeuroFlow 329 s, each further 15k-step flow 65 s; a call to itself)
 #   OUT=/some/dir bash benchmarks/gpu_lease.sh mri_bench  # <= 9 min: modaflow bench mri --profile gpu (never run yet;
 #                                                         #   likely more than one call: rerun at once to resume)
 # Wheels in .whl/ (modaflow itself, monai, nibabel, nilearn; built here by benchmarks/gpu_wheels.sh and
 # carried as ".whl") are installed to /tmp/site first when present (a bare machine with torch but without
 # the imaging libraries).
 # A lease has 15 minutes of device time in all, the machine's start included, and each call at most 10:
-# not every stage fits one lease. Unmeasured so far, by what they decide: mri (issue 9's time and memory
-# goals; mri_candidates for the variants not yet tried), then fmri (issue 5's gpu profile, its first run),
-# then tests (the CUDA tests; they passed on the first two leases except the fmri one, new since).
+# not every stage fits one lease. Still to measure, by what they decide: the whole fmri gpu profile (its
+# one-direction flows were cut short on the third lease), mri (issue 9's time and memory goals; mri_candidates
+# for the variants not yet tried), mri_bench. The CUDA tests all passed on the third lease (H200).
 set -u -o pipefail
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 OUT=${OUT:?set OUT to the results folder}
