@@ -46,6 +46,11 @@ run_bench() {  # modality
   echo "== bench $1 --profile $PROFILE: exit $?"
   grep -E "goal|done in|rror" "$OUT/$1_$PROFILE.log" | cut -c1-200 | tail -30
   cp "$dir/results.json" "$dir/report.md" "$OUT/" 2>/dev/null; ls "$dir"
+  # the trained weights and their JSON headers (files under 8 MB; the flows' checkpoints/, 69 MB for the fmri XFM
+  # with its optimizer state, left out) in one tarball, so that GPU-trained stages (for fmri: visual AE, NeuroVAE,
+  # readout) can be scored beside CPU-trained ones afterwards (a lease hands back at most 8 files, 16 MB each)
+  (cd "$dir" && find . \( -name '*.safetensors' -o -name '*.json' \) -size -8M -not -path '*/checkpoints/*' -print0) |
+    tar czf "$OUT/$1_$PROFILE.weights.tgz" -C "$dir" --null -T - && du -h "$OUT/$1_$PROFILE.weights.tgz"
 }
 PROFILE=${PROFILE:-gpu}
 case "$STAGE" in
